@@ -1,0 +1,139 @@
+//! The codec traits and Cohort's own codec.
+//!
+//! Drivers talk to codecs through [`FrameCodec`] and [`BeaconCodec`], so that another wire
+//! format (a Tribes-compatible one, say) can be plugged in as its own crate.
+
+use bytes::BytesMut;
+
+use crate::{
+    Beacon, ConfigError, DecodeError, EncodeError, Frame, KeyRing, MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION, WireLimits,
+};
+
+/// Encodes and decodes stream frames.
+pub trait FrameCodec {
+    /// Appends `frame` to `out`; on error `out` is unchanged.
+    fn encode_frame(&self, frame: &Frame, out: &mut BytesMut) -> Result<(), EncodeError>;
+
+    /// Takes one complete frame off the front of `buf`; `Ok(None)` when more bytes are needed.
+    /// Never allocates on the word of a length field. After an error the stream cannot be
+    /// resynchronised and should be closed.
+    fn decode_frame(&self, buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError>;
+}
+
+/// Encodes and decodes membership beacons (one datagram each).
+pub trait BeaconCodec {
+    /// Appends `beacon` to `out`; on error `out` is unchanged.
+    fn encode_beacon(&self, beacon: &Beacon, out: &mut BytesMut) -> Result<(), EncodeError>;
+
+    /// Decodes one whole datagram.
+    fn decode_beacon(&self, datagram: &[u8]) -> Result<Beacon, DecodeError>;
+}
+
+/// Cohort's native wire format (docs/PROTOCOL.md), with optional HMAC authentication.
+///
+/// Encodes with [`PROTOCOL_VERSION`] unless told otherwise ([`CohortCodec::with_version`]);
+/// decodes every version from [`MIN_PROTOCOL_VERSION`] to [`PROTOCOL_VERSION`]. With a key ring
+/// it signs everything it encodes and rejects everything unsigned or signed with another key.
+///
+/// ```
+/// use bytes::{Bytes, BytesMut};
+/// use cohort_wire::{
+///     CohortCodec, DataFrame, DataHeader, Frame, FrameCodec, MemberId, SendOptions, WireLimits,
+/// };
+///
+/// let codec = CohortCodec::new(WireLimits::default(), None).unwrap();
+/// let frame = Frame::Data(DataFrame {
+///     header: DataHeader {
+///         msg_id: 1,
+///         options: SendOptions::USE_ACK,
+///         sender: MemberId::from_bytes([7; 16]),
+///         ..DataHeader::default()
+///     },
+///     payload: Bytes::from_static(b"hello"),
+/// });
+/// let mut buf = BytesMut::new();
+/// codec.encode_frame(&frame, &mut buf).unwrap();
+/// codec.encode_frame(&frame, &mut buf).unwrap();
+/// // A stream may hold several frames, or part of one.
+/// let mut partial = buf.split_to(10);
+/// assert_eq!(codec.decode_frame(&mut partial).unwrap(), None);
+/// partial.unsplit(buf);
+/// assert_eq!(codec.decode_frame(&mut partial).unwrap(), Some(frame.clone()));
+/// assert_eq!(codec.decode_frame(&mut partial).unwrap(), Some(frame));
+/// assert!(partial.is_empty());
+/// ```
+#[derive(Clone, Debug)]
+pub struct CohortCodec {
+    limits: WireLimits,
+    keys: Option<KeyRing>,
+    version: u8,
+}
+
+impl CohortCodec {
+    /// A codec with these limits and, optionally, cluster keys.
+    pub fn new(limits: WireLimits, keys: Option<KeyRing>) -> Result<Self, ConfigError> {
+        limits.validate()?;
+        Ok(Self {
+            limits,
+            keys,
+            version: PROTOCOL_VERSION,
+        })
+    }
+
+    /// The same codec, encoding with `version` (to talk to a peer whose newest version is
+    /// older than ours).
+    pub fn with_version(mut self, version: u8) -> Result<Self, ConfigError> {
+        if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
+            return Err(ConfigError::OutOfRange {
+                field: "version",
+                value: version.into(),
+                bound: "a version this build speaks",
+            });
+        }
+        self.version = version;
+        Ok(self)
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> &WireLimits {
+        &self.limits
+    }
+
+    /// True when the codec signs and checks tags.
+    pub fn is_authenticated(&self) -> bool {
+        self.keys.is_some()
+    }
+}
+
+impl FrameCodec for CohortCodec {
+    fn encode_frame(&self, frame: &Frame, out: &mut BytesMut) -> Result<(), EncodeError> {
+        crate::frame::encode_frame(frame, self.version, &self.limits, self.keys.as_ref(), out)
+    }
+
+    fn decode_frame(&self, buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+        crate::frame::decode_frame(
+            buf,
+            MIN_PROTOCOL_VERSION,
+            PROTOCOL_VERSION,
+            &self.limits,
+            self.keys.as_ref(),
+        )
+    }
+}
+
+impl BeaconCodec for CohortCodec {
+    fn encode_beacon(&self, beacon: &Beacon, out: &mut BytesMut) -> Result<(), EncodeError> {
+        crate::beacon::encode_beacon(beacon, self.version, &self.limits, self.keys.as_ref(), out)
+    }
+
+    fn decode_beacon(&self, datagram: &[u8]) -> Result<Beacon, DecodeError> {
+        crate::beacon::decode_beacon(
+            datagram,
+            MIN_PROTOCOL_VERSION,
+            PROTOCOL_VERSION,
+            &self.limits,
+            self.keys.as_ref(),
+        )
+    }
+}

@@ -1,0 +1,518 @@
+//! Stream frames: data messages, ACK / FAIL_ACK batches and connection hellos.
+//!
+//! Layout (all integers big-endian; docs/PROTOCOL.md §2 has every byte):
+//!
+//! ```text
+//! 0      4  magic "COHF"
+//! 4      1  protocol version
+//! 5      1  kind (1 data, 2 ack, 3 hello)
+//! 6      1  flags (0x01 authenticated)
+//! 7      1  reserved, sent as 0, ignored
+//! 8      4  header length H (<= max_frame_header)
+//! 12     4  payload length P (<= max_frame_payload)
+//! 16     H  prost-encoded header of the kind
+//! 16+H   P  payload
+//! ..    32  HMAC-SHA256 tag over bytes 0..16+H+P (only when flag 0x01)
+//! ..     4  CRC32 (IEEE) over every byte before it
+//! ```
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::Message as _;
+
+use crate::error::MalformedReason;
+use crate::proto::{self, AckPb, AckRangePb, DataHeaderPb, ExtensionPb, FailAckPb, HelloPb};
+use crate::{
+    DecodeError, EncodeError, KeyRing, MAX_EXTENSIONS, MAX_FAIL_REASON_LEN, Member, MemberId,
+    SendOptions, TAG_LEN, WireLimits,
+};
+
+/// Magic of a stream frame: ASCII `COHF`.
+pub const FRAME_MAGIC: [u8; 4] = *b"COHF";
+/// Length of the fixed frame prefix.
+pub const FRAME_PREFIX_LEN: usize = 16;
+/// Length of the CRC trailer.
+pub const CRC_LEN: usize = 4;
+/// Flag bit: the frame carries an HMAC-SHA256 tag before its CRC.
+pub const FLAG_AUTHENTICATED: u8 = 0x01;
+
+/// The kind byte of a frame.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// An application or control message.
+    Data = 1,
+    /// A batch of ACKs and FAIL_ACKs.
+    Ack = 2,
+    /// The first frame on a connection: who is connecting.
+    Hello = 3,
+}
+
+impl FrameKind {
+    fn from_byte(byte: u8) -> Option<Self> {
+        match byte {
+            1 => Some(Self::Data),
+            2 => Some(Self::Ack),
+            3 => Some(Self::Hello),
+            _ => None,
+        }
+    }
+}
+
+/// An extension field of a data header: a tag owned by one interceptor and its bytes
+/// (fragment numbers, order sequence, compression marker, ...). At most
+/// [`MAX_EXTENSIONS`] per header.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Extension {
+    /// Which interceptor owns it (see docs/PROTOCOL.md for assigned tags).
+    pub tag: u32,
+    /// Its bytes.
+    pub value: Bytes,
+}
+
+/// The header of a data frame.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct DataHeader {
+    /// Message id, unique per sender (the sender counts up); `(sender, msg_id)` identifies a
+    /// message cluster-wide, and ACKs name it.
+    pub msg_id: u64,
+    /// Send options, including interceptor bits.
+    pub options: SendOptions,
+    /// The sending member's id.
+    pub sender: MemberId,
+    /// Sender's wall clock when sent, ms since the Unix epoch (informational only).
+    pub timestamp_ms: u64,
+    /// Per-sender sequence number for ordering, 0 when unordered.
+    pub seq: u64,
+    /// Interceptor extensions.
+    pub extensions: Vec<Extension>,
+}
+
+impl DataHeader {
+    /// The value of the first extension with `tag`.
+    pub fn extension(&self, tag: u32) -> Option<&Bytes> {
+        self.extensions
+            .iter()
+            .find(|e| e.tag == tag)
+            .map(|e| &e.value)
+    }
+}
+
+/// A data frame: header and payload.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct DataFrame {
+    /// The header.
+    pub header: DataHeader,
+    /// The payload (zero-copy slice of the received buffer).
+    pub payload: Bytes,
+}
+
+/// An inclusive range of acknowledged message ids.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct AckRange {
+    /// First id acknowledged.
+    pub first: u64,
+    /// Last id acknowledged (`>= first`).
+    pub last: u64,
+}
+
+impl AckRange {
+    /// A range of one id.
+    pub fn single(id: u64) -> Self {
+        Self {
+            first: id,
+            last: id,
+        }
+    }
+
+    /// True when `id` is in the range.
+    pub fn contains(&self, id: u64) -> bool {
+        (self.first..=self.last).contains(&id)
+    }
+}
+
+/// A message whose processing failed at the receiver (Tribes' FAIL_ACK).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct FailAck {
+    /// The failed message.
+    pub msg_id: u64,
+    /// Why, for the sender's error (cut to [`MAX_FAIL_REASON_LEN`] bytes on encode).
+    pub reason: String,
+}
+
+/// A batch of ACKs and FAIL_ACKs for messages received on one connection.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct AckFrame {
+    /// Ids processed successfully (or received, for plain USE_ACK), as ranges.
+    pub acked: Vec<AckRange>,
+    /// Ids whose processing failed.
+    pub failed: Vec<FailAck>,
+}
+
+impl AckFrame {
+    /// Builds a frame from acknowledged ids in any order, merging runs into ranges.
+    pub fn from_ids(mut ids: Vec<u64>) -> Self {
+        ids.sort_unstable();
+        ids.dedup();
+        let mut acked: Vec<AckRange> = Vec::new();
+        for id in ids {
+            match acked.last_mut() {
+                Some(r) if r.last.checked_add(1) == Some(id) => r.last = id,
+                _ => acked.push(AckRange::single(id)),
+            }
+        }
+        Self {
+            acked,
+            failed: Vec::new(),
+        }
+    }
+
+    /// Every acknowledged id, in range order.
+    pub fn acked_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.acked.iter().flat_map(|r| r.first..=r.last)
+    }
+}
+
+/// A frame of any kind.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Frame {
+    /// A message.
+    Data(DataFrame),
+    /// ACKs and FAIL_ACKs.
+    Ack(AckFrame),
+    /// A connection hello naming the connecting member.
+    Hello(Box<Member>),
+}
+
+impl Frame {
+    /// The kind byte.
+    pub fn kind(&self) -> FrameKind {
+        match self {
+            Self::Data(_) => FrameKind::Data,
+            Self::Ack(_) => FrameKind::Ack,
+            Self::Hello(_) => FrameKind::Hello,
+        }
+    }
+}
+
+fn too_large(what: &'static str, len: usize, max: u64) -> EncodeError {
+    EncodeError::TooLarge {
+        what,
+        len: len as u64,
+        max,
+    }
+}
+
+fn header_pb_data(h: &DataHeader) -> Result<DataHeaderPb, EncodeError> {
+    if h.extensions.len() > MAX_EXTENSIONS {
+        return Err(EncodeError::FieldTooLong {
+            field: "extensions",
+            len: h.extensions.len(),
+            max: MAX_EXTENSIONS,
+        });
+    }
+    Ok(DataHeaderPb {
+        msg_id: h.msg_id,
+        options: h.options.bits(),
+        sender: h.sender.as_bytes().to_vec(),
+        timestamp_ms: h.timestamp_ms,
+        seq: h.seq,
+        extensions: h
+            .extensions
+            .iter()
+            .map(|e| ExtensionPb {
+                tag: e.tag,
+                value: e.value.clone(),
+            })
+            .collect(),
+    })
+}
+
+fn header_pb_ack(a: &AckFrame, limits: &WireLimits) -> Result<AckPb, EncodeError> {
+    let entries = a.acked.len() + a.failed.len();
+    if entries > limits.max_ack_entries {
+        return Err(EncodeError::FieldTooLong {
+            field: "ack entries",
+            len: entries,
+            max: limits.max_ack_entries,
+        });
+    }
+    let mut acked = Vec::with_capacity(a.acked.len());
+    for r in &a.acked {
+        if r.first > r.last {
+            return Err(EncodeError::EmptyAckRange {
+                first: r.first,
+                last: r.last,
+            });
+        }
+        acked.push(AckRangePb {
+            first: r.first,
+            last: r.last,
+        });
+    }
+    let failed = a
+        .failed
+        .iter()
+        .map(|f| FailAckPb {
+            msg_id: f.msg_id,
+            reason: truncate_utf8(&f.reason, MAX_FAIL_REASON_LEN).to_owned(),
+        })
+        .collect();
+    Ok(AckPb { acked, failed })
+}
+
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Encodes `frame` at the end of `out`. On error `out` is unchanged.
+pub(crate) fn encode_frame(
+    frame: &Frame,
+    version: u8,
+    limits: &WireLimits,
+    keys: Option<&KeyRing>,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    // Build the prost header first: nothing is written to `out` until everything is checked.
+    enum Header {
+        Data(DataHeaderPb),
+        Ack(AckPb),
+        Hello(HelloPb),
+    }
+    let (header, payload): (Header, &[u8]) = match frame {
+        Frame::Data(d) => (Header::Data(header_pb_data(&d.header)?), &d.payload),
+        Frame::Ack(a) => (Header::Ack(header_pb_ack(a, limits)?), &[]),
+        Frame::Hello(m) => {
+            proto::validate_member(m, limits)?;
+            let pb = HelloPb {
+                member: Some(proto::member_to_pb(m)),
+            };
+            (Header::Hello(pb), &[])
+        }
+    };
+    let header_len = match &header {
+        Header::Data(h) => h.encoded_len(),
+        Header::Ack(h) => h.encoded_len(),
+        Header::Hello(h) => h.encoded_len(),
+    };
+    if header_len > limits.max_frame_header as usize {
+        return Err(too_large(
+            "frame header",
+            header_len,
+            limits.max_frame_header.into(),
+        ));
+    }
+    if payload.len() > limits.max_frame_payload as usize {
+        return Err(too_large(
+            "frame payload",
+            payload.len(),
+            limits.max_frame_payload.into(),
+        ));
+    }
+    let tag_len = if keys.is_some() { TAG_LEN } else { 0 };
+    let start = out.len();
+    out.reserve(FRAME_PREFIX_LEN + header_len + payload.len() + tag_len + CRC_LEN);
+    out.put_slice(&FRAME_MAGIC);
+    out.put_u8(version);
+    out.put_u8(frame.kind() as u8);
+    out.put_u8(if keys.is_some() { FLAG_AUTHENTICATED } else { 0 });
+    out.put_u8(0);
+    // Both lengths were checked against u32 limits above.
+    out.put_u32(header_len as u32);
+    out.put_u32(payload.len() as u32);
+    match &header {
+        Header::Data(h) => h.encode_raw(out),
+        Header::Ack(h) => h.encode_raw(out),
+        Header::Hello(h) => h.encode_raw(out),
+    }
+    debug_assert_eq!(out.len() - start, FRAME_PREFIX_LEN + header_len);
+    out.put_slice(payload);
+    if let Some(keys) = keys {
+        let tag = keys.sign(&out[start..]);
+        out.put_slice(&tag);
+    }
+    let crc = crc32fast::hash(&out[start..]);
+    out.put_u32(crc);
+    Ok(())
+}
+
+/// Streaming decode: takes one complete frame off the front of `buf`, `Ok(None)` when more
+/// bytes are needed. On error the stream is unusable and should be closed: errors found in the
+/// fixed prefix, CRC or tag leave `buf` unchanged; a malformed header consumes its frame.
+pub(crate) fn decode_frame(
+    buf: &mut BytesMut,
+    min_version: u8,
+    max_version: u8,
+    limits: &WireLimits,
+    keys: Option<&KeyRing>,
+) -> Result<Option<Frame>, DecodeError> {
+    // Check what is there as early as possible: a wrong magic is reported after 4 bytes.
+    let magic_len = buf.len().min(4);
+    if buf[..magic_len] != FRAME_MAGIC[..magic_len] {
+        let mut found = [0u8; 4];
+        found[..magic_len].copy_from_slice(&buf[..magic_len]);
+        return Err(DecodeError::BadMagic {
+            found,
+            expected: FRAME_MAGIC,
+        });
+    }
+    if buf.len() >= 5 {
+        let version = buf[4];
+        if !(min_version..=max_version).contains(&version) {
+            return Err(DecodeError::UnsupportedVersion {
+                version,
+                min: min_version,
+                max: max_version,
+            });
+        }
+    }
+    if buf.len() < FRAME_PREFIX_LEN {
+        return Ok(None);
+    }
+    let mut prefix = &buf[5..FRAME_PREFIX_LEN];
+    let kind_byte = prefix.get_u8();
+    let flags = prefix.get_u8();
+    let _reserved = prefix.get_u8();
+    let header_len = prefix.get_u32();
+    let payload_len = prefix.get_u32();
+    if header_len > limits.max_frame_header {
+        return Err(DecodeError::TooLarge {
+            what: "frame header",
+            len: header_len.into(),
+            max: limits.max_frame_header.into(),
+        });
+    }
+    if payload_len > limits.max_frame_payload {
+        return Err(DecodeError::TooLarge {
+            what: "frame payload",
+            len: payload_len.into(),
+            max: limits.max_frame_payload.into(),
+        });
+    }
+    let authenticated = flags & FLAG_AUTHENTICATED != 0;
+    let tag_len = if authenticated { TAG_LEN } else { 0 };
+    let body_end = FRAME_PREFIX_LEN + header_len as usize + payload_len as usize;
+    let total = body_end + tag_len + CRC_LEN;
+    if buf.len() < total {
+        // The decoder never allocates on a peer's word: the reader grows `buf` as bytes arrive.
+        return Ok(None);
+    }
+    let carried = u32::from_be_bytes([
+        buf[total - 4],
+        buf[total - 3],
+        buf[total - 2],
+        buf[total - 1],
+    ]);
+    let computed = crc32fast::hash(&buf[..total - CRC_LEN]);
+    if computed != carried {
+        return Err(DecodeError::CrcMismatch { computed, carried });
+    }
+    match (keys, authenticated) {
+        (Some(keys), true) => {
+            if !keys.verify(&buf[..body_end], &buf[body_end..body_end + TAG_LEN]) {
+                return Err(DecodeError::BadAuth);
+            }
+        }
+        (Some(_), false) => return Err(DecodeError::MissingAuth),
+        (None, true) => return Err(DecodeError::NoKey),
+        (None, false) => {}
+    }
+    let kind = FrameKind::from_byte(kind_byte)
+        .ok_or(DecodeError::UnknownFrameKind { kind: kind_byte })?;
+    // The frame is complete and intact: take it off the buffer and parse it without copying.
+    let bytes = buf.split_to(total).freeze();
+    let header = bytes.slice(FRAME_PREFIX_LEN..FRAME_PREFIX_LEN + header_len as usize);
+    let payload = bytes.slice(FRAME_PREFIX_LEN + header_len as usize..body_end);
+    parse_body(kind, header, payload, limits).map(Some)
+}
+
+fn parse_body(
+    kind: FrameKind,
+    header: Bytes,
+    payload: Bytes,
+    limits: &WireLimits,
+) -> Result<Frame, DecodeError> {
+    if kind != FrameKind::Data && !payload.is_empty() {
+        let what = if kind == FrameKind::Ack {
+            "ack frame"
+        } else {
+            "hello frame"
+        };
+        return Err(proto::malformed(
+            what,
+            MalformedReason::UnexpectedPayload { kind },
+        ));
+    }
+    match kind {
+        FrameKind::Data => {
+            const WHAT: &str = "data header";
+            let pb = DataHeaderPb::decode(header).map_err(|e| proto::prost_error(WHAT, &e))?;
+            proto::check_len(WHAT, "extensions", pb.extensions.len(), MAX_EXTENSIONS)?;
+            let sender = MemberId::from_slice(&pb.sender).ok_or_else(|| {
+                let detail = format!("{} bytes, need 16", pb.sender.len());
+                proto::out_of_range(WHAT, "sender", detail)
+            })?;
+            let header = DataHeader {
+                msg_id: pb.msg_id,
+                options: SendOptions::from_bits(pb.options),
+                sender,
+                timestamp_ms: pb.timestamp_ms,
+                seq: pb.seq,
+                extensions: pb
+                    .extensions
+                    .into_iter()
+                    .map(|e| Extension {
+                        tag: e.tag,
+                        value: e.value,
+                    })
+                    .collect(),
+            };
+            Ok(Frame::Data(DataFrame { header, payload }))
+        }
+        FrameKind::Ack => {
+            const WHAT: &str = "ack frame";
+            let pb = AckPb::decode(header).map_err(|e| proto::prost_error(WHAT, &e))?;
+            let entries = pb.acked.len() + pb.failed.len();
+            proto::check_len(WHAT, "ack entries", entries, limits.max_ack_entries)?;
+            let mut acked = Vec::with_capacity(pb.acked.len());
+            for r in pb.acked {
+                if r.first > r.last {
+                    let detail = format!("first {} > last {}", r.first, r.last);
+                    return Err(proto::out_of_range(WHAT, "acked", detail));
+                }
+                acked.push(AckRange {
+                    first: r.first,
+                    last: r.last,
+                });
+            }
+            for f in &pb.failed {
+                proto::check_len(WHAT, "reason", f.reason.len(), MAX_FAIL_REASON_LEN)?;
+            }
+            let failed = pb
+                .failed
+                .into_iter()
+                .map(|f| FailAck {
+                    msg_id: f.msg_id,
+                    reason: f.reason,
+                })
+                .collect();
+            Ok(Frame::Ack(AckFrame { acked, failed }))
+        }
+        FrameKind::Hello => {
+            const WHAT: &str = "hello frame";
+            let pb = HelloPb::decode(header).map_err(|e| proto::prost_error(WHAT, &e))?;
+            let member = pb
+                .member
+                .ok_or_else(|| proto::malformed(WHAT, MalformedReason::MissingField("member")))?;
+            Ok(Frame::Hello(Box::new(proto::member_from_pb(
+                member, limits,
+            )?)))
+        }
+    }
+}
