@@ -1,1 +1,103 @@
-fn main() {}
+//! Cohort's project automation, run as `cargo xtask <command>`.
+//!
+//! - `ci`: everything CI checks: rustfmt, clippy with warnings denied, the whole test suite
+//!   (tidy tests included), and the docs with warnings denied.
+//! - `fuzz [--seconds N]`: a short run of every cargo-fuzz target from its committed corpus.
+//!
+//! Tidy checks live in `tidy.rs` as `#[test]`s, so a plain `cargo test` runs them too.
+
+// A command-line tool: reporting on stderr is its job.
+#![allow(clippy::print_stderr)]
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+
+mod fuzz;
+#[cfg(test)]
+mod tidy;
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  ci                  fmt check, clippy -D warnings, tests, doc build (what CI runs)
+  fuzz [--seconds N]  run every fuzz target for N seconds (default 20) from its corpus
+";
+
+fn main() -> ExitCode {
+    match run(&std::env::args().skip(1).collect::<Vec<_>>()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let root = project_root();
+    std::env::set_current_dir(&root).with_context(|| format!("cd {}", root.display()))?;
+    match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("fuzz") => {
+            let seconds = match args.get(1).map(String::as_str) {
+                None => 20,
+                Some("--seconds") => args
+                    .get(2)
+                    .context("--seconds needs a value")?
+                    .parse()
+                    .context("--seconds takes a whole number")?,
+                Some(other) => bail!("unknown fuzz option `{other}`\n\n{USAGE}"),
+            };
+            fuzz::run(seconds)
+        }
+        Some("-h" | "--help" | "help") | None => {
+            eprint!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown command `{other}`\n\n{USAGE}"),
+    }
+}
+
+fn project_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the root")
+        .to_path_buf()
+}
+
+/// Runs `cmd`, echoing it first, and fails if it fails.
+pub(crate) fn run_cmd(cmd: &mut Command) -> Result<()> {
+    eprintln!("$ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn ci() -> Result<()> {
+    run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run_cmd(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run_cmd(cargo().args(["test", "--workspace", "--locked"]))?;
+    run_cmd(
+        cargo()
+            .args(["doc", "--workspace", "--no-deps", "--locked"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )?;
+    eprintln!("xtask ci: all checks passed");
+    Ok(())
+}

@@ -94,6 +94,12 @@ pub(crate) fn encode_beacon(
             max: limits.max_beacon as u64,
         });
     }
+    // `total <= max_beacon <= 65507`, so the body length fits in 16 bits.
+    let body_len16 = u16::try_from(body_len).map_err(|_| EncodeError::TooLarge {
+        what: "beacon body",
+        len: body_len as u64,
+        max: u16::MAX.into(),
+    })?;
     let start = out.len();
     out.reserve(total);
     out.put_slice(&BEACON_MAGIC);
@@ -103,8 +109,7 @@ pub(crate) fn encode_beacon(
     } else {
         0
     });
-    // `total <= max_beacon <= 65507`, so the body length fits in 16 bits.
-    out.put_u16(body_len as u16);
+    out.put_u16(body_len16);
     pb.encode_raw(out);
     if let Some(keys) = keys {
         let tag = keys.sign(&out[start..]);
@@ -194,7 +199,10 @@ pub(crate) fn decode_beacon(
     }
     match (keys, authenticated) {
         (Some(keys), true) => {
-            if !keys.verify(&datagram[..body_end], &datagram[body_end..body_end + TAG_LEN]) {
+            if !keys.verify(
+                &datagram[..body_end],
+                &datagram[body_end..body_end + TAG_LEN],
+            ) {
                 return Err(DecodeError::BadAuth);
             }
         }

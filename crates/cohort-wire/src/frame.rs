@@ -315,17 +315,25 @@ pub(crate) fn encode_frame(
             limits.max_frame_payload.into(),
         ));
     }
+    // Both lengths were checked against u32 limits above.
+    let (header_len32, payload_len32) = (
+        u32::try_from(header_len).map_err(|_| too_large("frame header", header_len, 0))?,
+        u32::try_from(payload.len()).map_err(|_| too_large("frame payload", payload.len(), 0))?,
+    );
     let tag_len = if keys.is_some() { TAG_LEN } else { 0 };
     let start = out.len();
     out.reserve(FRAME_PREFIX_LEN + header_len + payload.len() + tag_len + CRC_LEN);
     out.put_slice(&FRAME_MAGIC);
     out.put_u8(version);
     out.put_u8(frame.kind() as u8);
-    out.put_u8(if keys.is_some() { FLAG_AUTHENTICATED } else { 0 });
+    out.put_u8(if keys.is_some() {
+        FLAG_AUTHENTICATED
+    } else {
+        0
+    });
     out.put_u8(0);
-    // Both lengths were checked against u32 limits above.
-    out.put_u32(header_len as u32);
-    out.put_u32(payload.len() as u32);
+    out.put_u32(header_len32);
+    out.put_u32(payload_len32);
     match &header {
         Header::Data(h) => h.encode_raw(out),
         Header::Ack(h) => h.encode_raw(out),
@@ -423,8 +431,8 @@ pub(crate) fn decode_frame(
         (None, true) => return Err(DecodeError::NoKey),
         (None, false) => {}
     }
-    let kind = FrameKind::from_byte(kind_byte)
-        .ok_or(DecodeError::UnknownFrameKind { kind: kind_byte })?;
+    let kind =
+        FrameKind::from_byte(kind_byte).ok_or(DecodeError::UnknownFrameKind { kind: kind_byte })?;
     // The frame is complete and intact: take it off the buffer and parse it without copying.
     let bytes = buf.split_to(total).freeze();
     let header = bytes.slice(FRAME_PREFIX_LEN..FRAME_PREFIX_LEN + header_len as usize);

@@ -61,8 +61,8 @@ pub use beacon::{BEACON_MAGIC, BEACON_PREFIX_LEN, Beacon, BeaconCommand};
 pub use codec::{BeaconCodec, CohortCodec, FrameCodec};
 pub use error::{ConfigError, DecodeError, EncodeError, MalformedReason};
 pub use frame::{
-    AckFrame, AckRange, CRC_LEN, DataFrame, DataHeader, Extension, FLAG_AUTHENTICATED,
-    FRAME_MAGIC, FRAME_PREFIX_LEN, FailAck, Frame, FrameKind,
+    AckFrame, AckRange, CRC_LEN, DataFrame, DataHeader, Extension, FLAG_AUTHENTICATED, FRAME_MAGIC,
+    FRAME_PREFIX_LEN, FailAck, Frame, FrameKind,
 };
 pub use limits::{
     MAX_CLUSTER_LEN, MAX_DATAGRAM, MAX_DOMAIN_LEN, MAX_EXTENSIONS, MAX_FAIL_REASON_LEN,

@@ -58,7 +58,11 @@ impl WireLimits {
             if ok {
                 Ok(())
             } else {
-                Err(ConfigError::OutOfRange { field, value, bound })
+                Err(ConfigError::OutOfRange {
+                    field,
+                    value,
+                    bound,
+                })
             }
         };
         let header = u64::from(self.max_frame_header);

@@ -137,7 +137,12 @@ pub struct MemberKey {
 
 impl fmt::Display for MemberKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.id.short(), SocketAddr::new(self.addr, self.port))
+        write!(
+            f,
+            "{}@{}",
+            self.id.short(),
+            SocketAddr::new(self.addr, self.port)
+        )
     }
 }
 

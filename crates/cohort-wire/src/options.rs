@@ -320,7 +320,9 @@ impl std::str::FromStr for Services {
             return Err(OptionsParseError::Empty);
         }
         if let Some(bits) = parse_number(text) {
-            return Ok(Self::from_bits_truncate(u8::try_from(bits).unwrap_or(u8::MAX)));
+            return Ok(Self::from_bits_truncate(
+                u8::try_from(bits).unwrap_or(u8::MAX),
+            ));
         }
         let mut services = Self::NONE;
         for name in text.split(',').map(str::trim) {

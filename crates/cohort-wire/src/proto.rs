@@ -122,7 +122,10 @@ pub(crate) fn check_len(
     max: usize,
 ) -> Result<(), DecodeError> {
     if len > max {
-        return Err(malformed(what, MalformedReason::FieldTooLong { field, len, max }));
+        return Err(malformed(
+            what,
+            MalformedReason::FieldTooLong { field, len, max },
+        ));
     }
     Ok(())
 }
