@@ -1,0 +1,275 @@
+//! Membership configuration.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cohort_wire::{ClusterKey, KeyRing, MemberId, WireLimits};
+
+/// Why a configuration was rejected. State is never changed by a rejected configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A field violates its bound.
+    #[error("`{field}` is invalid: {problem}")]
+    Invalid {
+        /// The field, as named in the TOML table.
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A wire-level setting (limits, keys) is invalid.
+    #[error(transparent)]
+    Wire(#[from] cohort_wire::ConfigError),
+}
+
+fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        problem: problem.into(),
+    }
+}
+
+/// The sans-IO core's settings: timing, identity of the cluster, limits and keys.
+///
+/// Defaults are Tribes' `McastService` defaults: beacon every 500 ms, drop after 3000 ms.
+#[derive(Clone, Debug)]
+pub struct MembershipConfig {
+    /// Cluster name carried in every beacon; beacons of other clusters are ignored and counted.
+    pub cluster: String,
+    /// Beacon interval (Tribes' `frequency`). Default 500 ms.
+    pub frequency: Duration,
+    /// A member silent for this long is dropped (Tribes' `dropTime`). Default 3000 ms; must be
+    /// at least twice `frequency`.
+    pub drop_time: Duration,
+    /// Most members in the table, the local one excluded. Beacons of new members beyond it are
+    /// dropped and counted (`MembershipStats::table_full`). Default 1024.
+    pub max_members: NonZeroUsize,
+    /// Cluster keys: when set, beacons are signed with the first and must verify under one.
+    pub keys: Option<KeyRing>,
+    /// With keys: beacons whose send time differs from ours by more than this are dropped as
+    /// stale (replays of old beacons). Default 30 s. Ignored without keys.
+    pub max_clock_skew: Duration,
+    /// Shortest interval between the immediate beacons sent to answer joins or announce a
+    /// payload change, so that a burst of joins cannot cause a storm. Default 20 ms.
+    pub min_answer_interval: Duration,
+    /// Most events held for the application before the oldest are dropped (and counted).
+    /// Default 4096.
+    pub max_pending_events: NonZeroUsize,
+    /// Wire limits for beacons.
+    pub limits: WireLimits,
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        Self {
+            cluster: "cohort".into(),
+            frequency: Duration::from_millis(500),
+            drop_time: Duration::from_millis(3000),
+            max_members: NonZeroUsize::new(1024).expect("non-zero"),
+            keys: None,
+            max_clock_skew: Duration::from_secs(30),
+            min_answer_interval: Duration::from_millis(20),
+            max_pending_events: NonZeroUsize::new(4096).expect("non-zero"),
+            limits: WireLimits::default(),
+        }
+    }
+}
+
+impl MembershipConfig {
+    /// Checks every bound; called by every constructor.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.cluster.len() > cohort_wire::MAX_CLUSTER_LEN {
+            return Err(invalid("cluster", "longer than 255 bytes"));
+        }
+        if self.frequency < Duration::from_millis(10) {
+            return Err(invalid("frequency", "must be at least 10 ms"));
+        }
+        if self.drop_time < 2 * self.frequency {
+            return Err(invalid(
+                "drop_time",
+                format!(
+                    "{:?} is less than twice the frequency ({:?})",
+                    self.drop_time, self.frequency
+                ),
+            ));
+        }
+        if self.min_answer_interval > self.frequency {
+            return Err(invalid("min_answer_interval", "must not exceed frequency"));
+        }
+        self.limits.validate()?;
+        Ok(())
+    }
+}
+
+/// A statically configured peer (Tribes' `StaticMember`, Tigase's `host:password:port`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaticPeer {
+    /// Where its membership socket listens for beacons.
+    pub addr: SocketAddr,
+    /// Its member id, if known: beacons from `addr` claiming another id are dropped.
+    pub id: Option<MemberId>,
+    /// A secret shared with this peer alone: beacons to and from it are signed with it instead
+    /// of the cluster keys.
+    pub secret: Option<ClusterKey>,
+}
+
+impl StaticPeer {
+    /// A peer at `addr` with no pinned id and no own secret.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            id: None,
+            secret: None,
+        }
+    }
+}
+
+impl std::str::FromStr for StaticPeer {
+    type Err = ConfigError;
+
+    /// `host:port`, `host:secret:port` (Tigase's form), with an optional `@id` suffix of 32 hex
+    /// digits: `127.0.0.1:45601`, `10.0.0.2:s3cr3t-at-least-16b:45601@00112233...`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (rest, id) = match text.rsplit_once('@') {
+            Some((rest, id)) => {
+                let id = id
+                    .parse::<MemberId>()
+                    .map_err(|e| invalid("static_members", format!("`{text}`: {e}")))?;
+                (rest, Some(id))
+            }
+            None => (text, None),
+        };
+        let parts: Vec<&str> = rest.split(':').collect();
+        let (host, secret, port) = match parts.as_slice() {
+            [host, port] => (*host, None, *port),
+            [host, secret, port] => (*host, Some(*secret), *port),
+            _ => {
+                return Err(invalid(
+                    "static_members",
+                    format!("`{text}`: expected host:port or host:secret:port"),
+                ));
+            }
+        };
+        let ip: IpAddr = host
+            .parse()
+            .map_err(|_| invalid("static_members", format!("`{host}` is not an IP address")))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| invalid("static_members", format!("`{port}` is not a port")))?;
+        let secret = secret
+            .map(|s| ClusterKey::new(s.as_bytes().to_vec()))
+            .transpose()?;
+        Ok(Self {
+            addr: SocketAddr::new(ip, port),
+            id,
+            secret,
+        })
+    }
+}
+
+/// Multicast settings (Tribes' `McastService` attributes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MulticastConfig {
+    /// Group address. Default 228.0.0.4.
+    pub group: Ipv4Addr,
+    /// Group port. Default 45564. Address and port together define the cluster's channel.
+    pub port: u16,
+    /// Interface to send and receive multicast on (Tribes' `bind`). Default 127.0.0.1:
+    /// unlike Tribes, nothing leaves the host unless an interface is configured on purpose.
+    pub interface: Ipv4Addr,
+    /// Multicast TTL. Default 1 (the JVM default Tribes inherits).
+    pub ttl: u32,
+    /// Receive our own beacons back (Tribes' `!localLoopbackDisabled`). Default true; needed
+    /// for several nodes on one host.
+    pub loopback: bool,
+    /// How long one receive waits before the driver checks its timers (Tribes' `soTimeout`);
+    /// `None` uses `frequency`.
+    pub socket_read_timeout: Option<Duration>,
+    /// Recovery from socket errors.
+    pub recovery: RecoveryConfig,
+}
+
+impl Default for MulticastConfig {
+    fn default() -> Self {
+        Self {
+            group: Ipv4Addr::new(228, 0, 0, 4),
+            port: 45564,
+            interface: Ipv4Addr::LOCALHOST,
+            ttl: 1,
+            loopback: true,
+            socket_read_timeout: None,
+            recovery: RecoveryConfig::default(),
+        }
+    }
+}
+
+impl MulticastConfig {
+    /// Checks the bounds.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.group.is_multicast() {
+            return Err(invalid(
+                "address",
+                format!("{} is not multicast", self.group),
+            ));
+        }
+        if self.ttl > 255 {
+            return Err(invalid("ttl", "must be 0..=255"));
+        }
+        self.recovery.validate()
+    }
+}
+
+/// What the driver does when its socket keeps failing (Tribes' recovery settings).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecoveryConfig {
+    /// Close and reopen the socket after `counter` consecutive errors. Default true.
+    pub enabled: bool,
+    /// Consecutive errors before a reopen, and reopen attempts at `sleep` intervals before the
+    /// driver reports the failure and falls back to retrying every `slow_sleep`. Default 10.
+    pub counter: u32,
+    /// Pause between reopen attempts. Default 5000 ms.
+    pub sleep: Duration,
+    /// Pause between attempts once `counter` attempts failed. Default 60 s. The driver never
+    /// gives up silently and never spins.
+    pub slow_sleep: Duration,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            counter: 10,
+            sleep: Duration::from_millis(5000),
+            slow_sleep: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RecoveryConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.counter == 0 {
+            return Err(invalid("recovery_counter", "must be at least 1"));
+        }
+        if self.sleep.is_zero() || self.slow_sleep.is_zero() {
+            return Err(invalid("recovery_sleep", "must be positive"));
+        }
+        Ok(())
+    }
+}
+
+/// The local member's description, from which the driver builds its [`cohort_wire::Member`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocalMemberConfig {
+    /// Node name shown in views; default: the host name, as the driver finds it.
+    pub name: Option<String>,
+    /// Data receiver address advertised to peers.
+    pub data_addr: Option<SocketAddr>,
+    /// UDP data port, if any.
+    pub udp_port: Option<u16>,
+    /// Domain bytes (Tribes' `domain`).
+    pub domain: Bytes,
+    /// Initial payload.
+    pub payload: Bytes,
+}

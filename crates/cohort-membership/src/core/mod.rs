@@ -1,0 +1,570 @@
+//! The sans-IO membership core: member table, beacons in and out, expiry, lead.
+//!
+//! It does no IO, reads no clock and spawns nothing. The driver calls, in this order:
+//!
+//! 1. [`MembershipCore::start`] once;
+//! 2. [`MembershipCore::handle_datagram`] for every datagram, [`MembershipCore::handle_timeout`]
+//!    when [`MembershipCore::poll_timeout`] is reached, and the commands
+//!    ([`MembershipCore::set_payload`], [`MembershipCore::report_failed`],
+//!    [`MembershipCore::shutdown`]) when the application asks;
+//! 3. after each of those, drains [`MembershipCore::poll_transmit`] and
+//!    [`MembershipCore::poll_event`] until they return `None`, then re-reads `poll_timeout`.
+//!
+//! Time is a monotonic [`Instant`] passed in; wall-clock values (the start time advertised in
+//! beacons, beacon send times) are derived from the wall time given to [`MembershipCore::new`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use cohort_wire::{
+    Beacon, BeaconCodec, BeaconCommand, CohortCodec, DecodeError, KeyRing, Member, MemberKey,
+};
+
+use crate::config::{ConfigError, MembershipConfig, StaticPeer};
+use crate::view::{
+    DisappearReason, FailureEvidence, MembershipEvent, MembershipStats, MembershipView, ViewMember,
+};
+
+#[cfg(test)]
+mod tests;
+
+/// Where a beacon goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// The multicast group (the driver knows its address).
+    Group,
+    /// One static peer.
+    Peer(SocketAddr),
+}
+
+/// A datagram for the driver to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to.
+    pub to: Destination,
+    /// The encoded beacon.
+    pub bytes: Bytes,
+}
+
+#[derive(Debug)]
+struct Entry {
+    member: Member,
+    last_heard: Instant,
+    last_seq: u64,
+}
+
+/// A removed member's last accepted beacon sequence, kept to reject replays.
+#[derive(Debug)]
+struct Tombstone {
+    last_seq: u64,
+    until: Instant,
+}
+
+struct PeerCodec {
+    peer: StaticPeer,
+    codec: CohortCodec,
+}
+
+/// The membership state machine. See the module documentation for the call order.
+pub struct MembershipCore {
+    cfg: MembershipConfig,
+    /// Cluster codec (cluster keys, if any).
+    codec: CohortCodec,
+    /// Static peers, each with the codec for its own secret (or the cluster keys).
+    peers: Vec<PeerCodec>,
+    multicast: bool,
+    local: Member,
+    /// Monotonic instant and wall-clock ms that correspond to each other.
+    epoch: (Instant, u64),
+    seq: u64,
+    table: BTreeMap<MemberKey, Entry>,
+    tombstones: BTreeMap<MemberKey, Tombstone>,
+    lead: Option<MemberKey>,
+    started: bool,
+    stopped: bool,
+    next_beacon: Option<Instant>,
+    /// An immediate beacon is wanted (join answer, payload change), not before this instant.
+    answer_at: Option<Instant>,
+    last_answer: Option<Instant>,
+    next_expiry: Option<Instant>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<MembershipEvent>,
+    stats: MembershipStats,
+    view_version: u64,
+}
+
+impl MembershipCore {
+    /// A core for `local`, which must carry the cluster name of `cfg` (it is set if empty) and
+    /// the start time the caller chose (ms since the Unix epoch). `now` and `now_wall_ms` are
+    /// the same moment on the monotonic and the wall clock. `multicast` says whether beacons go
+    /// to the group; `peers` are static peers that receive beacons by unicast.
+    pub fn new(
+        cfg: MembershipConfig,
+        mut local: Member,
+        multicast: bool,
+        peers: Vec<StaticPeer>,
+        now: Instant,
+        now_wall_ms: u64,
+    ) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        if local.cluster.is_empty() {
+            local.cluster.clone_from(&cfg.cluster);
+        }
+        if local.cluster != cfg.cluster {
+            return Err(ConfigError::Invalid {
+                field: "cluster",
+                problem: "the local member's cluster differs from the configuration's".into(),
+            });
+        }
+        if !multicast && peers.is_empty() {
+            return Err(ConfigError::Invalid {
+                field: "static_members",
+                problem: "without multicast at least one static member is needed".into(),
+            });
+        }
+        let codec = CohortCodec::new(cfg.limits, cfg.keys.clone())?;
+        let mut peer_codecs = Vec::with_capacity(peers.len());
+        for peer in peers {
+            let keys = match &peer.secret {
+                Some(secret) => Some(KeyRing::new(vec![secret.clone()])?),
+                None => cfg.keys.clone(),
+            };
+            let codec = CohortCodec::new(cfg.limits, keys)?;
+            peer_codecs.push(PeerCodec { peer, codec });
+        }
+        Ok(Self {
+            codec,
+            peers: peer_codecs,
+            multicast,
+            local,
+            epoch: (now, now_wall_ms),
+            seq: 0,
+            table: BTreeMap::new(),
+            tombstones: BTreeMap::new(),
+            lead: None,
+            started: false,
+            stopped: false,
+            next_beacon: None,
+            answer_at: None,
+            last_answer: None,
+            next_expiry: None,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: MembershipStats::default(),
+            view_version: 0,
+            cfg,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MembershipConfig {
+        &self.cfg
+    }
+
+    /// The local member as advertised.
+    pub fn local(&self) -> &Member {
+        &self.local
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &MembershipStats {
+        &self.stats
+    }
+
+    fn wall_ms(&self, now: Instant) -> u64 {
+        let elapsed = now.saturating_duration_since(self.epoch.0);
+        self.epoch.1 + u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Starts beaconing: a join beacon goes out at once, so that peers answer at once.
+    pub fn start(&mut self, now: Instant) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        self.send_beacon(now, BeaconCommand::Join);
+        self.next_beacon = Some(now + self.cfg.frequency);
+        self.update_lead();
+    }
+
+    /// Sends a shutdown beacon, so that peers drop this member at once, and stops beaconing.
+    /// Idempotent.
+    pub fn shutdown(&mut self, now: Instant) {
+        if !self.started || self.stopped {
+            return;
+        }
+        self.send_beacon(now, BeaconCommand::Shutdown);
+        self.stopped = true;
+        self.next_beacon = None;
+        self.answer_at = None;
+    }
+
+    /// Replaces the local payload; it propagates with an immediate beacon (rate-limited by
+    /// `min_answer_interval`). Fails, changing nothing, when the payload is over the limit.
+    pub fn set_payload(&mut self, now: Instant, payload: Bytes) -> Result<(), ConfigError> {
+        if payload.len() > self.cfg.limits.max_member_payload {
+            return Err(ConfigError::Invalid {
+                field: "payload",
+                problem: format!(
+                    "{} bytes, limit {}",
+                    payload.len(),
+                    self.cfg.limits.max_member_payload
+                ),
+            });
+        }
+        self.local.payload = payload;
+        self.view_version += 1;
+        self.want_answer(now);
+        Ok(())
+    }
+
+    /// Removes a member on outside evidence of failure (a failure detector's confirmed probe).
+    /// Returns false when the member was not in the table.
+    pub fn report_failed(
+        &mut self,
+        now: Instant,
+        key: &MemberKey,
+        evidence: FailureEvidence,
+    ) -> bool {
+        self.remove(now, key, DisappearReason::Failed(evidence))
+    }
+
+    /// Handles one received datagram. Anything malformed, foreign, unauthenticated, stale or
+    /// replayed is counted and dropped.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        if !self.started || self.stopped {
+            return;
+        }
+        self.stats.datagrams_received += 1;
+        let peer = self.peers.iter().find(|p| p.peer.addr == from);
+        let codec = peer.map_or(&self.codec, |p| &p.codec);
+        let beacon = match codec.decode_beacon(datagram) {
+            Ok(beacon) => beacon,
+            Err(err) => {
+                self.count_decode_error(&err);
+                return;
+            }
+        };
+        if let Some(peer) = peer
+            && peer.peer.id.is_some_and(|id| id != beacon.member.id)
+        {
+            self.stats.wrong_static_id += 1;
+            return;
+        }
+        let key = beacon.member.key();
+        if beacon.member.id == self.local.id {
+            // Our own beacon looped back, or another process claims our id.
+            self.stats.own_beacons += 1;
+            return;
+        }
+        if beacon.member.cluster != self.cfg.cluster {
+            self.stats.foreign_cluster += 1;
+            return;
+        }
+        if self.cfg.keys.is_some() || peer.is_some_and(|p| p.peer.secret.is_some()) {
+            let skew = self.wall_ms(now).abs_diff(beacon.sent_at_ms);
+            if u128::from(skew) > self.cfg.max_clock_skew.as_millis() {
+                self.stats.stale += 1;
+                return;
+            }
+        }
+        self.expire_tombstones(now);
+        let last_seq = self
+            .table
+            .get(&key)
+            .map(|e| e.last_seq)
+            .or_else(|| self.tombstones.get(&key).map(|t| t.last_seq));
+        if last_seq.is_some_and(|last| beacon.seq <= last) {
+            self.stats.replayed += 1;
+            return;
+        }
+        self.stats.beacons_accepted += 1;
+        match beacon.command {
+            BeaconCommand::Shutdown => {
+                self.tombstones.insert(
+                    key,
+                    Tombstone {
+                        last_seq: beacon.seq,
+                        until: now + self.tombstone_time(),
+                    },
+                );
+                if let Some(entry) = self.table.get_mut(&key) {
+                    entry.last_seq = beacon.seq;
+                }
+                self.remove(now, &key, DisappearReason::Shutdown);
+            }
+            // A newer peer may send commands we do not know: treat them as alive.
+            _ => {
+                if beacon.command == BeaconCommand::Join {
+                    self.want_answer(now);
+                }
+                self.alive(now, beacon);
+            }
+        }
+    }
+
+    fn tombstone_time(&self) -> Duration {
+        self.cfg.max_clock_skew + self.cfg.drop_time
+    }
+
+    fn count_decode_error(&mut self, err: &DecodeError) {
+        match err {
+            DecodeError::MissingAuth | DecodeError::BadAuth | DecodeError::NoKey => {
+                self.stats.unauthenticated += 1;
+            }
+            _ => self.stats.malformed += 1,
+        }
+        tracing::debug!(error = %err, "dropped datagram");
+    }
+
+    fn alive(&mut self, now: Instant, beacon: Beacon) {
+        let key = beacon.member.key();
+        if let Some(entry) = self.table.get_mut(&key) {
+            entry.last_heard = now;
+            entry.last_seq = beacon.seq;
+            let changed = entry.member.payload != beacon.member.payload
+                || entry.member.name != beacon.member.name
+                || entry.member.domain != beacon.member.domain
+                || entry.member.udp_port != beacon.member.udp_port
+                || entry.member.versions != beacon.member.versions;
+            if changed {
+                entry.member = beacon.member.clone();
+                self.view_version += 1;
+                self.push_event(MembershipEvent::MemberUpdated(beacon.member));
+            }
+            return;
+        }
+        if self.table.len() >= self.cfg.max_members.get() {
+            self.stats.table_full += 1;
+            return;
+        }
+        self.tombstones.remove(&key);
+        let member = beacon.member;
+        tracing::info!(member = %key, name = %member.name, "member added");
+        self.table.insert(
+            key,
+            Entry {
+                member: member.clone(),
+                last_heard: now,
+                last_seq: beacon.seq,
+            },
+        );
+        let deadline = now + self.cfg.drop_time;
+        self.next_expiry = Some(self.next_expiry.map_or(deadline, |d| d.min(deadline)));
+        self.view_version += 1;
+        self.push_event(MembershipEvent::MemberAdded(member));
+        self.update_lead();
+    }
+
+    fn remove(&mut self, now: Instant, key: &MemberKey, reason: DisappearReason) -> bool {
+        let Some(entry) = self.table.remove(key) else {
+            return false;
+        };
+        let until = now + self.tombstone_time();
+        self.tombstones
+            .entry(*key)
+            .and_modify(|t| t.last_seq = t.last_seq.max(entry.last_seq))
+            .or_insert(Tombstone {
+                last_seq: entry.last_seq,
+                until,
+            });
+        self.bound_tombstones();
+        tracing::info!(member = %key, reason = reason.name(), "member disappeared");
+        self.view_version += 1;
+        self.push_event(MembershipEvent::MemberDisappeared {
+            member: entry.member,
+            reason,
+        });
+        self.update_lead();
+        true
+    }
+
+    fn bound_tombstones(&mut self) {
+        // Bounded like the table: drop the tombstones that expire first.
+        while self.tombstones.len() > self.cfg.max_members.get() {
+            let oldest = self
+                .tombstones
+                .iter()
+                .min_by_key(|(_, t)| t.until)
+                .map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                self.tombstones.remove(&k);
+            }
+        }
+    }
+
+    fn expire_tombstones(&mut self, now: Instant) {
+        self.tombstones.retain(|_, t| t.until > now);
+    }
+
+    fn push_event(&mut self, event: MembershipEvent) {
+        if self.events.len() >= self.cfg.max_pending_events.get() {
+            self.events.pop_front();
+            self.stats.events_dropped += 1;
+        }
+        self.events.push_back(event);
+    }
+
+    fn update_lead(&mut self) {
+        let local = self
+            .started
+            .then(|| (self.local.seniority(), self.local.key()));
+        let lead = self
+            .table
+            .values()
+            .map(|e| (e.member.seniority(), e.member.key()))
+            .chain(local)
+            .min()
+            .map(|(_, key)| key);
+        if lead != self.lead {
+            self.lead = lead;
+            let member = lead.and_then(|k| self.member(&k).cloned());
+            let local_is_lead = lead == Some(self.local.key());
+            tracing::info!(lead = ?lead, local_is_lead, "lead changed");
+            self.push_event(MembershipEvent::LeadChanged {
+                lead: member,
+                local_is_lead,
+            });
+        }
+    }
+
+    fn member(&self, key: &MemberKey) -> Option<&Member> {
+        if *key == self.local.key() {
+            Some(&self.local)
+        } else {
+            self.table.get(key).map(|e| &e.member)
+        }
+    }
+
+    fn want_answer(&mut self, now: Instant) {
+        if !self.started || self.stopped {
+            return;
+        }
+        let earliest = self
+            .last_answer
+            .map_or(now, |t| (t + self.cfg.min_answer_interval).max(now));
+        self.answer_at = Some(self.answer_at.map_or(earliest, |a| a.min(earliest)));
+    }
+
+    fn send_beacon(&mut self, now: Instant, command: BeaconCommand) {
+        self.seq += 1;
+        let wall = self.wall_ms(now);
+        let beacon = Beacon {
+            member: self.local.clone(),
+            command,
+            seq: self.seq,
+            sent_at_ms: wall,
+        };
+        if self.multicast {
+            let mut out = BytesMut::new();
+            match self.codec.encode_beacon(&beacon, &mut out) {
+                Ok(()) => self.transmits.push_back(Transmit {
+                    to: Destination::Group,
+                    bytes: out.freeze(),
+                }),
+                Err(err) => tracing::error!(error = %err, "cannot encode the local beacon"),
+            }
+        }
+        for peer in &self.peers {
+            let mut out = BytesMut::new();
+            match peer.codec.encode_beacon(&beacon, &mut out) {
+                Ok(()) => self.transmits.push_back(Transmit {
+                    to: Destination::Peer(peer.peer.addr),
+                    bytes: out.freeze(),
+                }),
+                Err(err) => tracing::error!(error = %err, "cannot encode the local beacon"),
+            }
+        }
+        self.stats.beacons_sent += 1;
+    }
+
+    /// Runs what is due at `now`: the periodic beacon, an immediate answer, member expiry.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if !self.started || self.stopped {
+            return;
+        }
+        if self.answer_at.is_some_and(|t| t <= now) {
+            self.answer_at = None;
+            self.last_answer = Some(now);
+            self.send_beacon(now, BeaconCommand::Alive);
+            // The answer counts as this period's beacon.
+            self.next_beacon = Some(now + self.cfg.frequency);
+        }
+        if self.next_beacon.is_some_and(|t| t <= now) {
+            self.send_beacon(now, BeaconCommand::Alive);
+            self.next_beacon = Some(now + self.cfg.frequency);
+        }
+        if self.next_expiry.is_some_and(|t| t <= now) {
+            self.expire(now);
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let drop_time = self.cfg.drop_time;
+        let expired: Vec<(MemberKey, Duration)> = self
+            .table
+            .iter()
+            .filter_map(|(k, e)| {
+                let silent = now.saturating_duration_since(e.last_heard);
+                (silent >= drop_time).then_some((*k, silent))
+            })
+            .collect();
+        for (key, silent_for) in expired {
+            self.remove(now, &key, DisappearReason::Expired { silent_for });
+        }
+        self.next_expiry = self.table.values().map(|e| e.last_heard + drop_time).min();
+    }
+
+    /// The next instant at which [`MembershipCore::handle_timeout`] has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [self.next_beacon, self.answer_at, self.next_expiry]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<MembershipEvent> {
+        self.events.pop_front()
+    }
+
+    /// A snapshot: every member including the local one, oldest first, lead marked.
+    pub fn view(&self) -> MembershipView {
+        let local_key = self.local.key();
+        let mut members: Vec<ViewMember> = self
+            .table
+            .values()
+            .map(|e| &e.member)
+            .chain(std::iter::once(&self.local))
+            .map(|m| ViewMember {
+                member: m.clone(),
+                local: m.key() == local_key,
+                lead: Some(m.key()) == self.lead,
+            })
+            .collect();
+        members.sort_by_key(|v| v.member.seniority());
+        MembershipView {
+            version: self.view_version,
+            local: local_key,
+            lead: self.lead,
+            members,
+        }
+    }
+
+    /// Number of remote members in the table.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// True when no remote member is known.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+}

@@ -1,0 +1,510 @@
+//! The tokio driver: one task owns a [`MembershipCore`] and moves datagrams between it and the
+//! sockets of a [`Net`]; a clonable [`MembershipHandle`] talks to it.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cohort_net::{MulticastOptions, Net, UdpSocket};
+use cohort_wire::{Member, MemberId, MemberKey, Services};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::config::{
+    ConfigError, LocalMemberConfig, MembershipConfig, MulticastConfig, StaticPeer,
+};
+use crate::core::{Destination, MembershipCore};
+use crate::view::{FailureEvidence, MembershipEvent, MembershipStats, MembershipView};
+
+/// Capacity of the command queue from handles to the driver task (senders wait when full).
+const COMMAND_QUEUE: usize = 64;
+/// Largest datagram read.
+const RECV_BUFFER: usize = 65_536;
+
+/// Callbacks for those who prefer them to the event stream. Called on the driver task, in
+/// order, after each change: they must return quickly and must not block.
+pub trait MembershipListener: Send + Sync + 'static {
+    /// Called for every event.
+    fn on_event(&self, event: &MembershipEvent);
+}
+
+/// Why membership could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A socket could not be opened.
+    #[error("cannot open the {what} socket on {addr}: {source}")]
+    Socket {
+        /// Which socket.
+        what: &'static str,
+        /// Where.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+enum Command {
+    SetPayload(Bytes, oneshot::Sender<Result<(), ConfigError>>),
+    ReportFailed(MemberKey, FailureEvidence),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Entry point: `Membership::builder(config)`.
+pub struct Membership;
+
+impl Membership {
+    /// A builder with the core settings; multicast on Tribes' defaults unless changed.
+    pub fn builder(config: MembershipConfig) -> MembershipBuilder {
+        MembershipBuilder {
+            config,
+            multicast: Some(MulticastConfig::default()),
+            static_peers: Vec::new(),
+            static_bind: None,
+            local: LocalMemberConfig::default(),
+            services: Services::MBR_RX | Services::MBR_TX,
+            listeners: Vec::new(),
+            event_capacity: 1024,
+        }
+    }
+}
+
+/// Assembles a membership service; [`MembershipBuilder::start`] runs it.
+pub struct MembershipBuilder {
+    config: MembershipConfig,
+    multicast: Option<MulticastConfig>,
+    static_peers: Vec<StaticPeer>,
+    static_bind: Option<SocketAddr>,
+    local: LocalMemberConfig,
+    services: Services,
+    listeners: Vec<Arc<dyn MembershipListener>>,
+    event_capacity: usize,
+}
+
+impl MembershipBuilder {
+    /// Multicast settings, or `None` to run without multicast (static peers only).
+    #[must_use]
+    pub fn multicast(mut self, multicast: Option<MulticastConfig>) -> Self {
+        self.multicast = multicast;
+        self
+    }
+
+    /// Static peers, beaconed by unicast from a socket bound to `bind`; can run beside
+    /// multicast.
+    #[must_use]
+    pub fn static_peers(mut self, bind: SocketAddr, peers: Vec<StaticPeer>) -> Self {
+        self.static_bind = Some(bind);
+        self.static_peers = peers;
+        self
+    }
+
+    /// The local member's description.
+    #[must_use]
+    pub fn local(mut self, local: LocalMemberConfig) -> Self {
+        self.local = local;
+        self
+    }
+
+    /// Which membership services run: `MBR_TX` sends beacons, `MBR_RX` receives them.
+    /// Other bits are ignored. Default both.
+    #[must_use]
+    pub fn services(mut self, services: Services) -> Self {
+        self.services = services;
+        self
+    }
+
+    /// Adds a callback listener.
+    #[must_use]
+    pub fn listener(mut self, listener: Arc<dyn MembershipListener>) -> Self {
+        self.listeners.push(listener);
+        self
+    }
+
+    /// How many events the event stream buffers per subscriber before the slowest loses the
+    /// oldest (it then sees `Lagged`). Default 1024.
+    #[must_use]
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = capacity.max(1);
+        self
+    }
+
+    /// Opens the sockets, draws the local member id from `rng`, and spawns the driver task on
+    /// the current tokio runtime.
+    pub async fn start<N: Net>(
+        self,
+        net: N,
+        rng: &mut impl rand_core::RngCore,
+    ) -> Result<MembershipHandle, StartError> {
+        if let Some(m) = &self.multicast {
+            m.validate()?;
+        }
+        self.config.validate()?;
+        let multicast_socket = match &self.multicast {
+            Some(m) => {
+                let opts = multicast_options(m);
+                let socket =
+                    net.bind_multicast(&opts)
+                        .await
+                        .map_err(|source| StartError::Socket {
+                            what: "multicast",
+                            addr: SocketAddr::from((m.group, m.port)),
+                            source,
+                        })?;
+                Some(socket)
+            }
+            None => None,
+        };
+        let static_socket = match self.static_bind {
+            Some(addr) => Some(
+                net.bind_udp(addr)
+                    .await
+                    .map_err(|source| StartError::Socket {
+                        what: "static membership",
+                        addr,
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+        let now = Instant::now();
+        let wall = net.wall_clock_ms();
+        let default_ip = self
+            .multicast
+            .as_ref()
+            .map(|m| IpAddr::V4(m.interface))
+            .or(self.static_bind.map(|a| a.ip()))
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let data_addr = self
+            .local
+            .data_addr
+            .unwrap_or(SocketAddr::new(default_ip, 4000));
+        let mut local = Member::new(MemberId::random(rng), data_addr.ip(), data_addr.port());
+        local.cluster.clone_from(&self.config.cluster);
+        local.name = self.local.name.clone().unwrap_or_else(|| net.host_name());
+        local.udp_port = self.local.udp_port;
+        local.domain = self.local.domain.clone();
+        local.payload = self.local.payload.clone();
+        local.start_time_ms = wall;
+        let mut core = MembershipCore::new(
+            self.config,
+            local,
+            multicast_socket.is_some(),
+            self.static_peers,
+            now.into_std(),
+            wall,
+        )?;
+        core.start(now.into_std());
+        let local_key = core.local().key();
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (view_tx, view_rx) = watch::channel(core.view());
+        let (stats_tx, stats_rx) = watch::channel(core.stats().clone());
+        let (event_tx, _) = broadcast::channel(self.event_capacity);
+        let driver = Driver {
+            net,
+            core,
+            multicast: self.multicast,
+            multicast_socket,
+            static_socket,
+            services: self.services,
+            listeners: self.listeners,
+            view_tx,
+            stats_tx,
+            event_tx: event_tx.clone(),
+            socket_errors: 0,
+            socket_reopens: 0,
+            consecutive_errors: 0,
+            reopen: None,
+        };
+        tokio::spawn(driver.run(cmd_rx));
+        Ok(MembershipHandle {
+            cmd: cmd_tx,
+            view: view_rx,
+            stats: stats_rx,
+            events: event_tx,
+            local: local_key,
+        })
+    }
+}
+
+fn multicast_options(m: &MulticastConfig) -> MulticastOptions {
+    MulticastOptions {
+        group: m.group,
+        port: m.port,
+        interface: m.interface,
+        ttl: m.ttl,
+        loopback: m.loopback,
+    }
+}
+
+/// A clonable front to a running membership service.
+#[derive(Clone)]
+pub struct MembershipHandle {
+    cmd: mpsc::Sender<Command>,
+    view: watch::Receiver<MembershipView>,
+    stats: watch::Receiver<MembershipStats>,
+    events: broadcast::Sender<MembershipEvent>,
+    local: MemberKey,
+}
+
+impl MembershipHandle {
+    /// The local member's identity.
+    pub fn local(&self) -> MemberKey {
+        self.local
+    }
+
+    /// The current view.
+    pub fn view(&self) -> MembershipView {
+        self.view.borrow().clone()
+    }
+
+    /// A receiver of views, for `changed()` / `wait_for()`.
+    pub fn watch(&self) -> watch::Receiver<MembershipView> {
+        self.view.clone()
+    }
+
+    /// A stream of events from now on (bounded; a slow subscriber sees `Lagged`).
+    pub fn events(&self) -> broadcast::Receiver<MembershipEvent> {
+        self.events.subscribe()
+    }
+
+    /// The counters as last published.
+    pub fn stats(&self) -> MembershipStats {
+        self.stats.borrow().clone()
+    }
+
+    /// Replaces the local payload; peers see it with the next beacon, sent at once.
+    pub async fn set_payload(&self, payload: Bytes) -> Result<(), ConfigError> {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .cmd
+            .send(Command::SetPayload(payload, tx))
+            .await
+            .is_err()
+        {
+            return Err(stopped());
+        }
+        rx.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// Removes a member on a failure detector's evidence.
+    pub async fn report_failed(&self, member: MemberKey, evidence: FailureEvidence) {
+        let _ = self.cmd.send(Command::ReportFailed(member, evidence)).await;
+    }
+
+    /// Leaves gracefully: sends a shutdown beacon so that peers drop this member at once, then
+    /// stops the driver. Returns once the beacon is sent. Dropping every handle does the same.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.cmd.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// True once the driver task has ended.
+    pub fn is_stopped(&self) -> bool {
+        self.cmd.is_closed()
+    }
+}
+
+fn stopped() -> ConfigError {
+    ConfigError::Invalid {
+        field: "membership",
+        problem: "the membership service has stopped".into(),
+    }
+}
+
+/// Which socket a datagram or error came from.
+#[derive(Clone, Copy, Debug)]
+enum Which {
+    Multicast,
+    Static,
+}
+
+struct Driver<N: Net> {
+    net: N,
+    core: MembershipCore,
+    multicast: Option<MulticastConfig>,
+    multicast_socket: Option<N::UdpSocket>,
+    static_socket: Option<N::UdpSocket>,
+    services: Services,
+    listeners: Vec<Arc<dyn MembershipListener>>,
+    view_tx: watch::Sender<MembershipView>,
+    stats_tx: watch::Sender<MembershipStats>,
+    event_tx: broadcast::Sender<MembershipEvent>,
+    socket_errors: u64,
+    socket_reopens: u64,
+    consecutive_errors: u32,
+    /// Multicast socket recovery in progress: next attempt and attempts so far.
+    reopen: Option<(Instant, u32)>,
+}
+
+async fn recv_on<S: UdpSocket>(
+    socket: Option<&S>,
+    buf: &mut [u8],
+) -> io::Result<(usize, SocketAddr)> {
+    match socket {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl<N: Net> Driver<N> {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut mbuf = vec![0u8; RECV_BUFFER];
+        let mut sbuf = vec![0u8; RECV_BUFFER];
+        let receive = self.services.contains(Services::MBR_RX);
+        loop {
+            self.flush().await;
+            let deadline = self.core.poll_timeout().map(Instant::from_std);
+            let reopen_at = self.reopen.map(|(t, _)| t);
+            let msock = self.multicast_socket.as_ref().filter(|_| receive);
+            let ssock = self.static_socket.as_ref().filter(|_| receive);
+            tokio::select! {
+                biased;
+                cmd = commands.recv() => match cmd {
+                    Some(Command::SetPayload(payload, reply)) => {
+                        let _ = reply.send(self.core.set_payload(Instant::now().into_std(), payload));
+                    }
+                    Some(Command::ReportFailed(key, evidence)) => {
+                        self.core.report_failed(Instant::now().into_std(), &key, evidence);
+                    }
+                    Some(Command::Shutdown(reply)) => {
+                        self.leave().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    None => {
+                        self.leave().await;
+                        return;
+                    }
+                },
+                r = recv_on(msock, &mut mbuf) => self.received(Which::Multicast, r, &mbuf),
+                r = recv_on(ssock, &mut sbuf) => self.received(Which::Static, r, &sbuf),
+                () = sleep_until_opt(deadline) => self.core.handle_timeout(Instant::now().into_std()),
+                () = sleep_until_opt(reopen_at) => self.try_reopen().await,
+            }
+        }
+    }
+
+    async fn leave(&mut self) {
+        self.core.shutdown(Instant::now().into_std());
+        self.flush().await;
+    }
+
+    fn received(&mut self, which: Which, result: io::Result<(usize, SocketAddr)>, buf: &[u8]) {
+        match result {
+            Ok((n, from)) => {
+                self.consecutive_errors = 0;
+                self.core
+                    .handle_datagram(Instant::now().into_std(), from, &buf[..n]);
+            }
+            Err(err) => self.socket_error(which, &err),
+        }
+    }
+
+    fn socket_error(&mut self, which: Which, err: &io::Error) {
+        self.socket_errors += 1;
+        self.consecutive_errors += 1;
+        tracing::warn!(socket = ?which, error = %err, "membership socket error");
+        let Some(m) = &self.multicast else { return };
+        if matches!(which, Which::Multicast)
+            && m.recovery.enabled
+            && self.consecutive_errors >= m.recovery.counter
+            && self.reopen.is_none()
+        {
+            tracing::warn!("closing the multicast socket to reopen it");
+            self.multicast_socket = None;
+            self.reopen = Some((Instant::now(), 0));
+        }
+    }
+
+    async fn try_reopen(&mut self) {
+        let (Some(m), Some((_, attempts))) = (&self.multicast, self.reopen) else {
+            self.reopen = None;
+            return;
+        };
+        match self.net.bind_multicast(&multicast_options(m)).await {
+            Ok(socket) => {
+                tracing::info!(attempts = attempts + 1, "multicast socket reopened");
+                self.multicast_socket = Some(socket);
+                self.socket_reopens += 1;
+                self.consecutive_errors = 0;
+                self.reopen = None;
+            }
+            Err(err) => {
+                let attempts = attempts + 1;
+                let pause: Duration = if attempts < m.recovery.counter {
+                    m.recovery.sleep
+                } else {
+                    if attempts == m.recovery.counter {
+                        tracing::error!(
+                            attempts,
+                            error = %err,
+                            "multicast recovery failed; retrying every {:?}",
+                            m.recovery.slow_sleep
+                        );
+                    }
+                    m.recovery.slow_sleep
+                };
+                self.reopen = Some((Instant::now() + pause, attempts));
+            }
+        }
+    }
+
+    /// Sends every pending datagram and publishes every pending event and the view.
+    async fn flush(&mut self) {
+        let send = self.services.contains(Services::MBR_TX);
+        while let Some(t) = self.core.poll_transmit() {
+            if !send {
+                continue;
+            }
+            let (socket, to, which) = match t.to {
+                Destination::Group => {
+                    let Some(m) = &self.multicast else { continue };
+                    let to = SocketAddr::from((m.group, m.port));
+                    (self.multicast_socket.as_ref(), to, Which::Multicast)
+                }
+                Destination::Peer(addr) => (self.static_socket.as_ref(), addr, Which::Static),
+            };
+            let Some(socket) = socket else { continue };
+            if let Err(err) = socket.send_to(&t.bytes, to).await {
+                self.socket_error(which, &err);
+            }
+        }
+        let mut changed = false;
+        while let Some(event) = self.core.poll_event() {
+            changed = true;
+            for l in &self.listeners {
+                l.on_event(&event);
+            }
+            // No subscriber is fine: the view still carries the state.
+            let _ = self.event_tx.send(event);
+        }
+        let view = self.core.view();
+        if changed || view.version != self.view_tx.borrow().version {
+            self.view_tx.send_replace(view);
+        }
+        let mut stats = self.core.stats().clone();
+        stats.socket_errors = self.socket_errors;
+        stats.socket_reopens = self.socket_reopens;
+        self.stats_tx.send_if_modified(|s| {
+            let differs = *s != stats;
+            if differs {
+                *s = stats;
+            }
+            differs
+        });
+    }
+}

@@ -1,0 +1,169 @@
+//! The network seam of Cohort's drivers.
+//!
+//! Drivers are generic over [`Net`], so the same driver code runs on real sockets
+//! ([`TokioNet`], tokio + socket2) and under deterministic simulation (`TurmoilNet` in
+//! `cohort-sim`). A cargo feature would be no substitute: features unify across a workspace
+//! build and would leak simulated sockets into real-socket tests.
+//!
+//! The wall clock is part of the seam too ([`Net::wall_clock_ms`]), so that simulated runs
+//! advertise simulated start times.
+//!
+//! ```
+//! use std::net::{Ipv4Addr, SocketAddr};
+//! use cohort_net::{Net, TokioNet, UdpSocket};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! let net = TokioNet;
+//! let a = net.bind_udp(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
+//! let b = net.bind_udp(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
+//! a.send_to(b"ping", b.local_addr()?).await?;
+//! let mut buf = [0u8; 16];
+//! let (n, from) = b.recv_from(&mut buf).await?;
+//! assert_eq!((&buf[..n], from), (&b"ping"[..], a.local_addr()?));
+//! # Ok(())
+//! # }
+//! ```
+
+use std::future::Future;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// How to open a multicast socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MulticastOptions {
+    /// Group to join and send to.
+    pub group: Ipv4Addr,
+    /// Group port, shared by every member on the host (SO_REUSEADDR / SO_REUSEPORT).
+    pub port: u16,
+    /// Interface to join on and send from.
+    pub interface: Ipv4Addr,
+    /// Multicast TTL (0 keeps datagrams on the host).
+    pub ttl: u32,
+    /// Deliver our own datagrams back to us (needed for several members on one host).
+    pub loopback: bool,
+}
+
+/// A UDP socket as drivers use it.
+pub trait UdpSocket: Send + Sync + 'static {
+    /// Sends one datagram.
+    fn send_to<'a>(
+        &'a self,
+        buf: &'a [u8],
+        to: SocketAddr,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a;
+
+    /// Receives one datagram.
+    fn recv_from<'a>(
+        &'a self,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send + 'a;
+
+    /// The bound address.
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+}
+
+/// The sockets and clock a driver needs.
+pub trait Net: Clone + Send + Sync + 'static {
+    /// The UDP socket type.
+    type UdpSocket: UdpSocket;
+
+    /// Binds a unicast UDP socket.
+    fn bind_udp(
+        &self,
+        addr: SocketAddr,
+    ) -> impl Future<Output = io::Result<Self::UdpSocket>> + Send;
+
+    /// Opens a socket joined to a multicast group, bound to the group port.
+    fn bind_multicast(
+        &self,
+        opts: &MulticastOptions,
+    ) -> impl Future<Output = io::Result<Self::UdpSocket>> + Send;
+
+    /// Wall-clock time in ms since the Unix epoch.
+    fn wall_clock_ms(&self) -> u64;
+
+    /// This host's name, for member records.
+    fn host_name(&self) -> String;
+}
+
+/// Real sockets: tokio, with socket options set through socket2.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TokioNet;
+
+impl UdpSocket for tokio::net::UdpSocket {
+    fn send_to<'a>(
+        &'a self,
+        buf: &'a [u8],
+        to: SocketAddr,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
+        tokio::net::UdpSocket::send_to(self, buf, to)
+    }
+
+    fn recv_from<'a>(
+        &'a self,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send + 'a {
+        tokio::net::UdpSocket::recv_from(self, buf)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        tokio::net::UdpSocket::local_addr(self)
+    }
+}
+
+/// Creates a multicast socket with socket2 (blocking calls only; no IO happens here).
+pub fn multicast_socket(opts: &MulticastOptions) -> io::Result<std::net::UdpSocket> {
+    if !opts.group.is_multicast() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a multicast address", opts.group),
+        ));
+    }
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    socket.set_reuse_port(true)?;
+    // Binding to the group address filters out unicast traffic to the port; fall back to the
+    // wildcard address where the platform refuses (as Tribes does).
+    let group_addr = SocketAddrV4::new(opts.group, opts.port);
+    if socket.bind(&group_addr.into()).is_err() {
+        socket.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, opts.port).into())?;
+    }
+    socket.join_multicast_v4(&opts.group, &opts.interface)?;
+    socket.set_multicast_if_v4(&opts.interface)?;
+    socket.set_multicast_ttl_v4(opts.ttl)?;
+    socket.set_multicast_loop_v4(opts.loopback)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+impl Net for TokioNet {
+    type UdpSocket = tokio::net::UdpSocket;
+
+    async fn bind_udp(&self, addr: SocketAddr) -> io::Result<Self::UdpSocket> {
+        tokio::net::UdpSocket::bind(addr).await
+    }
+
+    async fn bind_multicast(&self, opts: &MulticastOptions) -> io::Result<Self::UdpSocket> {
+        tokio::net::UdpSocket::from_std(multicast_socket(opts)?)
+    }
+
+    fn wall_clock_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn host_name(&self) -> String {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "localhost".into())
+    }
+}
