@@ -53,6 +53,7 @@ enum Command {
     SetPayload(Bytes, oneshot::Sender<Result<(), ConfigError>>),
     ReportFailed(MemberKey, FailureEvidence),
     Shutdown(oneshot::Sender<()>),
+    Abort(oneshot::Sender<()>),
 }
 
 /// Entry point: `Membership::builder(config)`.
@@ -305,6 +306,15 @@ impl MembershipHandle {
         }
     }
 
+    /// Stops at once without a shutdown beacon, as a crashed process would: peers drop this
+    /// member only when the drop time has passed. For tests, demonstrations and failover drills.
+    pub async fn abort(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.cmd.send(Command::Abort(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// True once the driver task has ended.
     pub fn is_stopped(&self) -> bool {
         self.cmd.is_closed()
@@ -382,6 +392,11 @@ impl<N: Net> Driver<N> {
                     }
                     Some(Command::Shutdown(reply)) => {
                         self.leave().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(Command::Abort(reply)) => {
+                        tracing::warn!("membership aborted without a shutdown beacon");
                         let _ = reply.send(());
                         return;
                     }

@@ -1,0 +1,7 @@
+//! Real sockets on loopback: several membership services in one process.
+
+// A skipped test says why on stderr.
+#![allow(clippy::print_stderr)]
+
+mod multicast;
+mod support;

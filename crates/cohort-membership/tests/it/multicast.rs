@@ -1,0 +1,123 @@
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cohort_membership::{
+    DisappearReason, LocalMemberConfig, Membership, MembershipConfig, MembershipEvent,
+    MembershipHandle, MulticastConfig, StaticPeer,
+};
+use cohort_net::TokioNet;
+use rand::SeedableRng;
+
+use crate::support::{free_udp_port, loopback_multicast_works, private_multicast, wait_view};
+
+async fn start(
+    multicast: Option<MulticastConfig>,
+    statics: Option<(SocketAddr, Vec<StaticPeer>)>,
+    n: u16,
+) -> MembershipHandle {
+    let mut builder = Membership::builder(MembershipConfig::default())
+        .multicast(multicast)
+        .local(LocalMemberConfig {
+            name: Some(format!("node-{n}")),
+            data_addr: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 4000 + n))),
+            ..LocalMemberConfig::default()
+        });
+    if let Some((bind, peers)) = statics {
+        builder = builder.static_peers(bind, peers);
+    }
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    builder
+        .start(TokioNet, &mut rng)
+        .await
+        .expect("membership starts")
+}
+
+#[tokio::test]
+async fn three_multicast_services_converge_elect_one_lead_and_see_a_leave_at_once() {
+    let m = private_multicast();
+    if !loopback_multicast_works(&m) {
+        eprintln!("SKIPPED: this kernel does not route multicast over loopback");
+        return;
+    }
+    let mut nodes = Vec::new();
+    for n in 1..=3 {
+        nodes.push(start(Some(m.clone()), None, n).await);
+    }
+    let last_start = Instant::now();
+    for node in &nodes {
+        wait_view(node, Duration::from_secs(5), "3 members", |v| v.len() == 3).await;
+    }
+    let converged = last_start.elapsed();
+    // Joins are answered at once; the target is 250 ms.
+    assert!(converged < Duration::from_millis(250), "took {converged:?}");
+    let lead = nodes[0].view().lead;
+    assert_eq!(
+        lead,
+        Some(nodes[0].local()),
+        "the first started is the oldest"
+    );
+    for node in &nodes {
+        assert_eq!(node.view().lead, lead);
+    }
+
+    // A graceful leave is seen at once, with reason shutdown, and the lead moves.
+    let mut events = nodes[1].events();
+    let leaving = nodes.remove(0);
+    let left_at = Instant::now();
+    leaving.shutdown().await;
+    for node in &nodes {
+        wait_view(node, Duration::from_millis(500), "the leave", |v| {
+            v.len() == 2
+        })
+        .await;
+    }
+    assert!(left_at.elapsed() < Duration::from_millis(500));
+    let reason = loop {
+        match events.recv().await.expect("event stream") {
+            MembershipEvent::MemberDisappeared { reason, .. } => break reason,
+            _ => continue,
+        }
+    };
+    assert_eq!(reason, DisappearReason::Shutdown);
+    let new_lead = nodes[0].view().lead;
+    assert_eq!(new_lead, Some(nodes[0].local()));
+    assert_eq!(nodes[1].view().lead, new_lead);
+
+    // Payloads propagate at run time.
+    nodes[1]
+        .set_payload(Bytes::from_static(b"role=batch"))
+        .await
+        .unwrap();
+    let id = nodes[1].local().id;
+    wait_view(&nodes[0], Duration::from_secs(2), "the new payload", |v| {
+        v.members
+            .iter()
+            .any(|m| m.member.id == id && m.member.payload == "role=batch")
+    })
+    .await;
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn static_members_find_each_other_without_multicast() {
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let a_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, pa));
+    let b_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, pb));
+    let secret = "a per-node secret";
+    let peer = |addr: SocketAddr| -> StaticPeer {
+        format!("{}:{secret}:{}", addr.ip(), addr.port())
+            .parse()
+            .unwrap()
+    };
+    let a = start(None, Some((a_addr, vec![peer(b_addr)])), 1).await;
+    let b = start(None, Some((b_addr, vec![peer(a_addr)])), 2).await;
+    wait_view(&a, Duration::from_secs(3), "b", |v| v.len() == 2).await;
+    wait_view(&b, Duration::from_secs(3), "a", |v| v.len() == 2).await;
+    b.shutdown().await;
+    wait_view(&a, Duration::from_secs(1), "b's leave", |v| v.len() == 1).await;
+    a.shutdown().await;
+    assert!(a.stats().beacons_accepted > 0);
+}
