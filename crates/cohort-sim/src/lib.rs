@@ -197,15 +197,15 @@ impl Cluster {
                 let mut views = handle.watch();
                 let mut events = handle.events();
                 loop {
-                    {
+                    let leave = {
                         let mut s = lock(&shared);
                         s.views.insert(spec.name.clone(), views.borrow().clone());
-                        if s.leave.contains(&spec.name) {
-                            drop(s);
-                            handle.shutdown().await;
-                            lock(&shared).views.remove(&spec.name);
-                            return Ok(());
-                        }
+                        s.leave.contains(&spec.name)
+                    };
+                    if leave {
+                        handle.shutdown().await;
+                        lock(&shared).views.remove(&spec.name);
+                        return Ok(());
                     }
                     tokio::select! {
                         biased;
