@@ -152,7 +152,7 @@ fn nodes_of_another_cluster_or_with_a_wrong_key_never_appear() {
             name: "other-cluster".into(),
             config: MembershipConfig {
                 cluster: "other".into(),
-                ..keyed.clone()
+                ..keyed
             },
         });
         c.run_until(Duration::from_secs(1), |c| c.all_see(&["n1", "n2", "n3"]))?;
