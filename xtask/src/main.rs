@@ -3,6 +3,7 @@
 //! - `ci`: everything CI checks: rustfmt, clippy with warnings denied, the whole test suite
 //!   (tidy tests included), and the docs with warnings denied.
 //! - `fuzz [--seconds N]`: a short run of every cargo-fuzz target from its committed corpus.
+//! - `sim [--seeds N | --seed S]`: the simulation suite over many seeds, or one seed replayed.
 //!
 //! Tidy checks live in `tidy.rs` as `#[test]`s, so a plain `cargo test` runs them too.
 
@@ -23,6 +24,8 @@ usage: cargo xtask <command>
 commands:
   ci                  fmt check, clippy -D warnings, tests, doc build (what CI runs)
   fuzz [--seconds N]  run every fuzz target for N seconds (default 20) from its corpus
+  sim [--seeds N]     run the simulation suite over seeds 1..=N (default 50)
+  sim --seed S        replay one seed
 ";
 
 fn main() -> ExitCode {
@@ -51,6 +54,22 @@ fn run(args: &[String]) -> Result<()> {
                 Some(other) => bail!("unknown fuzz option `{other}`\n\n{USAGE}"),
             };
             fuzz::run(seconds)
+        }
+        Some("sim") => {
+            let (var, value) = match (args.get(1).map(String::as_str), args.get(2)) {
+                (None, _) => ("COHORT_SIM_SEEDS", "50".to_owned()),
+                (Some("--seeds"), Some(n)) => ("COHORT_SIM_SEEDS", n.clone()),
+                (Some("--seed"), Some(s)) => ("COHORT_SIM_SEED", s.clone()),
+                _ => bail!("usage: cargo xtask sim [--seeds N | --seed S]"),
+            };
+            value
+                .parse::<u64>()
+                .with_context(|| format!("`{value}` is not a number"))?;
+            run_cmd(
+                cargo()
+                    .args(["test", "--release", "-p", "cohort-sim", "--test", "it"])
+                    .env(var, value),
+            )
         }
         Some("-h" | "--help" | "help") | None => {
             eprint!("{USAGE}");

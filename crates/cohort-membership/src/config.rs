@@ -184,9 +184,6 @@ pub struct MulticastConfig {
     /// Receive our own beacons back (Tribes' `!localLoopbackDisabled`). Default true; needed
     /// for several nodes on one host.
     pub loopback: bool,
-    /// How long one receive waits before the driver checks its timers (Tribes' `soTimeout`);
-    /// `None` uses `frequency`.
-    pub socket_read_timeout: Option<Duration>,
     /// Recovery from socket errors.
     pub recovery: RecoveryConfig,
 }
@@ -199,7 +196,6 @@ impl Default for MulticastConfig {
             interface: Ipv4Addr::LOCALHOST,
             ttl: 1,
             loopback: true,
-            socket_read_timeout: None,
             recovery: RecoveryConfig::default(),
         }
     }
