@@ -5,7 +5,11 @@
 //! HMAC included when `--keyed` is given.
 //!
 //! Run with `cargo run --release -p cohort-membership --example scale -- [N] [--keyed]`.
-#![allow(clippy::print_stdout, clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+#![allow(
+    clippy::print_stdout,
+    clippy::cast_possible_truncation,
+    clippy::cast_precision_loss
+)]
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

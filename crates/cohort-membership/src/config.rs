@@ -230,6 +230,9 @@ pub struct RecoveryConfig {
     /// Pause between attempts once `counter` attempts failed. Default 60 s. The driver never
     /// gives up silently and never spins.
     pub slow_sleep: Duration,
+    /// Pause of a socket's receives after an error, so that a socket that keeps failing is
+    /// not polled in a busy loop (Tribes sleeps 500 ms). Default 500 ms.
+    pub error_pause: Duration,
 }
 
 impl Default for RecoveryConfig {
@@ -239,6 +242,7 @@ impl Default for RecoveryConfig {
             counter: 10,
             sleep: Duration::from_millis(5000),
             slow_sleep: Duration::from_secs(60),
+            error_pause: Duration::from_millis(500),
         }
     }
 }
@@ -248,7 +252,7 @@ impl RecoveryConfig {
         if self.counter == 0 {
             return Err(invalid("recovery_counter", "must be at least 1"));
         }
-        if self.sleep.is_zero() || self.slow_sleep.is_zero() {
+        if self.sleep.is_zero() || self.slow_sleep.is_zero() || self.error_pause.is_zero() {
             return Err(invalid("recovery_sleep", "must be positive"));
         }
         Ok(())

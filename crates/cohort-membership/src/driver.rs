@@ -220,6 +220,8 @@ impl MembershipBuilder {
             socket_reopens: 0,
             consecutive_errors: 0,
             reopen: None,
+            multicast_pause: None,
+            static_pause: None,
         };
         tokio::spawn(driver.run(cmd_rx));
         Ok(MembershipHandle {
@@ -351,12 +353,19 @@ struct Driver<N: Net> {
     consecutive_errors: u32,
     /// Multicast socket recovery in progress: next attempt and attempts so far.
     reopen: Option<(Instant, u32)>,
+    /// Receives on a socket are paused until then after an error (no busy loop).
+    multicast_pause: Option<Instant>,
+    static_pause: Option<Instant>,
 }
 
 async fn recv_on<S: UdpSocket>(
     socket: Option<&S>,
+    pause: Option<Instant>,
     buf: &mut [u8],
 ) -> io::Result<(usize, SocketAddr)> {
+    if let Some(until) = pause {
+        tokio::time::sleep_until(until).await;
+    }
     match socket {
         Some(s) => s.recv_from(buf).await,
         None => std::future::pending().await,
@@ -405,8 +414,12 @@ impl<N: Net> Driver<N> {
                         return;
                     }
                 },
-                r = recv_on(msock, &mut mbuf) => self.received(Which::Multicast, r, &mbuf),
-                r = recv_on(ssock, &mut sbuf) => self.received(Which::Static, r, &sbuf),
+                r = recv_on(msock, self.multicast_pause, &mut mbuf) => {
+                    self.received(Which::Multicast, r, &mbuf);
+                }
+                r = recv_on(ssock, self.static_pause, &mut sbuf) => {
+                    self.received(Which::Static, r, &sbuf);
+                }
                 () = sleep_until_opt(deadline) => self.core.handle_timeout(Instant::now().into_std()),
                 () = sleep_until_opt(reopen_at) => self.try_reopen().await,
             }
@@ -422,6 +435,10 @@ impl<N: Net> Driver<N> {
         match result {
             Ok((n, from)) => {
                 self.consecutive_errors = 0;
+                match which {
+                    Which::Multicast => self.multicast_pause = None,
+                    Which::Static => self.static_pause = None,
+                }
                 self.core
                     .handle_datagram(Instant::now().into_std(), from, &buf[..n]);
             }
@@ -433,6 +450,15 @@ impl<N: Net> Driver<N> {
         self.socket_errors += 1;
         self.consecutive_errors += 1;
         tracing::warn!(socket = ?which, error = %err, "membership socket error");
+        let pause = self
+            .multicast
+            .as_ref()
+            .map_or(Duration::from_millis(500), |m| m.recovery.error_pause);
+        let until = Some(Instant::now() + pause);
+        match which {
+            Which::Multicast => self.multicast_pause = until,
+            Which::Static => self.static_pause = until,
+        }
         let Some(m) = &self.multicast else { return };
         if matches!(which, Which::Multicast)
             && m.recovery.enabled

@@ -4,4 +4,5 @@
 #![allow(clippy::print_stderr)]
 
 mod multicast;
+mod recovery;
 mod support;

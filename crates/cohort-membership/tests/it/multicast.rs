@@ -42,6 +42,11 @@ async fn three_multicast_services_converge_elect_one_lead_and_see_a_leave_at_onc
     }
     let mut nodes = Vec::new();
     for n in 1..=3 {
+        if n > 1 {
+            // Distinct start times (ms resolution), so the expected lead order is the start order;
+            // within one millisecond the smaller id would win the tie.
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
         nodes.push(start(Some(m.clone()), None, n).await);
     }
     let last_start = Instant::now();
@@ -82,7 +87,13 @@ async fn three_multicast_services_converge_elect_one_lead_and_see_a_leave_at_onc
     assert_eq!(reason, DisappearReason::Shutdown);
     let new_lead = nodes[0].view().lead;
     assert_eq!(new_lead, Some(nodes[0].local()));
-    assert_eq!(nodes[1].view().lead, new_lead);
+    assert_eq!(
+        nodes[1].view().lead,
+        new_lead,
+        "views disagree:\n{:#?}\n{:#?}",
+        nodes[0].view(),
+        nodes[1].view()
+    );
 
     // Payloads propagate at run time.
     nodes[1]
@@ -120,4 +131,32 @@ async fn static_members_find_each_other_without_multicast() {
     wait_view(&a, Duration::from_secs(1), "b's leave", |v| v.len() == 1).await;
     a.shutdown().await;
     assert!(a.stats().beacons_accepted > 0);
+}
+
+#[tokio::test]
+async fn a_receive_only_node_sees_the_cluster_but_is_not_seen() {
+    let m = private_multicast();
+    if !loopback_multicast_works(&m) {
+        eprintln!("SKIPPED: this kernel does not route multicast over loopback");
+        return;
+    }
+    let full = start(Some(m.clone()), None, 1).await;
+    let listener = Membership::builder(MembershipConfig::default())
+        .multicast(Some(m))
+        .services(cohort_wire::Services::MBR_RX)
+        .start(TokioNet, &mut rand::rngs::StdRng::from_entropy())
+        .await
+        .unwrap();
+    wait_view(&listener, Duration::from_secs(3), "the full node", |v| {
+        v.len() == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        full.view().len(),
+        1,
+        "a node without MBR_TX must not be seen"
+    );
+    listener.shutdown().await;
+    full.shutdown().await;
 }
