@@ -478,6 +478,44 @@ fn static_peers_with_their_own_secret() {
 }
 
 #[test]
+fn static_peers_and_multicast_run_together() {
+    let t0 = Instant::now();
+    let peers = vec![StaticPeer::new(addr(2)), StaticPeer::new(addr(3))];
+    let mut core = MembershipCore::new(
+        MembershipConfig::default(),
+        member(1),
+        true,
+        peers,
+        t0,
+        WALL0,
+    )
+    .unwrap();
+    core.start(t0);
+    let mut to = Vec::new();
+    while let Some(t) = core.poll_transmit() {
+        to.push(t.to);
+    }
+    assert_eq!(
+        to,
+        [
+            Destination::Group,
+            Destination::Peer(addr(2)),
+            Destination::Peer(addr(3))
+        ]
+    );
+    // A beacon from a static peer and one from the group are both accepted.
+    let b = |n| Beacon {
+        member: member(n),
+        command: BeaconCommand::Alive,
+        seq: 1,
+        sent_at_ms: WALL0,
+    };
+    core.handle_datagram(t0, addr(2), &encode(&b(2), None));
+    core.handle_datagram(t0, addr(9), &encode(&b(9), None));
+    assert_eq!(core.len(), 2);
+}
+
+#[test]
 fn config_is_validated() {
     let bad = MembershipConfig {
         drop_time: Duration::from_millis(600),

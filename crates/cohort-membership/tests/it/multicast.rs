@@ -112,6 +112,22 @@ async fn three_multicast_services_converge_elect_one_lead_and_see_a_leave_at_onc
     }
 }
 
+/// Records event names, for the listener test.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<&'static str>>);
+
+impl cohort_membership::MembershipListener for Recorder {
+    fn on_event(&self, event: &MembershipEvent) {
+        let name = match event {
+            MembershipEvent::MemberAdded(_) => "added",
+            MembershipEvent::MemberDisappeared { .. } => "disappeared",
+            MembershipEvent::LeadChanged { .. } => "lead",
+            _ => "other",
+        };
+        self.0.lock().unwrap().push(name);
+    }
+}
+
 #[tokio::test]
 async fn static_members_find_each_other_without_multicast() {
     let (pa, pb) = (free_udp_port(), free_udp_port());
@@ -123,7 +139,14 @@ async fn static_members_find_each_other_without_multicast() {
             .parse()
             .unwrap()
     };
-    let a = start(None, Some((a_addr, vec![peer(b_addr)])), 1).await;
+    let recorder = std::sync::Arc::new(Recorder::default());
+    let a = Membership::builder(MembershipConfig::default())
+        .multicast(None)
+        .static_peers(a_addr, vec![peer(b_addr)])
+        .listener(recorder.clone())
+        .start(TokioNet, &mut rand::rngs::StdRng::from_entropy())
+        .await
+        .unwrap();
     let b = start(None, Some((b_addr, vec![peer(a_addr)])), 2).await;
     wait_view(&a, Duration::from_secs(3), "b", |v| v.len() == 2).await;
     wait_view(&b, Duration::from_secs(3), "a", |v| v.len() == 2).await;
@@ -131,6 +154,13 @@ async fn static_members_find_each_other_without_multicast() {
     wait_view(&a, Duration::from_secs(1), "b's leave", |v| v.len() == 1).await;
     a.shutdown().await;
     assert!(a.stats().beacons_accepted > 0);
+    // The listener saw every change, in order: a leads alone, b joins (and, being younger,
+    // leaves the lead with a), b leaves.
+    assert_eq!(
+        *recorder.0.lock().unwrap(),
+        ["lead", "added", "disappeared"],
+        "listener events"
+    );
 }
 
 #[tokio::test]
