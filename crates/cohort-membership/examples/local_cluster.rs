@@ -17,7 +17,7 @@ use cohort_membership::{
     LocalMemberConfig, Membership, MembershipConfig, MembershipEvent, MembershipHandle,
     MembershipView, MulticastConfig, StaticPeer,
 };
-use cohort_net::{MulticastOptions, TokioNet, multicast_socket};
+use cohort_net::{MulticastOptions, TokioNet, multicast_loops_back};
 
 fn multicast_on_loopback(m: &MulticastConfig) -> bool {
     let opts = MulticastOptions {
@@ -27,20 +27,7 @@ fn multicast_on_loopback(m: &MulticastConfig) -> bool {
         ttl: 0,
         loopback: true,
     };
-    let Ok(socket) = multicast_socket(&opts) else {
-        return false;
-    };
-    let _ = socket.set_nonblocking(false);
-    let _ = socket.set_read_timeout(Some(Duration::from_millis(500)));
-    if socket
-        .send_to(b"probe", SocketAddr::from((m.group, m.port)))
-        .is_err()
-    {
-        return false;
-    }
-    let mut buf = [0u8; 64];
-    // Other clusters may be beaconing on the group: any datagram proves the route works.
-    socket.recv_from(&mut buf).is_ok()
+    multicast_loops_back(&opts, Duration::from_millis(500))
 }
 
 fn free_port() -> anyhow::Result<u16> {

@@ -140,6 +140,31 @@ pub fn multicast_socket(opts: &MulticastOptions) -> io::Result<std::net::UdpSock
     Ok(socket.into())
 }
 
+/// True when a datagram sent to the group comes back within `timeout`: the host routes
+/// multicast over the configured interface. Sends one 5-byte datagram with TTL 0, so nothing
+/// leaves the host whatever the routes. Any datagram received proves the route (another
+/// cluster may be beaconing on the group).
+pub fn multicast_loops_back(opts: &MulticastOptions, timeout: std::time::Duration) -> bool {
+    let probe = MulticastOptions {
+        ttl: 0,
+        loopback: true,
+        ..opts.clone()
+    };
+    let Ok(socket) = multicast_socket(&probe) else {
+        return false;
+    };
+    if socket.set_nonblocking(false).is_err()
+        || socket.set_read_timeout(Some(timeout)).is_err()
+        || socket
+            .send_to(b"probe", SocketAddr::from((opts.group, opts.port)))
+            .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    socket.recv_from(&mut buf).is_ok()
+}
+
 impl Net for TokioNet {
     type UdpSocket = tokio::net::UdpSocket;
 

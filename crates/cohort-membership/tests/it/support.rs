@@ -1,10 +1,10 @@
 //! Helpers: free ports, a loopback multicast probe, waiting on views with deadlines.
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, UdpSocket};
 use std::time::Duration;
 
 use cohort_membership::{MembershipHandle, MembershipView, MulticastConfig};
-use cohort_net::{MulticastOptions, multicast_socket};
+use cohort_net::{MulticastOptions, multicast_loops_back};
 
 /// A UDP port that was free a moment ago (bound to port 0, then released).
 pub(crate) fn free_udp_port() -> u16 {
@@ -37,21 +37,7 @@ pub(crate) fn loopback_multicast_works(m: &MulticastConfig) -> bool {
         ttl: 0,
         loopback: true,
     };
-    let Ok(socket) = multicast_socket(&opts) else {
-        return false;
-    };
-    if socket.set_nonblocking(false).is_err()
-        || socket
-            .set_read_timeout(Some(Duration::from_secs(1)))
-            .is_err()
-        || socket
-            .send_to(b"probe", SocketAddr::from((m.group, m.port)))
-            .is_err()
-    {
-        return false;
-    }
-    let mut buf = [0u8; 16];
-    matches!(socket.recv_from(&mut buf), Ok((5, _)))
+    multicast_loops_back(&opts, Duration::from_secs(1))
 }
 
 /// Waits until `pred` holds for the handle's view, failing with `what` after `deadline`.
