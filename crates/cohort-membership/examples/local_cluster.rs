@@ -17,18 +17,7 @@ use cohort_membership::{
     LocalMemberConfig, Membership, MembershipConfig, MembershipEvent, MembershipHandle,
     MembershipView, MulticastConfig, StaticPeer,
 };
-use cohort_net::{MulticastOptions, TokioNet, multicast_loops_back};
-
-fn multicast_on_loopback(m: &MulticastConfig) -> bool {
-    let opts = MulticastOptions {
-        group: m.group,
-        port: m.port,
-        interface: m.interface,
-        ttl: 0,
-        loopback: true,
-    };
-    multicast_loops_back(&opts, Duration::from_millis(500))
-}
+use cohort_net::TokioNet;
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?
@@ -80,7 +69,7 @@ fn describe(event: &MembershipEvent) -> String {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let multicast = MulticastConfig::default();
-    let use_multicast = multicast_on_loopback(&multicast);
+    let use_multicast = multicast.loops_back(Duration::from_millis(500));
     let static_addrs: Vec<SocketAddr> = if use_multicast {
         println!(
             "membership: multicast {}:{} on {}",

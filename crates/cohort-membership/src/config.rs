@@ -202,6 +202,23 @@ impl Default for MulticastConfig {
 }
 
 impl MulticastConfig {
+    /// The socket options the driver opens its multicast socket with.
+    pub fn socket_options(&self) -> cohort_net::MulticastOptions {
+        cohort_net::MulticastOptions {
+            group: self.group,
+            port: self.port,
+            interface: self.interface,
+            ttl: self.ttl,
+            loopback: self.loopback,
+        }
+    }
+
+    /// True when this host routes this group over the configured interface (a TTL-0 probe;
+    /// see [`cohort_net::multicast_loops_back`]).
+    pub fn loops_back(&self, timeout: Duration) -> bool {
+        cohort_net::multicast_loops_back(&self.socket_options(), timeout)
+    }
+
     /// Checks the bounds.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.group.is_multicast() {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cohort_net::{MulticastOptions, Net, UdpSocket};
+use cohort_net::{Net, UdpSocket};
 use cohort_wire::{Member, MemberId, MemberKey, Services};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -147,7 +147,7 @@ impl MembershipBuilder {
         self.config.validate()?;
         let multicast_socket = match &self.multicast {
             Some(m) => {
-                let opts = multicast_options(m);
+                let opts = m.socket_options();
                 let socket =
                     net.bind_multicast(&opts)
                         .await
@@ -231,16 +231,6 @@ impl MembershipBuilder {
             events: event_tx,
             local: local_key,
         })
-    }
-}
-
-fn multicast_options(m: &MulticastConfig) -> MulticastOptions {
-    MulticastOptions {
-        group: m.group,
-        port: m.port,
-        interface: m.interface,
-        ttl: m.ttl,
-        loopback: m.loopback,
     }
 }
 
@@ -476,7 +466,7 @@ impl<N: Net> Driver<N> {
             self.reopen = None;
             return;
         };
-        match self.net.bind_multicast(&multicast_options(m)).await {
+        match self.net.bind_multicast(&m.socket_options()).await {
             Ok(socket) => {
                 tracing::info!(attempts = attempts + 1, "multicast socket reopened");
                 self.multicast_socket = Some(socket);

@@ -4,7 +4,6 @@ use std::net::{Ipv4Addr, UdpSocket};
 use std::time::Duration;
 
 use cohort_membership::{MembershipHandle, MembershipView, MulticastConfig};
-use cohort_net::{MulticastOptions, multicast_loops_back};
 
 /// A UDP port that was free a moment ago (bound to port 0, then released).
 pub(crate) fn free_udp_port() -> u16 {
@@ -25,19 +24,6 @@ pub(crate) fn private_multicast() -> MulticastConfig {
         ttl: 0,
         ..MulticastConfig::default()
     }
-}
-
-/// True when a datagram sent to the group on loopback comes back: the kernel routes multicast
-/// over `lo`. Where it does not, multicast tests are skipped with a message.
-pub(crate) fn loopback_multicast_works(m: &MulticastConfig) -> bool {
-    let opts = MulticastOptions {
-        group: m.group,
-        port: m.port,
-        interface: m.interface,
-        ttl: 0,
-        loopback: true,
-    };
-    multicast_loops_back(&opts, Duration::from_secs(1))
 }
 
 /// Waits until `pred` holds for the handle's view, failing with `what` after `deadline`.
