@@ -514,18 +514,16 @@ impl<N: Net> Driver<N> {
                 self.socket_error(which, &err);
             }
         }
-        let mut changed = false;
         while let Some(event) = self.core.poll_event() {
-            changed = true;
             for l in &self.listeners {
                 l.on_event(&event);
             }
             // No subscriber is fine: the view still carries the state.
             let _ = self.event_tx.send(event);
         }
-        let view = self.core.view();
-        if changed || view.version != self.view_tx.borrow().version {
-            self.view_tx.send_replace(view);
+        // Building a view clones every member: only when it changed, not per datagram.
+        if self.core.view_version() != self.view_tx.borrow().version {
+            self.view_tx.send_replace(self.core.view());
         }
         let mut stats = self.core.stats().clone();
         stats.socket_errors = self.socket_errors;

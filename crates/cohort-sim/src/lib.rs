@@ -324,7 +324,7 @@ impl Cluster {
         lock(&self.shared).trace.clone()
     }
 
-    /// Counters of one node as last published (via its view's presence only).
+    /// Every node's last published view, one line each (for failure messages).
     pub fn describe_views(&self) -> String {
         let s = lock(&self.shared);
         s.views

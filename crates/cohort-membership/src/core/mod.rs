@@ -270,12 +270,12 @@ impl MembershipCore {
                 return;
             }
         }
-        self.expire_tombstones(now);
-        let last_seq = self
-            .table
-            .get(&key)
-            .map(|e| e.last_seq)
-            .or_else(|| self.tombstones.get(&key).map(|t| t.last_seq));
+        let last_seq = self.table.get(&key).map(|e| e.last_seq).or_else(|| {
+            self.tombstones
+                .get(&key)
+                .filter(|t| t.until > now)
+                .map(|t| t.last_seq)
+        });
         if last_seq.is_some_and(|last| beacon.seq <= last) {
             self.stats.replayed += 1;
             return;
@@ -420,6 +420,7 @@ impl MembershipCore {
             .map(|(_, key)| key);
         if lead != self.lead {
             self.lead = lead;
+            self.view_version += 1;
             let member = lead.and_then(|k| self.member(&k).cloned());
             let local_is_lead = lead == Some(self.local.key());
             tracing::info!(lead = ?lead, local_is_lead, "lead changed");
@@ -495,6 +496,8 @@ impl MembershipCore {
         if self.next_beacon.is_some_and(|t| t <= now) {
             self.send_beacon(now, BeaconCommand::Alive);
             self.next_beacon = Some(now + self.cfg.frequency);
+            // Once per period, off the per-datagram path.
+            self.expire_tombstones(now);
         }
         if self.next_expiry.is_some_and(|t| t <= now) {
             self.expire(now);
@@ -533,6 +536,12 @@ impl MembershipCore {
     /// The next event for the application.
     pub fn poll_event(&mut self) -> Option<MembershipEvent> {
         self.events.pop_front()
+    }
+
+    /// Counts up with every change to what [`MembershipCore::view`] would return, so that a
+    /// driver can skip building a view that has not changed.
+    pub fn view_version(&self) -> u64 {
+        self.view_version
     }
 
     /// A snapshot: every member including the local one, oldest first, lead marked.
