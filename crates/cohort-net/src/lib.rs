@@ -30,6 +30,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// How to open a multicast socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,10 +66,44 @@ pub trait UdpSocket: Send + Sync + 'static {
     fn local_addr(&self) -> io::Result<SocketAddr>;
 }
 
+/// A byte stream (a TCP connection) as drivers use it.
+pub trait TcpStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> TcpStream for T {}
+
+/// A listening TCP socket.
+pub trait TcpListener: Send + Sync + 'static {
+    /// The connection type it accepts.
+    type Stream: TcpStream;
+
+    /// Accepts one connection.
+    fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>> + Send + '_;
+
+    /// The bound address.
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+}
+
 /// The sockets and clock a driver needs.
 pub trait Net: Clone + Send + Sync + 'static {
     /// The UDP socket type.
     type UdpSocket: UdpSocket;
+    /// The TCP listener type.
+    type TcpListener: TcpListener<Stream = Self::TcpStream>;
+    /// The TCP connection type.
+    type TcpStream: TcpStream;
+
+    /// Binds a TCP listener (SO_REUSEADDR on, as Tribes' `soReuseAddress`).
+    fn bind_tcp(
+        &self,
+        addr: SocketAddr,
+    ) -> impl Future<Output = io::Result<Self::TcpListener>> + Send;
+
+    /// Opens a TCP connection with TCP_NODELAY set (Tribes' `tcpNoDelay`). No timeout of its
+    /// own: callers wrap it in theirs.
+    fn connect_tcp(
+        &self,
+        addr: SocketAddr,
+    ) -> impl Future<Output = io::Result<Self::TcpStream>> + Send;
 
     /// Binds a unicast UDP socket.
     fn bind_udp(
@@ -165,8 +200,40 @@ pub fn multicast_loops_back(opts: &MulticastOptions, timeout: std::time::Duratio
     socket.recv_from(&mut buf).is_ok()
 }
 
+impl TcpListener for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+
+    async fn accept(&self) -> io::Result<(Self::Stream, SocketAddr)> {
+        let (stream, from) = tokio::net::TcpListener::accept(self).await?;
+        stream.set_nodelay(true)?;
+        Ok((stream, from))
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        tokio::net::TcpListener::local_addr(self)
+    }
+}
+
 impl Net for TokioNet {
     type UdpSocket = tokio::net::UdpSocket;
+    type TcpListener = tokio::net::TcpListener;
+    type TcpStream = tokio::net::TcpStream;
+
+    async fn bind_tcp(&self, addr: SocketAddr) -> io::Result<Self::TcpListener> {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(1024)
+    }
+
+    async fn connect_tcp(&self, addr: SocketAddr) -> io::Result<Self::TcpStream> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
 
     async fn bind_udp(&self, addr: SocketAddr) -> io::Result<Self::UdpSocket> {
         tokio::net::UdpSocket::bind(addr).await

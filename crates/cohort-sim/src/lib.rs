@@ -29,7 +29,7 @@ use std::time::Duration;
 use cohort_membership::{
     LocalMemberConfig, Membership, MembershipConfig, MembershipEvent, MembershipView,
 };
-use cohort_net::{MulticastOptions, Net, UdpSocket};
+use cohort_net::{MulticastOptions, Net, TcpListener, UdpSocket};
 use rand::SeedableRng;
 
 /// The wall clock of every simulation starts here (2023-11-14), so runs are reproducible.
@@ -72,8 +72,35 @@ impl UdpSocket for SimUdp {
     }
 }
 
+/// A simulated TCP listener.
+pub struct SimTcpListener(turmoil::net::TcpListener);
+
+impl TcpListener for SimTcpListener {
+    type Stream = turmoil::net::TcpStream;
+
+    async fn accept(&self) -> io::Result<(Self::Stream, SocketAddr)> {
+        self.0.accept().await
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
 impl Net for TurmoilNet {
     type UdpSocket = SimUdp;
+    type TcpListener = SimTcpListener;
+    type TcpStream = turmoil::net::TcpStream;
+
+    async fn bind_tcp(&self, addr: SocketAddr) -> io::Result<SimTcpListener> {
+        turmoil::net::TcpListener::bind(addr)
+            .await
+            .map(SimTcpListener)
+    }
+
+    async fn connect_tcp(&self, addr: SocketAddr) -> io::Result<turmoil::net::TcpStream> {
+        turmoil::net::TcpStream::connect(addr).await
+    }
 
     async fn bind_udp(&self, addr: SocketAddr) -> io::Result<SimUdp> {
         turmoil::net::UdpSocket::bind(addr).await.map(SimUdp)

@@ -1,0 +1,438 @@
+//! Cohort's data transport: how messages travel between members.
+//!
+//! - **Receiver**: a TCP listener on a configured port or the first free one from 4000 (as
+//!   Tribes' `autoBind`), plus an optional UDP data port. Every connection begins with a hello
+//!   frame naming the connecting member; then data frames follow. Malformed, oversized or
+//!   never-ending frames close that connection and are counted; the others carry on.
+//! - **Senders**: one small pool of connections per peer ([`TransportConfig::connections_per_peer`]),
+//!   opened lazily with a connect timeout, retries and a reconnect backoff. A send to N members is
+//!   N independent enqueues, so a slow or dead member never blocks the others, and each
+//!   destination completes on its own ([`Completion`]).
+//! - **Pipelined ACKs**: many messages are in flight on one connection; the receiver answers
+//!   with ACK frames naming id ranges, batched per read. USE_ACK is acknowledged on receipt;
+//!   USE_ACK | SYNCHRONIZED_ACK when the layer above completes the [`AckToken`] (FAIL_ACK if
+//!   it reports a failure). Writes are coalesced: queued frames go out in one write of up to
+//!   `write_batch_bytes`.
+//!
+//! Frames come pre-encoded from the layer above (encoded once for all destinations); the
+//! transport reads only what it must (kind, message id, options, sender).
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use bytes::{Bytes, BytesMut};
+//! use cohort_net::TokioNet;
+//! use cohort_transport::{Delivered, Transport, TransportConfig};
+//! use cohort_wire::*;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> anyhow::Result<()> {
+//! let config = TransportConfig { port: 0, ..TransportConfig::default() };
+//! let codec = CohortCodec::new(WireLimits::default(), None)?;
+//! let member = |id: u8, addr: SocketAddr| Member::new(MemberId::from_bytes([id; 16]), addr.ip(), addr.port());
+//! let rx = Transport::bind(config.clone(), TokioNet, true).await?;
+//! let b_member = member(2, rx.local_addr().unwrap());
+//! let (_b, mut inbound) = rx.start(b_member.clone(), codec.clone());
+//! let tx = Transport::bind(config, TokioNet, true).await?;
+//! let a_member = member(1, tx.local_addr().unwrap());
+//! let (a, _) = tx.start(a_member, codec.clone());
+//!
+//! let frame = Frame::Data(DataFrame {
+//!     header: DataHeader { msg_id: 1, options: SendOptions::USE_ACK, sender: MemberId::from_bytes([1; 16]), ..Default::default() },
+//!     payload: Bytes::from_static(b"hi"),
+//! });
+//! let mut bytes = BytesMut::new();
+//! codec.encode_frame(&frame, &mut bytes)?;
+//! let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+//! a.send(&b_member, bytes.freeze(), 1, SendOptions::USE_ACK, Box::new(move |r| { let _ = done_tx.send(r); }));
+//! let got = inbound.recv().await.unwrap();
+//! assert_eq!(&got.frame.payload[..], b"hi");
+//! assert_eq!(done_rx.await?, Ok(Delivered::Acked));
+//! # Ok(())
+//! # }
+//! ```
+
+mod config;
+mod error;
+mod receiver;
+mod sender;
+mod stats;
+mod udp;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cohort_net::{Net, TcpListener};
+use cohort_wire::{CohortCodec, DataFrame, Member, MemberId, SendOptions};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+
+pub use config::{ConfigError, TransportConfig};
+pub use error::{Delivered, SendError, StartError};
+pub use stats::TransportStats;
+
+use stats::Counters;
+
+/// Called once per destination when its delivery completes, from a transport task. Keep it
+/// short: it must not block.
+pub type Completion = Box<dyn FnOnce(Result<Delivered, SendError>) + Send>;
+
+/// How a message arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// A TCP connection.
+    Tcp,
+    /// A UDP datagram to the data port.
+    Udp,
+    /// A datagram to the multicast group.
+    Multicast,
+}
+
+/// A received data frame, for the layer above.
+#[derive(Debug)]
+pub struct Received {
+    /// The sender as its connection's hello described it (`None` for datagrams, which carry
+    /// only the sender id, in `frame.header.sender`).
+    pub hello: Option<Arc<Member>>,
+    /// The remote socket address.
+    pub peer: SocketAddr,
+    /// The frame.
+    pub frame: DataFrame,
+    /// For USE_ACK | SYNCHRONIZED_ACK: complete it when processing is done.
+    pub ack: Option<AckToken>,
+    /// The path it came by.
+    pub via: Via,
+}
+
+impl Received {
+    /// The sender's id.
+    pub fn sender(&self) -> MemberId {
+        self.frame.header.sender
+    }
+}
+
+/// An ACK to write. The permit (if any) is held, and so counts against `max_pending_acks`,
+/// until the ACK frame is written.
+#[allow(dead_code)]
+pub(crate) enum AckMsg {
+    Ack(u64, Option<OwnedSemaphorePermit>),
+    Fail(u64, String, Option<OwnedSemaphorePermit>),
+}
+
+/// The pending acknowledgement of a USE_ACK | SYNCHRONIZED_ACK message.
+///
+/// [`AckToken::fail`] sends FAIL_ACK with a reason; [`AckToken::ack`] or dropping the token
+/// sends ACK (as in Tribes, a message consumed without an error counts as processed, including
+/// one an interceptor chose to drop).
+#[derive(Debug)]
+pub struct AckToken {
+    msg_id: u64,
+    sink: AckSink,
+    permit: Option<OwnedSemaphorePermit>,
+    done: bool,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum AckSink {
+    Tcp(mpsc::UnboundedSender<AckMsg>),
+    Udp(mpsc::Sender<(SocketAddr, AckMsg)>, SocketAddr),
+}
+
+impl std::fmt::Debug for AckMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ack(id, _) => write!(f, "Ack({id})"),
+            Self::Fail(id, r, _) => write!(f, "Fail({id}, {r})"),
+        }
+    }
+}
+
+impl AckToken {
+    /// The message id being acknowledged.
+    pub fn msg_id(&self) -> u64 {
+        self.msg_id
+    }
+
+    /// Acknowledges: processing succeeded.
+    pub fn ack(mut self) {
+        self.finish(None);
+    }
+
+    /// Sends FAIL_ACK with `reason` (truncated to 256 bytes).
+    pub fn fail(mut self, reason: &str) {
+        self.finish(Some(reason));
+    }
+
+    fn finish(&mut self, failure: Option<&str>) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let permit = self.permit.take();
+        let msg = match failure {
+            None => AckMsg::Ack(self.msg_id, permit),
+            Some(reason) => AckMsg::Fail(self.msg_id, truncate(reason), permit),
+        };
+        match &self.sink {
+            AckSink::Tcp(tx) => {
+                let _ = tx.send(msg);
+            }
+            // The UDP ACK queue is bounded; a full queue drops the ACK, as UDP would.
+            AckSink::Udp(tx, to) => {
+                let _ = tx.try_send((*to, msg));
+            }
+        }
+    }
+}
+
+impl Drop for AckToken {
+    fn drop(&mut self) {
+        self.finish(None);
+    }
+}
+
+fn truncate(reason: &str) -> String {
+    let mut end = reason.len().min(cohort_wire::MAX_FAIL_REASON_LEN);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_owned()
+}
+
+/// Entry point: binds the receiver, then starts the transport.
+pub struct Transport;
+
+impl Transport {
+    /// Validates `config` and, when `receive` is true, binds the TCP receiver (auto-binding
+    /// from `config.port`) and the UDP data port if configured. Nothing runs until
+    /// [`BoundTransport::start`].
+    pub async fn bind<N: Net>(
+        config: TransportConfig,
+        net: N,
+        receive: bool,
+    ) -> Result<BoundTransport<N>, StartError> {
+        config.validate()?;
+        let mut listener = None;
+        let mut udp = None;
+        if receive {
+            let mut last_err = None;
+            let tries = if config.port == 0 {
+                1
+            } else {
+                config.auto_bind
+            };
+            for i in 0..tries {
+                let Some(port) = config.port.checked_add(i) else {
+                    break;
+                };
+                match net.bind_tcp(SocketAddr::new(config.bind, port)).await {
+                    Ok(l) => {
+                        listener = Some(l);
+                        break;
+                    }
+                    Err(e) => last_err = Some(e),
+                }
+            }
+            if listener.is_none() {
+                return Err(StartError::Bind {
+                    addr: config.bind,
+                    first: config.port,
+                    tried: tries,
+                    source: last_err.unwrap_or_else(|| std::io::Error::other("no port in range")),
+                });
+            }
+            if let Some(port) = config.udp_port {
+                let addr = SocketAddr::new(config.bind, port);
+                udp = Some(
+                    net.bind_udp(addr)
+                        .await
+                        .map_err(|source| StartError::BindUdp { addr, source })?,
+                );
+            }
+        }
+        Ok(BoundTransport {
+            config,
+            net,
+            listener,
+            udp,
+        })
+    }
+}
+
+/// A transport whose receiver sockets are bound but not yet serving.
+pub struct BoundTransport<N: Net> {
+    config: TransportConfig,
+    net: N,
+    listener: Option<N::TcpListener>,
+    udp: Option<N::UdpSocket>,
+}
+
+impl<N: Net> BoundTransport<N> {
+    /// The receiver's address, to advertise in the local member (`None` without a receiver).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The UDP data port, if bound.
+    pub fn udp_port(&self) -> Option<u16> {
+        use cohort_net::UdpSocket;
+        self.udp
+            .as_ref()
+            .and_then(|u| u.local_addr().ok())
+            .map(|a| a.port())
+    }
+
+    /// Starts serving: spawns the accept loop (and the UDP loop) on the current tokio runtime.
+    /// `local` is sent in the hello of every connection this node opens. Received frames come
+    /// out of the returned queue (bounded by `inbound_queue`: when it is full, connections are
+    /// not read, which pushes back on the senders).
+    pub fn start(
+        self,
+        local: Member,
+        codec: CohortCodec,
+    ) -> (TransportHandle<N>, mpsc::Receiver<Received>) {
+        let (inbound_tx, inbound_rx) = mpsc::channel(self.config.inbound_queue);
+        let (stop_tx, _) = watch::channel(false);
+        let counters = Arc::new(Counters::default());
+        let shared = Arc::new(Shared {
+            config: self.config,
+            net: self.net,
+            codec,
+            local: Arc::new(local),
+            counters,
+            inbound_tx,
+            stop_rx: stop_tx.subscribe(),
+            stop_tx,
+            peers: sender::Peers::default(),
+            udp: std::sync::OnceLock::new(),
+        });
+        if let Some(listener) = self.listener {
+            tokio::spawn(receiver::accept_loop(shared.clone(), listener));
+        }
+        if let Some(socket) = self.udp {
+            udp::start(&shared, socket);
+        }
+        (TransportHandle { shared }, inbound_rx)
+    }
+}
+
+pub(crate) struct Shared<N: Net> {
+    config: TransportConfig,
+    net: N,
+    codec: CohortCodec,
+    local: Arc<Member>,
+    counters: Arc<Counters>,
+    inbound_tx: mpsc::Sender<Received>,
+    stop_tx: watch::Sender<bool>,
+    stop_rx: watch::Receiver<bool>,
+    peers: sender::Peers,
+    udp: std::sync::OnceLock<udp::UdpPath>,
+}
+
+/// State of the outbound connections to one peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerState {
+    /// The peer's receiver address.
+    pub addr: SocketAddr,
+    /// Connections open now.
+    pub connected: usize,
+    /// Bytes queued, not yet written.
+    pub queued_bytes: usize,
+    /// True while sends to it fail fast after failed connects.
+    pub backing_off: bool,
+}
+
+/// A clonable front to a running transport.
+pub struct TransportHandle<N: Net> {
+    shared: Arc<Shared<N>>,
+}
+
+impl<N: Net> Clone for TransportHandle<N> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<N: Net> TransportHandle<N> {
+    /// Sends a pre-encoded frame (`frame`, whose id is `msg_id`) to `to`, over TCP, or as a
+    /// datagram with [`SendOptions::UDP`]. Returns at once; `done` runs when the delivery
+    /// completes: written, or acknowledged when `options` holds USE_ACK, or failed. Must be
+    /// called within a tokio runtime.
+    pub fn send(
+        &self,
+        to: &Member,
+        frame: Bytes,
+        msg_id: u64,
+        options: SendOptions,
+        done: Completion,
+    ) {
+        if *self.shared.stop_rx.borrow() {
+            Counters::inc(&self.shared.counters.send_failures);
+            done(Err(SendError::Stopped));
+            return;
+        }
+        if options.contains(SendOptions::UDP) {
+            udp::send(&self.shared, to, frame, msg_id, options, done);
+        } else {
+            sender::send(&self.shared, to.socket_addr(), frame, msg_id, options, done);
+        }
+    }
+
+    /// The local member this transport introduces itself as.
+    pub fn local(&self) -> &Member {
+        &self.shared.local
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> TransportStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// The outbound state towards `addr`, if any send was ever made to it.
+    pub fn peer(&self, addr: SocketAddr) -> Option<PeerState> {
+        self.shared.peers.state(addr)
+    }
+
+    /// Every peer with outbound state.
+    pub fn peers(&self) -> Vec<PeerState> {
+        self.shared.peers.all()
+    }
+
+    /// Closes the connections to `addr` and fails what is queued for it (the member left).
+    pub fn disconnect(&self, addr: SocketAddr) {
+        self.shared.peers.remove(addr);
+    }
+
+    /// Closes idle connections to peers not in `keep` (the heartbeat's keep-alive pass).
+    pub fn retain_peers(&self, keep: &dyn Fn(SocketAddr) -> bool) {
+        self.shared.peers.retain(keep);
+    }
+
+    /// Stops everything: the receiver stops accepting and closes its connections, queued
+    /// sends fail with [`SendError::Stopped`], outbound connections close.
+    pub fn stop(&self) {
+        let _ = self.shared.stop_tx.send(true);
+        self.shared.peers.clear();
+    }
+
+    /// The codec frames are expected in.
+    pub fn codec(&self) -> &CohortCodec {
+        &self.shared.codec
+    }
+}
+
+/// Resolves once the transport is stopped (the watch guard is dropped inside, so callers'
+/// futures stay `Send`).
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+trait MemberAddr {
+    fn socket_addr(&self) -> SocketAddr;
+}
+
+impl MemberAddr for Member {
+    fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.addr, self.port)
+    }
+}

@@ -1,0 +1,117 @@
+//! Counters a transport keeps, and the snapshot it hands out.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// A snapshot of the transport's counters (monotonic unless noted).
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct TransportStats {
+            $($(#[$doc])* pub $name: u64,)*
+            /// Frames rejected by the decoder, by error class (`bad_magic`, `too_large`, ...).
+            pub malformed: BTreeMap<&'static str, u64>,
+        }
+
+        #[derive(Default)]
+        pub(crate) struct Counters {
+            $(pub(crate) $name: AtomicU64,)*
+            malformed: Mutex<BTreeMap<&'static str, u64>>,
+        }
+
+        impl Counters {
+            pub(crate) fn snapshot(&self) -> TransportStats {
+                TransportStats {
+                    $($name: self.$name.load(Relaxed),)*
+                    malformed: self
+                        .malformed
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clone(),
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Inbound connections accepted.
+    connections_accepted,
+    /// Inbound connections closed at once because `max_connections` were open.
+    connections_rejected,
+    /// Inbound connections open now (a gauge).
+    connections_in,
+    /// Outbound connections open now (a gauge).
+    connections_out,
+    /// Outbound connections established.
+    connects,
+    /// Outbound connection attempts that failed or timed out.
+    connect_failures,
+    /// Data frames received (TCP and UDP).
+    frames_received,
+    /// Payload and frame bytes received.
+    bytes_received,
+    /// Data frames written.
+    frames_sent,
+    /// Bytes written (data frames).
+    bytes_sent,
+    /// Write system calls (coalescing shows as frames_sent / writes).
+    writes,
+    /// ACK frames sent.
+    ack_frames_sent,
+    /// ACK frames received.
+    ack_frames_received,
+    /// Messages acknowledged by peers.
+    acked,
+    /// FAIL_ACKs received.
+    fail_acked,
+    /// Sends that failed (any cause, per destination).
+    send_failures,
+    /// Sends refused because the peer's queue was full.
+    queue_full,
+    /// Sends whose ACK did not come within `send_timeout`.
+    ack_timeouts,
+    /// Connections closed because a hello or a frame took longer than `frame_timeout`.
+    frame_timeouts,
+    /// Connections closed for breaking the protocol (data before hello, spoofed sender,
+    /// foreign cluster, an unexpected frame kind).
+    protocol_violations,
+    /// ACK entries naming no message in flight (late or bogus), ignored.
+    unknown_acks,
+    /// Datagrams received on the UDP data port.
+    datagrams_received,
+    /// Datagrams dropped (malformed, foreign, or the inbound queue full).
+    datagrams_dropped,
+}
+
+impl Counters {
+    pub(crate) fn malformed(&self, kind: &'static str) {
+        *self
+            .malformed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(kind)
+            .or_default() += 1;
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn dec(counter: &AtomicU64) {
+        counter.fetch_sub(1, Relaxed);
+    }
+}
+
+impl TransportStats {
+    /// All malformed frames, whatever their class.
+    pub fn malformed_total(&self) -> u64 {
+        self.malformed.values().sum()
+    }
+}

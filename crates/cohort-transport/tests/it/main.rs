@@ -1,0 +1,5 @@
+//! Transport over real sockets on loopback.
+
+mod support;
+
+mod basics;

@@ -1,0 +1,87 @@
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use cohort_net::TokioNet;
+use cohort_transport::{
+    Delivered, Received, SendError, Transport, TransportConfig, TransportHandle,
+};
+use cohort_wire::{
+    CohortCodec, DataFrame, DataHeader, Frame, FrameCodec, Member, MemberId, SendOptions,
+    WireLimits,
+};
+use tokio::sync::{mpsc, oneshot};
+
+pub fn config() -> TransportConfig {
+    TransportConfig {
+        port: 0,
+        ..TransportConfig::default()
+    }
+}
+
+pub fn codec() -> CohortCodec {
+    CohortCodec::new(WireLimits::default(), None).unwrap()
+}
+
+pub struct Node {
+    pub member: Member,
+    pub handle: TransportHandle<TokioNet>,
+    pub inbound: mpsc::Receiver<Received>,
+}
+
+pub async fn node(id: u8, config: TransportConfig) -> Node {
+    let bound = Transport::bind(config, TokioNet, true).await.unwrap();
+    let addr = bound.local_addr().unwrap();
+    let mut member = Member::new(MemberId::from_bytes([id; 16]), addr.ip(), addr.port());
+    member.udp_port = bound.udp_port();
+    let (handle, inbound) = bound.start(member.clone(), codec());
+    Node {
+        member,
+        handle,
+        inbound,
+    }
+}
+
+pub fn frame(from: &Member, msg_id: u64, options: SendOptions, payload: &[u8]) -> Bytes {
+    let frame = Frame::Data(DataFrame {
+        header: DataHeader {
+            msg_id,
+            options,
+            sender: from.id,
+            ..DataHeader::default()
+        },
+        payload: Bytes::copy_from_slice(payload),
+    });
+    let mut out = BytesMut::new();
+    codec().encode_frame(&frame, &mut out).unwrap();
+    out.freeze()
+}
+
+pub fn send(
+    from: &Node,
+    to: &Member,
+    msg_id: u64,
+    options: SendOptions,
+    payload: &[u8],
+) -> oneshot::Receiver<Result<Delivered, SendError>> {
+    let (tx, rx) = oneshot::channel();
+    from.handle.send(
+        to,
+        frame(&from.member, msg_id, options, payload),
+        msg_id,
+        options,
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+    rx
+}
+
+pub async fn within<T>(d: Duration, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(d, f).await.expect("timed out")
+}
+
+#[allow(dead_code)]
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
