@@ -279,6 +279,11 @@ impl RecoveryConfig {
 /// The local member's description, from which the driver builds its [`cohort_wire::Member`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LocalMemberConfig {
+    /// Member id; default: drawn from the rng given to `start` (a channel draws it earlier,
+    /// so that its transport and membership agree).
+    pub id: Option<cohort_wire::MemberId>,
+    /// Start time advertised (ms since the epoch); default: the wall clock at start.
+    pub start_time_ms: Option<u64>,
     /// Node name shown in views; default: the host name, as the driver finds it.
     pub name: Option<String>,
     /// Data receiver address advertised to peers.

@@ -54,7 +54,12 @@ enum Command {
     ReportFailed(MemberKey, FailureEvidence),
     Shutdown(oneshot::Sender<()>),
     Abort(oneshot::Sender<()>),
+    Broadcast(Bytes, oneshot::Sender<io::Result<()>>),
 }
+
+/// Capacity of the data-datagram queue towards a [`MembershipBuilder::data_sink`]; when full,
+/// datagrams are dropped and counted (`data_dropped`).
+pub const DATA_SINK_QUEUE: usize = 4096;
 
 /// Entry point: `Membership::builder(config)`.
 pub struct Membership;
@@ -70,6 +75,7 @@ impl Membership {
             local: LocalMemberConfig::default(),
             services: Services::MBR_RX | Services::MBR_TX,
             listeners: Vec::new(),
+            data_sink: None,
             event_capacity: 1024,
         }
     }
@@ -77,6 +83,7 @@ impl Membership {
 
 /// Assembles a membership service; [`MembershipBuilder::start`] runs it.
 pub struct MembershipBuilder {
+    data_sink: Option<mpsc::Sender<(Bytes, SocketAddr)>>,
     config: MembershipConfig,
     multicast: Option<MulticastConfig>,
     static_peers: Vec<StaticPeer>,
@@ -134,6 +141,14 @@ impl MembershipBuilder {
         self
     }
 
+    /// Where datagrams on the multicast socket that are not beacons (they begin with the frame
+    /// magic `COHF`) go: the channel's MULTICAST send option. Without a sink they are dropped.
+    #[must_use]
+    pub fn data_sink(mut self, sink: mpsc::Sender<(Bytes, SocketAddr)>) -> Self {
+        self.data_sink = Some(sink);
+        self
+    }
+
     /// Opens the sockets, draws the local member id from `rng`, and spawns the driver task on
     /// the current tokio runtime.
     pub async fn start<N: Net>(
@@ -184,13 +199,14 @@ impl MembershipBuilder {
             .local
             .data_addr
             .unwrap_or(SocketAddr::new(default_ip, 4000));
-        let mut local = Member::new(MemberId::random(rng), data_addr.ip(), data_addr.port());
+        let id = self.local.id.unwrap_or_else(|| MemberId::random(rng));
+        let mut local = Member::new(id, data_addr.ip(), data_addr.port());
         local.cluster.clone_from(&self.config.cluster);
         local.name = self.local.name.clone().unwrap_or_else(|| net.host_name());
         local.udp_port = self.local.udp_port;
         local.domain = self.local.domain.clone();
         local.payload = self.local.payload.clone();
-        local.start_time_ms = wall;
+        local.start_time_ms = self.local.start_time_ms.unwrap_or(wall);
         let mut core = MembershipCore::new(
             self.config,
             local,
@@ -222,6 +238,8 @@ impl MembershipBuilder {
             reopen: None,
             multicast_pause: None,
             static_pause: None,
+            data_sink: self.data_sink,
+            data_dropped: 0,
         };
         tokio::spawn(driver.run(cmd_rx));
         Ok(MembershipHandle {
@@ -307,6 +325,18 @@ impl MembershipHandle {
         }
     }
 
+    /// Sends `datagram` (an encoded data frame) to the multicast group: best effort, no ACK,
+    /// at most one datagram (65,507 bytes).
+    pub async fn broadcast(&self, datagram: Bytes) -> io::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Broadcast(datagram, tx))
+            .await
+            .map_err(|_| io::Error::other("membership stopped"))?;
+        rx.await
+            .map_err(|_| io::Error::other("membership stopped"))?
+    }
+
     /// True once the driver task has ended.
     pub fn is_stopped(&self) -> bool {
         self.cmd.is_closed()
@@ -346,6 +376,8 @@ struct Driver<N: Net> {
     /// Receives on a socket are paused until then after an error (no busy loop).
     multicast_pause: Option<Instant>,
     static_pause: Option<Instant>,
+    data_sink: Option<mpsc::Sender<(Bytes, SocketAddr)>>,
+    data_dropped: u64,
 }
 
 async fn recv_on<S: UdpSocket>(
@@ -394,6 +426,16 @@ impl<N: Net> Driver<N> {
                         let _ = reply.send(());
                         return;
                     }
+                    Some(Command::Broadcast(datagram, reply)) => {
+                        let r = match (&self.multicast_socket, &self.multicast) {
+                            (Some(sock), Some(m)) => sock
+                                .send_to(&datagram, SocketAddr::from((m.group, m.port)))
+                                .await
+                                .map(drop),
+                            _ => Err(io::Error::new(io::ErrorKind::NotConnected, "no multicast socket")),
+                        };
+                        let _ = reply.send(r);
+                    }
                     Some(Command::Abort(reply)) => {
                         tracing::warn!("membership aborted without a shutdown beacon");
                         let _ = reply.send(());
@@ -429,8 +471,19 @@ impl<N: Net> Driver<N> {
                     Which::Multicast => self.multicast_pause = None,
                     Which::Static => self.static_pause = None,
                 }
+                let datagram = &buf[..n];
+                if datagram.starts_with(&cohort_wire::FRAME_MAGIC) {
+                    let delivered = self.data_sink.as_ref().is_some_and(|sink| {
+                        sink.try_send((Bytes::copy_from_slice(datagram), from))
+                            .is_ok()
+                    });
+                    if !delivered {
+                        self.data_dropped += 1;
+                    }
+                    return;
+                }
                 self.core
-                    .handle_datagram(Instant::now().into_std(), from, &buf[..n]);
+                    .handle_datagram(Instant::now().into_std(), from, datagram);
             }
             Err(err) => self.socket_error(which, &err),
         }
@@ -528,6 +581,7 @@ impl<N: Net> Driver<N> {
         let mut stats = self.core.stats().clone();
         stats.socket_errors = self.socket_errors;
         stats.socket_reopens = self.socket_reopens;
+        stats.data_dropped = self.data_dropped;
         self.stats_tx.send_if_modified(|s| {
             let differs = *s != stats;
             if differs {

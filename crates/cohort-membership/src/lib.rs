@@ -48,7 +48,10 @@ mod view;
 pub use config::{
     ConfigError, LocalMemberConfig, MembershipConfig, MulticastConfig, RecoveryConfig, StaticPeer,
 };
-pub use driver::{Membership, MembershipBuilder, MembershipHandle, MembershipListener, StartError};
+pub use driver::{
+    DATA_SINK_QUEUE, Membership, MembershipBuilder, MembershipHandle, MembershipListener,
+    StartError,
+};
 pub use view::{
     DisappearReason, FailureEvidence, MembershipEvent, MembershipStats, MembershipView, ViewMember,
 };

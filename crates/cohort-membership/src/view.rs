@@ -139,4 +139,6 @@ pub struct MembershipStats {
     pub socket_errors: u64,
     /// Times the driver closed and reopened its multicast socket.
     pub socket_reopens: u64,
+    /// Data datagrams on the multicast socket dropped (no sink, or its queue full).
+    pub data_dropped: u64,
 }

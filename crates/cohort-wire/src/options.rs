@@ -266,6 +266,17 @@ impl Services {
         Self(self.0 & !other.0)
     }
 
+    /// The bits set in both.
+    #[must_use]
+    pub const fn intersection(self, other: Self) -> Self {
+        Self(self.0 & other.0)
+    }
+
+    /// True when any bit of `other` is set in `self`.
+    pub const fn intersects(self, other: Self) -> bool {
+        self.0 & other.0 != 0
+    }
+
     /// The individual services in start order.
     pub fn start_order(self) -> impl Iterator<Item = Services> {
         [Self::SND_RX, Self::SND_TX, Self::MBR_RX, Self::MBR_TX]

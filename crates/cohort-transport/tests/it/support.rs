@@ -12,24 +12,24 @@ use cohort_wire::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-pub fn config() -> TransportConfig {
+pub(crate) fn config() -> TransportConfig {
     TransportConfig {
         port: 0,
         ..TransportConfig::default()
     }
 }
 
-pub fn codec() -> CohortCodec {
+pub(crate) fn codec() -> CohortCodec {
     CohortCodec::new(WireLimits::default(), None).unwrap()
 }
 
-pub struct Node {
-    pub member: Member,
-    pub handle: TransportHandle<TokioNet>,
-    pub inbound: mpsc::Receiver<Received>,
+pub(crate) struct Node {
+    pub(crate) member: Member,
+    pub(crate) handle: TransportHandle<TokioNet>,
+    pub(crate) inbound: mpsc::Receiver<Received>,
 }
 
-pub async fn node(id: u8, config: TransportConfig) -> Node {
+pub(crate) async fn node(id: u8, config: TransportConfig) -> Node {
     let bound = Transport::bind(config, TokioNet, true).await.unwrap();
     let addr = bound.local_addr().unwrap();
     let mut member = Member::new(MemberId::from_bytes([id; 16]), addr.ip(), addr.port());
@@ -42,7 +42,7 @@ pub async fn node(id: u8, config: TransportConfig) -> Node {
     }
 }
 
-pub fn frame(from: &Member, msg_id: u64, options: SendOptions, payload: &[u8]) -> Bytes {
+pub(crate) fn frame(from: &Member, msg_id: u64, options: SendOptions, payload: &[u8]) -> Bytes {
     let frame = Frame::Data(DataFrame {
         header: DataHeader {
             msg_id,
@@ -57,7 +57,7 @@ pub fn frame(from: &Member, msg_id: u64, options: SendOptions, payload: &[u8]) -
     out.freeze()
 }
 
-pub fn send(
+pub(crate) fn send(
     from: &Node,
     to: &Member,
     msg_id: u64,
@@ -77,11 +77,11 @@ pub fn send(
     rx
 }
 
-pub async fn within<T>(d: Duration, f: impl Future<Output = T>) -> T {
+pub(crate) async fn within<T>(d: Duration, f: impl Future<Output = T>) -> T {
     tokio::time::timeout(d, f).await.expect("timed out")
 }
 
 #[allow(dead_code)]
-pub fn loopback(port: u16) -> SocketAddr {
+pub(crate) fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }

@@ -1,0 +1,1032 @@
+//! `GroupChannel`: assembles transport, membership and pipeline, and runs them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use cohort_membership::{
+    LocalMemberConfig, Membership, MembershipConfig, MembershipEvent, MembershipListener,
+    MembershipView, MulticastConfig, StaticPeer,
+};
+use cohort_net::Net;
+use cohort_transport::{Delivered, Received, Transport, TransportConfig, TransportStats};
+use cohort_wire::{
+    CohortCodec, DataFrame, DataHeader, Frame, FrameCodec, KeyRing, Member, MemberId, SendOptions,
+    Services,
+};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::core::{Acker, Inbound, Interceptor, Outbound, Output, Pipeline, Ticket};
+use crate::listener::{ChannelListener, ChannelMessage, ClusterListener, ErrorHandler};
+use crate::receipt::{SendOutcome, SendReceipt, SendState};
+use crate::seams::{ChannelMembership, ChannelTransport};
+
+/// Channel settings (the `[channel]` table of the node's file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelConfig {
+    /// Period of the heartbeat that reaches every interceptor and closes connections to
+    /// departed members. Default 5 s (Tribes' `heartbeatSleeptime`).
+    pub heartbeat_interval: Duration,
+    /// Bytes of ASYNCHRONOUS messages queued and not yet completed; a send beyond it waits
+    /// (backpressure). Default 64 MiB (Tribes' `maxQueueSize`). A message larger than the
+    /// whole budget waits for the queue to empty, then takes all of it.
+    pub async_queue_bytes: usize,
+    /// ASYNCHRONOUS messages queued and not yet completed; a send beyond it waits. Default
+    /// 65,536.
+    pub async_queue_messages: usize,
+    /// Commands from handles to the channel task (sends wait when full). Default 1024.
+    pub command_queue: usize,
+    /// Received messages waiting for the listeners; when full, the transport stops reading
+    /// (backpressure to the senders). Default 8192.
+    pub delivery_queue: usize,
+    /// Pipeline work items per input (see `Pipeline`); beyond, work is dropped and counted.
+    /// Default 65,536.
+    pub max_pipeline_work: usize,
+    /// Refuse to start when two interceptors' option masks overlap (Tribes' `optionCheck`).
+    /// Default false.
+    pub option_check: bool,
+    /// On `stop`, how long queued ASYNCHRONOUS messages get to complete. Default 5 s.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(5),
+            async_queue_bytes: 64 * 1024 * 1024,
+            async_queue_messages: 65_536,
+            command_queue: 1024,
+            delivery_queue: 8192,
+            max_pipeline_work: 65_536,
+            option_check: false,
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a channel could not start, or a send was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChannelError {
+    /// A setting is out of range; the message names it.
+    #[error("channel.{key}: {reason}")]
+    Config {
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Two interceptors claim overlapping option bits (with `option_check`).
+    #[error("interceptors {a} and {b} have overlapping option masks ({mask:#x})")]
+    OptionOverlap {
+        /// First interceptor.
+        a: &'static str,
+        /// Second interceptor.
+        b: &'static str,
+        /// The overlap.
+        mask: u32,
+    },
+    /// The transport could not start.
+    #[error(transparent)]
+    Transport(#[from] cohort_transport::StartError),
+    /// Membership could not start.
+    #[error(transparent)]
+    Membership(#[from] cohort_membership::StartError),
+    /// The wire settings are invalid.
+    #[error(transparent)]
+    Wire(#[from] cohort_wire::ConfigError),
+    /// A send named no destination.
+    #[error("no destinations")]
+    NoDestinations,
+    /// The payload exceeds the largest frame.
+    #[error("payload of {len} bytes exceeds max_frame_payload {max}")]
+    TooLarge {
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: u32,
+    },
+    /// The sending side (SND_TX) is not running.
+    #[error("the channel is not started for sending (SND_TX)")]
+    NotStarted,
+    /// The channel was stopped.
+    #[error("the channel is stopped")]
+    Stopped,
+}
+
+impl ChannelConfig {
+    /// Checks every bound.
+    pub fn validate(&self) -> Result<(), ChannelError> {
+        let bad = |key, reason: &str| {
+            Err(ChannelError::Config {
+                key,
+                reason: reason.into(),
+            })
+        };
+        if self.heartbeat_interval < Duration::from_millis(10) {
+            return bad("heartbeat_interval", "must be at least 10 ms");
+        }
+        if self.async_queue_bytes < 1024 || self.async_queue_bytes > (u32::MAX as usize) {
+            return bad("async_queue_bytes", "must be between 1 KiB and 4 GiB");
+        }
+        if self.async_queue_messages == 0 || self.async_queue_messages > (1 << 24) {
+            return bad("async_queue_messages", "must be between 1 and 16777216");
+        }
+        if self.command_queue == 0 {
+            return bad("command_queue", "must be at least 1");
+        }
+        if self.delivery_queue == 0 {
+            return bad("delivery_queue", "must be at least 1");
+        }
+        if self.max_pipeline_work == 0 {
+            return bad("max_pipeline_work", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Membership settings for a channel's own membership service.
+#[derive(Clone, Debug, Default)]
+pub struct MembershipSetup {
+    /// Core settings.
+    pub config: MembershipConfig,
+    /// Multicast, if any (default: on, Tribes' defaults).
+    pub multicast: Option<MulticastConfig>,
+    /// Static membership: the UDP address to bind and the peers.
+    pub static_members: Option<(SocketAddr, Vec<StaticPeer>)>,
+}
+
+/// Entry point: `GroupChannel::builder()`.
+pub struct GroupChannel;
+
+impl GroupChannel {
+    /// A builder on defaults: transport from port 4000, multicast membership, no interceptors,
+    /// all services.
+    pub fn builder() -> ChannelBuilder {
+        ChannelBuilder {
+            config: ChannelConfig::default(),
+            transport: TransportConfig::default(),
+            membership: MembershipSetup {
+                multicast: Some(MulticastConfig::default()),
+                ..MembershipSetup::default()
+            },
+            local: LocalMemberConfig::default(),
+            keys: None,
+            services: Services::DEFAULT,
+            interceptors: Vec::new(),
+            listeners: Vec::new(),
+            cluster_listeners: Vec::new(),
+            membership_listeners: Vec::new(),
+            error_handler: None,
+            custom_transport: None,
+            custom_membership: None,
+        }
+    }
+}
+
+/// A replacement transport: the handle and its queue of received messages.
+pub type CustomTransport = (Arc<dyn ChannelTransport>, mpsc::Receiver<Received>, Member);
+
+/// Builds and starts a channel.
+pub struct ChannelBuilder {
+    config: ChannelConfig,
+    transport: TransportConfig,
+    membership: MembershipSetup,
+    local: LocalMemberConfig,
+    keys: Option<KeyRing>,
+    services: Services,
+    interceptors: Vec<Box<dyn Interceptor>>,
+    listeners: Vec<Arc<dyn ChannelListener>>,
+    cluster_listeners: Vec<Arc<dyn ClusterListener>>,
+    membership_listeners: Vec<Arc<dyn MembershipListener>>,
+    error_handler: Option<Arc<dyn ErrorHandler>>,
+    custom_transport: Option<CustomTransport>,
+    custom_membership: Option<Arc<dyn ChannelMembership>>,
+}
+
+impl ChannelBuilder {
+    /// Channel settings.
+    #[must_use]
+    pub fn config(mut self, config: ChannelConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Transport settings.
+    #[must_use]
+    pub fn transport(mut self, config: TransportConfig) -> Self {
+        self.transport = config;
+        self
+    }
+
+    /// Membership settings.
+    #[must_use]
+    pub fn membership(mut self, setup: MembershipSetup) -> Self {
+        self.membership = setup;
+        self
+    }
+
+    /// The local member's name, domain and payload (its id, addresses and start time are the
+    /// channel's).
+    #[must_use]
+    pub fn local(mut self, local: LocalMemberConfig) -> Self {
+        self.local = local;
+        self
+    }
+
+    /// Authenticates every frame and beacon with this key ring.
+    #[must_use]
+    pub fn keys(mut self, keys: KeyRing) -> Self {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// Which services to start (Tribes' start flags; 3 = without membership).
+    #[must_use]
+    pub fn services(mut self, services: Services) -> Self {
+        self.services = services;
+        self
+    }
+
+    /// Adds an interceptor below those added before (the first added is on top).
+    #[must_use]
+    pub fn interceptor(mut self, interceptor: Box<dyn Interceptor>) -> Self {
+        self.interceptors.push(interceptor);
+        self
+    }
+
+    /// Adds a message listener.
+    #[must_use]
+    pub fn listener(mut self, listener: Arc<dyn ChannelListener>) -> Self {
+        self.listeners.push(listener);
+        self
+    }
+
+    /// Adds a cluster listener (sees every message sent and received).
+    #[must_use]
+    pub fn cluster_listener(mut self, listener: Arc<dyn ClusterListener>) -> Self {
+        self.cluster_listeners.push(listener);
+        self
+    }
+
+    /// Adds a membership listener (events after the interceptors, e.g. a domain filter).
+    #[must_use]
+    pub fn membership_listener(mut self, listener: Arc<dyn MembershipListener>) -> Self {
+        self.membership_listeners.push(listener);
+        self
+    }
+
+    /// Sets the handler of ASYNCHRONOUS send outcomes.
+    #[must_use]
+    pub fn error_handler(mut self, handler: Arc<dyn ErrorHandler>) -> Self {
+        self.error_handler = Some(handler);
+        self
+    }
+
+    /// Replaces the TCP transport (the transport's local member becomes the channel's).
+    #[must_use]
+    pub fn custom_transport(mut self, transport: CustomTransport) -> Self {
+        self.custom_transport = Some(transport);
+        self
+    }
+
+    /// Replaces the membership service.
+    #[must_use]
+    pub fn custom_membership(mut self, membership: Arc<dyn ChannelMembership>) -> Self {
+        self.custom_membership = Some(membership);
+        self
+    }
+
+    /// Starts the services in Tribes' order (receiver, sender, membership receive, membership
+    /// broadcast) and spawns the channel task on the current tokio runtime.
+    pub async fn start<N: Net>(
+        self,
+        net: N,
+        rng: &mut impl rand_core::RngCore,
+    ) -> Result<ChannelHandle, ChannelError> {
+        self.config.validate()?;
+        if self.config.option_check {
+            for (i, a) in self.interceptors.iter().enumerate() {
+                for b in &self.interceptors[i + 1..] {
+                    let overlap = a.option_mask().bits() & b.option_mask().bits();
+                    if overlap != 0 {
+                        return Err(ChannelError::OptionOverlap {
+                            a: a.name(),
+                            b: b.name(),
+                            mask: overlap,
+                        });
+                    }
+                }
+            }
+        }
+        let codec = CohortCodec::new(self.transport.limits, self.keys.clone())?;
+        let services = self.services;
+        let (transport, inbound_rx, local): (Arc<dyn ChannelTransport>, _, Member) =
+            match self.custom_transport {
+                Some(t) => t,
+                None => {
+                    let bound = Transport::bind(
+                        self.transport.clone(),
+                        net.clone(),
+                        services.contains(Services::SND_RX),
+                    )
+                    .await?;
+                    let addr = bound.local_addr().unwrap_or(SocketAddr::new(
+                        self.transport.bind,
+                        self.transport.port.max(1),
+                    ));
+                    let mut local = Member::new(MemberId::random(rng), addr.ip(), addr.port());
+                    local.udp_port = bound.udp_port();
+                    local.cluster.clone_from(&self.membership.config.cluster);
+                    local.name = self.local.name.clone().unwrap_or_else(|| net.host_name());
+                    local.domain = self.local.domain.clone();
+                    local.payload = self.local.payload.clone();
+                    local.start_time_ms = net.wall_clock_ms();
+                    let (handle, inbound) = bound.start(local.clone(), codec.clone());
+                    (Arc::new(handle), inbound, local)
+                }
+            };
+        let (mcast_tx, mcast_rx) = mpsc::channel(cohort_membership::DATA_SINK_QUEUE);
+        let membership: Option<Arc<dyn ChannelMembership>> = match self.custom_membership {
+            Some(m) => Some(m),
+            None if services.contains(Services::MBR_RX) || services.contains(Services::MBR_TX) => {
+                let mut builder = Membership::builder(self.membership.config.clone())
+                    .multicast(self.membership.multicast.clone())
+                    .local(LocalMemberConfig {
+                        id: Some(local.id),
+                        start_time_ms: Some(local.start_time_ms),
+                        name: Some(local.name.clone()),
+                        data_addr: Some(SocketAddr::new(local.addr, local.port)),
+                        udp_port: local.udp_port,
+                        domain: local.domain.clone(),
+                        payload: local.payload.clone(),
+                    })
+                    .services(services.intersection(Services::MBR_RX | Services::MBR_TX))
+                    .data_sink(mcast_tx);
+                if let Some((bind, peers)) = self.membership.static_members.clone() {
+                    builder = builder.static_peers(bind, peers);
+                }
+                Some(Arc::new(builder.start(net.clone(), rng).await?))
+            }
+            None => None,
+        };
+        let ids = Arc::new(AtomicU64::new(0));
+        let pipeline = Pipeline::new(
+            self.interceptors,
+            self.config.max_pipeline_work,
+            ids.clone(),
+        );
+        let (cmd_tx, cmd_rx) = mpsc::channel(self.config.command_queue);
+        let (delivery_tx, delivery_rx) = mpsc::channel(self.config.delivery_queue);
+        let (member_tx, _) = broadcast::channel(1024);
+        let listeners = Arc::new(RwLock::new(self.listeners));
+        let cluster_listeners: Arc<[Arc<dyn ClusterListener>]> = self.cluster_listeners.into();
+        let counters = Arc::new(ChannelCounters::default());
+        let shared = Arc::new(HandleShared {
+            cmd: cmd_tx,
+            ids,
+            async_count: Arc::new(Semaphore::new(self.config.async_queue_messages)),
+            async_bytes: Arc::new(Semaphore::new(self.config.async_queue_bytes)),
+            config: self.config.clone(),
+            max_payload: self.transport.limits.max_frame_payload,
+            local: local.clone(),
+            membership: membership.clone(),
+            transport: transport.clone(),
+            listeners: listeners.clone(),
+            cluster_listeners: cluster_listeners.clone(),
+            member_tx: member_tx.clone(),
+            error_handler: self.error_handler,
+            running: Mutex::new(services),
+            counters: counters.clone(),
+        });
+        let handle = ChannelHandle { shared };
+        tokio::spawn(deliver(handle.clone(), delivery_rx));
+        let owner = Owner {
+            net,
+            pipeline,
+            codec,
+            local,
+            transport,
+            membership,
+            tickets: HashMap::new(),
+            delivery_tx,
+            member_tx,
+            membership_listeners: self.membership_listeners,
+            cmd_self: handle.shared.cmd.clone(),
+            enc: BytesMut::new(),
+            heartbeat: self.config.heartbeat_interval,
+            counters,
+        };
+        tokio::spawn(owner.run(cmd_rx, inbound_rx, mcast_rx));
+        Ok(handle)
+    }
+}
+
+#[derive(Default)]
+struct ChannelCounters {
+    sent: AtomicU64,
+    received: AtomicU64,
+    delivered: AtomicU64,
+    listener_errors: AtomicU64,
+    encode_failures: AtomicU64,
+    no_listener: AtomicU64,
+    multicast_malformed: AtomicU64,
+    membership_lagged: AtomicU64,
+}
+
+/// Counters of a channel.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ChannelStats {
+    /// Application messages accepted by `send`.
+    pub sent: u64,
+    /// Messages received from the transport (and multicast).
+    pub received: u64,
+    /// Messages handed to listeners.
+    pub delivered: u64,
+    /// Listener calls that returned an error.
+    pub listener_errors: u64,
+    /// Messages no listener accepted.
+    pub no_listener: u64,
+    /// Frames that could not be encoded (an interceptor grew one past the limits).
+    pub encode_failures: u64,
+    /// Multicast data datagrams that did not decode.
+    pub multicast_malformed: u64,
+    /// Times the membership event stream lagged (events were missed; the view is current).
+    pub membership_lagged: u64,
+    /// ASYNCHRONOUS messages queued now.
+    pub async_queued: usize,
+    /// The transport's counters.
+    pub transport: TransportStats,
+}
+
+enum Command {
+    Send(Outbound, Arc<SendState>),
+    ProbeResult(usize, Member, Result<(), String>),
+    Stop(oneshot::Sender<()>),
+}
+
+struct HandleShared {
+    cmd: mpsc::Sender<Command>,
+    ids: Arc<AtomicU64>,
+    async_count: Arc<Semaphore>,
+    async_bytes: Arc<Semaphore>,
+    config: ChannelConfig,
+    max_payload: u32,
+    local: Member,
+    membership: Option<Arc<dyn ChannelMembership>>,
+    transport: Arc<dyn ChannelTransport>,
+    listeners: Arc<RwLock<Vec<Arc<dyn ChannelListener>>>>,
+    cluster_listeners: Arc<[Arc<dyn ClusterListener>]>,
+    member_tx: broadcast::Sender<MembershipEvent>,
+    error_handler: Option<Arc<dyn ErrorHandler>>,
+    running: Mutex<Services>,
+    counters: Arc<ChannelCounters>,
+}
+
+/// A clonable front to a running channel.
+#[derive(Clone)]
+pub struct ChannelHandle {
+    shared: Arc<HandleShared>,
+}
+
+impl ChannelHandle {
+    /// Sends `payload` to `destinations` with `options`. Waits only for admission: with
+    /// ASYNCHRONOUS, until the bounded queue has room (backpressure); otherwise until the
+    /// channel task takes the message. The receipt resolves as the options promise.
+    pub async fn send(
+        &self,
+        destinations: &[Member],
+        payload: Bytes,
+        options: SendOptions,
+    ) -> Result<SendReceipt, ChannelError> {
+        let s = &self.shared;
+        if destinations.is_empty() {
+            return Err(ChannelError::NoDestinations);
+        }
+        if payload.len() > s.max_payload as usize {
+            return Err(ChannelError::TooLarge {
+                len: payload.len(),
+                max: s.max_payload,
+            });
+        }
+        if !s.running().contains(Services::SND_TX) {
+            return Err(ChannelError::NotStarted);
+        }
+        let msg_id = s.ids.fetch_add(1, Ordering::Relaxed) + 1;
+        for l in s.cluster_listeners.iter() {
+            l.message_sent(destinations, &payload, options);
+        }
+        let (state, receipt) = if options.contains(SendOptions::ASYNCHRONOUS) {
+            let count = s
+                .async_count
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| ChannelError::Stopped)?;
+            let want =
+                u32::try_from(payload.len().min(s.config.async_queue_bytes)).unwrap_or(u32::MAX);
+            let bytes = if want == 0 {
+                None
+            } else {
+                Some(
+                    s.async_bytes
+                        .clone()
+                        .acquire_many_owned(want)
+                        .await
+                        .map_err(|_| ChannelError::Stopped)?,
+                )
+            };
+            let state = SendState::new(msg_id, None, Some((count, bytes)), s.error_handler.clone());
+            let receipt = SendReceipt::ready(SendOutcome {
+                msg_id,
+                queued: true,
+                results: Vec::new(),
+            });
+            (state, receipt)
+        } else {
+            let (tx, rx) = oneshot::channel();
+            (
+                SendState::new(msg_id, Some(tx), None, None),
+                SendReceipt::waiting(msg_id, rx),
+            )
+        };
+        let out = Outbound {
+            msg_id,
+            destinations: destinations.into(),
+            options,
+            seq: 0,
+            extensions: Vec::new(),
+            payload,
+            ticket: Ticket(msg_id),
+        };
+        s.cmd
+            .send(Command::Send(out, state))
+            .await
+            .map_err(|_| ChannelError::Stopped)?;
+        s.counters.sent.fetch_add(1, Ordering::Relaxed);
+        Ok(receipt)
+    }
+
+    /// Sends to every member in the current view except the local one. Fails with
+    /// [`ChannelError::NoDestinations`] when alone.
+    pub async fn send_all(
+        &self,
+        payload: Bytes,
+        options: SendOptions,
+    ) -> Result<SendReceipt, ChannelError> {
+        let members = self.members();
+        self.send(&members, payload, options).await
+    }
+
+    /// The members in view, the local one excluded.
+    pub fn members(&self) -> Vec<Member> {
+        self.view()
+            .map(|v| {
+                v.members
+                    .into_iter()
+                    .filter(|m| !m.local)
+                    .map(|m| m.member)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The membership view (`None` when the channel runs without membership).
+    pub fn view(&self) -> Option<MembershipView> {
+        self.shared.membership.as_ref().map(|m| m.view())
+    }
+
+    /// Membership events after the interceptors.
+    pub fn member_events(&self) -> broadcast::Receiver<MembershipEvent> {
+        self.shared.member_tx.subscribe()
+    }
+
+    /// The local member.
+    pub fn local(&self) -> &Member {
+        &self.shared.local
+    }
+
+    /// Adds a message listener while running.
+    pub fn add_listener(&self, listener: Arc<dyn ChannelListener>) {
+        self.shared
+            .listeners
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(listener);
+    }
+
+    /// True while an outbound connection to `member` is established.
+    pub fn is_connected(&self, member: &Member) -> bool {
+        self.shared
+            .transport
+            .is_connected(SocketAddr::new(member.addr, member.port))
+    }
+
+    /// The services running.
+    pub fn services(&self) -> Services {
+        self.shared.running()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ChannelStats {
+        let c = &self.shared.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ChannelStats {
+            sent: l(&c.sent),
+            received: l(&c.received),
+            delivered: l(&c.delivered),
+            listener_errors: l(&c.listener_errors),
+            no_listener: l(&c.no_listener),
+            encode_failures: l(&c.encode_failures),
+            multicast_malformed: l(&c.multicast_malformed),
+            membership_lagged: l(&c.membership_lagged),
+            async_queued: self.shared.config.async_queue_messages
+                - self.shared.async_count.available_permits(),
+            transport: self.shared.transport.stats(),
+        }
+    }
+
+    /// Stops services in Tribes' stop order: with MBR_TX or MBR_RX, membership leaves
+    /// gracefully (a shutdown beacon: peers drop this member at once); with SND_TX, queued
+    /// ASYNCHRONOUS messages get `drain_timeout` to complete, then sends are refused; with
+    /// SND_RX or SND_TX the transport closes (its two halves stop together). `stop(DEFAULT)`
+    /// ends the channel.
+    pub async fn stop(&self, services: Services) {
+        let s = &self.shared;
+        let stopping = services.intersection(s.running());
+        if stopping.intersects(Services::MBR_RX | Services::MBR_TX) {
+            if let Some(m) = &s.membership {
+                m.shutdown().await;
+            }
+        }
+        if stopping.contains(Services::SND_TX) {
+            let all = u32::try_from(s.config.async_queue_messages).unwrap_or(u32::MAX);
+            let _ =
+                tokio::time::timeout(s.config.drain_timeout, s.async_count.acquire_many(all)).await;
+        }
+        {
+            let mut running = s.running.lock().unwrap_or_else(PoisonError::into_inner);
+            *running = running.difference(stopping);
+        }
+        if stopping.intersects(Services::SND_RX | Services::SND_TX) {
+            s.transport.stop();
+        }
+        if s.running().is_empty() || services.contains(Services::DEFAULT) {
+            let (tx, rx) = oneshot::channel();
+            if s.cmd.send(Command::Stop(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        }
+    }
+
+    pub(crate) fn async_permits(&self) -> Arc<Semaphore> {
+        self.shared.async_count.clone()
+    }
+}
+
+impl HandleShared {
+    fn running(&self) -> Services {
+        *self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+struct Delivery {
+    msg: ChannelMessage,
+    ack: Option<Acker>,
+}
+
+/// The delivery task: listeners run here, off the channel task, in arrival order.
+async fn deliver(handle: ChannelHandle, mut rx: mpsc::Receiver<Delivery>) {
+    let shared = handle.shared.clone();
+    drop(handle);
+    while let Some(Delivery { msg, ack }) = rx.recv().await {
+        for l in shared.cluster_listeners.iter() {
+            l.message_received(&msg);
+        }
+        let listeners = shared
+            .listeners
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut accepted = false;
+        let mut failure = None;
+        for l in &listeners {
+            if !l.accept(&msg) {
+                continue;
+            }
+            accepted = true;
+            if let Err(e) = l.message_received(&msg) {
+                shared
+                    .counters
+                    .listener_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                failure.get_or_insert_with(|| e.to_string());
+            }
+        }
+        shared.counters.delivered.fetch_add(1, Ordering::Relaxed);
+        if !accepted {
+            shared.counters.no_listener.fetch_add(1, Ordering::Relaxed);
+            if let Some(reply) = crate::rpc::no_channel_reply(&msg.payload) {
+                let handle = ChannelHandle {
+                    shared: shared.clone(),
+                };
+                if let Some(to) = msg.member.clone() {
+                    tokio::spawn(async move {
+                        let _ = handle
+                            .send(&[(*to).clone()], reply, SendOptions::ASYNCHRONOUS)
+                            .await;
+                    });
+                }
+            }
+        }
+        if let Some(ack) = ack {
+            match failure {
+                Some(reason) => ack.fail(reason),
+                None => ack.ack(),
+            }
+        }
+    }
+}
+
+struct Owner<N: Net> {
+    net: N,
+    pipeline: Pipeline,
+    codec: CohortCodec,
+    local: Member,
+    transport: Arc<dyn ChannelTransport>,
+    membership: Option<Arc<dyn ChannelMembership>>,
+    tickets: HashMap<Ticket, Arc<SendState>>,
+    delivery_tx: mpsc::Sender<Delivery>,
+    member_tx: broadcast::Sender<MembershipEvent>,
+    membership_listeners: Vec<Arc<dyn MembershipListener>>,
+    cmd_self: mpsc::Sender<Command>,
+    enc: BytesMut,
+    heartbeat: Duration,
+    counters: Arc<ChannelCounters>,
+}
+
+async fn member_event(
+    rx: &mut Option<broadcast::Receiver<MembershipEvent>>,
+) -> Result<MembershipEvent, broadcast::error::RecvError> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl<N: Net> Owner<N> {
+    async fn run(
+        mut self,
+        mut cmd_rx: mpsc::Receiver<Command>,
+        mut inbound_rx: mpsc::Receiver<Received>,
+        mut mcast_rx: mpsc::Receiver<(Bytes, SocketAddr)>,
+    ) {
+        let mut events = self.membership.as_ref().map(|m| m.events());
+        // Members already in view when the channel started.
+        if let Some(m) = &self.membership {
+            let now = Instant::now().into_std();
+            for vm in m.view().members.into_iter().filter(|vm| !vm.local) {
+                self.pipeline
+                    .member(now, MembershipEvent::MemberAdded(vm.member));
+            }
+            self.drain().await;
+        }
+        let mut next_heartbeat = Instant::now() + self.heartbeat;
+        loop {
+            let wake = self
+                .pipeline
+                .poll_timeout()
+                .map_or(next_heartbeat, |t| Instant::from_std(t).min(next_heartbeat));
+            tokio::select! {
+                cmd = cmd_rx.recv() => match cmd {
+                    Some(Command::Send(out, state)) => {
+                        let ticket = out.ticket;
+                        self.tickets.insert(ticket, state);
+                        self.pipeline.send(Instant::now().into_std(), out);
+                        self.drain().await;
+                        if let Some(state) = self.tickets.remove(&ticket) {
+                            state.done_one();
+                        }
+                    }
+                    Some(Command::ProbeResult(i, member, result)) => {
+                        self.pipeline.probe_result(Instant::now().into_std(), i, member, result);
+                    }
+                    Some(Command::Stop(reply)) => {
+                        let _ = reply.send(());
+                        return;
+                    }
+                    None => return,
+                },
+                Some(r) = inbound_rx.recv() => {
+                    self.counters.received.fetch_add(1, Ordering::Relaxed);
+                    let inbound = to_inbound(r);
+                    self.pipeline.receive(Instant::now().into_std(), inbound);
+                }
+                Some((datagram, from)) = mcast_rx.recv() => {
+                    let mut buf = BytesMut::from(&datagram[..]);
+                    match self.codec.decode_frame(&mut buf) {
+                        Ok(Some(Frame::Data(data))) if buf.is_empty() && data.header.sender != self.local.id => {
+                            self.counters.received.fetch_add(1, Ordering::Relaxed);
+                            let member = self.membership.as_ref().and_then(|m| {
+                                m.view().members.into_iter().find(|vm| vm.member.id == data.header.sender).map(|vm| Arc::new(vm.member))
+                            });
+                            let inbound = frame_to_inbound(data, member, from, None);
+                            self.pipeline.receive(Instant::now().into_std(), inbound);
+                        }
+                        Ok(Some(Frame::Data(_))) => {} // our own, looped back
+                        _ => { self.counters.multicast_malformed.fetch_add(1, Ordering::Relaxed); }
+                    }
+                }
+                ev = member_event(&mut events) => match ev {
+                    Ok(ev) => self.pipeline.member(Instant::now().into_std(), ev),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        self.counters.membership_lagged.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => events = None,
+                },
+                () = tokio::time::sleep_until(wake) => {
+                    let now = Instant::now();
+                    self.pipeline.handle_timeout(now.into_std());
+                    if now >= next_heartbeat {
+                        next_heartbeat = now + self.heartbeat;
+                        self.pipeline.heartbeat(now.into_std());
+                        if let Some(m) = &self.membership {
+                            let view = m.view();
+                            self.transport.retain(&|addr| {
+                                view.members.iter().any(|vm| SocketAddr::new(vm.member.addr, vm.member.port) == addr)
+                            });
+                        }
+                    }
+                }
+            }
+            self.drain().await;
+        }
+    }
+
+    async fn drain(&mut self) {
+        while let Some(output) = self.pipeline.poll_output() {
+            match output {
+                Output::Transmit(out) => self.transmit(out),
+                Output::Deliver(msg) => {
+                    let ack = msg.ack;
+                    let delivery = Delivery {
+                        msg: ChannelMessage {
+                            from: msg.from,
+                            member: msg.member,
+                            peer: msg.peer,
+                            msg_id: msg.msg_id,
+                            options: msg.options,
+                            timestamp_ms: msg.timestamp_ms,
+                            payload: msg.payload,
+                        },
+                        ack,
+                    };
+                    if let Err(e) = self.delivery_tx.try_send(delivery) {
+                        // Full: wait (the transport stops being read meanwhile).
+                        let (mpsc::error::TrySendError::Full(d)
+                        | mpsc::error::TrySendError::Closed(d)) = e;
+                        let _ = self.delivery_tx.send(d).await;
+                    }
+                }
+                Output::Member(ev) => {
+                    if let MembershipEvent::MemberDisappeared { member, .. } = &ev {
+                        self.transport
+                            .disconnect(SocketAddr::new(member.addr, member.port));
+                    }
+                    for l in &self.membership_listeners {
+                        l.on_event(&ev);
+                    }
+                    let _ = self.member_tx.send(ev);
+                }
+                Output::Probe {
+                    interceptor,
+                    member,
+                    timeout,
+                } => {
+                    let net = self.net.clone();
+                    let cmd = self.cmd_self.clone();
+                    tokio::spawn(async move {
+                        let addr = SocketAddr::new(member.addr, member.port);
+                        let result = match tokio::time::timeout(timeout, net.connect_tcp(addr))
+                            .await
+                        {
+                            Ok(Ok(_)) => Ok(()),
+                            Ok(Err(e)) => Err(format!("connect {addr}: {e}")),
+                            Err(_) => Err(format!("connect {addr}: timed out after {timeout:?}")),
+                        };
+                        let _ = cmd
+                            .send(Command::ProbeResult(interceptor, member, result))
+                            .await;
+                    });
+                }
+                Output::MemberFailed { member, detail } => {
+                    if let Some(m) = self.membership.clone() {
+                        tokio::spawn(async move { m.report_failed(member.key(), detail).await });
+                    }
+                }
+            }
+        }
+    }
+
+    fn transmit(&mut self, out: Outbound) {
+        let state = self.tickets.get(&out.ticket).cloned();
+        let frame = Frame::Data(DataFrame {
+            header: DataHeader {
+                msg_id: out.msg_id,
+                options: out.options,
+                sender: self.local.id,
+                timestamp_ms: self.net.wall_clock_ms(),
+                seq: out.seq,
+                extensions: out.extensions,
+            },
+            payload: out.payload,
+        });
+        if let Err(e) = self.codec.encode_frame(&frame, &mut self.enc) {
+            self.counters
+                .encode_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(msg_id = out.msg_id, error = %e, "cannot encode a frame; dropped");
+            return;
+        }
+        let bytes = self.enc.split().freeze();
+        if out.options.contains(SendOptions::MULTICAST) {
+            let Some(m) = self.membership.clone() else {
+                tracing::warn!(
+                    msg_id = out.msg_id,
+                    "MULTICAST send without membership; dropped"
+                );
+                return;
+            };
+            if let Some(state) = &state {
+                state.expect(out.destinations.len());
+            }
+            let dests = out.destinations.clone();
+            tokio::spawn(async move {
+                let r = m.broadcast(bytes).await;
+                if let Some(state) = state {
+                    for d in dests.iter() {
+                        let result = match &r {
+                            Ok(()) => Ok(Delivered::Sent),
+                            Err(e) => Err(cohort_transport::SendError::Udp {
+                                addr: SocketAddr::new(d.addr, d.port),
+                                reason: format!("multicast: {e}"),
+                            }),
+                        };
+                        state.record(d.id, SocketAddr::new(d.addr, d.port), result);
+                    }
+                }
+            });
+            return;
+        }
+        if let Some(state) = &state {
+            state.expect(out.destinations.len());
+        }
+        for dest in out.destinations.iter() {
+            let done: cohort_transport::Completion = match &state {
+                Some(state) => {
+                    let state = state.clone();
+                    let (id, addr) = (dest.id, SocketAddr::new(dest.addr, dest.port));
+                    Box::new(move |r| state.record(id, addr, r))
+                }
+                None => Box::new(|_| {}),
+            };
+            self.transport
+                .send(dest, bytes.clone(), out.msg_id, out.options, done);
+        }
+    }
+}
+
+fn to_inbound(r: Received) -> Inbound {
+    let ack = r.ack.map(|token| {
+        Acker::new(move |result| match result {
+            Ok(()) => token.ack(),
+            Err(reason) => token.fail(&reason),
+        })
+    });
+    frame_to_inbound(r.frame, r.hello, r.peer, ack)
+}
+
+fn frame_to_inbound(
+    data: DataFrame,
+    member: Option<Arc<Member>>,
+    peer: SocketAddr,
+    ack: Option<Acker>,
+) -> Inbound {
+    Inbound {
+        from: data.header.sender,
+        member,
+        peer,
+        msg_id: data.header.msg_id,
+        options: data.header.options,
+        seq: data.header.seq,
+        timestamp_ms: data.header.timestamp_ms,
+        extensions: data.header.extensions,
+        payload: data.payload,
+        ack,
+    }
+}

@@ -1,0 +1,462 @@
+//! The sans-IO heart of the channel: the [`Interceptor`] trait and the [`Pipeline`] that runs
+//! a configured stack of them.
+//!
+//! Index 0 is the top of the stack (next to the application), the last index the bottom (next
+//! to the transport). Sends travel down (0 → n), received messages and membership events
+//! travel up (n → 0). An interceptor sees a message only when the message's options contain
+//! the interceptor's [`Interceptor::option_mask`] (Tribes' `okToProcess`); the pipeline applies
+//! that check, not each interceptor.
+//!
+//! Dispatch uses an explicit work queue, never recursion: an interceptor called with one
+//! message may emit none (holding it), one, or many (fragments). The queue is bounded
+//! ([`Pipeline::new`]'s `max_work`); work beyond it is dropped and counted.
+//!
+//! Call order for a driver: feed inputs with `send`, `receive`, `member`, `handle_timeout`,
+//! `heartbeat`; after each, drain [`Pipeline::poll_output`] until `None`; sleep until
+//! [`Pipeline::poll_timeout`].
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use cohort_membership::MembershipEvent;
+use cohort_wire::{Extension, Member, MemberId, SendOptions};
+
+#[cfg(test)]
+mod tests;
+
+/// Opaque routing tag the driver attaches to an outbound message, so that deliveries of its
+/// frames (fragments included) complete the right send receipt. Interceptors copy it onto
+/// every frame they derive from a message, and use [`Ticket::NONE`] for messages of their own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Ticket(pub u64);
+
+impl Ticket {
+    /// No receipt: the interceptor's own traffic (pings, control messages).
+    pub const NONE: Self = Self(0);
+}
+
+/// A message on its way down to the transport.
+#[derive(Clone, Debug)]
+pub struct Outbound {
+    /// Unique per sender; frames derived from one message get fresh ids from
+    /// [`Cx::next_msg_id`].
+    pub msg_id: u64,
+    /// Destinations.
+    pub destinations: Arc<[Member]>,
+    /// Send options, interceptor bits included.
+    pub options: SendOptions,
+    /// Per-sender order sequence (0 when unordered).
+    pub seq: u64,
+    /// Header extensions (tags per docs/PROTOCOL.md §2.4).
+    pub extensions: Vec<Extension>,
+    /// The payload.
+    pub payload: Bytes,
+    /// The receipt this message completes.
+    pub ticket: Ticket,
+}
+
+/// How a received message is acknowledged once consumed, for USE_ACK | SYNCHRONIZED_ACK.
+///
+/// Dropping it acknowledges (consumed without error, as Tribes does for a message an
+/// interceptor swallows); [`Acker::fail`] sends FAIL_ACK.
+pub struct Acker(Option<Box<dyn FnOnce(Result<(), String>) + Send>>);
+
+impl Acker {
+    /// Wraps the function that sends the ACK (`Ok`) or FAIL_ACK (`Err(reason)`).
+    pub fn new(f: impl FnOnce(Result<(), String>) + Send + 'static) -> Self {
+        Self(Some(Box::new(f)))
+    }
+
+    /// Acknowledges now.
+    pub fn ack(mut self) {
+        if let Some(f) = self.0.take() {
+            f(Ok(()));
+        }
+    }
+
+    /// Sends FAIL_ACK with `reason`.
+    pub fn fail(mut self, reason: String) {
+        if let Some(f) = self.0.take() {
+            f(Err(reason));
+        }
+    }
+}
+
+impl Drop for Acker {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(Ok(()));
+        }
+    }
+}
+
+impl std::fmt::Debug for Acker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Acker")
+    }
+}
+
+/// A message on its way up to the listeners.
+#[derive(Debug)]
+pub struct Inbound {
+    /// Sender id.
+    pub from: MemberId,
+    /// The sender's member record when known (from its connection's hello, or the view).
+    pub member: Option<Arc<Member>>,
+    /// The sender's socket address.
+    pub peer: std::net::SocketAddr,
+    /// Sender's message id.
+    pub msg_id: u64,
+    /// Send options as sent.
+    pub options: SendOptions,
+    /// Sender's order sequence.
+    pub seq: u64,
+    /// Sender's wall clock when sent (informational).
+    pub timestamp_ms: u64,
+    /// Header extensions.
+    pub extensions: Vec<Extension>,
+    /// The payload.
+    pub payload: Bytes,
+    /// Present for USE_ACK | SYNCHRONIZED_ACK: completed once the listeners ran.
+    pub ack: Option<Acker>,
+}
+
+/// What the pipeline asks its driver to do.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Output {
+    /// Encode and send this message.
+    Transmit(Outbound),
+    /// Hand this message to the listeners.
+    Deliver(Inbound),
+    /// Tell the application of this membership change.
+    Member(MembershipEvent),
+    /// Open a TCP connection to `member` within `timeout` and report with
+    /// [`Pipeline::probe_result`] (a failure detector's evidence gathering).
+    Probe {
+        /// Which interceptor asked.
+        interceptor: usize,
+        /// The member to probe.
+        member: Member,
+        /// How long to try.
+        timeout: std::time::Duration,
+    },
+    /// Report a member as failed to the membership service.
+    MemberFailed {
+        /// The member.
+        member: Member,
+        /// What was observed.
+        detail: String,
+    },
+}
+
+/// The context an interceptor call gets: where its outputs go.
+pub struct Cx<'a> {
+    now: Instant,
+    index: usize,
+    queue: &'a mut VecDeque<Work>,
+    outputs: &'a mut VecDeque<Output>,
+    ids: &'a AtomicU64,
+}
+
+impl Cx<'_> {
+    /// The time of the input being handled.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Passes a message to the next interceptor down (or the transport).
+    pub fn send_down(&mut self, msg: Outbound) {
+        self.queue.push_back(Work::Send(self.index + 1, msg));
+    }
+
+    /// Passes a message to the next interceptor up (or the listeners).
+    pub fn deliver_up(&mut self, msg: Inbound) {
+        match self.index.checked_sub(1) {
+            Some(i) => self.queue.push_back(Work::Receive(i, msg)),
+            None => self.outputs.push_back(Output::Deliver(msg)),
+        }
+    }
+
+    /// Passes a membership event up.
+    pub fn emit_member(&mut self, ev: MembershipEvent) {
+        match self.index.checked_sub(1) {
+            Some(i) => self.queue.push_back(Work::Member(i, ev)),
+            None => self.outputs.push_back(Output::Member(ev)),
+        }
+    }
+
+    /// Asks the driver for a TCP probe of `member`; the answer comes to this interceptor's
+    /// [`Interceptor::on_probe_result`].
+    pub fn request_probe(&mut self, member: Member, timeout: std::time::Duration) {
+        self.outputs.push_back(Output::Probe {
+            interceptor: self.index,
+            member,
+            timeout,
+        });
+    }
+
+    /// Asks the driver to report `member` failed to membership.
+    pub fn report_failed(&mut self, member: Member, detail: String) {
+        self.outputs
+            .push_back(Output::MemberFailed { member, detail });
+    }
+
+    /// A fresh message id for a frame this interceptor originates or derives.
+    pub fn next_msg_id(&mut self) -> u64 {
+        self.ids.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// One layer of the stack. Every method defaults to passing through.
+///
+/// Interceptors are synchronous and own their state; work needing IO is asked of the driver
+/// through [`Cx`] (a probe), never done inline.
+pub trait Interceptor: Send + 'static {
+    /// Name, for logs and config.
+    fn name(&self) -> &'static str;
+
+    /// Messages whose options do not contain all of these bits bypass this interceptor.
+    /// Default: none (sees everything).
+    fn option_mask(&self) -> SendOptions {
+        SendOptions::NONE
+    }
+
+    /// A message going down.
+    fn on_send(&mut self, msg: Outbound, cx: &mut Cx<'_>) {
+        cx.send_down(msg);
+    }
+
+    /// A message going up.
+    fn on_receive(&mut self, msg: Inbound, cx: &mut Cx<'_>) {
+        cx.deliver_up(msg);
+    }
+
+    /// A membership event going up.
+    fn on_member(&mut self, ev: MembershipEvent, cx: &mut Cx<'_>) {
+        cx.emit_member(ev);
+    }
+
+    /// Called when [`Interceptor::poll_timeout`]'s instant has come.
+    fn on_timeout(&mut self, now: Instant, cx: &mut Cx<'_>) {
+        let _ = (now, cx);
+    }
+
+    /// The next instant this interceptor wants [`Interceptor::on_timeout`].
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    /// The channel heartbeat (every `heartbeat_interval`, 5 s by default): expiry sweeps,
+    /// pings, checks.
+    fn on_heartbeat(&mut self, now: Instant, cx: &mut Cx<'_>) {
+        let _ = (now, cx);
+    }
+
+    /// The result of a probe this interceptor requested: `Ok` if a connection opened.
+    fn on_probe_result(&mut self, member: Member, result: Result<(), String>, cx: &mut Cx<'_>) {
+        let _ = (member, result, cx);
+    }
+}
+
+/// A unit of pending dispatch.
+#[derive(Debug)]
+pub(crate) enum Work {
+    Send(usize, Outbound),
+    Receive(usize, Inbound),
+    Member(usize, MembershipEvent),
+}
+
+/// Counters of the pipeline.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PipelineStats {
+    /// Work items dropped because the work queue was full.
+    pub work_dropped: u64,
+}
+
+/// An ordered stack of interceptors with a bounded work queue.
+pub struct Pipeline {
+    stack: Vec<Box<dyn Interceptor>>,
+    queue: VecDeque<Work>,
+    outputs: VecDeque<Output>,
+    max_work: usize,
+    ids: Arc<AtomicU64>,
+    stats: PipelineStats,
+}
+
+impl Pipeline {
+    /// A pipeline over `stack` (index 0 on top). At most `max_work` work items are pending
+    /// within one input's dispatch. `ids` is the sender's message id counter, shared with
+    /// whoever assigns ids to application messages (ids are the counter's value plus one).
+    pub fn new(stack: Vec<Box<dyn Interceptor>>, max_work: usize, ids: Arc<AtomicU64>) -> Self {
+        Self {
+            stack,
+            queue: VecDeque::new(),
+            outputs: VecDeque::new(),
+            max_work: max_work.max(1),
+            ids,
+            stats: PipelineStats::default(),
+        }
+    }
+
+    /// Interceptor names, top first.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.stack.iter().map(|i| i.name()).collect()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> PipelineStats {
+        self.stats
+    }
+
+    /// A message from the application.
+    pub fn send(&mut self, now: Instant, msg: Outbound) {
+        self.queue.push_back(Work::Send(0, msg));
+        self.run(now);
+    }
+
+    /// A message from the transport.
+    pub fn receive(&mut self, now: Instant, msg: Inbound) {
+        match self.stack.len().checked_sub(1) {
+            Some(i) => self.queue.push_back(Work::Receive(i, msg)),
+            None => self.outputs.push_back(Output::Deliver(msg)),
+        }
+        self.run(now);
+    }
+
+    /// A membership event.
+    pub fn member(&mut self, now: Instant, ev: MembershipEvent) {
+        match self.stack.len().checked_sub(1) {
+            Some(i) => self.queue.push_back(Work::Member(i, ev)),
+            None => self.outputs.push_back(Output::Member(ev)),
+        }
+        self.run(now);
+    }
+
+    /// Calls `on_timeout` of every interceptor whose deadline has come.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for index in 0..self.stack.len() {
+            if self.stack[index].poll_timeout().is_some_and(|t| t <= now) {
+                self.call(now, index, |i, cx| i.on_timeout(now, cx));
+            }
+        }
+    }
+
+    /// The channel heartbeat, to every interceptor, top first.
+    pub fn heartbeat(&mut self, now: Instant) {
+        for index in 0..self.stack.len() {
+            self.call(now, index, |i, cx| i.on_heartbeat(now, cx));
+        }
+    }
+
+    /// The result of a probe requested by interceptor `interceptor`.
+    pub fn probe_result(
+        &mut self,
+        now: Instant,
+        interceptor: usize,
+        member: Member,
+        result: Result<(), String>,
+    ) {
+        if interceptor < self.stack.len() {
+            self.call(now, interceptor, |i, cx| {
+                i.on_probe_result(member, result, cx)
+            });
+        }
+    }
+
+    /// The earliest deadline of any interceptor.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.stack.iter().filter_map(|i| i.poll_timeout()).min()
+    }
+
+    /// The next output, in the order produced.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    fn call(
+        &mut self,
+        now: Instant,
+        index: usize,
+        f: impl FnOnce(&mut dyn Interceptor, &mut Cx<'_>),
+    ) {
+        let mut cx = Cx {
+            now,
+            index,
+            queue: &mut self.queue,
+            outputs: &mut self.outputs,
+            ids: &self.ids,
+        };
+        f(self.stack[index].as_mut(), &mut cx);
+        self.run(now);
+    }
+
+    fn run(&mut self, now: Instant) {
+        while let Some(work) = self.queue.pop_front() {
+            match work {
+                Work::Send(i, msg) => {
+                    // Skip interceptors whose mask the message does not carry.
+                    let mut i = i;
+                    while i < self.stack.len() && !msg.options.contains(self.stack[i].option_mask())
+                    {
+                        i += 1;
+                    }
+                    if i >= self.stack.len() {
+                        self.outputs.push_back(Output::Transmit(msg));
+                        continue;
+                    }
+                    let mut cx = Cx {
+                        now,
+                        index: i,
+                        queue: &mut self.queue,
+                        outputs: &mut self.outputs,
+                        ids: &self.ids,
+                    };
+                    self.stack[i].on_send(msg, &mut cx);
+                }
+                Work::Receive(i, msg) => {
+                    let mut i = Some(i);
+                    while let Some(j) = i {
+                        if msg.options.contains(self.stack[j].option_mask()) {
+                            break;
+                        }
+                        i = j.checked_sub(1);
+                    }
+                    let Some(i) = i else {
+                        self.outputs.push_back(Output::Deliver(msg));
+                        continue;
+                    };
+                    let mut cx = Cx {
+                        now,
+                        index: i,
+                        queue: &mut self.queue,
+                        outputs: &mut self.outputs,
+                        ids: &self.ids,
+                    };
+                    self.stack[i].on_receive(msg, &mut cx);
+                }
+                Work::Member(i, ev) => {
+                    let mut cx = Cx {
+                        now,
+                        index: i,
+                        queue: &mut self.queue,
+                        outputs: &mut self.outputs,
+                        ids: &self.ids,
+                    };
+                    self.stack[i].on_member(ev, &mut cx);
+                }
+            }
+            if self.queue.len() > self.max_work {
+                // Overflow policy: drop the newest work (a runaway interceptor), counted.
+                let excess = self.queue.len() - self.max_work;
+                for _ in 0..excess {
+                    self.queue.pop_back();
+                }
+                self.stats.work_dropped += excess as u64;
+            }
+        }
+    }
+}

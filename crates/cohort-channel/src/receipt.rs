@@ -1,0 +1,196 @@
+//! Send receipts: what a send promised, and how it ended per member.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use cohort_transport::{Delivered, SendError};
+use cohort_wire::MemberId;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+
+use crate::listener::ErrorHandler;
+
+/// How one destination's delivery ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberResult {
+    /// The destination.
+    pub member: MemberId,
+    /// Its receiver address.
+    pub addr: SocketAddr,
+    /// The outcome.
+    pub result: Result<Delivered, SendError>,
+}
+
+/// How a send ended, per destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SendOutcome {
+    /// The message id.
+    pub msg_id: u64,
+    /// True when this outcome only says the message was queued (ASYNCHRONOUS): per-member
+    /// results then go to the channel's [`ErrorHandler`].
+    pub queued: bool,
+    /// One entry per destination and frame (several when an interceptor split the message;
+    /// none when an interceptor held or dropped it).
+    pub results: Vec<MemberResult>,
+}
+
+impl SendOutcome {
+    /// True when nothing failed.
+    pub fn is_ok(&self) -> bool {
+        self.results.iter().all(|r| r.result.is_ok())
+    }
+
+    /// The failed destinations.
+    pub fn failures(&self) -> impl Iterator<Item = &MemberResult> {
+        self.results.iter().filter(|r| r.result.is_err())
+    }
+}
+
+/// Resolves as the send options promise: when queued (ASYNCHRONOUS), when written (no ACK),
+/// when acknowledged (USE_ACK) or when processed (USE_ACK | SYNCHRONIZED_ACK). Never hangs:
+/// every destination completes or fails within the transport's `send_timeout` (plus connect
+/// time).
+#[derive(Debug)]
+pub struct SendReceipt {
+    msg_id: u64,
+    state: ReceiptState,
+}
+
+#[derive(Debug)]
+enum ReceiptState {
+    Ready(Option<SendOutcome>),
+    Waiting(oneshot::Receiver<SendOutcome>),
+}
+
+impl SendReceipt {
+    pub(crate) fn ready(outcome: SendOutcome) -> Self {
+        Self {
+            msg_id: outcome.msg_id,
+            state: ReceiptState::Ready(Some(outcome)),
+        }
+    }
+
+    pub(crate) fn waiting(msg_id: u64, rx: oneshot::Receiver<SendOutcome>) -> Self {
+        Self {
+            msg_id,
+            state: ReceiptState::Waiting(rx),
+        }
+    }
+
+    /// The message id.
+    pub fn msg_id(&self) -> u64 {
+        self.msg_id
+    }
+}
+
+impl std::future::Future for SendReceipt {
+    type Output = SendOutcome;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<SendOutcome> {
+        let msg_id = self.msg_id;
+        match &mut self.state {
+            ReceiptState::Ready(o) => std::task::Poll::Ready(o.take().unwrap_or(SendOutcome {
+                msg_id,
+                queued: false,
+                results: Vec::new(),
+            })),
+            ReceiptState::Waiting(rx) => std::pin::Pin::new(rx).poll(cx).map(|r| {
+                r.unwrap_or(SendOutcome {
+                    msg_id,
+                    queued: false,
+                    results: Vec::new(),
+                })
+            }),
+        }
+    }
+}
+
+/// Collects per-destination results of one application message (all its frames).
+pub(crate) struct SendState {
+    pub(crate) msg_id: u64,
+    /// Deliveries outstanding, plus one held by the driver until dispatch is over.
+    remaining: AtomicUsize,
+    results: Mutex<Vec<MemberResult>>,
+    tx: Mutex<Option<oneshot::Sender<SendOutcome>>>,
+    /// Async admission (count and bytes), released when every delivery has completed.
+    permits: Mutex<Option<(OwnedSemaphorePermit, Option<OwnedSemaphorePermit>)>>,
+    error_handler: Option<Arc<dyn ErrorHandler>>,
+}
+
+impl SendState {
+    pub(crate) fn new(
+        msg_id: u64,
+        tx: Option<oneshot::Sender<SendOutcome>>,
+        permits: Option<(OwnedSemaphorePermit, Option<OwnedSemaphorePermit>)>,
+        error_handler: Option<Arc<dyn ErrorHandler>>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            msg_id,
+            remaining: AtomicUsize::new(1),
+            results: Mutex::new(Vec::new()),
+            tx: Mutex::new(tx),
+            permits: Mutex::new(permits),
+            error_handler,
+        })
+    }
+
+    /// `n` more deliveries will report.
+    pub(crate) fn expect(&self, n: usize) {
+        self.remaining.fetch_add(n, Ordering::AcqRel);
+    }
+
+    pub(crate) fn record(
+        &self,
+        member: MemberId,
+        addr: SocketAddr,
+        result: Result<Delivered, SendError>,
+    ) {
+        self.results
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(MemberResult {
+                member,
+                addr,
+                result,
+            });
+        self.done_one();
+    }
+
+    /// One delivery (or the driver's hold) is over.
+    pub(crate) fn done_one(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let results =
+            std::mem::take(&mut *self.results.lock().unwrap_or_else(PoisonError::into_inner));
+        let outcome = SendOutcome {
+            msg_id: self.msg_id,
+            queued: false,
+            results,
+        };
+        drop(
+            self.permits
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        if let Some(h) = &self.error_handler {
+            if outcome.is_ok() {
+                h.handle_completion(&outcome);
+            } else {
+                h.handle_error(&outcome);
+            }
+        }
+        if let Some(tx) = self
+            .tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            let _ = tx.send(outcome);
+        }
+    }
+}

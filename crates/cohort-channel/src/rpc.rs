@@ -1,0 +1,359 @@
+//! `RpcChannel`: request / response over a channel (Tribes' `RpcChannel`).
+//!
+//! A request goes to a set of members; each member's `RpcChannel` with the same RPC id answers
+//! through its [`RpcHandler`]. The caller collects replies until its [`ReplyMode`] is
+//! satisfied or the timeout passes; a timeout is not an error, it returns what came. A member
+//! without a matching `RpcChannel` answers "no RPC channel" at once (the channel does this by
+//! itself), which lowers the number of replies expected, so such members never stall a call.
+//! Replies after completion go to [`RpcHandler::left_over`].
+//!
+//! Envelope (inside the data frame's payload): `"CRPC"`, version 1, kind (1 request, 2 reply,
+//! 3 no RPC channel), RPC id length (1..=255), RPC id, request id (u64 big-endian), body.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use cohort_wire::{Member, MemberId, SendOptions};
+use tokio::sync::oneshot;
+
+use crate::channel::{ChannelError, ChannelHandle};
+use crate::listener::{ChannelListener, ChannelMessage, ListenerError};
+
+const MAGIC: &[u8; 4] = b"CRPC";
+const VERSION: u8 = 1;
+const REQUEST: u8 = 1;
+const REPLY: u8 = 2;
+const NO_CHANNEL: u8 = 3;
+
+/// When a call is complete (Tribes' reply modes, same numbering).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplyMode {
+    /// The first reply.
+    First = 1,
+    /// Replies from at least half of the destinations that can answer.
+    Majority = 2,
+    /// Every destination that can answer.
+    All = 3,
+    /// Fire and forget: returns once sent.
+    None = 4,
+}
+
+/// Answers requests, and hears late replies.
+pub trait RpcHandler: Send + Sync + 'static {
+    /// Handles a request from `from`; `Some` is sent back as the reply.
+    fn reply_request(&self, from: &Member, request: &Bytes) -> Option<Bytes>;
+
+    /// A reply that came after its call completed or timed out. Default: ignored.
+    fn left_over(&self, from: MemberId, reply: &Bytes) {
+        let _ = (from, reply);
+    }
+}
+
+/// One reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RpcResponse {
+    /// Who answered.
+    pub from: MemberId,
+    /// The answer.
+    pub payload: Bytes,
+}
+
+struct Call {
+    mode: ReplyMode,
+    expected: usize,
+    replies: Vec<RpcResponse>,
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl Call {
+    fn complete(&self) -> bool {
+        let n = self.replies.len();
+        match self.mode {
+            ReplyMode::None => true,
+            ReplyMode::First => n >= 1 || self.expected == 0,
+            ReplyMode::Majority => 2 * n >= self.expected,
+            ReplyMode::All => n >= self.expected,
+        }
+    }
+
+    fn check(&mut self) {
+        if self.complete() {
+            if let Some(tx) = self.done.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+}
+
+struct Inner {
+    channel: ChannelHandle,
+    rpc_id: Bytes,
+    handler: Arc<dyn RpcHandler>,
+    calls: Mutex<HashMap<u64, Call>>,
+    next: AtomicU64,
+    reply_options: SendOptions,
+}
+
+/// Request / response over a [`ChannelHandle`], keyed by an RPC id.
+#[derive(Clone)]
+pub struct RpcChannel {
+    inner: Arc<Inner>,
+}
+
+/// Largest number of calls in flight per `RpcChannel`; more fail at once.
+pub const MAX_CALLS: usize = 65_536;
+
+impl RpcChannel {
+    /// Registers an RPC endpoint named `rpc_id` (1 to 255 bytes) on `channel`. Replies are
+    /// sent with `reply_options` (Tribes' default: 0, no ACK).
+    ///
+    /// # Panics
+    /// If `rpc_id` is empty or longer than 255 bytes.
+    pub fn new(
+        channel: &ChannelHandle,
+        rpc_id: impl Into<Bytes>,
+        handler: Arc<dyn RpcHandler>,
+        reply_options: SendOptions,
+    ) -> Self {
+        let rpc_id = rpc_id.into();
+        assert!(
+            (1..=255).contains(&rpc_id.len()),
+            "an RPC id is 1 to 255 bytes"
+        );
+        let inner = Arc::new(Inner {
+            channel: channel.clone(),
+            rpc_id,
+            handler,
+            calls: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+            reply_options,
+        });
+        channel.add_listener(Arc::new(Listener(Arc::downgrade(&inner))));
+        Self { inner }
+    }
+
+    /// Sends `request` to `destinations` and collects replies until `mode` is satisfied or
+    /// `timeout` passes (then returns what came; not an error). SYNCHRONIZED_ACK is removed
+    /// from `options` (a synchronized ACK would wait on the reply it carries: deadlock).
+    pub async fn call(
+        &self,
+        destinations: &[Member],
+        request: Bytes,
+        mode: ReplyMode,
+        options: SendOptions,
+        timeout: Duration,
+    ) -> Result<Vec<RpcResponse>, ChannelError> {
+        let inner = &self.inner;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let id = inner.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut calls = inner.calls.lock().unwrap_or_else(PoisonError::into_inner);
+            if calls.len() >= MAX_CALLS {
+                return Err(ChannelError::Config {
+                    key: "rpc",
+                    reason: format!("{MAX_CALLS} calls already in flight"),
+                });
+            }
+            calls.insert(
+                id,
+                Call {
+                    mode,
+                    expected: destinations.len(),
+                    replies: Vec::new(),
+                    done: Some(tx),
+                },
+            );
+        }
+        let envelope = encode(REQUEST, &inner.rpc_id, id, &request);
+        let options = options.difference(SendOptions::SYNCHRONIZED_ACK);
+        let sent = inner.channel.send(destinations, envelope, options).await;
+        let receipt = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                self.take(id);
+                return Err(e);
+            }
+        };
+        if let Ok(outcome) = tokio::time::timeout_at(deadline, receipt).await {
+            // Destinations that never got the request cannot answer.
+            let failed = outcome.failures().count();
+            let mut calls = inner.calls.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(call) = calls.get_mut(&id) {
+                call.expected = call.expected.saturating_sub(failed);
+                call.check();
+            }
+        }
+        if mode != ReplyMode::None {
+            let _ = tokio::time::timeout_at(deadline, rx).await;
+        }
+        Ok(self.take(id))
+    }
+
+    fn take(&self, id: u64) -> Vec<RpcResponse> {
+        self.inner
+            .calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id)
+            .map(|c| c.replies)
+            .unwrap_or_default()
+    }
+}
+
+struct Listener(Weak<Inner>);
+
+struct Envelope<'a> {
+    kind: u8,
+    rpc_id: &'a [u8],
+    id: u64,
+    body_at: usize,
+}
+
+fn parse(payload: &[u8]) -> Option<Envelope<'_>> {
+    if payload.len() < 7 || &payload[..4] != MAGIC || payload[4] != VERSION {
+        return None;
+    }
+    let kind = payload[5];
+    let len = usize::from(payload[6]);
+    let rpc_id = payload.get(7..7 + len)?;
+    let id_bytes: [u8; 8] = payload.get(7 + len..15 + len)?.try_into().ok()?;
+    Some(Envelope {
+        kind,
+        rpc_id,
+        id: u64::from_be_bytes(id_bytes),
+        body_at: 15 + len,
+    })
+}
+
+fn encode(kind: u8, rpc_id: &[u8], id: u64, body: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(15 + rpc_id.len() + body.len());
+    out.put_slice(MAGIC);
+    out.put_u8(VERSION);
+    out.put_u8(kind);
+    out.put_u8(u8::try_from(rpc_id.len()).unwrap_or(u8::MAX));
+    out.put_slice(&rpc_id[..rpc_id.len().min(255)]);
+    out.put_u64(id);
+    out.put_slice(body);
+    out.freeze()
+}
+
+/// The "no RPC channel" answer to `payload` when it is an RPC request (the channel sends it
+/// when no listener accepted a request).
+pub(crate) fn no_channel_reply(payload: &Bytes) -> Option<Bytes> {
+    let env = parse(payload)?;
+    (env.kind == REQUEST).then(|| encode(NO_CHANNEL, env.rpc_id, env.id, &[]))
+}
+
+impl ChannelListener for Listener {
+    fn accept(&self, msg: &ChannelMessage) -> bool {
+        let Some(inner) = self.0.upgrade() else {
+            return false;
+        };
+        parse(&msg.payload).is_some_and(|e| e.rpc_id == &inner.rpc_id[..])
+    }
+
+    fn message_received(&self, msg: &ChannelMessage) -> Result<(), ListenerError> {
+        let Some(inner) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let Some(env) = parse(&msg.payload) else {
+            return Ok(());
+        };
+        let body = msg.payload.slice(env.body_at..);
+        match env.kind {
+            REQUEST => {
+                let Some(from) = msg.member.clone() else {
+                    return Err("RPC request from a sender with no member record".into());
+                };
+                if let Some(reply) = inner.handler.reply_request(&from, &body) {
+                    let envelope = encode(REPLY, &inner.rpc_id, env.id, &reply);
+                    let channel = inner.channel.clone();
+                    let options = inner.reply_options;
+                    tokio::spawn(async move {
+                        let _ = channel.send(&[(*from).clone()], envelope, options).await;
+                    });
+                }
+            }
+            REPLY | NO_CHANNEL => {
+                let mut calls = inner.calls.lock().unwrap_or_else(PoisonError::into_inner);
+                match calls.get_mut(&env.id) {
+                    Some(call) if call.done.is_some() => {
+                        if env.kind == REPLY {
+                            call.replies.push(RpcResponse {
+                                from: msg.from,
+                                payload: body,
+                            });
+                        } else {
+                            call.expected = call.expected.saturating_sub(1);
+                        }
+                        call.check();
+                    }
+                    _ => {
+                        drop(calls);
+                        if env.kind == REPLY {
+                            inner.handler.left_over(msg.from, &body);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_round_trip_and_garbage_is_not_rpc() {
+        let e = encode(REQUEST, b"map", 7, b"body");
+        let p = parse(&e).unwrap();
+        assert_eq!(
+            (p.kind, p.rpc_id, p.id, &e[p.body_at..]),
+            (REQUEST, &b"map"[..], 7, &b"body"[..])
+        );
+        let nc = no_channel_reply(&e).unwrap();
+        assert_eq!(parse(&nc).unwrap().kind, NO_CHANNEL);
+        assert!(no_channel_reply(&nc).is_none(), "only requests get one");
+        for garbage in [
+            &b""[..],
+            b"CRPC",
+            b"CRPC\x01\x01\xff",
+            b"hello world, not rpc",
+        ] {
+            assert!(parse(garbage).is_none());
+        }
+    }
+
+    #[test]
+    fn reply_modes_complete_as_tribes_counts() {
+        let call = |mode, expected, n| Call {
+            mode,
+            expected,
+            replies: vec![
+                RpcResponse {
+                    from: MemberId::from_bytes([0; 16]),
+                    payload: Bytes::new()
+                };
+                n
+            ],
+            done: None,
+        };
+        assert!(!call(ReplyMode::First, 3, 0).complete());
+        assert!(call(ReplyMode::First, 3, 1).complete());
+        assert!(!call(ReplyMode::Majority, 4, 1).complete());
+        assert!(call(ReplyMode::Majority, 4, 2).complete());
+        assert!(!call(ReplyMode::All, 3, 2).complete());
+        assert!(call(ReplyMode::All, 3, 3).complete());
+        assert!(
+            call(ReplyMode::All, 0, 0).complete(),
+            "nobody left to answer"
+        );
+    }
+}

@@ -1,0 +1,99 @@
+//! The traits behind which a channel's transport and membership service can be swapped.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use cohort_membership::{FailureEvidence, MembershipEvent, MembershipHandle, MembershipView};
+use cohort_net::Net;
+use cohort_transport::{Completion, TransportHandle, TransportStats};
+use cohort_wire::{Member, MemberKey, SendOptions};
+use tokio::sync::broadcast;
+
+/// A boxed future, for object-safe async methods.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a channel needs of a transport. Implemented by [`TransportHandle`]; a replacement
+/// also hands the channel a queue of [`cohort_transport::Received`] messages.
+pub trait ChannelTransport: Send + Sync + 'static {
+    /// Sends a pre-encoded frame; `done` runs once, when it completes or fails.
+    fn send(&self, to: &Member, frame: Bytes, msg_id: u64, options: SendOptions, done: Completion);
+    /// True while at least one outbound connection to `addr` is established.
+    fn is_connected(&self, addr: SocketAddr) -> bool;
+    /// Closes connections to `addr` (the member left).
+    fn disconnect(&self, addr: SocketAddr);
+    /// Closes connections to peers not kept.
+    fn retain(&self, keep: &dyn Fn(SocketAddr) -> bool);
+    /// Counters.
+    fn stats(&self) -> TransportStats;
+    /// Stops sending and receiving.
+    fn stop(&self);
+}
+
+impl<N: Net> ChannelTransport for TransportHandle<N> {
+    fn send(&self, to: &Member, frame: Bytes, msg_id: u64, options: SendOptions, done: Completion) {
+        TransportHandle::send(self, to, frame, msg_id, options, done);
+    }
+
+    fn is_connected(&self, addr: SocketAddr) -> bool {
+        self.peer(addr).is_some_and(|p| p.connected > 0)
+    }
+
+    fn disconnect(&self, addr: SocketAddr) {
+        TransportHandle::disconnect(self, addr);
+    }
+
+    fn retain(&self, keep: &dyn Fn(SocketAddr) -> bool) {
+        self.retain_peers(keep);
+    }
+
+    fn stats(&self) -> TransportStats {
+        TransportHandle::stats(self)
+    }
+
+    fn stop(&self) {
+        TransportHandle::stop(self);
+    }
+}
+
+/// What a channel needs of a membership service. Implemented by [`MembershipHandle`].
+pub trait ChannelMembership: Send + Sync + 'static {
+    /// The current view.
+    fn view(&self) -> MembershipView;
+    /// A stream of changes.
+    fn events(&self) -> broadcast::Receiver<MembershipEvent>;
+    /// Leaves gracefully.
+    fn shutdown(&self) -> BoxFuture<'_, ()>;
+    /// A failure detector's verdict.
+    fn report_failed(&self, member: MemberKey, detail: String) -> BoxFuture<'_, ()>;
+    /// Sends a datagram to the group (the MULTICAST option).
+    fn broadcast(&self, datagram: Bytes) -> BoxFuture<'_, io::Result<()>>;
+}
+
+impl ChannelMembership for MembershipHandle {
+    fn view(&self) -> MembershipView {
+        MembershipHandle::view(self)
+    }
+
+    fn events(&self) -> broadcast::Receiver<MembershipEvent> {
+        MembershipHandle::events(self)
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(MembershipHandle::shutdown(self))
+    }
+
+    fn report_failed(&self, member: MemberKey, detail: String) -> BoxFuture<'_, ()> {
+        Box::pin(MembershipHandle::report_failed(
+            self,
+            member,
+            FailureEvidence { detail },
+        ))
+    }
+
+    fn broadcast(&self, datagram: Bytes) -> BoxFuture<'_, io::Result<()>> {
+        Box::pin(MembershipHandle::broadcast(self, datagram))
+    }
+}

@@ -1,0 +1,75 @@
+//! `tower_service::Service` for sends (feature `tower`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use cohort_wire::{Member, SendOptions};
+use tokio_util::sync::PollSemaphore;
+
+use crate::channel::{ChannelError, ChannelHandle};
+use crate::receipt::SendReceipt;
+
+/// A send, as a tower request.
+#[derive(Clone, Debug)]
+pub struct SendRequest {
+    /// Destinations.
+    pub destinations: Vec<Member>,
+    /// Payload.
+    pub payload: Bytes,
+    /// Options.
+    pub options: SendOptions,
+}
+
+/// A [`ChannelHandle`] as a `tower_service::Service`: `poll_ready` waits for room in the
+/// ASYNCHRONOUS queue (message count), so tower's rate-limit, timeout and load-shed layers
+/// see the channel's backpressure.
+pub struct ChannelService {
+    handle: ChannelHandle,
+    ready: PollSemaphore,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl ChannelHandle {
+    /// This handle as a tower service.
+    pub fn into_service(self) -> ChannelService {
+        let ready = PollSemaphore::new(self.async_permits());
+        ChannelService {
+            handle: self,
+            ready,
+            permit: None,
+        }
+    }
+}
+
+impl tower_service::Service<SendRequest> for ChannelService {
+    type Response = SendReceipt;
+    type Error = ChannelError;
+    type Future = Pin<Box<dyn Future<Output = Result<SendReceipt, ChannelError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ChannelError>> {
+        if self.permit.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        match self.ready.poll_acquire(cx) {
+            Poll::Ready(Some(p)) => {
+                self.permit = Some(p);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(None) => Poll::Ready(Err(ChannelError::Stopped)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn call(&mut self, req: SendRequest) -> Self::Future {
+        // The readiness permit only proves there was room; the send takes its own.
+        drop(self.permit.take());
+        let handle = self.handle.clone();
+        Box::pin(async move {
+            handle
+                .send(&req.destinations, req.payload, req.options)
+                .await
+        })
+    }
+}
