@@ -404,7 +404,15 @@ impl ChannelBuilder {
             counters: counters.clone(),
         });
         let handle = ChannelHandle { shared };
-        tokio::spawn(deliver(handle.clone(), delivery_rx));
+        let rt = tokio::runtime::Handle::current();
+        let delivering = handle.clone();
+        std::thread::Builder::new()
+            .name("cohort-delivery".into())
+            .spawn(move || deliver(&delivering, &rt, delivery_rx))
+            .map_err(|e| ChannelError::Config {
+                key: "delivery",
+                reason: format!("cannot spawn the delivery thread: {e}"),
+            })?;
         let owner = Owner {
             net,
             pipeline,
@@ -460,6 +468,8 @@ pub struct ChannelStats {
     pub membership_lagged: u64,
     /// ASYNCHRONOUS messages queued now.
     pub async_queued: usize,
+    /// Bytes of ASYNCHRONOUS messages queued now.
+    pub async_queued_bytes: usize,
     /// The transport's counters.
     pub transport: TransportStats,
 }
@@ -647,6 +657,8 @@ impl ChannelHandle {
             membership_lagged: l(&c.membership_lagged),
             async_queued: self.shared.config.async_queue_messages
                 - self.shared.async_count.available_permits(),
+            async_queued_bytes: self.shared.config.async_queue_bytes
+                - self.shared.async_bytes.available_permits(),
             transport: self.shared.transport.stats(),
         }
     }
@@ -700,11 +712,13 @@ struct Delivery {
     ack: Option<Acker>,
 }
 
-/// The delivery task: listeners run here, off the channel task, in arrival order.
-async fn deliver(handle: ChannelHandle, mut rx: mpsc::Receiver<Delivery>) {
+/// The delivery thread: listeners run here, off the runtime (they are synchronous and may
+/// block, as Tribes' listeners may), in arrival order. A listener that panics counts as a
+/// failed one (FAIL_ACK); the thread carries on.
+#[allow(clippy::needless_pass_by_value)]
+fn deliver(handle: &ChannelHandle, rt: &tokio::runtime::Handle, mut rx: mpsc::Receiver<Delivery>) {
     let shared = handle.shared.clone();
-    drop(handle);
-    while let Some(Delivery { msg, ack }) = rx.recv().await {
+    while let Some(Delivery { msg, ack }) = rx.blocking_recv() {
         for l in shared.cluster_listeners.iter() {
             l.message_received(&msg);
         }
@@ -736,7 +750,7 @@ async fn deliver(handle: ChannelHandle, mut rx: mpsc::Receiver<Delivery>) {
                     shared: shared.clone(),
                 };
                 if let Some(to) = msg.member.clone() {
-                    tokio::spawn(async move {
+                    rt.spawn(async move {
                         let _ = handle
                             .send(&[(*to).clone()], reply, SendOptions::ASYNCHRONOUS)
                             .await;

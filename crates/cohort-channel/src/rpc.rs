@@ -95,6 +95,7 @@ struct Inner {
     calls: Mutex<HashMap<u64, Call>>,
     next: AtomicU64,
     reply_options: SendOptions,
+    rt: tokio::runtime::Handle,
 }
 
 /// Request / response over a [`ChannelHandle`], keyed by an RPC id.
@@ -110,8 +111,10 @@ impl RpcChannel {
     /// Registers an RPC endpoint named `rpc_id` (1 to 255 bytes) on `channel`. Replies are
     /// sent with `reply_options` (Tribes' default: 0, no ACK).
     ///
+    /// Must be called within a tokio runtime (replies are sent from it).
+    ///
     /// # Panics
-    /// If `rpc_id` is empty or longer than 255 bytes.
+    /// If `rpc_id` is empty or longer than 255 bytes, or outside a runtime.
     pub fn new(
         channel: &ChannelHandle,
         rpc_id: impl Into<Bytes>,
@@ -130,6 +133,7 @@ impl RpcChannel {
             calls: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
             reply_options,
+            rt: tokio::runtime::Handle::current(),
         });
         channel.add_listener(Arc::new(Listener(Arc::downgrade(&inner))));
         Self { inner }
@@ -187,9 +191,12 @@ impl RpcChannel {
                 call.check();
             }
         }
-        if mode != ReplyMode::None {
-            let _ = tokio::time::timeout_at(deadline, rx).await;
+        if mode == ReplyMode::None {
+            // Fire and forget: replies, if any, are left-overs.
+            self.take(id);
+            return Ok(Vec::new());
         }
+        let _ = tokio::time::timeout_at(deadline, rx).await;
         Ok(self.take(id))
     }
 
@@ -273,7 +280,7 @@ impl ChannelListener for Listener {
                     let envelope = encode(REPLY, &inner.rpc_id, env.id, &reply);
                     let channel = inner.channel.clone();
                     let options = inner.reply_options;
-                    tokio::spawn(async move {
+                    inner.rt.spawn(async move {
                         let _ = channel.send(&[(*from).clone()], envelope, options).await;
                     });
                 }

@@ -88,7 +88,12 @@ impl Acker {
 impl Drop for Acker {
     fn drop(&mut self) {
         if let Some(f) = self.0.take() {
-            f(Ok(()));
+            // Dropped while unwinding: processing did not complete.
+            if std::thread::panicking() {
+                f(Err("processing panicked".into()));
+            } else {
+                f(Ok(()));
+            }
         }
     }
 }

@@ -1,1 +1,116 @@
+//! A slow receiver pushes back on ASYNCHRONOUS senders; memory stays bounded.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cohort_channel::{ChannelConfig, ChannelListener, ChannelMessage, ListenerError};
+use cohort_transport::TransportConfig;
+use cohort_wire::{SendOptions, Services};
+
+use crate::support::*;
+
+/// 20 ms per message until released.
+#[derive(Default)]
+struct Slow {
+    fast: AtomicBool,
+    seen: AtomicUsize,
+    last: AtomicUsize,
+    disorder: AtomicBool,
+}
+
+impl ChannelListener for Slow {
+    fn message_received(&self, msg: &ChannelMessage) -> Result<(), ListenerError> {
+        if !self.fast.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let n = usize::try_from(u32::from_be_bytes(msg.payload[..4].try_into().unwrap())).unwrap();
+        if n != self.seen.load(Ordering::SeqCst) {
+            self.disorder.store(true, Ordering::SeqCst);
+        }
+        self.last.store(n, Ordering::SeqCst);
+        self.seen.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_receiver_makes_async_sends_wait_with_bounded_memory() {
+    const N: usize = 3000;
+    const SIZE: usize = 4096;
+    let slow = Arc::new(Slow::default());
+    let small_buffers = TransportConfig {
+        inbound_queue: 8,
+        rx_buf_size: 4096,
+        ..transport()
+    };
+    let b = start(
+        builder()
+            .transport(small_buffers.clone())
+            .config(ChannelConfig {
+                delivery_queue: 8,
+                ..ChannelConfig::default()
+            })
+            .listener(slow.clone()),
+    )
+    .await;
+    let queue = ChannelConfig {
+        async_queue_messages: 100,
+        async_queue_bytes: 256 * 1024,
+        ..ChannelConfig::default()
+    };
+    let a = start(builder().transport(small_buffers).config(queue.clone())).await;
+    let to = [b.local().clone()];
+    let sent = Arc::new(AtomicUsize::new(0));
+    let sender = tokio::spawn({
+        let (a, sent) = (a.clone(), sent.clone());
+        async move {
+            for i in 0..N {
+                let mut p = vec![0u8; SIZE];
+                p[..4].copy_from_slice(&u32::try_from(i).unwrap().to_be_bytes());
+                let r = a
+                    .send(&to, Bytes::from(p), SendOptions::ASYNCHRONOUS)
+                    .await
+                    .unwrap();
+                assert!(r.await.queued);
+                sent.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    // The sender stalls well short of N while the receiver crawls.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stalled_at = sent.load(Ordering::SeqCst);
+    assert!(stalled_at < N, "the sender was never held back");
+    let stats = a.stats();
+    assert!(
+        stats.async_queued <= queue.async_queue_messages,
+        "{stats:?}"
+    );
+    assert!(
+        stats.async_queued_bytes <= queue.async_queue_bytes,
+        "{stats:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let still = sent.load(Ordering::SeqCst);
+    assert!(
+        still - stalled_at < 100,
+        "the sender keeps pace with the receiver, not beyond"
+    );
+    // Release the receiver: everything arrives, in order.
+    slow.fast.store(true, Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(60), sender)
+        .await
+        .unwrap()
+        .unwrap();
+    wait_for("every message", Duration::from_secs(60), || {
+        slow.seen.load(Ordering::SeqCst) == N
+    })
+    .await;
+    assert!(
+        !slow.disorder.load(Ordering::SeqCst),
+        "per-sender order kept"
+    );
+    a.stop(Services::DEFAULT).await;
+    b.stop(Services::DEFAULT).await;
+}

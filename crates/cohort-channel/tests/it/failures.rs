@@ -1,1 +1,228 @@
+//! SYNCHRONIZED_ACK semantics, FAIL_ACK, and receivers that die or hang.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cohort_channel::{ChannelListener, ChannelMessage, Delivered, ListenerError, SendError};
+use cohort_transport::TransportConfig;
+use cohort_wire::{SendOptions, Services};
+
+use crate::support::*;
+
+const SYNC_ACK: SendOptions = SendOptions::USE_ACK.union(SendOptions::SYNCHRONIZED_ACK);
+
+/// Takes 100 ms, then records that it ran; fails payloads that say "fail".
+#[derive(Default)]
+struct Slow {
+    ran: AtomicBool,
+}
+
+impl ChannelListener for Slow {
+    fn message_received(&self, msg: &ChannelMessage) -> Result<(), ListenerError> {
+        std::thread::sleep(Duration::from_millis(100));
+        self.ran.store(true, Ordering::SeqCst);
+        if &msg.payload[..] == b"fail" {
+            return Err("the listener refused it".into());
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_ack_returns_after_the_listener_ran_and_fail_ack_when_it_failed() {
+    let slow = Arc::new(Slow::default());
+    let b = start(builder().listener(slow.clone())).await;
+    let a = start(builder()).await;
+    let to = [b.local().clone()];
+
+    let o = a
+        .send(&to, Bytes::from_static(b"ok"), SYNC_ACK)
+        .await
+        .unwrap()
+        .await;
+    assert!(
+        slow.ran.load(Ordering::SeqCst),
+        "the ACK came after the listener ran"
+    );
+    assert_eq!(o.results[0].result, Ok(Delivered::Acked));
+
+    slow.ran.store(false, Ordering::SeqCst);
+    let o = a
+        .send(&to, Bytes::from_static(b"fail"), SYNC_ACK)
+        .await
+        .unwrap()
+        .await;
+    assert!(slow.ran.load(Ordering::SeqCst));
+    match &o.results[0].result {
+        Err(e @ SendError::FailAck { reason, .. }) => {
+            assert!(reason.contains("refused"), "{reason}");
+            assert!(e.peer_is_alive());
+        }
+        other => panic!("expected FAIL_ACK, got {other:?}"),
+    }
+
+    // USE_ACK alone acknowledges on receipt: it does not wait for the 100 ms listener, and a
+    // listener failure is not reported.
+    slow.ran.store(false, Ordering::SeqCst);
+    let o = a
+        .send(&to, Bytes::from_static(b"fail"), SendOptions::USE_ACK)
+        .await
+        .unwrap()
+        .await;
+    assert_eq!(o.results[0].result, Ok(Delivered::Acked));
+    assert!(
+        !slow.ran.load(Ordering::SeqCst),
+        "acknowledged before processing"
+    );
+    a.stop(Services::DEFAULT).await;
+    b.stop(Services::DEFAULT).await;
+}
+
+/// Never returns until released (a hung application), at most 20 s.
+#[derive(Default)]
+struct Stuck(std::sync::Mutex<bool>, std::sync::Condvar);
+
+impl Stuck {
+    fn release(&self) {
+        *self.0.lock().unwrap() = true;
+        self.1.notify_all();
+    }
+}
+
+impl ChannelListener for Stuck {
+    fn message_received(&self, _: &ChannelMessage) -> Result<(), ListenerError> {
+        let released = self.0.lock().unwrap();
+        let _ = self
+            .1
+            .wait_timeout_while(released, Duration::from_secs(20), |r| !*r)
+            .unwrap();
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_receiver_fails_pending_acked_sends_quickly() {
+    let release = Arc::new(Stuck::default());
+    let b = start(builder().listener(release.clone())).await;
+    let a = start(builder()).await;
+    let to = [b.local().clone()];
+    let mut receipts = Vec::new();
+    for i in 0..50u8 {
+        receipts.push(a.send(&to, Bytes::from(vec![i]), SYNC_ACK).await.unwrap());
+    }
+    // Let the messages reach the receiver, then kill it: its sockets close.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let killed = Instant::now();
+    let stop = tokio::spawn({
+        let b = b.clone();
+        async move { b.stop(Services::DEFAULT).await }
+    });
+    for r in receipts {
+        let o = r.await;
+        match &o.results[0].result {
+            Err(SendError::ConnectionLost { .. }) => {}
+            other => panic!("expected a lost connection, got {other:?}"),
+        }
+    }
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "failed after {took:?}, not within the timeout"
+    );
+    release.release();
+    stop.await.unwrap();
+    a.stop(Services::DEFAULT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_receiver_fails_acked_sends_at_the_send_timeout() {
+    let release = Arc::new(Stuck::default());
+    let b = start(builder().listener(release.clone())).await;
+    let timeout = Duration::from_millis(500);
+    let a = start(builder().transport(TransportConfig {
+        send_timeout: timeout,
+        ..transport()
+    }))
+    .await;
+    let to = [b.local().clone()];
+    let sent = Instant::now();
+    let r1 = a
+        .send(&to, Bytes::from_static(b"1"), SYNC_ACK)
+        .await
+        .unwrap();
+    let r2 = a
+        .send(&to, Bytes::from_static(b"2"), SYNC_ACK)
+        .await
+        .unwrap();
+    for r in [r1, r2] {
+        let o = r.await;
+        assert!(
+            matches!(
+                o.results[0].result,
+                Err(SendError::Timeout { .. } | SendError::ConnectionLost { .. })
+            ),
+            "{o:?}"
+        );
+    }
+    let took = sent.elapsed();
+    assert!(took >= timeout && took < timeout * 4, "{took:?}");
+    assert!(a.stats().transport.ack_timeouts >= 1);
+    release.release();
+    a.stop(Services::DEFAULT).await;
+    b.stop(Services::DEFAULT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_member_does_not_block_the_others() {
+    let sink = collector();
+    let b = start(builder().listener(sink.clone())).await;
+    let a = start(builder().transport(TransportConfig {
+        connect_timeout: Duration::from_millis(300),
+        ..transport()
+    }))
+    .await;
+    // A member whose port nobody listens on.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut m = b.local().clone();
+        m.id = cohort_wire::MemberId::from_bytes([9; 16]);
+        m.port = l.local_addr().unwrap().port();
+        m
+    };
+    let o = a
+        .send(
+            &[dead.clone(), b.local().clone()],
+            Bytes::from_static(b"x"),
+            SendOptions::USE_ACK,
+        )
+        .await
+        .unwrap()
+        .await;
+    let by = |id| {
+        o.results
+            .iter()
+            .find(|r| r.member == id)
+            .unwrap()
+            .result
+            .clone()
+    };
+    assert_eq!(by(b.local().id), Ok(Delivered::Acked));
+    assert!(
+        matches!(by(dead.id), Err(SendError::Connect { attempts: 2, .. })),
+        "{o:?}"
+    );
+    // During the reconnect backoff, sends to the dead member fail at once.
+    let o = a
+        .send(&[dead], Bytes::from_static(b"y"), SendOptions::USE_ACK)
+        .await
+        .unwrap()
+        .await;
+    assert!(
+        matches!(o.results[0].result, Err(SendError::PeerDown { .. })),
+        "{o:?}"
+    );
+    a.stop(Services::DEFAULT).await;
+    b.stop(Services::DEFAULT).await;
+}
