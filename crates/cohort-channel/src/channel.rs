@@ -696,6 +696,7 @@ impl ChannelHandle {
         }
     }
 
+    #[cfg(feature = "tower")]
     pub(crate) fn async_permits(&self) -> Arc<Semaphore> {
         self.shared.async_count.clone()
     }
@@ -800,13 +801,31 @@ impl<N: Net> Owner<N> {
         mut inbound_rx: mpsc::Receiver<Received>,
         mut mcast_rx: mpsc::Receiver<(Bytes, SocketAddr)>,
     ) {
+        // Subscribe first, then read the view: nothing falls in between (duplicates are
+        // filtered below).
         let mut events = self.membership.as_ref().map(|m| m.events());
+        let mut last_lead: Option<Option<MemberId>> = None;
+        let mut seen: std::collections::HashSet<MemberId> = std::collections::HashSet::new();
         // Members already in view when the channel started.
         if let Some(m) = &self.membership {
             let now = Instant::now().into_std();
-            for vm in m.view().members.into_iter().filter(|vm| !vm.local) {
+            let view = m.view();
+            let lead = view.lead_member().cloned();
+            let local_is_lead = view.lead.as_ref() == Some(&view.local);
+            for vm in view.members.into_iter().filter(|vm| !vm.local) {
+                seen.insert(vm.member.id);
                 self.pipeline
                     .member(now, MembershipEvent::MemberAdded(vm.member));
+            }
+            if lead.is_some() {
+                last_lead = Some(lead.as_ref().map(|m| m.id));
+                self.pipeline.member(
+                    now,
+                    MembershipEvent::LeadChanged {
+                        lead,
+                        local_is_lead,
+                    },
+                );
             }
             self.drain().await;
         }
@@ -857,7 +876,24 @@ impl<N: Net> Owner<N> {
                     }
                 }
                 ev = member_event(&mut events) => match ev {
-                    Ok(ev) => self.pipeline.member(Instant::now().into_std(), ev),
+                    Ok(ev) => {
+                        // The view read at start may already hold what the stream repeats.
+                        let repeat = match &ev {
+                            MembershipEvent::LeadChanged { lead, .. } => {
+                                let id = lead.as_ref().map(|m| m.id);
+                                std::mem::replace(&mut last_lead, Some(id)) == Some(id)
+                            }
+                            MembershipEvent::MemberAdded(m) => !seen.insert(m.id),
+                            MembershipEvent::MemberDisappeared { member, .. } => {
+                                seen.remove(&member.id);
+                                false
+                            }
+                            _ => false,
+                        };
+                        if !repeat {
+                            self.pipeline.member(Instant::now().into_std(), ev);
+                        }
+                    }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         self.counters.membership_lagged.fetch_add(1, Ordering::Relaxed);
                     }

@@ -1,0 +1,181 @@
+//! The admin endpoint: a loopback TCP port answering one command per connection with JSON.
+//!
+//! Protocol: the client sends `status\n` (or `stats\n`); the node answers one JSON document
+//! and closes. Bound on 127.0.0.1 from port 4700 up (auto-bind) unless configured otherwise.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cohort_channel::ChannelHandle;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::AdminConfig;
+use crate::node::member_json;
+
+/// Longest command line accepted.
+const MAX_COMMAND: u64 = 64;
+/// A client must send its command within this time.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Binds the endpoint and serves it on the current runtime; returns its address.
+pub async fn serve(config: &AdminConfig, channel: ChannelHandle) -> anyhow::Result<SocketAddr> {
+    let mut last = None;
+    let mut listener = None;
+    let tries = if config.port == 0 {
+        1
+    } else {
+        config.auto_bind
+    };
+    for i in 0..tries {
+        let Some(port) = config.port.checked_add(i) else {
+            break;
+        };
+        match TcpListener::bind(SocketAddr::new(config.bind, port)).await {
+            Ok(l) => {
+                listener = Some(l);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let Some(listener) = listener else {
+        anyhow::bail!(
+            "admin: cannot bind {}:{} (+{} ports): {}",
+            config.bind,
+            config.port,
+            tries,
+            last.map(|e| e.to_string()).unwrap_or_default()
+        );
+    };
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let channel = channel.clone();
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(COMMAND_TIMEOUT, answer(stream, &channel)).await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+async fn answer(stream: TcpStream, channel: &ChannelHandle) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read.take(MAX_COMMAND))
+        .read_line(&mut line)
+        .await?;
+    let reply = match line.trim() {
+        "status" => status(channel),
+        "stats" => stats(channel),
+        other => json!({"error": format!("unknown command {other:?}; try status or stats")}),
+    };
+    write.write_all(reply.to_string().as_bytes()).await?;
+    write.write_all(b"\n").await?;
+    write.shutdown().await
+}
+
+/// The status document: the members this node sees.
+pub fn status(channel: &ChannelHandle) -> Value {
+    let local = channel.local();
+    let members: Vec<Value> = match channel.view() {
+        Some(view) => view
+            .members
+            .iter()
+            .map(|vm| {
+                let mut v = member_json(&vm.member);
+                v["lead"] = json!(vm.lead);
+                v["local"] = json!(vm.local);
+                v["connected"] = json!(vm.local || channel.is_connected(&vm.member));
+                v
+            })
+            .collect(),
+        None => {
+            let mut v = member_json(local);
+            v["lead"] = json!(true);
+            v["local"] = json!(true);
+            v["connected"] = json!(true);
+            vec![v]
+        }
+    };
+    json!({
+        "node": local.name,
+        "id": local.id.to_string(),
+        "cluster": local.cluster,
+        "members": members,
+    })
+}
+
+fn stats(channel: &ChannelHandle) -> Value {
+    let s = channel.stats();
+    let t = &s.transport;
+    json!({
+        "sent": s.sent, "received": s.received, "delivered": s.delivered,
+        "listener_errors": s.listener_errors, "async_queued": s.async_queued,
+        "async_queued_bytes": s.async_queued_bytes,
+        "transport": {
+            "connections_in": t.connections_in, "connections_out": t.connections_out,
+            "connections_accepted": t.connections_accepted, "connections_rejected": t.connections_rejected,
+            "frames_sent": t.frames_sent, "frames_received": t.frames_received,
+            "bytes_sent": t.bytes_sent, "bytes_received": t.bytes_received, "writes": t.writes,
+            "acked": t.acked, "fail_acked": t.fail_acked, "send_failures": t.send_failures,
+            "ack_timeouts": t.ack_timeouts, "frame_timeouts": t.frame_timeouts,
+            "protocol_violations": t.protocol_violations, "malformed": t.malformed,
+        },
+    })
+}
+
+/// Asks a node's admin endpoint for `command` and returns the JSON answer.
+pub async fn query(addr: SocketAddr, command: &str) -> anyhow::Result<Value> {
+    let mut stream = tokio::time::timeout(COMMAND_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| anyhow::anyhow!("connecting to {addr} timed out"))?
+        .map_err(|e| anyhow::anyhow!("no node answers on {addr}: {e}"))?;
+    stream.write_all(format!("{command}\n").as_bytes()).await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(
+        COMMAND_TIMEOUT,
+        (&mut stream).take(16 << 20).read_to_end(&mut out),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("{addr} did not answer in time"))??;
+    Ok(serde_json::from_slice(&out)?)
+}
+
+/// Renders a status document as a table.
+pub fn table(status: &Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<32}  {:<16}  {:<21}  {:<13}  {:<4}  {:<5}  {}",
+        "ID", "HOST", "ADDRESS", "STARTED (ms)", "LEAD", "LOCAL", "CONNECTED"
+    );
+    let yes = |v: &Value| {
+        if v.as_bool() == Some(true) {
+            "yes"
+        } else {
+            "no"
+        }
+    };
+    for m in status["members"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<32}  {:<16}  {:<21}  {:<13}  {:<4}  {:<5}  {}",
+            m["id"].as_str().unwrap_or("?"),
+            m["name"].as_str().unwrap_or("?"),
+            m["addr"].as_str().unwrap_or("?"),
+            m["start_time_ms"],
+            yes(&m["lead"]),
+            yes(&m["local"]),
+            yes(&m["connected"]),
+        );
+    }
+    out
+}

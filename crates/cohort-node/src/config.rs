@@ -1,0 +1,435 @@
+//! The node's TOML file: one table per component. Unknown keys and invalid values are errors
+//! that name the key. Durations are integers in milliseconds; sizes are integers in bytes.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use cohort_channel::{ChannelConfig, MembershipSetup};
+use cohort_membership::{MembershipConfig, MulticastConfig, StaticPeer};
+use cohort_transport::TransportConfig;
+use cohort_wire::{ClusterKey, KeyRing, Services};
+use serde::Deserialize;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key or a value of the wrong type (the message names the key).
+    #[error("{0}")]
+    Parse(String),
+    /// A value out of range.
+    #[error("{key}: {reason}")]
+    Invalid {
+        /// The key, `table.key`.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn invalid(key: &str, reason: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `[node]`
+    #[serde(default)]
+    pub node: NodeSection,
+    /// `[membership]`
+    #[serde(default)]
+    pub membership: MembershipSection,
+    /// `[transport]`
+    #[serde(default)]
+    pub transport: TransportSection,
+    /// `[channel]`
+    #[serde(default)]
+    pub channel: ChannelSection,
+    /// `[admin]`
+    #[serde(default)]
+    pub admin: AdminSection,
+}
+
+/// `[node]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Node name (default: the host name).
+    pub name: Option<String>,
+    /// Write a `message` event line for every message received.
+    #[serde(default)]
+    pub print_messages: bool,
+    /// Cluster keys, each at least 16 characters; the first signs.
+    #[serde(default)]
+    pub keys: Vec<String>,
+}
+
+/// `[membership]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembershipSection {
+    cluster: Option<String>,
+    frequency: Option<u64>,
+    drop_time: Option<u64>,
+    max_members: Option<usize>,
+    max_clock_skew: Option<u64>,
+    min_answer_interval: Option<u64>,
+    max_pending_events: Option<usize>,
+    /// `false` disables multicast; a table configures it.
+    multicast: Option<MulticastSection>,
+    static_bind: Option<String>,
+    #[serde(default)]
+    static_members: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum MulticastSection {
+    Enabled(bool),
+    Table(MulticastTable),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MulticastTable {
+    group: Option<String>,
+    port: Option<u16>,
+    interface: Option<String>,
+    ttl: Option<u32>,
+    loopback: Option<bool>,
+}
+
+/// `[transport]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportSection {
+    bind: Option<String>,
+    port: Option<u16>,
+    auto_bind: Option<u16>,
+    udp_port: Option<u16>,
+    connect_timeout: Option<u64>,
+    send_timeout: Option<u64>,
+    max_retry_attempts: Option<u32>,
+    reconnect_backoff: Option<u64>,
+    max_reconnect_backoff: Option<u64>,
+    connections_per_peer: Option<usize>,
+    keep_alive_count: Option<u64>,
+    keep_alive_time: Option<u64>,
+    max_in_flight: Option<usize>,
+    max_peer_queue_bytes: Option<usize>,
+    write_batch_bytes: Option<usize>,
+    rx_buf_size: Option<usize>,
+    max_connections: Option<usize>,
+    frame_timeout: Option<u64>,
+    max_pending_acks: Option<usize>,
+    inbound_queue: Option<usize>,
+    max_frame_payload: Option<u32>,
+    max_frame_header: Option<u32>,
+}
+
+/// `[channel]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSection {
+    services: Option<u8>,
+    heartbeat_interval: Option<u64>,
+    async_queue_bytes: Option<usize>,
+    async_queue_messages: Option<usize>,
+    delivery_queue: Option<usize>,
+    drain_timeout: Option<u64>,
+    option_check: Option<bool>,
+}
+
+/// `[admin]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    enabled: Option<bool>,
+    bind: Option<String>,
+    port: Option<u16>,
+    auto_bind: Option<u16>,
+    allow_remote: Option<bool>,
+}
+
+/// The admin endpoint's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Serve `status` at all. Default true.
+    pub enabled: bool,
+    /// Address. Default 127.0.0.1; anything but loopback needs `allow_remote`.
+    pub bind: IpAddr,
+    /// First port tried. Default 4700 (`cohort status` asks there unless told otherwise).
+    pub port: u16,
+    /// Ports tried from `port` up. Default 100.
+    pub auto_bind: u16,
+}
+
+/// Everything a node needs, validated.
+pub struct NodeConfig {
+    /// Node name.
+    pub name: Option<String>,
+    /// Print `message` events.
+    pub print_messages: bool,
+    /// Cluster keys.
+    pub keys: Option<KeyRing>,
+    /// Membership.
+    pub membership: MembershipSetup,
+    /// Transport.
+    pub transport: TransportConfig,
+    /// Channel.
+    pub channel: ChannelConfig,
+    /// Services to start.
+    pub services: Services,
+    /// Admin endpoint.
+    pub admin: AdminConfig,
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+fn ip(key: &str, v: &str) -> Result<IpAddr, ConfigError> {
+    v.parse().map_err(|e| invalid(key, format!("{v:?}: {e}")))
+}
+
+fn ipv4(key: &str, v: &str) -> Result<Ipv4Addr, ConfigError> {
+    v.parse().map_err(|e| invalid(key, format!("{v:?}: {e}")))
+}
+
+impl NodeConfig {
+    /// Reads and validates a file.
+    pub fn from_file(path: &str) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let file: FileConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        Self::from_parsed(file)
+    }
+
+    /// The defaults (no file).
+    pub fn defaults() -> Self {
+        Self::from_parsed(FileConfig::default()).expect("defaults are valid")
+    }
+
+    fn from_parsed(f: FileConfig) -> Result<Self, ConfigError> {
+        let keys = if f.node.keys.is_empty() {
+            None
+        } else {
+            let mut ring = Vec::new();
+            for (i, k) in f.node.keys.iter().enumerate() {
+                ring.push(
+                    ClusterKey::new(k.as_bytes().to_vec())
+                        .map_err(|e| invalid(&format!("node.keys[{i}]"), e))?,
+                );
+            }
+            Some(KeyRing::new(ring).map_err(|e| invalid("node.keys", e))?)
+        };
+
+        let m = f.membership;
+        let mut mc = MembershipConfig::default();
+        if let Some(v) = m.cluster {
+            mc.cluster = v;
+        }
+        if let Some(v) = m.frequency {
+            mc.frequency = ms(v);
+        }
+        if let Some(v) = m.drop_time {
+            mc.drop_time = ms(v);
+        }
+        if let Some(v) = m.max_members {
+            mc.max_members = NonZeroUsize::new(v)
+                .ok_or_else(|| invalid("membership.max_members", "must be at least 1"))?;
+        }
+        if let Some(v) = m.max_clock_skew {
+            mc.max_clock_skew = ms(v);
+        }
+        if let Some(v) = m.min_answer_interval {
+            mc.min_answer_interval = ms(v);
+        }
+        if let Some(v) = m.max_pending_events {
+            mc.max_pending_events = NonZeroUsize::new(v)
+                .ok_or_else(|| invalid("membership.max_pending_events", "must be at least 1"))?;
+        }
+        mc.keys.clone_from(&keys);
+        mc.validate().map_err(|e| invalid("membership", e))?;
+        let multicast = match m.multicast {
+            Some(MulticastSection::Enabled(false)) => None,
+            None | Some(MulticastSection::Enabled(true)) => Some(MulticastConfig::default()),
+            Some(MulticastSection::Table(t)) => {
+                let mut c = MulticastConfig::default();
+                if let Some(v) = t.group {
+                    c.group = ipv4("membership.multicast.group", &v)?;
+                }
+                if let Some(v) = t.port {
+                    c.port = v;
+                }
+                if let Some(v) = t.interface {
+                    c.interface = ipv4("membership.multicast.interface", &v)?;
+                }
+                if let Some(v) = t.ttl {
+                    c.ttl = v;
+                }
+                if let Some(v) = t.loopback {
+                    c.loopback = v;
+                }
+                c.validate()
+                    .map_err(|e| invalid("membership.multicast", e))?;
+                Some(c)
+            }
+        };
+        let static_members = if m.static_members.is_empty() && m.static_bind.is_none() {
+            None
+        } else {
+            let bind = m
+                .static_bind
+                .as_deref()
+                .ok_or_else(|| invalid("membership.static_bind", "required with static_members"))?;
+            let bind: SocketAddr = bind
+                .parse()
+                .map_err(|e| invalid("membership.static_bind", format!("{bind:?}: {e}")))?;
+            let mut peers = Vec::new();
+            for (i, p) in m.static_members.iter().enumerate() {
+                peers.push(
+                    p.parse::<StaticPeer>()
+                        .map_err(|e| invalid(&format!("membership.static_members[{i}]"), e))?,
+                );
+            }
+            Some((bind, peers))
+        };
+
+        let t = f.transport;
+        let mut tc = TransportConfig::default();
+        if let Some(v) = t.bind {
+            tc.bind = ip("transport.bind", &v)?;
+        }
+        macro_rules! set {
+            ($($field:ident $(=> $conv:expr)?),* $(,)?) => {
+                $(if let Some(v) = t.$field { tc.$field = set!(@conv v $(, $conv)?); })*
+            };
+            (@conv $v:ident) => { $v };
+            (@conv $v:ident, $conv:expr) => { $conv($v) };
+        }
+        set!(
+            port,
+            auto_bind,
+            connect_timeout => ms,
+            send_timeout => ms,
+            max_retry_attempts,
+            reconnect_backoff => ms,
+            max_reconnect_backoff => ms,
+            max_in_flight,
+            max_peer_queue_bytes,
+            write_batch_bytes,
+            rx_buf_size,
+            max_connections,
+            frame_timeout => ms,
+            max_pending_acks,
+            inbound_queue,
+        );
+        tc.udp_port = t.udp_port;
+        tc.keep_alive_count = t.keep_alive_count;
+        tc.keep_alive_time = t.keep_alive_time.map(ms);
+        if let Some(v) = t.connections_per_peer {
+            tc.connections_per_peer = NonZeroUsize::new(v)
+                .ok_or_else(|| invalid("transport.connections_per_peer", "must be at least 1"))?;
+        }
+        if let Some(v) = t.max_frame_payload {
+            tc.limits.max_frame_payload = v;
+        }
+        if let Some(v) = t.max_frame_header {
+            tc.limits.max_frame_header = v;
+        }
+        tc.validate().map_err(|e| ConfigError::Invalid {
+            key: match &e {
+                cohort_transport::ConfigError::Invalid { key, .. } => format!("transport.{key}"),
+                _ => "transport.limits".into(),
+            },
+            reason: e.to_string(),
+        })?;
+
+        let c = f.channel;
+        let mut cc = ChannelConfig::default();
+        if let Some(v) = c.heartbeat_interval {
+            cc.heartbeat_interval = ms(v);
+        }
+        if let Some(v) = c.async_queue_bytes {
+            cc.async_queue_bytes = v;
+        }
+        if let Some(v) = c.async_queue_messages {
+            cc.async_queue_messages = v;
+        }
+        if let Some(v) = c.delivery_queue {
+            cc.delivery_queue = v;
+        }
+        if let Some(v) = c.drain_timeout {
+            cc.drain_timeout = ms(v);
+        }
+        if let Some(v) = c.option_check {
+            cc.option_check = v;
+        }
+        cc.validate().map_err(|e| match e {
+            cohort_channel::ChannelError::Config { key, reason } => {
+                invalid(&format!("channel.{key}"), reason)
+            }
+            other => invalid("channel", other),
+        })?;
+        let services = match c.services {
+            None => Services::DEFAULT,
+            Some(v) if v >= 1 && v <= 15 => Services::from_bits_truncate(v),
+            Some(v) => return Err(invalid("channel.services", format!("{v} is not in 1..=15"))),
+        };
+
+        let a = f.admin;
+        let admin = AdminConfig {
+            enabled: a.enabled.unwrap_or(true),
+            bind: match a.bind {
+                Some(v) => ip("admin.bind", &v)?,
+                None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            },
+            port: a.port.unwrap_or(4700),
+            auto_bind: a.auto_bind.unwrap_or(100).max(1),
+        };
+        if !admin.bind.is_loopback() && !a.allow_remote.unwrap_or(false) {
+            return Err(invalid(
+                "admin.bind",
+                "not a loopback address; set admin.allow_remote = true to expose status beyond this host",
+            ));
+        }
+
+        Ok(Self {
+            name: f.node.name,
+            print_messages: f.node.print_messages,
+            keys,
+            membership: MembershipSetup {
+                config: mc,
+                multicast,
+                static_members,
+            },
+            transport: tc,
+            channel: cc,
+            services,
+            admin,
+        })
+    }
+}

@@ -1,0 +1,183 @@
+//! Running one node: the channel, its event lines, and the admin endpoint.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use cohort_channel::{ChannelHandle, ChannelListener, ChannelMessage, GroupChannel, ListenerError};
+use cohort_membership::{DisappearReason, LocalMemberConfig, MembershipEvent, MembershipListener};
+use cohort_net::TokioNet;
+use cohort_wire::{Member, Services};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::admin;
+use crate::config::NodeConfig;
+
+/// Where event lines go: one JSON object per line, written by one task.
+#[derive(Clone)]
+pub struct Events(mpsc::UnboundedSender<Value>);
+
+impl Events {
+    /// Starts the writer task over `out` (the binary passes stdout). Each line is flushed.
+    pub fn start(mut out: impl Write + Send + 'static) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
+        let task = tokio::task::spawn_blocking(move || {
+            while let Some(v) = rx.blocking_recv() {
+                if writeln!(out, "{v}").and_then(|()| out.flush()).is_err() {
+                    return;
+                }
+            }
+        });
+        (Self(tx), task)
+    }
+
+    /// Emits one event.
+    pub fn emit(&self, v: Value) {
+        let _ = self.0.send(v);
+    }
+}
+
+/// A member as event lines and status show it.
+pub fn member_json(m: &Member) -> Value {
+    json!({
+        "id": m.id.to_string(),
+        "name": m.name,
+        "addr": SocketAddr::new(m.addr, m.port).to_string(),
+        "start_time_ms": m.start_time_ms,
+    })
+}
+
+struct EventLines {
+    events: Events,
+    node: String,
+}
+
+impl MembershipListener for EventLines {
+    fn on_event(&self, event: &MembershipEvent) {
+        let v = match event {
+            MembershipEvent::MemberAdded(m) => {
+                json!({"event": "member_added", "node": self.node, "member": member_json(m)})
+            }
+            MembershipEvent::MemberUpdated(m) => {
+                json!({"event": "member_updated", "node": self.node, "member": member_json(m)})
+            }
+            MembershipEvent::MemberDisappeared { member, reason } => {
+                let mut v = json!({
+                    "event": "member_disappeared",
+                    "node": self.node,
+                    "member": member_json(member),
+                    "reason": reason.name(),
+                });
+                match reason {
+                    DisappearReason::Expired { silent_for } => {
+                        v["silent_for_ms"] = json!(silent_for.as_millis());
+                    }
+                    DisappearReason::Failed(evidence) => v["evidence"] = json!(evidence.detail),
+                    _ => {}
+                }
+                v
+            }
+            MembershipEvent::LeadChanged {
+                lead,
+                local_is_lead,
+            } => json!({
+                "event": "lead_changed",
+                "node": self.node,
+                "lead": lead.as_ref().map(member_json),
+                "local_is_lead": local_is_lead,
+            }),
+            _ => return,
+        };
+        self.events.emit(v);
+    }
+}
+
+struct MessageLines {
+    events: Events,
+    node: String,
+}
+
+impl ChannelListener for MessageLines {
+    fn message_received(&self, msg: &ChannelMessage) -> Result<(), ListenerError> {
+        self.events.emit(json!({
+            "event": "message",
+            "node": self.node,
+            "from": msg.from.to_string(),
+            "msg_id": msg.msg_id,
+            "options": msg.options.to_string(),
+            "len": msg.payload.len(),
+            "payload": String::from_utf8_lossy(&msg.payload[..msg.payload.len().min(256)]),
+        }));
+        Ok(())
+    }
+}
+
+/// A running node.
+pub struct Node {
+    /// The channel.
+    pub channel: ChannelHandle,
+    /// The admin endpoint's address, if enabled.
+    pub admin: Option<SocketAddr>,
+}
+
+/// Starts a node and emits `ready`.
+pub async fn start(config: NodeConfig, events: &Events) -> anyhow::Result<Node> {
+    let net = TokioNet;
+    let node_name = config
+        .name
+        .clone()
+        .unwrap_or_else(|| cohort_net::Net::host_name(&net));
+    let lines = Arc::new(EventLines {
+        events: events.clone(),
+        node: node_name.clone(),
+    });
+    let mut builder = GroupChannel::builder()
+        .config(config.channel.clone())
+        .transport(config.transport.clone())
+        .membership(config.membership.clone())
+        .services(config.services)
+        .local(LocalMemberConfig {
+            name: Some(node_name.clone()),
+            ..LocalMemberConfig::default()
+        })
+        .membership_listener(lines);
+    if let Some(keys) = config.keys.clone() {
+        builder = builder.keys(keys);
+    }
+    if config.print_messages {
+        builder = builder.listener(Arc::new(MessageLines {
+            events: events.clone(),
+            node: node_name.clone(),
+        }));
+    }
+    let channel = builder.start(net, &mut rand::thread_rng()).await?;
+    let admin = if config.admin.enabled {
+        Some(admin::serve(&config.admin, channel.clone()).await?)
+    } else {
+        None
+    };
+    let local = channel.local();
+    events.emit(json!({
+        "event": "ready",
+        "node": node_name,
+        "id": local.id.to_string(),
+        "addr": SocketAddr::new(local.addr, local.port).to_string(),
+        "admin": admin.map(|a| a.to_string()),
+        "cluster": local.cluster,
+        "start_time_ms": local.start_time_ms,
+        "services": config.services.bits(),
+        "multicast": config.membership.multicast.as_ref().map(|m| format!("{}:{}", m.group, m.port)),
+        "pid": std::process::id(),
+    }));
+    Ok(Node { channel, admin })
+}
+
+impl Node {
+    /// Leaves gracefully (a shutdown beacon: peers drop this member at once) and emits
+    /// `stopped`.
+    pub async fn stop(self, events: &Events) {
+        self.channel.stop(Services::DEFAULT).await;
+        events.emit(json!({"event": "stopped", "node": self.channel.local().name}));
+    }
+}
