@@ -2,6 +2,8 @@
 //! Every scenario runs on the seeds of `cohort_sim::seeds()`; a failure prints its seed and the
 //! command that replays it.
 
+mod channel;
+
 use std::time::Duration;
 
 use cohort_membership::MembershipConfig;
