@@ -25,5 +25,6 @@
 //! ```
 
 pub mod admin;
+pub mod bench;
 pub mod config;
 pub mod node;

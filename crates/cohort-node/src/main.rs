@@ -19,6 +19,9 @@ usage:
       stdout; logs on stderr (RUST_LOG). SIGTERM or Ctrl-C leaves gracefully.
   cohort status [--admin ADDR] [--json]
       list the members a running node sees (default ADDR 127.0.0.1:4700)
+  cohort bench [--mode async|ack|syncack|raw-tcp] [--size BYTES] [--count N]
+      throughput to a sink process on loopback, one RESULT line per mode (all four
+      when no mode is given; default size 1024, count 300000)
   cohort cluster [--nodes N] [--for SECONDS] [--config FILE]
       start N local nodes (default 3), wait until they see each other, print the
       status, run for SECONDS (default: until Ctrl-C), then stop them gracefully
@@ -35,6 +38,8 @@ fn main() -> anyhow::Result<()> {
         "node" => run_node(rest),
         "status" => run_status(rest),
         "cluster" => run_cluster(rest),
+        "bench" => run_bench(rest),
+        "bench-sink" => run_bench_sink(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
             Ok(())
@@ -266,4 +271,35 @@ fn run_cluster(args: &[String]) -> anyhow::Result<()> {
     }
     println!("# cluster stopped");
     Ok(())
+}
+
+fn run_bench(args: &[String]) -> anyhow::Result<()> {
+    use cohort_node::bench::{self, Mode};
+    check_flags(args, &["--mode", "--size", "--count"], &[])?;
+    let modes = match opt(args, "--mode")? {
+        Some(m) => vec![Mode::parse(m)?],
+        None => vec![Mode::RawTcp, Mode::Async, Mode::Ack, Mode::SyncAck],
+    };
+    let size: usize = opt(args, "--size")?
+        .unwrap_or("1024")
+        .parse()
+        .context("--size")?;
+    let count: u64 = opt(args, "--count")?
+        .unwrap_or("300000")
+        .parse()
+        .context("--count")?;
+    let rt = runtime()?;
+    for mode in modes {
+        let r = rt.block_on(bench::run(mode, size, count))?;
+        println!("{r}");
+    }
+    Ok(())
+}
+
+fn run_bench_sink(args: &[String]) -> anyhow::Result<()> {
+    check_flags(args, &["--count"], &["--raw"])?;
+    let count: u64 = opt(args, "--count")?.context("--count")?.parse()?;
+    let raw = args.iter().any(|a| a == "--raw");
+    let mut out = std::io::stdout();
+    runtime()?.block_on(cohort_node::bench::sink(raw, count, &mut out))
 }

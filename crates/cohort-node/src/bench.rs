@@ -1,0 +1,292 @@
+//! Throughput between two processes: a sink (`cohort bench-sink`) and this process sending.
+//! Measures Cohort's channel in each mode and plain TCP (length-prefixed frames through a
+//! buffered writer) on the same loopback, so every figure has its physical limit beside it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use cohort_channel::{ChannelListener, ChannelMessage, GroupChannel, ListenerError};
+use cohort_net::TokioNet;
+use cohort_transport::TransportConfig;
+use cohort_wire::{Member, MemberId, SendOptions, Services};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+
+/// What to measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// ASYNCHRONOUS.
+    Async,
+    /// USE_ACK.
+    Ack,
+    /// USE_ACK | SYNCHRONIZED_ACK.
+    SyncAck,
+    /// Plain TCP, no framing beyond a length prefix.
+    RawTcp,
+}
+
+impl Mode {
+    /// Parses `async`, `ack`, `syncack`, `raw-tcp`.
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        Ok(match s {
+            "async" => Self::Async,
+            "ack" => Self::Ack,
+            "syncack" => Self::SyncAck,
+            "raw-tcp" => Self::RawTcp,
+            _ => bail!("unknown mode {s:?} (async, ack, syncack, raw-tcp)"),
+        })
+    }
+
+    fn options(self) -> SendOptions {
+        match self {
+            Self::Async => SendOptions::ASYNCHRONOUS,
+            Self::Ack => SendOptions::USE_ACK,
+            Self::SyncAck => SendOptions::USE_ACK | SendOptions::SYNCHRONIZED_ACK,
+            Self::RawTcp => SendOptions::NONE,
+        }
+    }
+
+    /// The name in RESULT lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Async => "async",
+            Self::Ack => "ack",
+            Self::SyncAck => "syncack",
+            Self::RawTcp => "raw",
+        }
+    }
+}
+
+/// One measurement.
+#[derive(Clone, Debug)]
+pub struct BenchResult {
+    /// Mode.
+    pub mode: Mode,
+    /// Payload size.
+    pub size: usize,
+    /// Messages.
+    pub count: u64,
+    /// Seconds from the first send to the sink's last receipt.
+    pub secs: f64,
+    /// Messages the sink saw out of order.
+    pub reordered: u64,
+    /// Messages that failed, or arrived malformed.
+    pub bad: u64,
+}
+
+impl std::fmt::Display for BenchResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (imp, mode) = match self.mode {
+            Mode::RawTcp => ("raw-tcp", "raw"),
+            m => ("cohort", m.name()),
+        };
+        let rate = self.count as f64 / self.secs;
+        write!(
+            f,
+            "RESULT impl={imp} test=tput mode={mode} size={} count={} secs={:.3} msgs_per_s={:.0} mb_per_s={:.1} reordered={} bad={}",
+            self.size,
+            self.count,
+            self.secs,
+            rate,
+            rate * self.size as f64 / 1e6,
+            self.reordered,
+            self.bad
+        )
+    }
+}
+
+/// The sink process: counts messages and, once `count` arrived, prints
+/// `done <reordered> <bad>`. Announces `listening <addr>` first.
+pub async fn sink(raw: bool, count: u64, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    if raw {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        writeln!(out, "listening {}", listener.local_addr()?)?;
+        out.flush()?;
+        let (mut s, _) = listener.accept().await?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut pending = Vec::new();
+        let (mut seen, mut reordered) = (0u64, 0u64);
+        while seen < count {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            pending.extend_from_slice(&buf[..n]);
+            let mut at = 0;
+            while pending.len() - at >= 4 {
+                let len = u32::from_be_bytes(pending[at..at + 4].try_into()?) as usize;
+                if pending.len() - at < 4 + len {
+                    break;
+                }
+                let seq = u64::from_be_bytes(pending[at + 4..at + 12].try_into()?);
+                reordered += u64::from(seq != seen);
+                seen += 1;
+                at += 4 + len;
+            }
+            pending.drain(..at);
+        }
+        writeln!(out, "done {reordered} {}", count - seen)?;
+        out.flush()?;
+        return Ok(());
+    }
+    struct Count {
+        seen: AtomicU64,
+        reordered: AtomicU64,
+        done: tokio::sync::Notify,
+        count: u64,
+    }
+    impl ChannelListener for Count {
+        fn message_received(&self, msg: &ChannelMessage) -> Result<(), ListenerError> {
+            let seq = u64::from_be_bytes(msg.payload[..8].try_into()?);
+            let seen = self.seen.fetch_add(1, Ordering::Relaxed);
+            if seq != seen {
+                self.reordered.fetch_add(1, Ordering::Relaxed);
+            }
+            if seen + 1 == self.count {
+                self.done.notify_one();
+            }
+            Ok(())
+        }
+    }
+    let counter = Arc::new(Count {
+        seen: AtomicU64::new(0),
+        reordered: AtomicU64::new(0),
+        done: tokio::sync::Notify::new(),
+        count,
+    });
+    let ch = GroupChannel::builder()
+        .transport(TransportConfig {
+            port: 0,
+            ..TransportConfig::default()
+        })
+        .services(Services::SND_RX | Services::SND_TX)
+        .listener(counter.clone())
+        .start(TokioNet, &mut rand::thread_rng())
+        .await?;
+    let local = ch.local();
+    writeln!(out, "listening {}", SocketAddr::new(local.addr, local.port))?;
+    out.flush()?;
+    counter.done.notified().await;
+    writeln!(out, "done {} 0", counter.reordered.load(Ordering::Relaxed))?;
+    out.flush()?;
+    ch.stop(Services::DEFAULT).await;
+    Ok(())
+}
+
+struct Sink {
+    child: Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_sink(mode: Mode, count: u64) -> anyhow::Result<(Sink, SocketAddr)> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["bench-sink", "--count", &count.to_string()]);
+    if mode == Mode::RawTcp {
+        cmd.arg("--raw");
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().context("sink stdout")?;
+    let mut sink = Sink {
+        child,
+        lines: BufReader::new(stdout).lines(),
+    };
+    let line = sink.lines.next().context("sink exited")??;
+    let addr = line
+        .strip_prefix("listening ")
+        .context("unexpected sink line")?
+        .parse()?;
+    Ok((sink, addr))
+}
+
+/// Runs one measurement against a fresh sink process.
+pub async fn run(mode: Mode, size: usize, count: u64) -> anyhow::Result<BenchResult> {
+    let size = size.max(8);
+    let (mut sink, addr) = start_sink(mode, count)?;
+    let mut payload = vec![0xA5u8; size];
+    let mut bad = 0u64;
+    let started;
+    if mode == Mode::RawTcp {
+        let s = tokio::net::TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        let mut w = BufWriter::with_capacity(256 * 1024, s);
+        started = Instant::now();
+        for i in 0..count {
+            payload[..8].copy_from_slice(&i.to_be_bytes());
+            w.write_all(&u32::try_from(size)?.to_be_bytes()).await?;
+            w.write_all(&payload).await?;
+        }
+        w.flush().await?;
+    } else {
+        let ch = GroupChannel::builder()
+            .transport(TransportConfig {
+                port: 0,
+                ..TransportConfig::default()
+            })
+            .services(Services::SND_RX | Services::SND_TX)
+            .start(TokioNet, &mut rand::thread_rng())
+            .await?;
+        let to = [Member::new(
+            MemberId::from_bytes([0; 16]),
+            addr.ip(),
+            addr.port(),
+        )];
+        let options = mode.options();
+        started = Instant::now();
+        let mut receipts = std::collections::VecDeque::new();
+        for i in 0..count {
+            payload[..8].copy_from_slice(&i.to_be_bytes());
+            let r = ch
+                .send(&to, Bytes::copy_from_slice(&payload), options)
+                .await?;
+            receipts.push_back(r);
+            if receipts.len() >= 8192 {
+                while receipts.len() > 4096 {
+                    let o = receipts.pop_front().context("receipt")?.await;
+                    bad += u64::from(!o.is_ok());
+                }
+            }
+        }
+        for r in receipts {
+            bad += u64::from(!r.await.is_ok());
+        }
+        // Async failures surface through the channel's counters.
+        bad += ch.stats().transport.send_failures;
+        ch.stop(Services::DEFAULT).await;
+    }
+    let line = tokio::task::spawn_blocking(move || {
+        let line = sink.lines.next();
+        (sink, line)
+    });
+    let (_sink, line) = tokio::time::timeout(Duration::from_secs(300), line)
+        .await
+        .context("the sink did not finish within 300 s")??;
+    let secs = started.elapsed().as_secs_f64();
+    let line = line.context("sink exited")??;
+    let mut parts = line.split_whitespace().skip(1);
+    let reordered: u64 = parts.next().context("done line")?.parse()?;
+    let missing: u64 = parts.next().context("done line")?.parse()?;
+    Ok(BenchResult {
+        mode,
+        size,
+        count,
+        secs,
+        reordered,
+        bad: bad + missing,
+    })
+}
