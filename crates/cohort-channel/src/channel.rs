@@ -881,7 +881,7 @@ impl<N: Net> Owner<N> {
                         let repeat = match &ev {
                             MembershipEvent::LeadChanged { lead, .. } => {
                                 let id = lead.as_ref().map(|m| m.id);
-                                std::mem::replace(&mut last_lead, Some(id)) == Some(id)
+                                last_lead.replace(id) == Some(id)
                             }
                             MembershipEvent::MemberAdded(m) => !seen.insert(m.id),
                             MembershipEvent::MemberDisappeared { member, .. } => {
@@ -1015,7 +1015,7 @@ impl<N: Net> Owner<N> {
             if let Some(state) = &state {
                 state.expect(out.destinations.len());
             }
-            let dests = out.destinations.clone();
+            let dests = out.destinations;
             tokio::spawn(async move {
                 let r = m.broadcast(bytes).await;
                 if let Some(state) = state {

@@ -154,8 +154,8 @@ pub fn table(status: &Value) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<32}  {:<16}  {:<21}  {:<13}  {:<4}  {:<5}  {}",
-        "ID", "HOST", "ADDRESS", "STARTED (ms)", "LEAD", "LOCAL", "CONNECTED"
+        "{:<32}  {:<16}  {:<21}  {:<13}  {:<4}  {:<5}  CONNECTED",
+        "ID", "HOST", "ADDRESS", "STARTED (ms)", "LEAD", "LOCAL"
     );
     let yes = |v: &Value| {
         if v.as_bool() == Some(true) {

@@ -396,7 +396,7 @@ impl NodeConfig {
         })?;
         let services = match c.services {
             None => Services::DEFAULT,
-            Some(v) if v >= 1 && v <= 15 => Services::from_bits_truncate(v),
+            Some(v) if (1..=15).contains(&v) => Services::from_bits_truncate(v),
             Some(v) => return Err(invalid("channel.services", format!("{v} is not in 1..=15"))),
         };
 

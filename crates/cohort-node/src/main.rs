@@ -1,5 +1,8 @@
 //! `cohort`: run a node, ask one for its status, or start a local cluster.
 
+// A command-line tool: printing is its output.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

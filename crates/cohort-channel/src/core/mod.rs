@@ -50,7 +50,7 @@ pub struct Outbound {
     pub options: SendOptions,
     /// Per-sender order sequence (0 when unordered).
     pub seq: u64,
-    /// Header extensions (tags per docs/PROTOCOL.md §2.4).
+    /// Header extensions (tags per docs/PROTOCOL.md §2.6).
     pub extensions: Vec<Extension>,
     /// The payload.
     pub payload: Bytes,
@@ -62,7 +62,9 @@ pub struct Outbound {
 ///
 /// Dropping it acknowledges (consumed without error, as Tribes does for a message an
 /// interceptor swallows); [`Acker::fail`] sends FAIL_ACK.
-pub struct Acker(Option<Box<dyn FnOnce(Result<(), String>) + Send>>);
+pub struct Acker(Option<AckFn>);
+
+type AckFn = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 impl Acker {
     /// Wraps the function that sends the ACK (`Ok`) or FAIL_ACK (`Err(reason)`).
@@ -367,7 +369,7 @@ impl Pipeline {
     ) {
         if interceptor < self.stack.len() {
             self.call(now, interceptor, |i, cx| {
-                i.on_probe_result(member, result, cx)
+                i.on_probe_result(member, result, cx);
             });
         }
     }

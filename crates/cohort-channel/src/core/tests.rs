@@ -154,7 +154,7 @@ fn option_mask_skips_interceptors_both_ways() {
 #[test]
 fn one_input_may_yield_many_or_no_outputs() {
     let ids = Arc::new(AtomicU64::new(100));
-    let mut p = Pipeline::new(vec![Box::new(Split)], 16, ids.clone());
+    let mut p = Pipeline::new(vec![Box::new(Split)], 16, ids);
     let now = Instant::now();
     p.send(now, out(b"abcd", SendOptions::NONE));
     let mut sent = Vec::new();

@@ -38,7 +38,7 @@ async fn run(options: SendOptions) {
         sink.len() as u64 >= COUNT
     })
     .await;
-    let got = sink.got.lock().unwrap();
+    let got = std::mem::take(&mut *sink.got.lock().unwrap());
     assert_eq!(got.len() as u64, COUNT, "no duplicates");
     for (i, (from, payload)) in got.iter().enumerate() {
         assert_eq!(*from, a.local().id);
@@ -46,7 +46,6 @@ async fn run(options: SendOptions) {
         assert_eq!(n, i as u64, "per-sender order");
         assert_eq!(payload.len(), SIZE);
     }
-    drop(got);
     let stats = a.stats().transport;
     assert_eq!(stats.send_failures, 0);
     // Coalescing: far fewer writes than frames.

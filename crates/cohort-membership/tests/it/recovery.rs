@@ -38,6 +38,17 @@ struct BrokenNet {
 
 impl Net for BrokenNet {
     type UdpSocket = BrokenSocket;
+    // Membership uses no TCP; these are the real types, never called here.
+    type TcpListener = tokio::net::TcpListener;
+    type TcpStream = tokio::net::TcpStream;
+
+    async fn bind_tcp(&self, _addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+        Err(io::Error::other("no TCP in this test"))
+    }
+
+    async fn connect_tcp(&self, _addr: SocketAddr) -> io::Result<tokio::net::TcpStream> {
+        Err(io::Error::other("no TCP in this test"))
+    }
 
     async fn bind_udp(&self, _addr: SocketAddr) -> io::Result<BrokenSocket> {
         Ok(BrokenSocket)

@@ -73,7 +73,7 @@ fn scenario(seed: u64) -> Result<(), String> {
         let b = Member::new(MemberId::from_bytes([2; 16]), b_ip, 4000);
         let to = [b];
         let mut n = 0u32;
-        let mut send = |n: u32| {
+        let send = |n: u32| {
             let a = a.clone();
             let to = to.clone();
             async move {

@@ -21,3 +21,63 @@ async fn ack_on_receipt() {
     );
     assert_eq!(within(T, done).await.unwrap(), Ok(Delivered::Acked));
 }
+
+#[tokio::test]
+async fn sync_ack_waits_for_the_token_and_fail_ack_carries_the_reason() {
+    let mut b = node(2, config()).await;
+    let a = node(1, config()).await;
+    let sync = SendOptions::USE_ACK | SendOptions::SYNCHRONIZED_ACK;
+    let mut done1 = send(&a, &b.member, 1, sync, b"one");
+    let done2 = send(&a, &b.member, 2, sync, b"two");
+    let first = within(T, b.inbound.recv()).await.unwrap();
+    let token = first.ack.expect("a token for a synchronized ACK");
+    // Not acknowledged until the token is completed.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), &mut done1)
+            .await
+            .is_err()
+    );
+    token.ack();
+    assert_eq!(within(T, done1).await.unwrap(), Ok(Delivered::Acked));
+    let second = within(T, b.inbound.recv()).await.unwrap();
+    second.ack.unwrap().fail("no such session");
+    match within(T, done2).await.unwrap() {
+        Err(SendError::FailAck { reason, .. }) => assert_eq!(reason, "no such session"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(a.handle.stats().fail_acked, 1);
+}
+
+#[tokio::test]
+async fn udp_data_and_acks() {
+    let udp = || cohort_transport::TransportConfig {
+        udp_port: Some(0),
+        ..config()
+    };
+    let mut b = node(2, udp()).await;
+    let a = node(1, udp()).await;
+    assert!(b.member.udp_port.is_some());
+    let opts = SendOptions::UDP | SendOptions::USE_ACK;
+    let done = send(&a, &b.member, 7, opts, b"by datagram");
+    let got = within(T, b.inbound.recv()).await.unwrap();
+    assert_eq!(got.via, cohort_transport::Via::Udp);
+    assert_eq!(&got.frame.payload[..], b"by datagram");
+    assert_eq!(within(T, done).await.unwrap(), Ok(Delivered::Acked));
+    // A member without a UDP port cannot be reached that way: a clear error, at once.
+    let c = node(3, config()).await;
+    let done = send(&a, &c.member, 8, opts, b"x");
+    assert!(matches!(
+        within(T, done).await.unwrap(),
+        Err(SendError::NoUdp { .. })
+    ));
+    assert_eq!(a.handle.stats().connections_out, 0, "no TCP was used");
+}
+
+#[tokio::test]
+async fn stop_fails_queued_sends_and_refuses_new_ones() {
+    let b = node(2, config()).await;
+    let a = node(1, config()).await;
+    a.handle.stop();
+    let done = send(&a, &b.member, 1, SendOptions::USE_ACK, b"late");
+    assert_eq!(within(T, done).await.unwrap(), Err(SendError::Stopped));
+}
