@@ -106,15 +106,22 @@ fn ci() -> Result<()> {
         "clippy",
         "--workspace",
         "--all-targets",
+        "--all-features",
         "--locked",
         "--",
         "-D",
         "warnings",
     ]))?;
-    run_cmd(cargo().args(["test", "--workspace", "--locked"]))?;
+    run_cmd(cargo().args(["test", "--workspace", "--all-features", "--locked"]))?;
     run_cmd(
         cargo()
-            .args(["doc", "--workspace", "--no-deps", "--locked"])
+            .args([
+                "doc",
+                "--workspace",
+                "--all-features",
+                "--no-deps",
+                "--locked",
+            ])
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
     eprintln!("xtask ci: all checks passed");

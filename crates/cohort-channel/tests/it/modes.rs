@@ -95,3 +95,26 @@ async fn payload_bytes_arrive_intact() {
     wait_for("the message", Duration::from_secs(10), || sink.len() == 1).await;
     assert_eq!(sink.got.lock().unwrap()[0].1, big.to_vec());
 }
+
+#[cfg(feature = "tower")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tower_service_sends() {
+    use tower_service::Service;
+    let sink = collector();
+    let b = start(builder().listener(sink.clone())).await;
+    let a = start(builder()).await;
+    let mut svc = a.clone().into_service();
+    std::future::poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    let receipt = svc
+        .call(cohort_channel::SendRequest {
+            destinations: vec![b.local().clone()],
+            payload: Bytes::from_static(b"via tower"),
+            options: SendOptions::USE_ACK,
+        })
+        .await
+        .unwrap();
+    assert!(receipt.await.is_ok());
+    wait_for("the message", Duration::from_secs(5), || sink.len() == 1).await;
+    a.stop(Services::DEFAULT).await;
+    b.stop(Services::DEFAULT).await;
+}
