@@ -1,8 +1,12 @@
 //! The channel over real sockets on loopback.
 
+// A skipped test says why on stderr.
+#![allow(clippy::print_stderr)]
+
 mod support;
 
 mod backpressure;
+mod cluster;
 mod failures;
 mod malformed;
 mod modes;
