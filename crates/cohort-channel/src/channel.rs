@@ -611,7 +611,9 @@ impl ChannelHandle {
         self.shared.membership.as_ref().map(|m| m.view())
     }
 
-    /// Membership events after the interceptors.
+    /// Membership events after the interceptors, from the moment of this call (read
+    /// [`ChannelHandle::view`] for the state before it; a membership listener given to the
+    /// builder sees every event from the start).
     pub fn member_events(&self) -> broadcast::Receiver<MembershipEvent> {
         self.shared.member_tx.subscribe()
     }
