@@ -169,7 +169,23 @@ pub struct Cx<'a> {
     ids: &'a AtomicU64,
 }
 
-impl Cx<'_> {
+impl<'a> Cx<'a> {
+    fn new(
+        now: Instant,
+        index: usize,
+        queue: &'a mut VecDeque<Work>,
+        outputs: &'a mut VecDeque<Output>,
+        ids: &'a AtomicU64,
+    ) -> Self {
+        Self {
+            now,
+            index,
+            queue,
+            outputs,
+            ids,
+        }
+    }
+
     /// The time of the input being handled.
     pub fn now(&self) -> Instant {
         self.now
@@ -390,13 +406,7 @@ impl Pipeline {
         index: usize,
         f: impl FnOnce(&mut dyn Interceptor, &mut Cx<'_>),
     ) {
-        let mut cx = Cx {
-            now,
-            index,
-            queue: &mut self.queue,
-            outputs: &mut self.outputs,
-            ids: &self.ids,
-        };
+        let mut cx = Cx::new(now, index, &mut self.queue, &mut self.outputs, &self.ids);
         f(self.stack[index].as_mut(), &mut cx);
         self.run(now);
     }
@@ -415,13 +425,7 @@ impl Pipeline {
                         self.outputs.push_back(Output::Transmit(msg));
                         continue;
                     }
-                    let mut cx = Cx {
-                        now,
-                        index: i,
-                        queue: &mut self.queue,
-                        outputs: &mut self.outputs,
-                        ids: &self.ids,
-                    };
+                    let mut cx = Cx::new(now, i, &mut self.queue, &mut self.outputs, &self.ids);
                     self.stack[i].on_send(msg, &mut cx);
                 }
                 Work::Receive(i, msg) => {
@@ -436,23 +440,11 @@ impl Pipeline {
                         self.outputs.push_back(Output::Deliver(msg));
                         continue;
                     };
-                    let mut cx = Cx {
-                        now,
-                        index: i,
-                        queue: &mut self.queue,
-                        outputs: &mut self.outputs,
-                        ids: &self.ids,
-                    };
+                    let mut cx = Cx::new(now, i, &mut self.queue, &mut self.outputs, &self.ids);
                     self.stack[i].on_receive(msg, &mut cx);
                 }
                 Work::Member(i, ev) => {
-                    let mut cx = Cx {
-                        now,
-                        index: i,
-                        queue: &mut self.queue,
-                        outputs: &mut self.outputs,
-                        ids: &self.ids,
-                    };
+                    let mut cx = Cx::new(now, i, &mut self.queue, &mut self.outputs, &self.ids);
                     self.stack[i].on_member(ev, &mut cx);
                 }
             }
