@@ -149,6 +149,29 @@ impl UdpSocket for tokio::net::UdpSocket {
     }
 }
 
+/// Binds a TCP listener on `ip`, trying `port`, `port + 1`, ... up to `tries` ports (Tribes'
+/// `autoBind`); port 0 means one try on a port the OS picks. Returns the last error when no
+/// port could be bound.
+pub async fn bind_tcp_auto<N: Net>(
+    net: &N,
+    ip: std::net::IpAddr,
+    port: u16,
+    tries: u16,
+) -> io::Result<N::TcpListener> {
+    let tries = if port == 0 { 1 } else { tries.max(1) };
+    let mut last = None;
+    for i in 0..tries {
+        let Some(p) = port.checked_add(i) else {
+            break;
+        };
+        match net.bind_tcp(SocketAddr::new(ip, p)).await {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no port in range")))
+}
+
 /// Creates a multicast socket with socket2 (blocking calls only; no IO happens here).
 pub fn multicast_socket(opts: &MulticastOptions) -> io::Result<std::net::UdpSocket> {
     if !opts.group.is_multicast() {

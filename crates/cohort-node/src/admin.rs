@@ -9,7 +9,7 @@ use std::time::Duration;
 use cohort_channel::ChannelHandle;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::config::AdminConfig;
 use crate::node::member_json;
@@ -21,34 +21,21 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Binds the endpoint and serves it on the current runtime; returns its address.
 pub async fn serve(config: &AdminConfig, channel: ChannelHandle) -> anyhow::Result<SocketAddr> {
-    let mut last = None;
-    let mut listener = None;
-    let tries = if config.port == 0 {
-        1
-    } else {
-        config.auto_bind
-    };
-    for i in 0..tries {
-        let Some(port) = config.port.checked_add(i) else {
-            break;
-        };
-        match TcpListener::bind(SocketAddr::new(config.bind, port)).await {
-            Ok(l) => {
-                listener = Some(l);
-                break;
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    let Some(listener) = listener else {
-        anyhow::bail!(
-            "admin: cannot bind {}:{} (+{} ports): {}",
+    let listener = cohort_net::bind_tcp_auto(
+        &cohort_net::TokioNet,
+        config.bind,
+        config.port,
+        config.auto_bind,
+    )
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "admin: cannot bind {}:{} (+{} ports): {e}",
             config.bind,
             config.port,
-            tries,
-            last.map(|e| e.to_string()).unwrap_or_default()
-        );
-    };
+            config.auto_bind
+        )
+    })?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {

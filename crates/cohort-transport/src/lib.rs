@@ -213,32 +213,21 @@ impl Transport {
         let mut listener = None;
         let mut udp = None;
         if receive {
-            let mut last_err = None;
             let tries = if config.port == 0 {
                 1
             } else {
                 config.auto_bind
             };
-            for i in 0..tries {
-                let Some(port) = config.port.checked_add(i) else {
-                    break;
-                };
-                match net.bind_tcp(SocketAddr::new(config.bind, port)).await {
-                    Ok(l) => {
-                        listener = Some(l);
-                        break;
-                    }
-                    Err(e) => last_err = Some(e),
-                }
-            }
-            if listener.is_none() {
-                return Err(StartError::Bind {
-                    addr: config.bind,
-                    first: config.port,
-                    tried: tries,
-                    source: last_err.unwrap_or_else(|| std::io::Error::other("no port in range")),
-                });
-            }
+            listener = Some(
+                cohort_net::bind_tcp_auto(&net, config.bind, config.port, config.auto_bind)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        addr: config.bind,
+                        first: config.port,
+                        tried: tries,
+                        source,
+                    })?,
+            );
             if let Some(port) = config.udp_port {
                 let addr = SocketAddr::new(config.bind, port);
                 udp = Some(

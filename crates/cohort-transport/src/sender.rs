@@ -187,8 +187,26 @@ struct InFlight {
     closed: Option<String>,
 }
 
+impl InFlight {
+    /// Marks the connection closed (the first reason stays) and fails every message in
+    /// flight on it with `err`, counted. Completions run outside the lock.
+    fn fail_all(table: &Mutex<InFlight>, err: &SendError, counters: &Counters) {
+        let pending = {
+            let mut table = lock(table);
+            table.closed.get_or_insert_with(|| err.to_string());
+            table.deadlines.clear();
+            std::mem::take(&mut table.map)
+        };
+        for (_, (done, _permit)) in pending {
+            Counters::inc(&counters.send_failures);
+            done(Err(err.clone()));
+        }
+    }
+}
+
 struct Conn<S> {
     addr: SocketAddr,
+    counters: Arc<Counters>,
     write: WriteHalf<S>,
     in_flight: Arc<Mutex<InFlight>>,
     permits: Arc<Semaphore>,
@@ -201,20 +219,11 @@ impl<S> Drop for Conn<S> {
     fn drop(&mut self) {
         self.reader.abort();
         self.permits.close();
-        let pending = {
-            let mut table = lock(&self.in_flight);
-            table
-                .closed
-                .get_or_insert_with(|| "connection closed".into());
-            table.deadlines.clear();
-            std::mem::take(&mut table.map)
+        let err = SendError::ConnectionLost {
+            addr: self.addr,
+            reason: "connection closed".into(),
         };
-        for (_, (done, _permit)) in pending {
-            done(Err(SendError::ConnectionLost {
-                addr: self.addr,
-                reason: "connection closed".into(),
-            }));
-        }
+        InFlight::fail_all(&self.in_flight, &err, &self.counters);
     }
 }
 
@@ -413,16 +422,7 @@ impl<N: Net> Lane<N> {
         let Some(conn) = self.conn.take() else {
             return;
         };
-        let pending = {
-            let mut table = lock(&conn.in_flight);
-            table.closed = Some(err.to_string());
-            table.deadlines.clear();
-            std::mem::take(&mut table.map)
-        };
-        for (_, (done, _permit)) in pending {
-            Counters::inc(&self.shared.counters.send_failures);
-            done(Err(err.clone()));
-        }
+        InFlight::fail_all(&conn.in_flight, err, &self.shared.counters);
         drop(conn);
     }
 
@@ -496,6 +496,7 @@ impl<N: Net> Lane<N> {
         let reader = tokio::spawn(reader.run(read)).abort_handle();
         self.conn = Some(Conn {
             addr: self.addr,
+            counters: self.shared.counters.clone(),
             write,
             in_flight,
             permits,
@@ -552,16 +553,7 @@ impl<N: Net> AckReader<N> {
             }
         };
         self.permits.close();
-        let pending = {
-            let mut table = lock(&self.in_flight);
-            table.closed = Some(reason.to_string());
-            table.deadlines.clear();
-            std::mem::take(&mut table.map)
-        };
-        for (_, (done, _permit)) in pending {
-            Counters::inc(&self.shared.counters.send_failures);
-            done(Err(reason.clone()));
-        }
+        InFlight::fail_all(&self.in_flight, &reason, &self.shared.counters);
     }
 
     /// Fails messages past their deadline; true when any did (the connection is then closed).

@@ -145,20 +145,11 @@ async fn run<N: Net>(
                     }
                 }
             }
-            Some((to, first)) = ack_rx.recv() => {
-                let mut msgs = vec![first];
+            Some((to, ack)) = ack_rx.recv() => {
+                // One ACK per datagram: a single id always encodes as a single frame.
                 enc.clear();
-                if encode_acks(&shared, &mut msgs, shared.config.limits.max_ack_entries, &mut enc).is_ok() {
-                    // Each encoded frame is its own datagram.
-                    let mut rest = enc.split().freeze();
-                    while !rest.is_empty() {
-                        let mut one = BytesMut::from(&rest[..]);
-                        let before = one.len();
-                        if shared.codec.decode_frame(&mut one).ok().flatten().is_none() { break; }
-                        let used = before - one.len();
-                        let _ = socket.send_to(&rest[..used], to).await;
-                        rest = rest.slice(used..);
-                    }
+                if encode_acks(&shared, &mut vec![ack], shared.config.limits.max_ack_entries, &mut enc).is_ok() {
+                    let _ = socket.send_to(&enc, to).await;
                 }
             }
             r = socket.recv_from(&mut buf) => {
