@@ -20,7 +20,10 @@ use cohort_wire::{
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::core::{Acker, Inbound, Interceptor, Outbound, Output, Pipeline, Ticket};
+use crate::core::{
+    Acker, Inbound, Interceptor, Outbound, Output, Pipeline, ProbeError, ProbeErrorKind, ProbeRequest,
+    Suspicion, Ticket, tags,
+};
 use crate::listener::{ChannelListener, ChannelMessage, ClusterListener, ErrorHandler};
 use crate::receipt::{SendOutcome, SendReceipt, SendState};
 use crate::seams::{ChannelMembership, ChannelTransport};
@@ -51,6 +54,20 @@ pub struct ChannelConfig {
     pub option_check: bool,
     /// On `stop`, how long queued ASYNCHRONOUS messages get to complete. Default 5 s.
     pub drain_timeout: Duration,
+    /// What an ASYNCHRONOUS send does when the queue is full. Default
+    /// [`AsyncFullPolicy::Block`].
+    pub async_full_policy: AsyncFullPolicy,
+}
+
+/// What an ASYNCHRONOUS send does when the queue is full (Tribes' `alwaysSend` sent
+/// synchronously instead; that loses the order and the caller's budget, so it is not offered).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AsyncFullPolicy {
+    /// Wait for room (backpressure).
+    #[default]
+    Block,
+    /// Fail at once with [`ChannelError::QueueFull`].
+    Reject,
 }
 
 impl Default for ChannelConfig {
@@ -64,6 +81,7 @@ impl Default for ChannelConfig {
             max_pipeline_work: 65_536,
             option_check: false,
             drain_timeout: Duration::from_secs(5),
+            async_full_policy: AsyncFullPolicy::Block,
         }
     }
 }
@@ -116,6 +134,14 @@ pub enum ChannelError {
     /// The channel was stopped.
     #[error("the channel is stopped")]
     Stopped,
+    /// The ASYNCHRONOUS queue is full and the policy is [`AsyncFullPolicy::Reject`].
+    #[error("the asynchronous queue is full ({messages} messages, {bytes} bytes queued)")]
+    QueueFull {
+        /// Messages queued.
+        messages: usize,
+        /// Bytes queued.
+        bytes: usize,
+    },
 }
 
 impl ChannelConfig {
@@ -325,11 +351,12 @@ impl ChannelBuilder {
         }
         let codec = CohortCodec::new(self.transport.limits, self.keys.clone())?;
         let services = self.services;
+        let mut peer_rx = None;
         let (transport, inbound_rx, local): (Arc<dyn ChannelTransport>, _, Member) =
             match self.custom_transport {
                 Some(t) => t,
                 None => {
-                    let bound = Transport::bind(
+                    let mut bound = Transport::bind(
                         self.transport.clone(),
                         net.clone(),
                         services.contains(Services::SND_RX),
@@ -346,6 +373,7 @@ impl ChannelBuilder {
                     local.domain = self.local.domain.clone();
                     local.payload = self.local.payload.clone();
                     local.start_time_ms = net.wall_clock_ms();
+                    peer_rx = Some(bound.peer_events());
                     let (handle, inbound) = bound.start(local.clone(), codec.clone());
                     (Arc::new(handle), inbound, local)
                 }
@@ -375,11 +403,13 @@ impl ChannelBuilder {
             None => None,
         };
         let ids = Arc::new(AtomicU64::new(0));
-        let pipeline = Pipeline::new(
+        let mut pipeline = Pipeline::new(
             self.interceptors,
             self.config.max_pipeline_work,
             ids.clone(),
         );
+        pipeline.set_local(local.clone());
+        let view = Arc::new(RwLock::new(Vec::new()));
         let (cmd_tx, cmd_rx) = mpsc::channel(self.config.command_queue);
         let (delivery_tx, delivery_rx) = mpsc::channel(self.config.delivery_queue);
         let (member_tx, _) = broadcast::channel(1024);
@@ -396,6 +426,7 @@ impl ChannelBuilder {
             local: local.clone(),
             membership: membership.clone(),
             transport: transport.clone(),
+            view: view.clone(),
             listeners: listeners.clone(),
             cluster_listeners: cluster_listeners.clone(),
             member_tx: member_tx.clone(),
@@ -428,8 +459,11 @@ impl ChannelBuilder {
             enc: BytesMut::new(),
             heartbeat: self.config.heartbeat_interval,
             counters,
+            view,
+            leaving: None,
+            ids: handle.shared.ids.clone(),
         };
-        tokio::spawn(owner.run(cmd_rx, inbound_rx, mcast_rx));
+        tokio::spawn(owner.run(cmd_rx, inbound_rx, mcast_rx, peer_rx));
         Ok(handle)
     }
 }
@@ -444,6 +478,9 @@ struct ChannelCounters {
     no_listener: AtomicU64,
     multicast_malformed: AtomicU64,
     membership_lagged: AtomicU64,
+    control_dropped: AtomicU64,
+    untransformed_dropped: AtomicU64,
+    suspicions_dropped: AtomicU64,
 }
 
 /// Counters of a channel.
@@ -466,6 +503,14 @@ pub struct ChannelStats {
     pub multicast_malformed: u64,
     /// Times the membership event stream lagged (events were missed; the view is current).
     pub membership_lagged: u64,
+    /// Control messages (pings, probes, notices) that reached the top of the stack with no
+    /// interceptor to consume them: dropped.
+    pub control_dropped: u64,
+    /// Messages still carrying a transformation no interceptor here undid (fragment,
+    /// compression, encryption): the sender's stack differs; dropped, FAIL_ACK if asked.
+    pub untransformed_dropped: u64,
+    /// Suspicions (failed sends, lost connections) dropped because the command queue was full.
+    pub suspicions_dropped: u64,
     /// ASYNCHRONOUS messages queued now.
     pub async_queued: usize,
     /// Bytes of ASYNCHRONOUS messages queued now.
@@ -476,7 +521,9 @@ pub struct ChannelStats {
 
 enum Command {
     Send(Outbound, Arc<SendState>),
-    ProbeResult(usize, Member, Result<(), String>),
+    ProbeResult(usize, Member, Result<(), ProbeError>),
+    Suspect(Member, Suspicion),
+    Leave(oneshot::Sender<()>),
     Stop(oneshot::Sender<()>),
 }
 
@@ -490,6 +537,7 @@ struct HandleShared {
     local: Member,
     membership: Option<Arc<dyn ChannelMembership>>,
     transport: Arc<dyn ChannelTransport>,
+    view: Arc<RwLock<Vec<Member>>>,
     listeners: Arc<RwLock<Vec<Arc<dyn ChannelListener>>>>,
     cluster_listeners: Arc<[Arc<dyn ClusterListener>]>,
     member_tx: broadcast::Sender<MembershipEvent>,
@@ -532,25 +580,7 @@ impl ChannelHandle {
             l.message_sent(destinations, &payload, options);
         }
         let (state, receipt) = if options.contains(SendOptions::ASYNCHRONOUS) {
-            let count = s
-                .async_count
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| ChannelError::Stopped)?;
-            let want =
-                u32::try_from(payload.len().min(s.config.async_queue_bytes)).unwrap_or(u32::MAX);
-            let bytes = if want == 0 {
-                None
-            } else {
-                Some(
-                    s.async_bytes
-                        .clone()
-                        .acquire_many_owned(want)
-                        .await
-                        .map_err(|_| ChannelError::Stopped)?,
-                )
-            };
+            let (count, bytes) = self.async_admit(payload.len()).await?;
             let state = SendState::new(msg_id, None, Some((count, bytes)), s.error_handler.clone());
             let receipt = SendReceipt::ready(SendOutcome {
                 msg_id,
@@ -582,6 +612,66 @@ impl ChannelHandle {
         Ok(receipt)
     }
 
+    /// Takes room in the ASYNCHRONOUS queue for one message of `len` bytes, as the policy says.
+    async fn async_admit(
+        &self,
+        len: usize,
+    ) -> Result<
+        (
+            tokio::sync::OwnedSemaphorePermit,
+            Option<tokio::sync::OwnedSemaphorePermit>,
+        ),
+        ChannelError,
+    > {
+        let s = &self.shared;
+        let want = u32::try_from(len.min(s.config.async_queue_bytes)).unwrap_or(u32::MAX);
+        if s.config.async_full_policy == AsyncFullPolicy::Reject {
+            let full = || {
+                let st = self.stats();
+                ChannelError::QueueFull {
+                    messages: st.async_queued,
+                    bytes: st.async_queued_bytes,
+                }
+            };
+            let count = s.async_count.clone().try_acquire_owned().map_err(|e| match e {
+                tokio::sync::TryAcquireError::Closed => ChannelError::Stopped,
+                tokio::sync::TryAcquireError::NoPermits => full(),
+            })?;
+            let bytes = if want == 0 {
+                None
+            } else {
+                Some(
+                    s.async_bytes
+                        .clone()
+                        .try_acquire_many_owned(want)
+                        .map_err(|e| match e {
+                            tokio::sync::TryAcquireError::Closed => ChannelError::Stopped,
+                            tokio::sync::TryAcquireError::NoPermits => full(),
+                        })?,
+                )
+            };
+            return Ok((count, bytes));
+        }
+        let count = s
+            .async_count
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ChannelError::Stopped)?;
+        let bytes = if want == 0 {
+            None
+        } else {
+            Some(
+                s.async_bytes
+                    .clone()
+                    .acquire_many_owned(want)
+                    .await
+                    .map_err(|_| ChannelError::Stopped)?,
+            )
+        };
+        Ok((count, bytes))
+    }
+
     /// Sends to every member in the current view except the local one. Fails with
     /// [`ChannelError::NoDestinations`] when alone.
     pub async fn send_all(
@@ -593,17 +683,15 @@ impl ChannelHandle {
         self.send(&members, payload, options).await
     }
 
-    /// The members in view, the local one excluded.
+    /// The members in view after the interceptors (a failure detector may keep a member
+    /// membership dropped; static members join it), the local one excluded, in the order they
+    /// joined.
     pub fn members(&self) -> Vec<Member> {
-        self.view()
-            .map(|v| {
-                v.members
-                    .into_iter()
-                    .filter(|m| !m.local)
-                    .map(|m| m.member)
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.shared
+            .view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The membership view (`None` when the channel runs without membership).
@@ -657,6 +745,9 @@ impl ChannelHandle {
             encode_failures: l(&c.encode_failures),
             multicast_malformed: l(&c.multicast_malformed),
             membership_lagged: l(&c.membership_lagged),
+            control_dropped: l(&c.control_dropped),
+            untransformed_dropped: l(&c.untransformed_dropped),
+            suspicions_dropped: l(&c.suspicions_dropped),
             async_queued: self.shared.config.async_queue_messages
                 - self.shared.async_count.available_permits(),
             async_queued_bytes: self.shared.config.async_queue_bytes
@@ -673,6 +764,13 @@ impl ChannelHandle {
     pub async fn stop(&self, services: Services) {
         let s = &self.shared;
         let stopping = services.intersection(s.running());
+        if stopping.contains(Services::SND_TX) {
+            // Interceptors' last words (a static member's notice) while sending still works.
+            let (tx, rx) = oneshot::channel();
+            if s.cmd.send(Command::Leave(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        }
         if stopping.intersects(Services::MBR_RX | Services::MBR_TX) {
             if let Some(m) = &s.membership {
                 m.shutdown().await;
@@ -785,6 +883,29 @@ struct Owner<N: Net> {
     enc: BytesMut,
     heartbeat: Duration,
     counters: Arc<ChannelCounters>,
+    /// The members as the top of the pipeline reported them.
+    view: Arc<RwLock<Vec<Member>>>,
+    /// While leaving: completions of the interceptors' last messages.
+    leaving: Option<Vec<oneshot::Receiver<()>>>,
+    ids: Arc<AtomicU64>,
+}
+
+/// How long `stop` waits for the interceptors' last messages to be delivered.
+const LEAVE_TIMEOUT: Duration = Duration::from_millis(500);
+
+async fn peer_event(
+    rx: &mut Option<mpsc::Receiver<cohort_transport::PeerEvent>>,
+) -> Option<cohort_transport::PeerEvent> {
+    match rx {
+        Some(r) => match r.recv().await {
+            Some(ev) => Some(ev),
+            None => {
+                *rx = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
 }
 
 async fn member_event(
@@ -802,15 +923,19 @@ impl<N: Net> Owner<N> {
         mut cmd_rx: mpsc::Receiver<Command>,
         mut inbound_rx: mpsc::Receiver<Received>,
         mut mcast_rx: mpsc::Receiver<(Bytes, SocketAddr)>,
+        mut peer_rx: Option<mpsc::Receiver<cohort_transport::PeerEvent>>,
     ) {
+        let now = self.now();
+        self.pipeline.start(now);
+        self.drain().await;
         // Subscribe first, then read the view: nothing falls in between (duplicates are
         // filtered below).
         let mut events = self.membership.as_ref().map(|m| m.events());
         let mut last_lead: Option<Option<MemberId>> = None;
         let mut seen: std::collections::HashSet<MemberId> = std::collections::HashSet::new();
         // Members already in view when the channel started.
-        if let Some(m) = &self.membership {
-            let now = Instant::now().into_std();
+        if let Some(m) = self.membership.clone() {
+            let now = self.now();
             let view = m.view();
             let lead = view.lead_member().cloned();
             let local_is_lead = view.lead.as_ref() == Some(&view.local);
@@ -842,14 +967,32 @@ impl<N: Net> Owner<N> {
                     Some(Command::Send(out, state)) => {
                         let ticket = out.ticket;
                         self.tickets.insert(ticket, state);
-                        self.pipeline.send(Instant::now().into_std(), out);
+                        let now = self.now();
+                        self.pipeline.send(now, out);
                         self.drain().await;
                         if let Some(state) = self.tickets.remove(&ticket) {
                             state.done_one();
                         }
                     }
                     Some(Command::ProbeResult(i, member, result)) => {
-                        self.pipeline.probe_result(Instant::now().into_std(), i, member, result);
+                        let now = self.now();
+                        self.pipeline.probe_result(now, i, member, result);
+                    }
+                    Some(Command::Suspect(member, why)) => {
+                        let now = self.now();
+                        self.pipeline.suspect(now, &member, &why);
+                    }
+                    Some(Command::Leave(reply)) => {
+                        let now = self.now();
+                        self.leaving = Some(Vec::new());
+                        self.pipeline.stop(now);
+                        self.drain().await;
+                        let waits = self.leaving.take().unwrap_or_default();
+                        tokio::spawn(async move {
+                            let all = async { for w in waits { let _ = w.await; } };
+                            let _ = tokio::time::timeout(LEAVE_TIMEOUT, all).await;
+                            let _ = reply.send(());
+                        });
                     }
                     Some(Command::Stop(reply)) => {
                         let _ = reply.send(());
@@ -860,7 +1003,15 @@ impl<N: Net> Owner<N> {
                 Some(r) = inbound_rx.recv() => {
                     self.counters.received.fetch_add(1, Ordering::Relaxed);
                     let inbound = to_inbound(r);
-                    self.pipeline.receive(Instant::now().into_std(), inbound);
+                    let now = self.now();
+                        self.pipeline.receive(now, inbound);
+                }
+                Some(ev) = peer_event(&mut peer_rx) => {
+                    let member = self.member_at(ev.addr, ev.member);
+                    if let Some(member) = member {
+                        let now = self.now();
+                        self.pipeline.suspect(now, &member, &Suspicion::ConnectionLost(ev.reason));
+                    }
                 }
                 Some((datagram, from)) = mcast_rx.recv() => {
                     let mut buf = BytesMut::from(&datagram[..]);
@@ -871,7 +1022,8 @@ impl<N: Net> Owner<N> {
                                 m.view().members.into_iter().find(|vm| vm.member.id == data.header.sender).map(|vm| Arc::new(vm.member))
                             });
                             let inbound = frame_to_inbound(data, member, from, None);
-                            self.pipeline.receive(Instant::now().into_std(), inbound);
+                            let now = self.now();
+                        self.pipeline.receive(now, inbound);
                         }
                         Ok(Some(Frame::Data(_))) => {} // our own, looped back
                         _ => { self.counters.multicast_malformed.fetch_add(1, Ordering::Relaxed); }
@@ -893,7 +1045,8 @@ impl<N: Net> Owner<N> {
                             _ => false,
                         };
                         if !repeat {
-                            self.pipeline.member(Instant::now().into_std(), ev);
+                            let now = self.now();
+                        self.pipeline.member(now, ev);
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
@@ -907,10 +1060,10 @@ impl<N: Net> Owner<N> {
                     if now >= next_heartbeat {
                         next_heartbeat = now + self.heartbeat;
                         self.pipeline.heartbeat(now.into_std());
-                        if let Some(m) = &self.membership {
-                            let view = m.view();
+                        if self.membership.is_some() {
+                            let view = self.view.read().unwrap_or_else(PoisonError::into_inner).clone();
                             self.transport.retain(&|addr| {
-                                view.members.iter().any(|vm| SocketAddr::new(vm.member.addr, vm.member.port) == addr)
+                                view.iter().any(|m| SocketAddr::new(m.addr, m.port) == addr)
                             });
                         }
                     }
@@ -924,7 +1077,16 @@ impl<N: Net> Owner<N> {
         while let Some(output) = self.pipeline.poll_output() {
             match output {
                 Output::Transmit(out) => self.transmit(out),
-                Output::Deliver(msg) => {
+                Output::Deliver(mut msg) => {
+                    if let Some(tag) = msg.extensions.iter().map(|e| e.tag).find(|t| tags::is_control(*t) || matches!(*t, tags::FRAGMENT | tags::COMPRESSION | tags::ENCRYPTION)) {
+                        let counter = if tags::is_control(tag) { &self.counters.control_dropped } else { &self.counters.untransformed_dropped };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(msg_id = msg.msg_id, tag, "message with an extension no interceptor handled; dropped");
+                        if let Some(ack) = msg.ack.take() {
+                            if tags::is_control(tag) { ack.ack(); } else { ack.fail(format!("no interceptor for extension {tag} on the receiver")); }
+                        }
+                        continue;
+                    }
                     let ack = msg.ack;
                     let delivery = Delivery {
                         msg: ChannelMessage {
@@ -946,6 +1108,25 @@ impl<N: Net> Owner<N> {
                     }
                 }
                 Output::Member(ev) => {
+                    {
+                        let mut view = self.view.write().unwrap_or_else(PoisonError::into_inner);
+                        match &ev {
+                            MembershipEvent::MemberAdded(m) => {
+                                if !view.iter().any(|v| v.key() == m.key()) {
+                                    view.push(m.clone());
+                                }
+                            }
+                            MembershipEvent::MemberUpdated(m) => {
+                                if let Some(v) = view.iter_mut().find(|v| v.key() == m.key()) {
+                                    *v = m.clone();
+                                }
+                            }
+                            MembershipEvent::MemberDisappeared { member, .. } => {
+                                view.retain(|v| v.key() != member.key());
+                            }
+                            _ => {}
+                        }
+                    }
                     if let MembershipEvent::MemberDisappeared { member, .. } = &ev {
                         self.transport
                             .disconnect(SocketAddr::new(member.addr, member.port));
@@ -958,23 +1139,21 @@ impl<N: Net> Owner<N> {
                 Output::Probe {
                     interceptor,
                     member,
-                    timeout,
+                    probe,
                 } => {
                     let net = self.net.clone();
                     let cmd = self.cmd_self.clone();
+                    let frames = self.probe_frames(probe);
                     tokio::spawn(async move {
-                        let addr = SocketAddr::new(member.addr, member.port);
-                        let result = match tokio::time::timeout(timeout, net.connect_tcp(addr))
-                            .await
-                        {
-                            Ok(Ok(_)) => Ok(()),
-                            Ok(Err(e)) => Err(format!("connect {addr}: {e}")),
-                            Err(_) => Err(format!("connect {addr}: timed out after {timeout:?}")),
-                        };
+                        let result = run_probe(&net, &member, probe, frames).await;
                         let _ = cmd
                             .send(Command::ProbeResult(interceptor, member, result))
                             .await;
                     });
+                }
+                Output::Disconnect(peer) => {
+                    let closed = self.transport.close_inbound(peer);
+                    tracing::debug!(%peer, closed, "inbound connection closed on an interceptor's request");
                 }
                 Output::MemberFailed { member, detail } => {
                     if let Some(m) = self.membership.clone() {
@@ -983,6 +1162,57 @@ impl<N: Net> Owner<N> {
                 }
             }
         }
+    }
+
+    /// The wall-clock-stamped instant for the next pipeline input.
+    fn now(&mut self) -> std::time::Instant {
+        self.pipeline.set_wall_clock_ms(self.net.wall_clock_ms());
+        Instant::now().into_std()
+    }
+
+    /// The member in the pipeline's view at `addr` (and with `id`, when known).
+    fn member_at(&self, addr: SocketAddr, id: Option<MemberId>) -> Option<Member> {
+        self.view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|m| SocketAddr::new(m.addr, m.port) == addr && id.is_none_or(|id| id == m.id))
+            .cloned()
+    }
+
+    /// A hello and a probe frame (USE_ACK with a read test), encoded for a probe connection.
+    fn probe_frames(&mut self, probe: ProbeRequest) -> Bytes {
+        if !probe.send_test {
+            return Bytes::new();
+        }
+        let mut options = SendOptions::BYTE_MESSAGE;
+        if probe.read_timeout.is_some() {
+            options = options.union(SendOptions::USE_ACK);
+        }
+        let hello = Frame::Hello(Box::new(self.local.clone()));
+        let data = Frame::Data(DataFrame {
+            header: DataHeader {
+                msg_id: self.ids.fetch_add(1, Ordering::Relaxed) + 1,
+                options,
+                sender: self.local.id,
+                timestamp_ms: self.net.wall_clock_ms(),
+                seq: 0,
+                extensions: vec![cohort_wire::Extension {
+                    tag: tags::PROBE,
+                    value: Bytes::new(),
+                }],
+            },
+            payload: Bytes::new(),
+        });
+        let mut buf = BytesMut::new();
+        if self.codec.encode_frame(&hello, &mut buf).is_err()
+            || self.codec.encode_frame(&data, &mut buf).is_err()
+        {
+            self.counters
+                .encode_failures
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        buf.freeze()
     }
 
     fn transmit(&mut self, out: Outbound) {
@@ -1039,17 +1269,127 @@ impl<N: Net> Owner<N> {
             state.expect(out.destinations.len());
         }
         for dest in out.destinations.iter() {
+            let watch = self.leaving.as_mut().map(|w| {
+                let (tx, rx) = oneshot::channel::<()>();
+                w.push(rx);
+                tx
+            });
+            let suspect = SuspectOnFailure {
+                cmd: self.cmd_self.clone(),
+                member: dest.clone(),
+                counters: self.counters.clone(),
+            };
             let done: cohort_transport::Completion = match &state {
                 Some(state) => {
                     let state = state.clone();
                     let (id, addr) = (dest.id, SocketAddr::new(dest.addr, dest.port));
-                    Box::new(move |r| state.record(id, addr, r))
+                    Box::new(move |r| {
+                        suspect.check(&r);
+                        state.record(id, addr, r);
+                        drop(watch);
+                    })
                 }
-                None => Box::new(|_| {}),
+                None => Box::new(move |r| {
+                    suspect.check(&r);
+                    drop(watch);
+                }),
             };
             self.transport
                 .send(dest, bytes.clone(), out.msg_id, out.options, done);
         }
+    }
+}
+
+/// Feeds a failed send back to the pipeline as a suspicion (IO failures and timeouts only: a
+/// FAIL_ACK or a full queue says nothing about the peer's health).
+struct SuspectOnFailure {
+    cmd: mpsc::Sender<Command>,
+    member: Member,
+    counters: Arc<ChannelCounters>,
+}
+
+impl SuspectOnFailure {
+    fn check(self, r: &Result<Delivered, cohort_transport::SendError>) {
+        use cohort_transport::SendError as E;
+        let Err(e) = r else { return };
+        if !matches!(
+            e,
+            E::Connect { .. } | E::ConnectionLost { .. } | E::Timeout { .. }
+        ) {
+            return;
+        }
+        let why = Suspicion::SendFailed(e.to_string());
+        if self.cmd.try_send(Command::Suspect(self.member, why)).is_err() {
+            self.counters
+                .suspicions_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Runs a failure detector's probe: a fresh connection, optionally a hello and a probe frame,
+/// optionally waiting for the ACK. The connection is closed afterwards.
+async fn run_probe<N: Net>(
+    net: &N,
+    member: &Member,
+    probe: ProbeRequest,
+    frames: Bytes,
+) -> Result<(), ProbeError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = SocketAddr::new(member.addr, member.port);
+    let io_err = |stage: &str, e: &std::io::Error| {
+        use std::io::ErrorKind as K;
+        let kind = match e.kind() {
+            K::ConnectionRefused => ProbeErrorKind::Refused,
+            K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => {
+                ProbeErrorKind::Reset
+            }
+            K::TimedOut => ProbeErrorKind::Timeout,
+            _ => ProbeErrorKind::Other,
+        };
+        ProbeError {
+            kind,
+            detail: format!("{stage} {addr}: {e}"),
+        }
+    };
+    let timeout = |stage: &str, after: Duration| ProbeError {
+        kind: ProbeErrorKind::Timeout,
+        detail: format!("{stage} {addr}: no answer within {after:?}"),
+    };
+    let mut stream = match tokio::time::timeout(probe.connect_timeout, net.connect_tcp(addr)).await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(io_err("connect", &e)),
+        Err(_) => return Err(timeout("connect", probe.connect_timeout)),
+    };
+    if !probe.send_test {
+        return Ok(());
+    }
+    let write = async {
+        stream.write_all(&frames).await?;
+        stream.flush().await
+    };
+    match tokio::time::timeout(probe.connect_timeout, write).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(io_err("send test to", &e)),
+        Err(_) => return Err(timeout("send test to", probe.connect_timeout)),
+    }
+    let Some(read_timeout) = probe.read_timeout else {
+        let _ = stream.shutdown().await;
+        return Ok(());
+    };
+    let mut byte = [0u8; 64];
+    match tokio::time::timeout(read_timeout, stream.read(&mut byte)).await {
+        Ok(Ok(0)) => Err(ProbeError {
+            kind: ProbeErrorKind::Reset,
+            detail: format!("read test {addr}: closed without an answer"),
+        }),
+        Ok(Ok(_)) => {
+            let _ = stream.shutdown().await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(io_err("read test", &e)),
+        Err(_) => Err(timeout("read test", read_timeout)),
     }
 }
 

@@ -70,11 +70,12 @@ mod seams;
 mod service;
 
 pub use channel::{
-    ChannelBuilder, ChannelConfig, ChannelError, ChannelHandle, ChannelStats, CustomTransport,
+    AsyncFullPolicy, ChannelBuilder, ChannelConfig, ChannelError, ChannelHandle, ChannelStats, CustomTransport,
     GroupChannel, MembershipSetup,
 };
 pub use core::{
-    Acker, Cx, Inbound, Interceptor, Outbound, Output, Pipeline, PipelineStats, Ticket,
+    Acker, Cx, Inbound, Interceptor, Outbound, Output, Pipeline, PipelineStats, ProbeError,
+    ProbeErrorKind, ProbeRequest, Suspicion, Ticket, tags,
 };
 pub use listener::{ChannelListener, ChannelMessage, ClusterListener, ErrorHandler, ListenerError};
 pub use receipt::{MemberResult, SendOutcome, SendReceipt};

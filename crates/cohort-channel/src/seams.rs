@@ -26,6 +26,12 @@ pub trait ChannelTransport: Send + Sync + 'static {
     fn disconnect(&self, addr: SocketAddr);
     /// Closes connections to peers not kept.
     fn retain(&self, keep: &dyn Fn(SocketAddr) -> bool);
+    /// Closes the inbound connection whose remote end is `from`; true if there was one.
+    /// Default: not supported (false).
+    fn close_inbound(&self, from: SocketAddr) -> bool {
+        let _ = from;
+        false
+    }
     /// Counters.
     fn stats(&self) -> TransportStats;
     /// Stops sending and receiving.
@@ -47,6 +53,10 @@ impl<N: Net> ChannelTransport for TransportHandle<N> {
 
     fn retain(&self, keep: &dyn Fn(SocketAddr) -> bool) {
         self.retain_peers(keep);
+    }
+
+    fn close_inbound(&self, from: SocketAddr) -> bool {
+        TransportHandle::close_inbound(self, from)
     }
 
     fn stats(&self) -> TransportStats {

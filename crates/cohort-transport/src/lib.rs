@@ -76,6 +76,33 @@ use stats::Counters;
 /// short: it must not block.
 pub type Completion = Box<dyn FnOnce(Result<Delivered, SendError>) + Send>;
 
+/// Capacity of the queue returned by [`BoundTransport::peer_events`]; events beyond it are
+/// dropped and counted (`peer_events_dropped`).
+pub const PEER_EVENT_QUEUE: usize = 1024;
+
+/// A connection to or from a peer ended from the far side: evidence for a failure detector
+/// (a killed process's sockets close at once), not proof (a peer may close idle connections).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerEvent {
+    /// The peer's receiver address (from its hello for inbound connections).
+    pub addr: SocketAddr,
+    /// The peer's id, when known.
+    pub member: Option<MemberId>,
+    /// Which connection.
+    pub direction: Direction,
+    /// What was seen: "closed by peer", the IO error, or the ACK timeout.
+    pub reason: String,
+}
+
+/// Which side opened a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// This node connected to the peer (a sender connection).
+    Outbound,
+    /// The peer connected to this node (a receiver connection).
+    Inbound,
+}
+
 /// How a message arrived.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Via {
@@ -242,6 +269,7 @@ impl Transport {
             net,
             listener,
             udp,
+            events: None,
         })
     }
 }
@@ -252,6 +280,7 @@ pub struct BoundTransport<N: Net> {
     net: N,
     listener: Option<N::TcpListener>,
     udp: Option<N::UdpSocket>,
+    events: Option<mpsc::Sender<PeerEvent>>,
 }
 
 impl<N: Net> BoundTransport<N> {
@@ -267,6 +296,14 @@ impl<N: Net> BoundTransport<N> {
             .as_ref()
             .and_then(|u| u.local_addr().ok())
             .map(|a| a.port())
+    }
+
+    /// Asks for connection events ([`PeerEvent`]): connections closed or reset by the far
+    /// side. Bounded by [`PEER_EVENT_QUEUE`]; call before [`BoundTransport::start`].
+    pub fn peer_events(&mut self) -> mpsc::Receiver<PeerEvent> {
+        let (tx, rx) = mpsc::channel(PEER_EVENT_QUEUE);
+        self.events = Some(tx);
+        rx
     }
 
     /// Starts serving: spawns the accept loop (and the UDP loop) on the current tokio runtime.
@@ -292,6 +329,8 @@ impl<N: Net> BoundTransport<N> {
             stop_tx,
             peers: sender::Peers::default(),
             udp: std::sync::OnceLock::new(),
+            events: self.events,
+            inbound: std::sync::Mutex::new(std::collections::HashMap::new()),
         });
         if let Some(listener) = self.listener {
             tokio::spawn(receiver::accept_loop(shared.clone(), listener));
@@ -314,6 +353,23 @@ pub(crate) struct Shared<N: Net> {
     stop_rx: watch::Receiver<bool>,
     peers: sender::Peers,
     udp: std::sync::OnceLock<udp::UdpPath>,
+    events: Option<mpsc::Sender<PeerEvent>>,
+    /// Inbound connections by remote address, with the trigger that closes each.
+    inbound: std::sync::Mutex<std::collections::HashMap<SocketAddr, tokio::sync::oneshot::Sender<()>>>,
+}
+
+impl<N: Net> Shared<N> {
+    /// Reports a connection closed by the far side, unless the transport is stopping.
+    pub(crate) fn peer_event(&self, event: PeerEvent) {
+        if *self.stop_rx.borrow() {
+            return;
+        }
+        if let Some(tx) = &self.events {
+            if tx.try_send(event).is_err() {
+                Counters::inc(&self.counters.peer_events_dropped);
+            }
+        }
+    }
 }
 
 /// State of the outbound connections to one peer.
@@ -390,6 +446,25 @@ impl<N: Net> TransportHandle<N> {
     /// Closes the connections to `addr` and fails what is queued for it (the member left).
     pub fn disconnect(&self, addr: SocketAddr) {
         self.shared.peers.remove(addr);
+    }
+
+    /// Closes the inbound connection whose remote end is `from` (as in
+    /// [`Received::peer`]); true if there was one. A throttle's "disconnect".
+    pub fn close_inbound(&self, from: SocketAddr) -> bool {
+        let trigger = self
+            .shared
+            .inbound
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&from);
+        match trigger {
+            Some(t) => {
+                Counters::inc(&self.shared.counters.inbound_closed_on_request);
+                let _ = t.send(());
+                true
+            }
+            None => false,
+        }
     }
 
     /// Closes idle connections to peers not in `keep` (the heartbeat's keep-alive pass).

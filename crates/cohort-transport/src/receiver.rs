@@ -53,6 +53,8 @@ enum Close {
     Malformed(cohort_wire::DecodeError),
     Violation(String),
     Upstream,
+    /// Closed by [`crate::TransportHandle::close_inbound`].
+    Requested,
 }
 
 async fn serve<N: Net>(shared: Arc<Shared<N>>, stream: N::TcpStream, from: SocketAddr) {
@@ -67,10 +69,36 @@ async fn serve<N: Net>(shared: Arc<Shared<N>>, stream: N::TcpStream, from: Socke
         ack_tx,
         pending_acks: Arc::new(Semaphore::new(shared.config.max_pending_acks)),
     };
-    let why = conn.read_loop(&mut read).await;
+    let (kill_tx, kill_rx) = oneshot::channel::<()>();
+    shared
+        .inbound
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(from, kill_tx);
+    let why = tokio::select! {
+        why = conn.read_loop(&mut read) => why,
+        Ok(()) = kill_rx => Close::Requested,
+    };
+    shared
+        .inbound
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .remove(&from);
+    if let (Some(hello), Close::Eof | Close::Io(_)) = (&conn.hello, &why) {
+        shared.peer_event(crate::PeerEvent {
+            addr: SocketAddr::new(hello.addr, hello.port),
+            member: Some(hello.id),
+            direction: crate::Direction::Inbound,
+            reason: match &why {
+                Close::Io(e) => e.to_string(),
+                _ => "closed by peer".into(),
+            },
+        });
+    }
     let counters = &shared.counters;
     match &why {
         Close::Eof | Close::Stopped | Close::Upstream => {}
+        Close::Requested => tracing::debug!(peer = %from, "connection closed on request"),
         Close::Io(e) => tracing::debug!(peer = %from, error = %e, "connection error"),
         Close::Timeout(what) => {
             Counters::inc(&counters.frame_timeouts);

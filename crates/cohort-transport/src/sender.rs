@@ -553,6 +553,14 @@ impl<N: Net> AckReader<N> {
             }
         };
         self.permits.close();
+        if let SendError::ConnectionLost { reason: why, .. } = &reason {
+            self.shared.peer_event(crate::PeerEvent {
+                addr: self.addr,
+                member: None,
+                direction: crate::Direction::Outbound,
+                reason: why.clone(),
+            });
+        }
         InFlight::fail_all(&self.in_flight, &reason, &self.shared.counters);
     }
 

@@ -84,6 +84,10 @@ counters! {
     datagrams_received,
     /// Datagrams dropped (malformed, foreign, or the inbound queue full).
     datagrams_dropped,
+    /// Connection events dropped because the peer-event queue was full.
+    peer_events_dropped,
+    /// Inbound connections closed on request ([`crate::TransportHandle::close_inbound`]).
+    inbound_closed_on_request,
 }
 
 impl Counters {

@@ -141,16 +141,19 @@ pub enum Output {
     Deliver(Inbound),
     /// Tell the application of this membership change.
     Member(MembershipEvent),
-    /// Open a TCP connection to `member` within `timeout` and report with
+    /// Probe `member` over a fresh TCP connection as `probe` says and report with
     /// [`Pipeline::probe_result`] (a failure detector's evidence gathering).
     Probe {
         /// Which interceptor asked.
         interceptor: usize,
         /// The member to probe.
         member: Member,
-        /// How long to try.
-        timeout: std::time::Duration,
+        /// What to test.
+        probe: ProbeRequest,
     },
+    /// Close the inbound connection whose remote end is this address (a throttle's
+    /// "disconnect").
+    Disconnect(std::net::SocketAddr),
     /// Report a member as failed to the membership service.
     MemberFailed {
         /// The member.
@@ -160,6 +163,110 @@ pub enum Output {
     },
 }
 
+/// What a probe tests, beyond opening a TCP connection within `connect_timeout` (Tribes'
+/// connect / send / read tests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeRequest {
+    /// How long the connect may take.
+    pub connect_timeout: std::time::Duration,
+    /// Write a hello and a probe frame (extension [`tags::PROBE`]).
+    pub send_test: bool,
+    /// Ask for an ACK of the probe frame and wait this long for it: the peer's process, not
+    /// only its kernel, must answer.
+    pub read_timeout: Option<std::time::Duration>,
+}
+
+/// Why a probe failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeError {
+    /// The class of failure.
+    pub kind: ProbeErrorKind,
+    /// What was seen.
+    pub detail: String,
+}
+
+/// Classes of probe failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProbeErrorKind {
+    /// The connection was refused: nothing listens (the process is gone).
+    Refused,
+    /// The connection was reset or closed before the test finished.
+    Reset,
+    /// The connect, or the read test, did not complete in time.
+    Timeout,
+    /// Anything else (unreachable network, ...).
+    Other,
+}
+
+impl ProbeErrorKind {
+    /// True for refused and reset: conclusive at once.
+    pub fn is_conclusive(self) -> bool {
+        matches!(self, Self::Refused | Self::Reset)
+    }
+}
+
+impl std::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+/// Why a member became suspect (fed to every interceptor's [`Interceptor::on_suspect`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Suspicion {
+    /// A send to it failed with an IO error or timeout (not a FAIL_ACK).
+    SendFailed(String),
+    /// A connection to or from it was closed or reset by its side.
+    ConnectionLost(String),
+}
+
+impl std::fmt::Display for Suspicion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::SendFailed(r) => write!(f, "send failed: {r}"),
+            Self::ConnectionLost(r) => write!(f, "connection lost: {r}"),
+        }
+    }
+}
+
+/// Extension tags (docs/PROTOCOL.md §2.6) assigned to Cohort's interceptors, and which of
+/// them mark control messages (never delivered to listeners).
+pub mod tags {
+    /// Order: per-destination sequence (8 bytes) and stream (1 byte).
+    pub const ORDER: u32 = 1;
+    /// Fragmentation: original message id (8), index (4), count (4), total length (8).
+    pub const FRAGMENT: u32 = 2;
+    /// Compression: algorithm (1 byte) and original length (8).
+    pub const COMPRESSION: u32 = 3;
+    /// Encryption: algorithm (1), key id (4), nonce (12).
+    pub const ENCRYPTION: u32 = 4;
+    /// Two-phase commit: the message waits for its commit (empty value).
+    pub const TWO_PHASE: u32 = 5;
+    /// Two-phase commit: control message committing the message id in its value (8 bytes).
+    pub const TWO_PHASE_COMMIT: u32 = 6;
+    /// TCP ping: control message (empty payload).
+    pub const PING: u32 = 7;
+    /// Failure detector probe: control message on a probe connection.
+    pub const PROBE: u32 = 8;
+    /// Static membership: control message, value 1 = started, 0 = stopping.
+    pub const STATIC_NOTICE: u32 = 9;
+
+    /// True for tags whose messages are consumed by interceptors; one that reaches the top of
+    /// the stack (no interceptor there to consume it) is dropped, not delivered.
+    pub fn is_control(tag: u32) -> bool {
+        matches!(tag, TWO_PHASE_COMMIT | PING | PROBE | STATIC_NOTICE)
+    }
+}
+
+/// Pipeline-wide facts handed to every [`Cx`].
+#[derive(Clone, Debug)]
+struct Env {
+    local: Option<Member>,
+    wall_ms: u64,
+}
+
 /// The context an interceptor call gets: where its outputs go.
 pub struct Cx<'a> {
     now: Instant,
@@ -167,6 +274,7 @@ pub struct Cx<'a> {
     queue: &'a mut VecDeque<Work>,
     outputs: &'a mut VecDeque<Output>,
     ids: &'a AtomicU64,
+    env: &'a Env,
 }
 
 impl<'a> Cx<'a> {
@@ -176,6 +284,7 @@ impl<'a> Cx<'a> {
         queue: &'a mut VecDeque<Work>,
         outputs: &'a mut VecDeque<Output>,
         ids: &'a AtomicU64,
+        env: &'a Env,
     ) -> Self {
         Self {
             now,
@@ -183,12 +292,29 @@ impl<'a> Cx<'a> {
             queue,
             outputs,
             ids,
+            env,
         }
     }
 
     /// The time of the input being handled.
     pub fn now(&self) -> Instant {
         self.now
+    }
+
+    /// The wall clock (ms since the Unix epoch) as last given by the driver
+    /// ([`Pipeline::set_wall_clock_ms`]); 0 if never.
+    pub fn wall_clock_ms(&self) -> u64 {
+        self.env.wall_ms
+    }
+
+    /// The local member, once the driver gave it ([`Pipeline::set_local`]).
+    pub fn local(&self) -> Option<&Member> {
+        self.env.local.as_ref()
+    }
+
+    /// Asks the driver to close the inbound connection from `peer`.
+    pub fn disconnect(&mut self, peer: std::net::SocketAddr) {
+        self.outputs.push_back(Output::Disconnect(peer));
     }
 
     /// Passes a message to the next interceptor down (or the transport).
@@ -214,11 +340,11 @@ impl<'a> Cx<'a> {
 
     /// Asks the driver for a TCP probe of `member`; the answer comes to this interceptor's
     /// [`Interceptor::on_probe_result`].
-    pub fn request_probe(&mut self, member: Member, timeout: std::time::Duration) {
+    pub fn request_probe(&mut self, member: Member, probe: ProbeRequest) {
         self.outputs.push_back(Output::Probe {
             interceptor: self.index,
             member,
-            timeout,
+            probe,
         });
     }
 
@@ -279,9 +405,31 @@ pub trait Interceptor: Send + 'static {
         let _ = (now, cx);
     }
 
-    /// The result of a probe this interceptor requested: `Ok` if a connection opened.
-    fn on_probe_result(&mut self, member: Member, result: Result<(), String>, cx: &mut Cx<'_>) {
+    /// The result of a probe this interceptor requested: `Ok` if every requested test passed.
+    fn on_probe_result(
+        &mut self,
+        member: Member,
+        result: Result<(), ProbeError>,
+        cx: &mut Cx<'_>,
+    ) {
         let _ = (member, result, cx);
+    }
+
+    /// The channel starts: the local member is known ([`Cx::local`]). Static members, first
+    /// pings.
+    fn on_start(&mut self, now: Instant, cx: &mut Cx<'_>) {
+        let _ = (now, cx);
+    }
+
+    /// The channel is stopping: last words (a static member's shutdown notice).
+    fn on_stop(&mut self, now: Instant, cx: &mut Cx<'_>) {
+        let _ = (now, cx);
+    }
+
+    /// Evidence against a member, from below the pipeline (a failed send, a lost connection).
+    /// Given to every interceptor, top first.
+    fn on_suspect(&mut self, member: &Member, why: &Suspicion, cx: &mut Cx<'_>) {
+        let _ = (member, why, cx);
     }
 }
 
@@ -308,6 +456,7 @@ pub struct Pipeline {
     max_work: usize,
     ids: Arc<AtomicU64>,
     stats: PipelineStats,
+    env: Env,
 }
 
 impl Pipeline {
@@ -322,6 +471,43 @@ impl Pipeline {
             max_work: max_work.max(1),
             ids,
             stats: PipelineStats::default(),
+            env: Env {
+                local: None,
+                wall_ms: 0,
+            },
+        }
+    }
+
+    /// Sets the local member interceptors see through [`Cx::local`].
+    pub fn set_local(&mut self, local: Member) {
+        self.env.local = Some(local);
+    }
+
+    /// Sets the wall clock interceptors see through [`Cx::wall_clock_ms`]; drivers call it
+    /// before each input.
+    pub fn set_wall_clock_ms(&mut self, ms: u64) {
+        self.env.wall_ms = ms;
+    }
+
+    /// The channel starts: `on_start` to every interceptor, bottom first (so that a layer's
+    /// first messages pass layers already started).
+    pub fn start(&mut self, now: Instant) {
+        for index in (0..self.stack.len()).rev() {
+            self.call(now, index, |i, cx| i.on_start(now, cx));
+        }
+    }
+
+    /// The channel stops: `on_stop` to every interceptor, top first.
+    pub fn stop(&mut self, now: Instant) {
+        for index in 0..self.stack.len() {
+            self.call(now, index, |i, cx| i.on_stop(now, cx));
+        }
+    }
+
+    /// Evidence against `member`, to every interceptor, top first.
+    pub fn suspect(&mut self, now: Instant, member: &Member, why: &Suspicion) {
+        for index in 0..self.stack.len() {
+            self.call(now, index, |i, cx| i.on_suspect(member, why, cx));
         }
     }
 
@@ -381,7 +567,7 @@ impl Pipeline {
         now: Instant,
         interceptor: usize,
         member: Member,
-        result: Result<(), String>,
+        result: Result<(), ProbeError>,
     ) {
         if interceptor < self.stack.len() {
             self.call(now, interceptor, |i, cx| {
@@ -406,7 +592,7 @@ impl Pipeline {
         index: usize,
         f: impl FnOnce(&mut dyn Interceptor, &mut Cx<'_>),
     ) {
-        let mut cx = Cx::new(now, index, &mut self.queue, &mut self.outputs, &self.ids);
+        let mut cx = Cx::new(now, index, &mut self.queue, &mut self.outputs, &self.ids, &self.env);
         f(self.stack[index].as_mut(), &mut cx);
         self.run(now);
     }
@@ -425,7 +611,7 @@ impl Pipeline {
                         self.outputs.push_back(Output::Transmit(msg));
                         continue;
                     }
-                    let mut cx = Cx::new(now, i, &mut self.queue, &mut self.outputs, &self.ids);
+                    let mut cx = Cx::new(now, i, &mut self.queue, &mut self.outputs, &self.ids, &self.env);
                     self.stack[i].on_send(msg, &mut cx);
                 }
                 Work::Receive(i, msg) => {
@@ -440,11 +626,11 @@ impl Pipeline {
                         self.outputs.push_back(Output::Deliver(msg));
                         continue;
                     };
-                    let mut cx = Cx::new(now, i, &mut self.queue, &mut self.outputs, &self.ids);
+                    let mut cx = Cx::new(now, i, &mut self.queue, &mut self.outputs, &self.ids, &self.env);
                     self.stack[i].on_receive(msg, &mut cx);
                 }
                 Work::Member(i, ev) => {
-                    let mut cx = Cx::new(now, i, &mut self.queue, &mut self.outputs, &self.ids);
+                    let mut cx = Cx::new(now, i, &mut self.queue, &mut self.outputs, &self.ids, &self.env);
                     self.stack[i].on_member(ev, &mut cx);
                 }
             }
