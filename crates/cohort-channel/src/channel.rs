@@ -21,8 +21,8 @@ use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::core::{
-    Acker, Inbound, Interceptor, Outbound, Output, Pipeline, ProbeError, ProbeErrorKind, ProbeRequest,
-    Suspicion, Ticket, tags,
+    Acker, Inbound, Interceptor, Outbound, Output, Pipeline, ProbeError, ProbeErrorKind,
+    ProbeRequest, Suspicion, Ticket, tags,
 };
 use crate::listener::{ChannelListener, ChannelMessage, ClusterListener, ErrorHandler};
 use crate::receipt::{SendOutcome, SendReceipt, SendState};
@@ -633,23 +633,25 @@ impl ChannelHandle {
                     bytes: st.async_queued_bytes,
                 }
             };
-            let count = s.async_count.clone().try_acquire_owned().map_err(|e| match e {
-                tokio::sync::TryAcquireError::Closed => ChannelError::Stopped,
-                tokio::sync::TryAcquireError::NoPermits => full(),
-            })?;
-            let bytes = if want == 0 {
-                None
-            } else {
-                Some(
-                    s.async_bytes
-                        .clone()
-                        .try_acquire_many_owned(want)
-                        .map_err(|e| match e {
+            let count = s
+                .async_count
+                .clone()
+                .try_acquire_owned()
+                .map_err(|e| match e {
+                    tokio::sync::TryAcquireError::Closed => ChannelError::Stopped,
+                    tokio::sync::TryAcquireError::NoPermits => full(),
+                })?;
+            let bytes =
+                if want == 0 {
+                    None
+                } else {
+                    Some(s.async_bytes.clone().try_acquire_many_owned(want).map_err(
+                        |e| match e {
                             tokio::sync::TryAcquireError::Closed => ChannelError::Stopped,
                             tokio::sync::TryAcquireError::NoPermits => full(),
-                        })?,
-                )
-            };
+                        },
+                    )?)
+                };
             return Ok((count, bytes));
         }
         let count = s
@@ -1078,12 +1080,29 @@ impl<N: Net> Owner<N> {
             match output {
                 Output::Transmit(out) => self.transmit(out),
                 Output::Deliver(mut msg) => {
-                    if let Some(tag) = msg.extensions.iter().map(|e| e.tag).find(|t| tags::is_control(*t) || matches!(*t, tags::FRAGMENT | tags::COMPRESSION | tags::ENCRYPTION)) {
-                        let counter = if tags::is_control(tag) { &self.counters.control_dropped } else { &self.counters.untransformed_dropped };
+                    if let Some(tag) = msg.extensions.iter().map(|e| e.tag).find(|t| {
+                        tags::is_control(*t)
+                            || matches!(*t, tags::FRAGMENT | tags::COMPRESSION | tags::ENCRYPTION)
+                    }) {
+                        let counter = if tags::is_control(tag) {
+                            &self.counters.control_dropped
+                        } else {
+                            &self.counters.untransformed_dropped
+                        };
                         counter.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(msg_id = msg.msg_id, tag, "message with an extension no interceptor handled; dropped");
+                        tracing::debug!(
+                            msg_id = msg.msg_id,
+                            tag,
+                            "message with an extension no interceptor handled; dropped"
+                        );
                         if let Some(ack) = msg.ack.take() {
-                            if tags::is_control(tag) { ack.ack(); } else { ack.fail(format!("no interceptor for extension {tag} on the receiver")); }
+                            if tags::is_control(tag) {
+                                ack.ack();
+                            } else {
+                                ack.fail(format!(
+                                    "no interceptor for extension {tag} on the receiver"
+                                ));
+                            }
                         }
                         continue;
                     }
@@ -1319,7 +1338,11 @@ impl SuspectOnFailure {
             return;
         }
         let why = Suspicion::SendFailed(e.to_string());
-        if self.cmd.try_send(Command::Suspect(self.member, why)).is_err() {
+        if self
+            .cmd
+            .try_send(Command::Suspect(self.member, why))
+            .is_err()
+        {
             self.counters
                 .suspicions_dropped
                 .fetch_add(1, Ordering::Relaxed);

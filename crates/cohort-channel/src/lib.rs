@@ -70,8 +70,8 @@ mod seams;
 mod service;
 
 pub use channel::{
-    AsyncFullPolicy, ChannelBuilder, ChannelConfig, ChannelError, ChannelHandle, ChannelStats, CustomTransport,
-    GroupChannel, MembershipSetup,
+    AsyncFullPolicy, ChannelBuilder, ChannelConfig, ChannelError, ChannelHandle, ChannelStats,
+    CustomTransport, GroupChannel, MembershipSetup,
 };
 pub use core::{
     Acker, Cx, Inbound, Interceptor, Outbound, Output, Pipeline, PipelineStats, ProbeError,

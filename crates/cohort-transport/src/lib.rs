@@ -355,7 +355,8 @@ pub(crate) struct Shared<N: Net> {
     udp: std::sync::OnceLock<udp::UdpPath>,
     events: Option<mpsc::Sender<PeerEvent>>,
     /// Inbound connections by remote address, with the trigger that closes each.
-    inbound: std::sync::Mutex<std::collections::HashMap<SocketAddr, tokio::sync::oneshot::Sender<()>>>,
+    inbound:
+        std::sync::Mutex<std::collections::HashMap<SocketAddr, tokio::sync::oneshot::Sender<()>>>,
 }
 
 impl<N: Net> Shared<N> {

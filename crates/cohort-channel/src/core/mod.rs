@@ -406,12 +406,7 @@ pub trait Interceptor: Send + 'static {
     }
 
     /// The result of a probe this interceptor requested: `Ok` if every requested test passed.
-    fn on_probe_result(
-        &mut self,
-        member: Member,
-        result: Result<(), ProbeError>,
-        cx: &mut Cx<'_>,
-    ) {
+    fn on_probe_result(&mut self, member: Member, result: Result<(), ProbeError>, cx: &mut Cx<'_>) {
         let _ = (member, result, cx);
     }
 
@@ -592,7 +587,14 @@ impl Pipeline {
         index: usize,
         f: impl FnOnce(&mut dyn Interceptor, &mut Cx<'_>),
     ) {
-        let mut cx = Cx::new(now, index, &mut self.queue, &mut self.outputs, &self.ids, &self.env);
+        let mut cx = Cx::new(
+            now,
+            index,
+            &mut self.queue,
+            &mut self.outputs,
+            &self.ids,
+            &self.env,
+        );
         f(self.stack[index].as_mut(), &mut cx);
         self.run(now);
     }
@@ -611,7 +613,14 @@ impl Pipeline {
                         self.outputs.push_back(Output::Transmit(msg));
                         continue;
                     }
-                    let mut cx = Cx::new(now, i, &mut self.queue, &mut self.outputs, &self.ids, &self.env);
+                    let mut cx = Cx::new(
+                        now,
+                        i,
+                        &mut self.queue,
+                        &mut self.outputs,
+                        &self.ids,
+                        &self.env,
+                    );
                     self.stack[i].on_send(msg, &mut cx);
                 }
                 Work::Receive(i, msg) => {
@@ -626,11 +635,25 @@ impl Pipeline {
                         self.outputs.push_back(Output::Deliver(msg));
                         continue;
                     };
-                    let mut cx = Cx::new(now, i, &mut self.queue, &mut self.outputs, &self.ids, &self.env);
+                    let mut cx = Cx::new(
+                        now,
+                        i,
+                        &mut self.queue,
+                        &mut self.outputs,
+                        &self.ids,
+                        &self.env,
+                    );
                     self.stack[i].on_receive(msg, &mut cx);
                 }
                 Work::Member(i, ev) => {
-                    let mut cx = Cx::new(now, i, &mut self.queue, &mut self.outputs, &self.ids, &self.env);
+                    let mut cx = Cx::new(
+                        now,
+                        i,
+                        &mut self.queue,
+                        &mut self.outputs,
+                        &self.ids,
+                        &self.env,
+                    );
                     self.stack[i].on_member(ev, &mut cx);
                 }
             }
