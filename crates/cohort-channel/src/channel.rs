@@ -1002,17 +1002,23 @@ impl<N: Net> Owner<N> {
                     }
                     None => return,
                 },
-                Some(r) = inbound_rx.recv() => {
-                    self.counters.received.fetch_add(1, Ordering::Relaxed);
-                    let inbound = to_inbound(r);
-                    let now = self.now();
-                        self.pipeline.receive(now, inbound);
-                }
+                Some(r) = inbound_rx.recv() => self.on_received(r),
                 Some(ev) = peer_event(&mut peer_rx) => {
+                    // What the peer sent before its connection closed comes first (a leaving
+                    // notice must beat the suspicion its closing sockets raise).
+                    for _ in 0..inbound_rx.max_capacity() {
+                        let Ok(r) = inbound_rx.try_recv() else { break };
+                        self.on_received(r);
+                    }
+                    self.drain().await;
                     let member = self.member_at(ev.addr, ev.member);
                     if let Some(member) = member {
                         let now = self.now();
-                        self.pipeline.suspect(now, &member, &Suspicion::ConnectionLost(ev.reason));
+                        let why = match ev.direction {
+                            cohort_transport::Direction::Outbound => Suspicion::ConnectionLost(ev.reason),
+                            cohort_transport::Direction::Inbound => Suspicion::InboundClosed(ev.reason),
+                        };
+                        self.pipeline.suspect(now, &member, &why);
                     }
                 }
                 Some((datagram, from)) = mcast_rx.recv() => {
@@ -1181,6 +1187,13 @@ impl<N: Net> Owner<N> {
                 }
             }
         }
+    }
+
+    fn on_received(&mut self, r: Received) {
+        self.counters.received.fetch_add(1, Ordering::Relaxed);
+        let inbound = to_inbound(r);
+        let now = self.now();
+        self.pipeline.receive(now, inbound);
     }
 
     /// The wall-clock-stamped instant for the next pipeline input.

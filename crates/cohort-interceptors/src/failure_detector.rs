@@ -12,6 +12,8 @@
 //! | membership: expired (no beacons) | probe **with the read test**; dead: failed; alive: kept (false positive counted) |
 //! | a send to it failed / its connection closed | probe (at most once per `recheck_interval`) |
 //! | heartbeat | re-probe suspects; forget those older than `remove_suspects_timeout` |
+//! | a peer's leaving notice | removed as shut down, no probe |
+//! | this channel stops | a leaving notice (extension `LEAVING`, USE_ACK) to every member |
 //!
 //! A probe is an output the driver performs ([`cohort_channel::Output::Probe`]): a fresh TCP
 //! connection within `connect_timeout`, then (send test) a hello and a probe frame, then (read
@@ -74,8 +76,9 @@ pub struct TcpFailureDetectorConfig {
         )
     )]
     pub remove_suspects_timeout: Option<Duration>,
-    /// Evidence (a failed send, a lost connection) against a member verified alive less than
-    /// this long ago is ignored: bounds probe traffic. Default 1000 ms.
+    /// Weak evidence (a failed send, a closed inbound connection) against a member verified
+    /// alive less than this long ago is ignored: bounds probe traffic. A lost outbound
+    /// connection is always checked. Default 1000 ms.
     #[cfg_attr(
         feature = "serde",
         serde(
@@ -264,7 +267,48 @@ impl Interceptor for TcpFailureDetector {
             self.stats.probes_swallowed.inc();
             return;
         }
+        if has_ext(&msg.extensions, tags::LEAVING) {
+            // A peer stopping gracefully: drop it now, before its closing sockets look like a
+            // crash.
+            let key = self
+                .members
+                .iter()
+                .find(|(k, _)| k.id == msg.from)
+                .map(|(k, _)| *k);
+            if let Some(member) = key.and_then(|k| self.members.remove(&k)) {
+                self.suspects.remove(&member.key());
+                self.verified.remove(&member.key());
+                self.pending.remove(&member.key());
+                cx.emit_member(MembershipEvent::MemberDisappeared {
+                    member,
+                    reason: DisappearReason::Shutdown,
+                });
+            }
+            return;
+        }
         cx.deliver_up(msg);
+    }
+
+    fn on_stop(&mut self, _now: Instant, cx: &mut Cx<'_>) {
+        // Tell every member this is a graceful leave (acknowledged, so it is queued on their
+        // side before this node's sockets close).
+        let to: Vec<Member> = self.members.values().cloned().collect();
+        if to.is_empty() {
+            return;
+        }
+        let msg_id = cx.next_msg_id();
+        cx.send_down(cohort_channel::Outbound {
+            msg_id,
+            destinations: to.into(),
+            options: cohort_wire::SendOptions::USE_ACK,
+            seq: 0,
+            extensions: vec![cohort_wire::Extension {
+                tag: tags::LEAVING,
+                value: bytes::Bytes::new(),
+            }],
+            payload: bytes::Bytes::new(),
+            ticket: cohort_channel::Ticket::NONE,
+        });
     }
 
     fn on_member(&mut self, ev: MembershipEvent, cx: &mut Cx<'_>) {
@@ -326,10 +370,15 @@ impl Interceptor for TcpFailureDetector {
         let Some(known) = self.members.get(&key).cloned() else {
             return;
         };
-        if self
-            .verified
-            .get(&key)
-            .is_some_and(|t| cx.now().saturating_duration_since(*t) < self.cfg.recheck_interval)
+        // A connection we opened, closed by the peer, is always checked; weaker evidence
+        // against a member verified moments ago is not (probe connections closing would
+        // otherwise make two detectors probe each other back and forth).
+        let strong = matches!(why, Suspicion::ConnectionLost(_));
+        if !strong
+            && self
+                .verified
+                .get(&key)
+                .is_some_and(|t| cx.now().saturating_duration_since(*t) < self.cfg.recheck_interval)
         {
             self.stats.evidence_ignored.inc();
             return;

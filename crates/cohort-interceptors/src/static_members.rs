@@ -2,9 +2,9 @@
 //! without a membership service (Tribes' `StaticMembershipInterceptor`).
 //!
 //! A member configured with its id joins the view at start. One configured by address only
-//! joins when it introduces itself: every `announce_interval`, this node sends a "started"
-//! notice (extension [`tags::STATIC_NOTICE`], value 1) to each static member it has not heard
-//! from, and answers a notice with its own; the notice's connection names the full member
+//! joins when it introduces itself: every `announce_interval`, this node sends an announcement
+//! (extension [`tags::STATIC_NOTICE`], value 1) to each static member it has not heard from,
+//! and answers every announcement (value 2; answers are not answered); the notice's connection names the full member
 //! record. On stop it sends "stopping" (value 0), so peers drop it at once. A notice from a
 //! known address with a new id is a restart: the old member is reported failed, the new one
 //! added. Membership events about static members are absorbed (this list is authoritative);
@@ -132,6 +132,17 @@ impl StaticStats {
     }
 }
 
+const STOPPING: u8 = 0;
+const ANNOUNCE: u8 = 1;
+const ANSWER: u8 = 2;
+
+#[derive(Clone, Copy)]
+enum Notice {
+    Announce,
+    Answer,
+    Stopping,
+}
+
 struct Entry {
     addr: SocketAddr,
     id: Option<MemberId>,
@@ -185,7 +196,7 @@ impl StaticMembership {
         self.stats.clone()
     }
 
-    fn notice(&self, to: Vec<Member>, started: bool, cx: &mut Cx<'_>) {
+    fn notice(&self, to: Vec<Member>, kind: Notice, cx: &mut Cx<'_>) {
         if to.is_empty() {
             return;
         }
@@ -198,7 +209,11 @@ impl StaticMembership {
             seq: 0,
             extensions: vec![Extension {
                 tag: tags::STATIC_NOTICE,
-                value: Bytes::from_static(if started { &[1] } else { &[0] }),
+                value: Bytes::from_static(match kind {
+                    Notice::Announce => &[ANNOUNCE],
+                    Notice::Answer => &[ANSWER],
+                    Notice::Stopping => &[STOPPING],
+                }),
             }],
             payload: Bytes::new(),
             ticket: Ticket::NONE,
@@ -226,7 +241,7 @@ impl Interceptor for StaticMembership {
             }
         }
         let all = self.entries.iter().map(Entry::target).collect();
-        self.notice(all, true, cx);
+        self.notice(all, Notice::Announce, cx);
         self.next = Some(now + self.interval);
     }
 
@@ -237,7 +252,7 @@ impl Interceptor for StaticMembership {
             .filter(|e| e.known.is_some())
             .map(Entry::target)
             .collect();
-        self.notice(heard, false, cx);
+        self.notice(heard, Notice::Stopping, cx);
         self.next = None;
     }
 
@@ -252,7 +267,7 @@ impl Interceptor for StaticMembership {
             .filter(|e| !e.heard)
             .map(Entry::target)
             .collect();
-        self.notice(silent, true, cx);
+        self.notice(silent, Notice::Announce, cx);
         self.next = Some(now + self.interval);
     }
 
@@ -274,10 +289,9 @@ impl Interceptor for StaticMembership {
             return;
         };
         self.stats.notices_received.inc();
-        let started = v.first() == Some(&1);
+        let started = matches!(v.first(), Some(&ANNOUNCE | &ANSWER));
         let e = &mut self.entries[i];
         if started {
-            let was_heard = e.heard;
             e.heard = true;
             match e.known.replace(sender.clone()) {
                 Some(old) if old.id == sender.id => {}
@@ -293,8 +307,10 @@ impl Interceptor for StaticMembership {
                 }
                 None => cx.emit_member(MembershipEvent::MemberAdded(sender.clone())),
             }
-            if !was_heard {
-                self.notice(vec![sender], true, cx);
+            // Answer every announcement (not answers): the sender announces only until it hears
+            // from us, and an earlier answer may have been lost (its port was not open yet).
+            if v.first() == Some(&ANNOUNCE) {
+                self.notice(vec![sender], Notice::Answer, cx);
             }
         } else {
             e.heard = false;
@@ -361,11 +377,7 @@ mod tests {
         pa.receive(now, arrive(&d.sent[0], &b));
         let d = drain(&mut pa);
         assert_eq!(d.members, vec![MembershipEvent::MemberAdded(b.clone())]);
-        assert_eq!(
-            d.sent.len(),
-            1,
-            "a had not heard b: it answers once; b has heard a, so it stops there"
-        );
+        assert!(d.sent.is_empty(), "answers are not answered");
         // Heard: no more announcements.
         pa.handle_timeout(now + Duration::from_secs(1));
         assert!(drain(&mut pa).sent.is_empty());

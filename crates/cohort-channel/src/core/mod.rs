@@ -218,8 +218,12 @@ impl std::fmt::Display for ProbeError {
 pub enum Suspicion {
     /// A send to it failed with an IO error or timeout (not a FAIL_ACK).
     SendFailed(String),
-    /// A connection to or from it was closed or reset by its side.
+    /// A connection this node opened to it was closed or reset by its side (strong evidence:
+    /// peers do not close connections they did not open, unless they stop).
     ConnectionLost(String),
+    /// A connection it opened to this node closed (weak evidence: peers close their own
+    /// connections, probes among them).
+    InboundClosed(String),
 }
 
 impl std::fmt::Display for Suspicion {
@@ -227,6 +231,7 @@ impl std::fmt::Display for Suspicion {
         match self {
             Self::SendFailed(r) => write!(f, "send failed: {r}"),
             Self::ConnectionLost(r) => write!(f, "connection lost: {r}"),
+            Self::InboundClosed(r) => write!(f, "its connection closed: {r}"),
         }
     }
 }
@@ -250,13 +255,18 @@ pub mod tags {
     pub const PING: u32 = 7;
     /// Failure detector probe: control message on a probe connection.
     pub const PROBE: u32 = 8;
-    /// Static membership: control message, value 1 = started, 0 = stopping.
+    /// Static membership: control message, value 1 = announcement, 2 = answer, 0 = stopping.
     pub const STATIC_NOTICE: u32 = 9;
+    /// Failure detector: control message, the sender is leaving (stopping gracefully).
+    pub const LEAVING: u32 = 10;
 
     /// True for tags whose messages are consumed by interceptors; one that reaches the top of
     /// the stack (no interceptor there to consume it) is dropped, not delivered.
     pub fn is_control(tag: u32) -> bool {
-        matches!(tag, TWO_PHASE_COMMIT | PING | PROBE | STATIC_NOTICE)
+        matches!(
+            tag,
+            TWO_PHASE_COMMIT | PING | PROBE | STATIC_NOTICE | LEAVING
+        )
     }
 }
 

@@ -1,0 +1,5 @@
+//! Interceptors through real channels on loopback.
+
+mod detector;
+mod features;
+mod support;
