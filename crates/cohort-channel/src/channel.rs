@@ -1136,10 +1136,10 @@ impl<N: Net> Owner<N> {
                     {
                         let mut view = self.view.write().unwrap_or_else(PoisonError::into_inner);
                         match &ev {
-                            MembershipEvent::MemberAdded(m) => {
-                                if !view.iter().any(|v| v.key() == m.key()) {
-                                    view.push(m.clone());
-                                }
+                            MembershipEvent::MemberAdded(m)
+                                if !view.iter().any(|v| v.key() == m.key()) =>
+                            {
+                                view.push(m.clone());
                             }
                             MembershipEvent::MemberUpdated(m) => {
                                 if let Some(v) = view.iter_mut().find(|v| v.key() == m.key()) {

@@ -629,7 +629,7 @@ mod tests {
                 &member(1),
             ),
         );
-        let mut unknown = sent.clone();
+        let mut unknown = sent;
         let mut env = unknown.extensions[0].value.to_vec();
         env[4] = 9;
         unknown.extensions[0].value = env.into();

@@ -407,6 +407,7 @@ impl Interceptor for Fragmentation {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use crate::testing::*;

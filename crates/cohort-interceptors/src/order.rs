@@ -344,6 +344,7 @@ pub fn sequence_of(extensions: &[Extension]) -> Option<u64> {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use crate::testing::*;

@@ -384,7 +384,7 @@ mod tests {
         // b restarts with a new id.
         let mut b2 = b.clone();
         b2.id = MemberId::from_bytes([9; 16]);
-        let mut notice = outbound(1, &[a.clone()], SendOptions::NONE, b"");
+        let mut notice = outbound(1, &[a], SendOptions::NONE, b"");
         notice.extensions.push(Extension {
             tag: tags::STATIC_NOTICE,
             value: Bytes::from_static(&[1]),
@@ -418,7 +418,7 @@ mod tests {
         pa.start(now);
         let d = drain(&mut pa);
         assert!(matches!(&d.members[..], [MembershipEvent::MemberAdded(m)] if m.key() == b.key()));
-        pa.member(now, MembershipEvent::MemberAdded(b.clone()));
+        pa.member(now, MembershipEvent::MemberAdded(b));
         pa.member(now, MembershipEvent::MemberAdded(c.clone()));
         assert_eq!(
             drain(&mut pa).members,

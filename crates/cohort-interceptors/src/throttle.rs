@@ -274,9 +274,9 @@ impl Interceptor for Throttle {
         }
         match verdict {
             None => {
-                for i in 0..2 {
-                    u.window[i] += amounts[i];
-                    u.life[i] += amounts[i];
+                for (i, n) in amounts.iter().enumerate() {
+                    u.window[i] += n;
+                    u.life[i] += n;
                 }
                 cx.deliver_up(msg);
             }

@@ -86,7 +86,7 @@ async fn a_full_stack_delivers_everything_intact_and_in_order() {
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
-                    x as u8
+                    x.to_le_bytes()[0]
                 })
                 .collect()
         } else {
