@@ -6,6 +6,7 @@ use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use cohort_channel::{ChannelConfig, MembershipSetup};
+use cohort_interceptors::{InterceptorConfig, default_stack, validate_stack};
 use cohort_membership::{MembershipConfig, MulticastConfig, StaticPeer};
 use cohort_transport::TransportConfig;
 use cohort_wire::{ClusterKey, KeyRing, Services};
@@ -62,6 +63,9 @@ pub struct FileConfig {
     /// `[admin]`
     #[serde(default)]
     pub admin: AdminSection,
+    /// `[[interceptor]]`, in stack order (first = top). Absent: the default stack.
+    #[serde(default)]
+    pub interceptor: Option<Vec<InterceptorConfig>>,
 }
 
 /// `[node]`
@@ -196,6 +200,8 @@ pub struct NodeConfig {
     pub services: Services,
     /// Admin endpoint.
     pub admin: AdminConfig,
+    /// The interceptor stack, top first (validated as a whole).
+    pub interceptors: Vec<InterceptorConfig>,
 }
 
 fn ms(v: u64) -> Duration {
@@ -417,7 +423,11 @@ impl NodeConfig {
             ));
         }
 
+        let interceptors = f.interceptor.unwrap_or_else(default_stack);
+        validate_stack(&interceptors)
+            .map_err(|e| invalid(&format!("interceptor[{}] ({})", e.index, e.kind), e.reason))?;
         Ok(Self {
+            interceptors,
             name: f.node.name,
             print_messages: f.node.print_messages,
             keys,

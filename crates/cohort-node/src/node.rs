@@ -119,6 +119,8 @@ pub struct Node {
     pub channel: ChannelHandle,
     /// The admin endpoint's address, if enabled.
     pub admin: Option<SocketAddr>,
+    /// The interceptors' stats and controls.
+    pub interceptors: cohort_interceptors::StackHandles,
 }
 
 /// Starts a node and emits `ready`.
@@ -132,8 +134,14 @@ pub async fn start(config: NodeConfig, events: &Events) -> anyhow::Result<Node> 
         events: events.clone(),
         node: node_name.clone(),
     });
+    let mut channel_config = config.channel.clone();
+    let stack = cohort_interceptors::build_stack(
+        &config.interceptors,
+        &mut channel_config,
+        &mut rand::thread_rng(),
+    )?;
     let mut builder = GroupChannel::builder()
-        .config(config.channel.clone())
+        .config(channel_config)
         .transport(config.transport.clone())
         .membership(config.membership.clone())
         .services(config.services)
@@ -144,6 +152,9 @@ pub async fn start(config: NodeConfig, events: &Events) -> anyhow::Result<Node> 
         .membership_listener(lines);
     if let Some(keys) = config.keys.clone() {
         builder = builder.keys(keys);
+    }
+    for i in stack.interceptors {
+        builder = builder.interceptor(i);
     }
     if config.print_messages {
         builder = builder.listener(Arc::new(MessageLines {
@@ -170,7 +181,31 @@ pub async fn start(config: NodeConfig, events: &Events) -> anyhow::Result<Node> 
         "multicast": config.membership.multicast.as_ref().map(|m| format!("{}:{}", m.group, m.port)),
         "pid": std::process::id(),
     }));
-    Ok(Node { channel, admin })
+    if let Some(coordinator) = stack.handles.coordinator.clone() {
+        let events = events.clone();
+        let node = node_name.clone();
+        let mut views = coordinator.changes();
+        tokio::spawn(async move {
+            while views.changed().await.is_ok() {
+                let view = views.borrow_and_update().clone();
+                if let Some(v) = view {
+                    events.emit(json!({
+                        "event": "coordinator_changed",
+                        "node": node,
+                        "view_id": format!("{:016x}", v.view_id),
+                        "coordinator": v.coordinator.id.to_string(),
+                        "local_is_coordinator": v.local_is_coordinator,
+                        "members": v.members.len(),
+                    }));
+                }
+            }
+        });
+    }
+    Ok(Node {
+        channel,
+        admin,
+        interceptors: stack.handles,
+    })
 }
 
 impl Node {

@@ -12,7 +12,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_cohort");
 /// A node process; killed by PID on drop (never by name).
 struct Proc {
     child: Child,
-    lines: mpsc::Receiver<Value>,
+    lines: mpsc::Receiver<(Instant, Value)>,
 }
 
 impl Drop for Proc {
@@ -40,7 +40,7 @@ impl Proc {
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 let v: Value = serde_json::from_str(&line).expect("every stdout line is JSON");
-                if tx.send(v).is_err() {
+                if tx.send((Instant::now(), v)).is_err() {
                     return;
                 }
             }
@@ -50,11 +50,16 @@ impl Proc {
 
     /// Waits for an event line matching `pred`.
     fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for_at(what, pred).1
+    }
+
+    /// Waits for an event line matching `pred`; also returns when it was read.
+    fn wait_for_at(&self, what: &str, pred: impl Fn(&Value) -> bool) -> (Instant, Value) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(v) if pred(&v) => return v,
+                Ok((at, v)) if pred(&v) => return (at, v),
                 Ok(_) => {}
                 Err(_) => panic!("no {what} line within 20 s"),
             }
@@ -71,23 +76,31 @@ fn free_udp_port() -> u16 {
 }
 
 fn config(me: u16, peer: u16) -> String {
+    config_with(me, &[peer], 1000, "")
+}
+
+fn config_with(me: u16, peers: &[u16], drop_time: u64, extra: &str) -> String {
+    let peers: Vec<String> = peers.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    let peers = peers.join(", ");
+    let pid = std::process::id();
     format!(
         r#"
 [membership]
 cluster = "node-test-{pid}"
 multicast = false
 static_bind = "127.0.0.1:{me}"
-static_members = ["127.0.0.1:{peer}"]
+static_members = [{peers}]
 frequency = 100
-drop_time = 1000
+drop_time = {drop_time}
 
 [transport]
 port = 0
 
 [admin]
 port = 0
-"#,
-        pid = std::process::id()
+
+{extra}
+"#
     )
 }
 
@@ -157,6 +170,20 @@ fn bad_configuration_is_an_error_naming_the_key() {
             "[membership]\nstatic_members = [\"nohost\"]\nstatic_bind = \"127.0.0.1:1\"\n",
             "static_members[0]",
         ),
+        (
+            "[[interceptor]]\ntype = \"tcp_failure_detector\"\n[[interceptor]]\ntype = \"tcp_failure_detector\"\n",
+            "interceptor[1] (tcp_failure_detector): a second failure detector",
+        ),
+        (
+            "[[interceptor]]\ntype = \"encryption\"\nkeys = [{ id = 1, key = \"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\" }]\n[[interceptor]]\ntype = \"compression\"\n",
+            "compression must be listed before (above) encryption",
+        ),
+        ("[[interceptor]]\ntype = \"order\"\nexpire = 5\n", "expire"),
+        ("[[interceptor]]\ntype = \"warp_drive\"\n", "warp_drive"),
+        (
+            "[[interceptor]]\ntype = \"throttle\"\nspec = \"msgs:1:0:explode\"\n",
+            "interceptor[0] (throttle): spec: entry 0: action",
+        ),
     ] {
         let path = dir.join("bad.toml");
         std::fs::write(&path, text).unwrap();
@@ -168,4 +195,52 @@ fn bad_configuration_is_an_error_naming_the_key() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(key), "{text}: {err}");
     }
+}
+
+/// SIGKILL one of three nodes running ping + the TCP failure detector: both survivors report
+/// it failed, with evidence, long before the 3 s drop time; the coordinator moves to the next
+/// oldest.
+#[test]
+fn a_killed_node_is_reported_failed_by_every_peer_at_once() {
+    let ports = [free_udp_port(), free_udp_port(), free_udp_port()];
+    let extra = "[[interceptor]]\ntype = \"tcp_ping\"\n[[interceptor]]\ntype = \"tcp_failure_detector\"\n[[interceptor]]\ntype = \"coordinator\"\nsettle_ms = 300\n";
+    let names = ["n0", "n1", "n2"];
+    let mut procs = Vec::new();
+    for (i, me) in ports.iter().enumerate() {
+        let peers: Vec<u16> = ports.iter().copied().filter(|p| p != me).collect();
+        let p = Proc::start(&config_with(*me, &peers, 3000, extra), names[i]);
+        p.wait_for("ready", |v| v["event"] == "ready");
+        procs.push(p);
+    }
+    for p in &procs {
+        p.wait_for("a view of three", |v| {
+            v["event"] == "coordinator_changed" && v["members"] == 3
+        });
+    }
+    let mut victim = procs.remove(0);
+    let killed = Instant::now();
+    victim.child.kill().unwrap(); // SIGKILL, by PID
+    let _ = victim.child.wait();
+    for (p, name) in procs.iter().zip(&names[1..]) {
+        let (at, ev) = p.wait_for_at("member_disappeared", |v| v["event"] == "member_disappeared");
+        assert_eq!(ev["member"]["name"], "n0");
+        assert_eq!(ev["reason"], "failed", "{ev}");
+        let elapsed = at.duration_since(killed);
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!(
+                "{name} reported n0 failed after {elapsed:?}: {}",
+                ev["evidence"]
+            );
+        }
+        assert!(
+            elapsed < Duration::from_millis(2500),
+            "not by the detector: {elapsed:?}"
+        );
+    }
+    procs[0].wait_for("n1 coordinator", |v| {
+        v["event"] == "coordinator_changed"
+            && v["local_is_coordinator"] == true
+            && v["members"] == 2
+    });
 }
