@@ -12,7 +12,7 @@ use cohort_membership::MembershipEvent;
 use crate::util::{Counter, bad};
 
 /// Settings.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(
     feature = "serde",
     derive(serde::Deserialize),
@@ -23,6 +23,15 @@ pub struct DomainFilterConfig {
     pub domain: String,
     /// Log one warning per this many refused messages. Default 100 (Tribes' `logInterval`).
     pub log_interval: u64,
+}
+
+impl Default for DomainFilterConfig {
+    fn default() -> Self {
+        Self {
+            domain: String::new(),
+            log_interval: 100,
+        }
+    }
 }
 
 impl DomainFilterConfig {

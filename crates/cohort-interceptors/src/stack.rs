@@ -315,3 +315,125 @@ pub fn default_stack() -> Vec<InterceptorConfig> {
         InterceptorConfig::TcpFailureDetector(TcpFailureDetectorConfig::default()),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use cohort_channel::{ChannelConfig, tags};
+    use cohort_wire::Extension;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::encryption::KeyConfig;
+    use crate::testing::*;
+
+    /// Every interceptor at once, in a valid order.
+    fn everything() -> Vec<InterceptorConfig> {
+        vec![
+            InterceptorConfig::Throughput(Default::default()),
+            InterceptorConfig::Coordinator(Default::default()),
+            InterceptorConfig::TwoPhaseCommit(Default::default()),
+            InterceptorConfig::Order(Default::default()),
+            InterceptorConfig::Compression(Default::default()),
+            InterceptorConfig::Encryption(crate::encryption::EncryptionConfig {
+                keys: vec![KeyConfig {
+                    id: 1,
+                    key: "11".repeat(32),
+                }],
+                require: false,
+                ..Default::default()
+            }),
+            InterceptorConfig::Fragmentation(crate::fragmentation::FragmentationConfig {
+                max_size: 64,
+                ..Default::default()
+            }),
+            InterceptorConfig::DomainFilter(Default::default()),
+            InterceptorConfig::Throttle(crate::throttle::ThrottleConfig {
+                spec: Some("msgs:1m:0:drop".into()),
+                ..Default::default()
+            }),
+            InterceptorConfig::TcpPing(Default::default()),
+            InterceptorConfig::TcpFailureDetector(Default::default()),
+            InterceptorConfig::MessageDispatch(Default::default()),
+            InterceptorConfig::StaticMembership(crate::static_members::StaticMembershipConfig {
+                members: vec![crate::static_members::StaticMemberConfig {
+                    address: "127.0.0.1:4009".into(),
+                    id: None,
+                }],
+                ..Default::default()
+            }),
+        ]
+    }
+
+    #[test]
+    fn every_interceptor_builds_and_bad_stacks_say_why() {
+        let built = build_stack(
+            &everything(),
+            &mut ChannelConfig::default(),
+            &mut rand::rngs::OsRng,
+        )
+        .unwrap();
+        assert_eq!(built.interceptors.len(), 13);
+        let comp = InterceptorConfig::Compression(Default::default());
+        let enc = everything()[5].clone();
+        let e = validate_stack(&[enc, comp]).unwrap_err();
+        assert_eq!(e.index, 1);
+        assert!(
+            e.to_string().contains("compression must be listed before"),
+            "{e}"
+        );
+        let e = validate_stack(&[
+            InterceptorConfig::Order(Default::default()),
+            InterceptorConfig::TwoPhaseCommit(crate::two_phase::TwoPhaseCommitConfig {
+                option_flag: cohort_channel::SendOptions::from_bits(0x200),
+                ..Default::default()
+            }),
+        ])
+        .unwrap_err();
+        assert!(
+            e.reason.contains("already used by interceptor[0] (order)"),
+            "{e}"
+        );
+    }
+
+    fn ext_value() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..40),
+            // Plausible lengths for the fixed-size values.
+            proptest::collection::vec(any::<u8>(), 9..=9),
+            proptest::collection::vec(any::<u8>(), 17..=17),
+            proptest::collection::vec(any::<u8>(), 24..=24),
+        ]
+    }
+
+    proptest! {
+        /// Whatever a peer sends (any tags, values, options, payload), the full stack neither
+        /// panics nor delivers an untransformed frame, and its tables stay bounded.
+        #[test]
+        fn arbitrary_inbound_never_panics(
+            msgs in proptest::collection::vec(
+                (any::<u32>(), proptest::collection::vec((1u32..12, ext_value()), 0..4), proptest::collection::vec(any::<u8>(), 0..200), any::<u8>()),
+                1..30,
+            )
+        ) {
+            let built = build_stack(&everything(), &mut ChannelConfig::default(), &mut rand::rngs::OsRng).unwrap();
+            let mut p = pipeline(built.interceptors, 1);
+            let t0 = Instant::now();
+            p.start(t0);
+            drain(&mut p);
+            for (i, (opts, exts, payload, from)) in msgs.into_iter().enumerate() {
+                let mut out = outbound(i as u64 + 1, &[member(1)], cohort_channel::SendOptions::from_bits(opts), &payload);
+                out.extensions = exts.into_iter().map(|(tag, v)| Extension { tag, value: Bytes::from(v) }).collect();
+                p.receive(t0, arrive(&out, &member(2 + from % 3)));
+                for d in drain(&mut p).delivered {
+                    prop_assert!(!d.extensions.iter().any(|e| matches!(e.tag, tags::FRAGMENT | tags::COMPRESSION | tags::ENCRYPTION)));
+                }
+            }
+            p.handle_timeout(t0 + Duration::from_secs(120));
+            p.heartbeat(t0 + Duration::from_secs(120));
+            drain(&mut p);
+        }
+    }
+}

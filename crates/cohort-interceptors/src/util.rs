@@ -6,10 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use cohort_wire::Extension;
 
-/// Removes and returns the extension with `tag`, if present.
+/// Removes every extension with `tag` and returns the first one's value, if any (a repeated
+/// tag is not honoured twice).
 pub(crate) fn take_ext(exts: &mut Vec<Extension>, tag: u32) -> Option<Bytes> {
     let i = exts.iter().position(|e| e.tag == tag)?;
-    Some(exts.remove(i).value)
+    let first = exts.remove(i).value;
+    exts.retain(|e| e.tag != tag);
+    Some(first)
 }
 
 /// True if an extension with `tag` is present.

@@ -443,3 +443,96 @@ impl NodeConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documented example stack, and one entry of every type with its options, parse and
+    /// validate; no entries at all means the default stack.
+    #[test]
+    fn every_interceptor_type_parses_from_toml() {
+        let text = r#"
+[[interceptor]]
+type = "throughput"
+interval_ms = 10000
+log = false
+[[interceptor]]
+type = "coordinator"
+settle_ms = 500
+[[interceptor]]
+type = "two_phase_commit"
+expire_ms = 1000
+max_pending = 10
+[[interceptor]]
+type = "order"
+option_flag = 512
+expire_ms = 3000
+forward_expired = false
+max_queue = 10
+max_senders = 10
+[[interceptor]]
+type = "compression"
+algorithm = "zstd"
+level = 5
+min_size = 256
+option_flag = 256
+max_decompressed_bytes = 1000000
+[[interceptor]]
+type = "encryption"
+algorithm = "chacha20-poly1305"
+keys = [{ id = 2, key = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f" }]
+active = 2
+require = true
+secure_only = false
+replay_window_ms = 60000
+replay_window_messages = 8192
+max_senders = 100
+[[interceptor]]
+type = "fragmentation"
+max_size = 102400
+expire_ms = 60000
+max_partials = 10
+max_partial_bytes = 1048576
+[[interceptor]]
+type = "domain_filter"
+domain = "{1,2,3}"
+[[interceptor]]
+type = "throttle"
+spec = "xmpp:25k:0:disc,bin:200m:0:disc"
+rules = [{ unit = "bytes", per_minute = 1000000, lifetime = 0, action = "drop" }]
+[[interceptor]]
+type = "tcp_ping"
+interval_ms = 1000
+ping_on_join = true
+[[interceptor]]
+type = "tcp_failure_detector"
+connect_timeout_ms = 1000
+perform_send_test = true
+perform_read_test = false
+read_test_timeout_ms = 5000
+remove_suspects_timeout_ms = -1
+recheck_interval_ms = 1000
+max_probes = 10
+max_members = 10
+[[interceptor]]
+type = "message_dispatch"
+max_queue_bytes = 1048576
+max_queue_messages = 100
+policy = "reject"
+[[interceptor]]
+type = "static_membership"
+members = [{ address = "127.0.0.1:4001" }, { address = "127.0.0.1:4002", id = "000102030405060708090a0b0c0d0e0f" }]
+announce_interval_ms = 500
+"#;
+        let c = NodeConfig::from_toml(text).unwrap();
+        assert_eq!(c.interceptors.len(), 13);
+        assert_eq!(NodeConfig::defaults().interceptors, default_stack());
+        let Err(e) = NodeConfig::from_toml("[[interceptor]]\ntype = \"order\"\nexpire_ms = 0\n")
+        else {
+            panic!("accepted")
+        };
+        let e = e.to_string();
+        assert!(e.contains("interceptor[0] (order): expire_ms"), "{e}");
+    }
+}
