@@ -244,3 +244,51 @@ fn a_killed_node_is_reported_failed_by_every_peer_at_once() {
             && v["members"] == 2
     });
 }
+
+/// SIGSTOP a node: its kernel still accepts connections, so only beacon expiry and then the
+/// read test (the process must ACK) find it: it is reported failed after about drop time +
+/// read timeout. After SIGCONT it rejoins.
+#[test]
+fn a_stopped_node_is_failed_after_expiry_and_the_read_test_then_rejoins() {
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let extra = "[[interceptor]]\ntype = \"tcp_ping\"\n[[interceptor]]\ntype = \"tcp_failure_detector\"\nread_test_timeout_ms = 500\n";
+    let a = Proc::start(&config_with(pa, &[pb], 1000, extra), "alpha");
+    a.wait_for("ready", |v| v["event"] == "ready");
+    let b = Proc::start(&config_with(pb, &[pa], 1000, extra), "beta");
+    b.wait_for("ready", |v| v["event"] == "ready");
+    a.wait_for("member_added", |v| {
+        v["event"] == "member_added" && v["member"]["name"] == "beta"
+    });
+    let pid = b.child.id().to_string();
+    let signal = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    let stopped = Instant::now();
+    signal("-STOP");
+    let (at, ev) = a.wait_for_at("member_disappeared", |v| v["event"] == "member_disappeared");
+    signal("-CONT");
+    assert_eq!(ev["reason"], "failed", "{ev}");
+    let evidence = ev["evidence"].as_str().unwrap();
+    assert!(
+        evidence.contains("no beacon") && evidence.contains("read test"),
+        "{evidence}"
+    );
+    let elapsed = at.duration_since(stopped);
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("stopped node reported failed after {elapsed:?}: {evidence}");
+    }
+    assert!(
+        elapsed >= Duration::from_millis(1000),
+        "before the drop time: {elapsed:?}"
+    );
+    a.wait_for("member_added again", |v| {
+        v["event"] == "member_added" && v["member"]["name"] == "beta"
+    });
+}
