@@ -13,26 +13,40 @@ const BIN: &str = env!("CARGO_BIN_EXE_cohort");
 struct Proc {
     child: Child,
     lines: mpsc::Receiver<(Instant, Value)>,
+    /// Its config and stderr log; removed on drop unless the test failed.
+    dir: std::path::PathBuf,
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
 impl Proc {
     fn start(config: &str, name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("cohort-node-test-{}-{name}", std::process::id()));
+        // One directory per process started: tests run in parallel and reuse names.
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "cohort-node-test-{}-{n}-{name}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("node.toml");
         std::fs::write(&path, config).unwrap();
         let mut child = Command::new(BIN)
             .args(["node", "--config", path.to_str().unwrap(), "--name", name])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .env(
+                "RUST_LOG",
+                "info,cohort_interceptors=debug,cohort_channel=debug",
+            )
+            .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
             .spawn()
             .unwrap();
         let out = child.stdout.take().unwrap();
@@ -45,7 +59,7 @@ impl Proc {
                 }
             }
         });
-        Self { child, lines }
+        Self { child, lines, dir }
     }
 
     /// Waits for an event line matching `pred`.
