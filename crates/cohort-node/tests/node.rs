@@ -209,6 +209,7 @@ fn bad_configuration_is_an_error_naming_the_key() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(key), "{text}: {err}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// SIGKILL one of three nodes running ping + the TCP failure detector: both survivors report

@@ -140,9 +140,17 @@ fn scenario(seed: u64) -> Result<(), String> {
         Ok(())
     });
     sim.run().map_err(|e| format!("{e}"))?;
+    let acked = acked.lock().unwrap().clone();
+    // USE_ACK is acknowledged on receipt, before the listener runs on b's delivery thread (a
+    // real thread, outside simulated time): give it real time to catch up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline
+        && !acked.iter().all(|n| got.0.lock().unwrap().contains(n))
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     // Every acknowledged message arrived exactly once, in order.
     let got = got.0.lock().unwrap().clone();
-    let acked = acked.lock().unwrap().clone();
     if acked.len() < 102 {
         return Err(format!(
             "only {} messages acknowledged (seed {seed})",
