@@ -34,7 +34,7 @@ use cohort_channel::{Cx, Inbound, Interceptor, ProbeError, ProbeRequest, Suspici
 use cohort_membership::{DisappearReason, FailureEvidence, MembershipEvent};
 use cohort_wire::{Member, MemberKey};
 
-use crate::util::{Counter, bad, has_ext};
+use crate::util::{Counter, bad, has_ext, send_control};
 
 /// Settings (Tribes' names and defaults, plus bounds).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -293,22 +293,8 @@ impl Interceptor for TcpFailureDetector {
         // Tell every member this is a graceful leave (acknowledged, so it is queued on their
         // side before this node's sockets close).
         let to: Vec<Member> = self.members.values().cloned().collect();
-        if to.is_empty() {
-            return;
-        }
-        let msg_id = cx.next_msg_id();
-        cx.send_down(cohort_channel::Outbound {
-            msg_id,
-            destinations: to.into(),
-            options: cohort_wire::SendOptions::USE_ACK,
-            seq: 0,
-            extensions: vec![cohort_wire::Extension {
-                tag: tags::LEAVING,
-                value: bytes::Bytes::new(),
-            }],
-            payload: bytes::Bytes::new(),
-            ticket: cohort_channel::Ticket::NONE,
-        });
+        let ack = cohort_wire::SendOptions::USE_ACK;
+        send_control(cx, to, ack, tags::LEAVING, bytes::Bytes::new());
     }
 
     fn on_member(&mut self, ev: MembershipEvent, cx: &mut Cx<'_>) {

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cohort_channel::{Cx, Inbound, Interceptor, Outbound, Ticket, tags};
+use cohort_channel::{Cx, Inbound, Interceptor, tags};
 use cohort_membership::MembershipEvent;
-use cohort_wire::{Extension, Member, MemberKey, SendOptions};
+use cohort_wire::{Member, MemberKey, SendOptions};
 
-use crate::util::{Counter, bad, has_ext};
+use crate::util::{Counter, bad, has_ext, send_control};
 
 /// Settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,19 +105,7 @@ impl TcpPing {
             return;
         }
         self.stats.sent.add(to.len() as u64);
-        let msg_id = cx.next_msg_id();
-        cx.send_down(Outbound {
-            msg_id,
-            destinations: to.into(),
-            options: SendOptions::NONE,
-            seq: 0,
-            extensions: vec![Extension {
-                tag: tags::PING,
-                value: Bytes::new(),
-            }],
-            payload: Bytes::new(),
-            ticket: Ticket::NONE,
-        });
+        send_control(cx, to, SendOptions::NONE, tags::PING, Bytes::new());
     }
 }
 

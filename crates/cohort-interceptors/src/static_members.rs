@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cohort_channel::{Cx, Inbound, Interceptor, Outbound, SendOptions, Ticket, tags};
+use cohort_channel::{Cx, Inbound, Interceptor, SendOptions, tags};
 use cohort_membership::{DisappearReason, FailureEvidence, MembershipEvent};
-use cohort_wire::{Extension, Member, MemberId};
+use cohort_wire::{Member, MemberId};
 
-use crate::util::{Counter, bad, take_ext};
+use crate::util::{Counter, bad, send_control, take_ext};
 
 /// One static member.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -201,23 +201,12 @@ impl StaticMembership {
             return;
         }
         self.stats.notices_sent.add(to.len() as u64);
-        let msg_id = cx.next_msg_id();
-        cx.send_down(Outbound {
-            msg_id,
-            destinations: to.into(),
-            options: SendOptions::NONE,
-            seq: 0,
-            extensions: vec![Extension {
-                tag: tags::STATIC_NOTICE,
-                value: Bytes::from_static(match kind {
-                    Notice::Announce => &[ANNOUNCE],
-                    Notice::Answer => &[ANSWER],
-                    Notice::Stopping => &[STOPPING],
-                }),
-            }],
-            payload: Bytes::new(),
-            ticket: Ticket::NONE,
+        let value = Bytes::from_static(match kind {
+            Notice::Announce => &[ANNOUNCE],
+            Notice::Answer => &[ANSWER],
+            Notice::Stopping => &[STOPPING],
         });
+        send_control(cx, to, SendOptions::NONE, tags::STATIC_NOTICE, value);
     }
 
     fn is_static(&self, m: &Member) -> bool {
@@ -340,6 +329,7 @@ impl Interceptor for StaticMembership {
 mod tests {
     use super::*;
     use crate::testing::*;
+    use cohort_wire::Extension;
 
     fn cfg(members: &[&Member], with_id: bool) -> StaticMembershipConfig {
         StaticMembershipConfig {

@@ -4,7 +4,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use cohort_wire::Extension;
+use cohort_channel::{Cx, Outbound, Ticket};
+use cohort_wire::{Extension, Member, SendOptions};
 
 /// Removes every extension with `tag` and returns the first one's value, if any (a repeated
 /// tag is not honoured twice).
@@ -13,6 +14,30 @@ pub(crate) fn take_ext(exts: &mut Vec<Extension>, tag: u32) -> Option<Bytes> {
     let first = exts.remove(i).value;
     exts.retain(|e| e.tag != tag);
     Some(first)
+}
+
+/// Sends an interceptor's own control message (no payload, one extension, no receipt) down
+/// the stack to `to`.
+pub(crate) fn send_control(
+    cx: &mut Cx<'_>,
+    to: Vec<Member>,
+    options: SendOptions,
+    tag: u32,
+    value: Bytes,
+) {
+    if to.is_empty() {
+        return;
+    }
+    let msg_id = cx.next_msg_id();
+    cx.send_down(Outbound {
+        msg_id,
+        destinations: to.into(),
+        options,
+        seq: 0,
+        extensions: vec![Extension { tag, value }],
+        payload: Bytes::new(),
+        ticket: Ticket::NONE,
+    });
 }
 
 /// True if an extension with `tag` is present.
