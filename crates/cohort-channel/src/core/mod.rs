@@ -277,33 +277,25 @@ struct Env {
     wall_ms: u64,
 }
 
+/// What every [`Cx`] writes to and reads from: the pending work, the outputs, the id counter
+/// and the environment.
+struct Lanes {
+    queue: VecDeque<Work>,
+    outputs: VecDeque<Output>,
+    ids: Arc<AtomicU64>,
+    env: Env,
+}
+
 /// The context an interceptor call gets: where its outputs go.
 pub struct Cx<'a> {
     now: Instant,
     index: usize,
-    queue: &'a mut VecDeque<Work>,
-    outputs: &'a mut VecDeque<Output>,
-    ids: &'a AtomicU64,
-    env: &'a Env,
+    lanes: &'a mut Lanes,
 }
 
 impl<'a> Cx<'a> {
-    fn new(
-        now: Instant,
-        index: usize,
-        queue: &'a mut VecDeque<Work>,
-        outputs: &'a mut VecDeque<Output>,
-        ids: &'a AtomicU64,
-        env: &'a Env,
-    ) -> Self {
-        Self {
-            now,
-            index,
-            queue,
-            outputs,
-            ids,
-            env,
-        }
+    fn new(now: Instant, index: usize, lanes: &'a mut Lanes) -> Self {
+        Self { now, index, lanes }
     }
 
     /// The time of the input being handled.
@@ -314,44 +306,44 @@ impl<'a> Cx<'a> {
     /// The wall clock (ms since the Unix epoch) as last given by the driver
     /// ([`Pipeline::set_wall_clock_ms`]); 0 if never.
     pub fn wall_clock_ms(&self) -> u64 {
-        self.env.wall_ms
+        self.lanes.env.wall_ms
     }
 
     /// The local member, once the driver gave it ([`Pipeline::set_local`]).
     pub fn local(&self) -> Option<&Member> {
-        self.env.local.as_ref()
+        self.lanes.env.local.as_ref()
     }
 
     /// Asks the driver to close the inbound connection from `peer`.
     pub fn disconnect(&mut self, peer: std::net::SocketAddr) {
-        self.outputs.push_back(Output::Disconnect(peer));
+        self.lanes.outputs.push_back(Output::Disconnect(peer));
     }
 
     /// Passes a message to the next interceptor down (or the transport).
     pub fn send_down(&mut self, msg: Outbound) {
-        self.queue.push_back(Work::Send(self.index + 1, msg));
+        self.lanes.queue.push_back(Work::Send(self.index + 1, msg));
     }
 
     /// Passes a message to the next interceptor up (or the listeners).
     pub fn deliver_up(&mut self, msg: Inbound) {
         match self.index.checked_sub(1) {
-            Some(i) => self.queue.push_back(Work::Receive(i, msg)),
-            None => self.outputs.push_back(Output::Deliver(msg)),
+            Some(i) => self.lanes.queue.push_back(Work::Receive(i, msg)),
+            None => self.lanes.outputs.push_back(Output::Deliver(msg)),
         }
     }
 
     /// Passes a membership event up.
     pub fn emit_member(&mut self, ev: MembershipEvent) {
         match self.index.checked_sub(1) {
-            Some(i) => self.queue.push_back(Work::Member(i, ev)),
-            None => self.outputs.push_back(Output::Member(ev)),
+            Some(i) => self.lanes.queue.push_back(Work::Member(i, ev)),
+            None => self.lanes.outputs.push_back(Output::Member(ev)),
         }
     }
 
     /// Asks the driver for a TCP probe of `member`; the answer comes to this interceptor's
     /// [`Interceptor::on_probe_result`].
     pub fn request_probe(&mut self, member: Member, probe: ProbeRequest) {
-        self.outputs.push_back(Output::Probe {
+        self.lanes.outputs.push_back(Output::Probe {
             interceptor: self.index,
             member,
             probe,
@@ -360,13 +352,14 @@ impl<'a> Cx<'a> {
 
     /// Asks the driver to report `member` failed to membership.
     pub fn report_failed(&mut self, member: Member, detail: String) {
-        self.outputs
+        self.lanes
+            .outputs
             .push_back(Output::MemberFailed { member, detail });
     }
 
     /// A fresh message id for a frame this interceptor originates or derives.
     pub fn next_msg_id(&mut self) -> u64 {
-        self.ids.fetch_add(1, Ordering::Relaxed) + 1
+        self.lanes.ids.fetch_add(1, Ordering::Relaxed) + 1
     }
 }
 
@@ -456,12 +449,9 @@ pub struct PipelineStats {
 /// An ordered stack of interceptors with a bounded work queue.
 pub struct Pipeline {
     stack: Vec<Box<dyn Interceptor>>,
-    queue: VecDeque<Work>,
-    outputs: VecDeque<Output>,
+    lanes: Lanes,
     max_work: usize,
-    ids: Arc<AtomicU64>,
     stats: PipelineStats,
-    env: Env,
 }
 
 impl Pipeline {
@@ -471,27 +461,29 @@ impl Pipeline {
     pub fn new(stack: Vec<Box<dyn Interceptor>>, max_work: usize, ids: Arc<AtomicU64>) -> Self {
         Self {
             stack,
-            queue: VecDeque::new(),
-            outputs: VecDeque::new(),
-            max_work: max_work.max(1),
-            ids,
-            stats: PipelineStats::default(),
-            env: Env {
-                local: None,
-                wall_ms: 0,
+            lanes: Lanes {
+                queue: VecDeque::new(),
+                outputs: VecDeque::new(),
+                ids,
+                env: Env {
+                    local: None,
+                    wall_ms: 0,
+                },
             },
+            max_work: max_work.max(1),
+            stats: PipelineStats::default(),
         }
     }
 
     /// Sets the local member interceptors see through [`Cx::local`].
     pub fn set_local(&mut self, local: Member) {
-        self.env.local = Some(local);
+        self.lanes.env.local = Some(local);
     }
 
     /// Sets the wall clock interceptors see through [`Cx::wall_clock_ms`]; drivers call it
     /// before each input.
     pub fn set_wall_clock_ms(&mut self, ms: u64) {
-        self.env.wall_ms = ms;
+        self.lanes.env.wall_ms = ms;
     }
 
     /// The channel starts: `on_start` to every interceptor, bottom first (so that a layer's
@@ -528,15 +520,15 @@ impl Pipeline {
 
     /// A message from the application.
     pub fn send(&mut self, now: Instant, msg: Outbound) {
-        self.queue.push_back(Work::Send(0, msg));
+        self.lanes.queue.push_back(Work::Send(0, msg));
         self.run(now);
     }
 
     /// A message from the transport.
     pub fn receive(&mut self, now: Instant, msg: Inbound) {
         match self.stack.len().checked_sub(1) {
-            Some(i) => self.queue.push_back(Work::Receive(i, msg)),
-            None => self.outputs.push_back(Output::Deliver(msg)),
+            Some(i) => self.lanes.queue.push_back(Work::Receive(i, msg)),
+            None => self.lanes.outputs.push_back(Output::Deliver(msg)),
         }
         self.run(now);
     }
@@ -544,8 +536,8 @@ impl Pipeline {
     /// A membership event.
     pub fn member(&mut self, now: Instant, ev: MembershipEvent) {
         match self.stack.len().checked_sub(1) {
-            Some(i) => self.queue.push_back(Work::Member(i, ev)),
-            None => self.outputs.push_back(Output::Member(ev)),
+            Some(i) => self.lanes.queue.push_back(Work::Member(i, ev)),
+            None => self.lanes.outputs.push_back(Output::Member(ev)),
         }
         self.run(now);
     }
@@ -588,7 +580,7 @@ impl Pipeline {
 
     /// The next output, in the order produced.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        self.lanes.outputs.pop_front()
     }
 
     fn call(
@@ -597,20 +589,13 @@ impl Pipeline {
         index: usize,
         f: impl FnOnce(&mut dyn Interceptor, &mut Cx<'_>),
     ) {
-        let mut cx = Cx::new(
-            now,
-            index,
-            &mut self.queue,
-            &mut self.outputs,
-            &self.ids,
-            &self.env,
-        );
+        let mut cx = Cx::new(now, index, &mut self.lanes);
         f(self.stack[index].as_mut(), &mut cx);
         self.run(now);
     }
 
     fn run(&mut self, now: Instant) {
-        while let Some(work) = self.queue.pop_front() {
+        while let Some(work) = self.lanes.queue.pop_front() {
             match work {
                 Work::Send(i, msg) => {
                     // Skip interceptors whose mask the message does not carry.
@@ -620,17 +605,10 @@ impl Pipeline {
                         i += 1;
                     }
                     if i >= self.stack.len() {
-                        self.outputs.push_back(Output::Transmit(msg));
+                        self.lanes.outputs.push_back(Output::Transmit(msg));
                         continue;
                     }
-                    let mut cx = Cx::new(
-                        now,
-                        i,
-                        &mut self.queue,
-                        &mut self.outputs,
-                        &self.ids,
-                        &self.env,
-                    );
+                    let mut cx = Cx::new(now, i, &mut self.lanes);
                     self.stack[i].on_send(msg, &mut cx);
                 }
                 Work::Receive(i, msg) => {
@@ -642,36 +620,22 @@ impl Pipeline {
                         i = j.checked_sub(1);
                     }
                     let Some(i) = i else {
-                        self.outputs.push_back(Output::Deliver(msg));
+                        self.lanes.outputs.push_back(Output::Deliver(msg));
                         continue;
                     };
-                    let mut cx = Cx::new(
-                        now,
-                        i,
-                        &mut self.queue,
-                        &mut self.outputs,
-                        &self.ids,
-                        &self.env,
-                    );
+                    let mut cx = Cx::new(now, i, &mut self.lanes);
                     self.stack[i].on_receive(msg, &mut cx);
                 }
                 Work::Member(i, ev) => {
-                    let mut cx = Cx::new(
-                        now,
-                        i,
-                        &mut self.queue,
-                        &mut self.outputs,
-                        &self.ids,
-                        &self.env,
-                    );
+                    let mut cx = Cx::new(now, i, &mut self.lanes);
                     self.stack[i].on_member(ev, &mut cx);
                 }
             }
-            if self.queue.len() > self.max_work {
+            if self.lanes.queue.len() > self.max_work {
                 // Overflow policy: drop the newest work (a runaway interceptor), counted.
-                let excess = self.queue.len() - self.max_work;
+                let excess = self.lanes.queue.len() - self.max_work;
                 for _ in 0..excess {
-                    self.queue.pop_back();
+                    self.lanes.queue.pop_back();
                 }
                 self.stats.work_dropped += excess as u64;
             }
