@@ -230,7 +230,7 @@ async fn domains_filter_and_throttles_disconnect() {
 async fn the_singleton_runs_on_the_coordinator_only_and_moves() {
     let ports = [free_port(), free_port(), free_port()];
     let mut nodes = Vec::new();
-    for (i, p) in ports.iter().enumerate() {
+    for p in &ports {
         let others: Vec<u16> = ports.iter().copied().filter(|q| q != p).collect();
         let n = node(
             *p,
@@ -243,10 +243,8 @@ async fn the_singleton_runs_on_the_coordinator_only_and_moves() {
         )
         .await;
         nodes.push(n);
-        if i == 0 {
-            // The first node is clearly the oldest.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // Distinct start times (ms) make the age order 0, 1, 2; ties would go by random id.
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let running: Vec<_> = (0..3)
         .map(|_| std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)))
