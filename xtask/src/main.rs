@@ -4,6 +4,10 @@
 //!   (tidy tests included), and the docs with warnings denied.
 //! - `fuzz [--seconds N]`: a short run of every cargo-fuzz target from its committed corpus.
 //! - `sim [--seeds N | --seed S]`: the simulation suite over many seeds, or one seed replayed.
+//! - `cluster up --nodes N [--config FILE] | status | down`: a local cluster of real processes.
+//! - `scenario NAME | all`: multi-process scenarios with real faults.
+//! - `bench [--mode M] [--size B] [--test T]`: throughput and latency between real processes,
+//!   beside plain TCP; writes docs/BENCHMARKS.md.
 //!
 //! Tidy checks live in `tidy.rs` as `#[test]`s, so a plain `cargo test` runs them too.
 
@@ -14,7 +18,12 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
 
+mod bench;
+mod cluster;
 mod fuzz;
+mod harness;
+mod netns;
+mod scenario;
 #[cfg(test)]
 mod tidy;
 
@@ -26,6 +35,15 @@ commands:
   fuzz [--seconds N]  run every fuzz target for N seconds (default 20) from its corpus
   sim [--seeds N]     run the simulation suite over seeds 1..=N (default 50)
   sim --seed S        replay one seed
+  cluster up --nodes N [--config FILE]
+                      start N `cohort` nodes on loopback (recorded under target/cohort-cluster)
+  cluster status      what runs, with each node's view size
+  cluster down        stop the recorded nodes (SIGTERM, by PID)
+  scenario NAME|all   real-process fault scenarios: discovery, crash, pause, lead-failover,
+                      graceful-leave, messaging, foreign-cluster, partition (needs root)
+  bench [--mode async|ack|syncack] [--size BYTES] [--test tput|latency] [--quick]
+                      throughput and latency between processes beside plain TCP; a full run
+                      (no filter) rewrites docs/BENCHMARKS.md
 ";
 
 fn main() -> ExitCode {
@@ -71,6 +89,9 @@ fn run(args: &[String]) -> Result<()> {
                     .env(var, value),
             )
         }
+        Some("cluster") => cluster::run(&args[1..]),
+        Some("scenario") => scenario::run(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             eprint!("{USAGE}");
             Ok(())
@@ -79,7 +100,7 @@ fn run(args: &[String]) -> Result<()> {
     }
 }
 
-fn project_root() -> std::path::PathBuf {
+pub(crate) fn project_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives one level below the root")
@@ -96,7 +117,7 @@ pub(crate) fn run_cmd(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 

@@ -701,6 +701,11 @@ impl ChannelHandle {
         self.shared.membership.as_ref().map(|m| m.view())
     }
 
+    /// The membership driver's counters (`None` when the channel runs without membership).
+    pub fn membership_stats(&self) -> Option<cohort_membership::MembershipStats> {
+        self.shared.membership.as_ref().map(|m| m.stats())
+    }
+
     /// Membership events after the interceptors, from the moment of this call (read
     /// [`ChannelHandle::view`] for the state before it; a membership listener given to the
     /// builder sees every event from the start).

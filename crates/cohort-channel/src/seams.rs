@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 
 use bytes::Bytes;
-use cohort_membership::{FailureEvidence, MembershipEvent, MembershipHandle, MembershipView};
+use cohort_membership::{
+    FailureEvidence, MembershipEvent, MembershipHandle, MembershipStats, MembershipView,
+};
 use cohort_net::Net;
 use cohort_transport::{Completion, TransportHandle, TransportStats};
 use cohort_wire::{Member, MemberKey, SendOptions};
@@ -80,6 +82,10 @@ pub trait ChannelMembership: Send + Sync + 'static {
     fn report_failed(&self, member: MemberKey, detail: String) -> BoxFuture<'_, ()>;
     /// Sends a datagram to the group (the MULTICAST option).
     fn broadcast(&self, datagram: Bytes) -> BoxFuture<'_, io::Result<()>>;
+    /// The driver's counters (zeros for an implementation that keeps none).
+    fn stats(&self) -> MembershipStats {
+        MembershipStats::default()
+    }
 }
 
 impl ChannelMembership for MembershipHandle {
@@ -105,5 +111,9 @@ impl ChannelMembership for MembershipHandle {
 
     fn broadcast(&self, datagram: Bytes) -> BoxFuture<'_, io::Result<()>> {
         Box::pin(MembershipHandle::broadcast(self, datagram))
+    }
+
+    fn stats(&self) -> MembershipStats {
+        MembershipHandle::stats(self)
     }
 }

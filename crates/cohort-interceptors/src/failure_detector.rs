@@ -10,7 +10,8 @@
 //! | membership: member added, suspected | suspicion cleared, nothing passed up |
 //! | membership: shutdown | trusted: removed, passed up, no probe |
 //! | membership: expired (no beacons) | probe **with the read test**; dead: failed; alive: kept (false positive counted) |
-//! | a send to it failed / its connection closed | probe (at most once per `recheck_interval`) |
+//! | our connection to it closed or reset | probe **with the read test** |
+//! | a send to it failed / its inbound connection closed | probe (at most once per `recheck_interval`) |
 //! | heartbeat | re-probe suspects; forget those older than `remove_suspects_timeout` |
 //! | a peer's leaving notice | removed as shut down, no probe |
 //! | this channel stops | a leaving notice (extension `LEAVING`, USE_ACK) to every member |
@@ -20,6 +21,12 @@
 //! test) the frame's ACK within `read_test_timeout`. Refused or reset connections fail at once.
 //! A verdict of failure removes the member, passes `MemberDisappeared { reason: Failed }` up
 //! with the evidence, and reports it to membership.
+//!
+//! Why a lost connection is probed with the read test: a killed process's kernel closes its
+//! sockets one by one, so the connection we had can report "closed by peer" while its
+//! listening socket still accepts; a connect-and-write probe then passes and the verdict waits
+//! for the next evidence (seen as 2 s failovers in `cargo xtask scenario lead-failover`). The
+//! ACK of the probe frame never comes: the half-accepted connection is reset.
 //!
 //! Why expiry always uses the read test: a stopped (SIGSTOP) or frozen process still has a
 //! kernel that accepts connections and buffers writes, so Tribes' default connect + send test
@@ -179,8 +186,13 @@ impl FailureDetectorStats {
 enum Purpose {
     /// Membership added it; pass the add up if alive.
     Add,
-    /// Evidence against it; `expired` when membership already dropped it.
-    Confirm { evidence: String, expired: bool },
+    /// Evidence against it; `expired` when membership already dropped it; `read_test` when
+    /// only the process itself can clear it (expiry, a lost connection).
+    Confirm {
+        evidence: String,
+        expired: bool,
+        read_test: bool,
+    },
 }
 
 /// The interceptor. See the module docs.
@@ -227,8 +239,14 @@ impl TcpFailureDetector {
             self.stats.evidence_ignored.inc();
             return;
         }
-        let read =
-            self.cfg.perform_read_test || matches!(purpose, Purpose::Confirm { expired: true, .. });
+        let read = self.cfg.perform_read_test
+            || matches!(
+                purpose,
+                Purpose::Confirm {
+                    read_test: true,
+                    ..
+                }
+            );
         let request = ProbeRequest {
             connect_timeout: self.cfg.connect_timeout,
             send_test: self.cfg.perform_send_test || read,
@@ -331,6 +349,7 @@ impl Interceptor for TcpFailureDetector {
                                 Purpose::Confirm {
                                     evidence,
                                     expired: true,
+                                    read_test: true,
                                 },
                                 cx,
                             );
@@ -375,6 +394,9 @@ impl Interceptor for TcpFailureDetector {
             Purpose::Confirm {
                 evidence,
                 expired: false,
+                // A dying process closes its connections before its listening socket: a
+                // connect-and-write probe in between succeeds. Its ACK never comes.
+                read_test: strong,
             },
             cx,
         );
@@ -430,6 +452,7 @@ impl Interceptor for TcpFailureDetector {
                 Purpose::Confirm {
                     evidence,
                     expired: true,
+                    read_test: true,
                 },
                 cx,
             );
@@ -486,6 +509,10 @@ mod tests {
         );
         let d = drain(&mut p);
         assert_eq!(d.probes.len(), 1);
+        assert!(
+            d.probes[0].2.read_timeout.is_some(),
+            "a lost connection is probed with the read test (a dying process still accepts)"
+        );
         p.probe_result(later, 0, b.clone(), Err(refused()));
         let d = drain(&mut p);
         assert_eq!(d.failed.len(), 1);

@@ -1,9 +1,10 @@
 //! The admin endpoint: a loopback TCP port answering one command per connection with JSON.
 //!
-//! Protocol: the client sends `status\n` (or `stats\n`); the node answers one JSON document
-//! and closes. Bound on 127.0.0.1 from port 4700 up (auto-bind) unless configured otherwise.
+//! Protocol: the client sends `status\n` (or `stats\n`, or `traffic stop\n` on a node running
+//! test traffic); the node answers one JSON document and closes. Bound on 127.0.0.1 from port 4700 up (auto-bind) unless configured otherwise.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cohort_channel::ChannelHandle;
@@ -13,6 +14,7 @@ use tokio::net::TcpStream;
 
 use crate::config::AdminConfig;
 use crate::node::member_json;
+use crate::traffic::Traffic;
 
 /// Longest command line accepted.
 const MAX_COMMAND: u64 = 64;
@@ -20,7 +22,11 @@ const MAX_COMMAND: u64 = 64;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Binds the endpoint and serves it on the current runtime; returns its address.
-pub async fn serve(config: &AdminConfig, channel: ChannelHandle) -> anyhow::Result<SocketAddr> {
+pub async fn serve(
+    config: &AdminConfig,
+    channel: ChannelHandle,
+    traffic: Option<Arc<Traffic>>,
+) -> anyhow::Result<SocketAddr> {
     let listener = cohort_net::bind_tcp_auto(
         &cohort_net::TokioNet,
         config.bind,
@@ -44,24 +50,39 @@ pub async fn serve(config: &AdminConfig, channel: ChannelHandle) -> anyhow::Resu
                 continue;
             };
             let channel = channel.clone();
+            let traffic = traffic.clone();
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(COMMAND_TIMEOUT, answer(stream, &channel)).await;
+                // `traffic stop` waits for outstanding receipts (bounded by its own timeout).
+                let limit = COMMAND_TIMEOUT + crate::traffic::STOP_TIMEOUT;
+                let _ = tokio::time::timeout(limit, answer(stream, &channel, traffic.as_deref()))
+                    .await;
             });
         }
     });
     Ok(addr)
 }
 
-async fn answer(stream: TcpStream, channel: &ChannelHandle) -> std::io::Result<()> {
+async fn answer(
+    stream: TcpStream,
+    channel: &ChannelHandle,
+    traffic: Option<&Traffic>,
+) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(read.take(MAX_COMMAND))
-        .read_line(&mut line)
-        .await?;
-    let reply = match line.trim() {
-        "status" => status(channel),
-        "stats" => stats(channel),
-        other => json!({"error": format!("unknown command {other:?}; try status or stats")}),
+    tokio::time::timeout(
+        COMMAND_TIMEOUT,
+        BufReader::new(read.take(MAX_COMMAND)).read_line(&mut line),
+    )
+    .await
+    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    let reply = match (line.trim(), traffic) {
+        ("status", _) => status(channel),
+        ("stats", _) => stats(channel),
+        ("traffic stop", Some(t)) => t.stop().await,
+        ("traffic stop", None) => json!({"error": "this node runs no traffic (--traffic)"}),
+        (other, _) => {
+            json!({"error": format!("unknown command {other:?}; try status, stats or traffic stop")})
+        }
     };
     write.write_all(reply.to_string().as_bytes()).await?;
     write.write_all(b"\n").await?;
@@ -115,6 +136,14 @@ fn stats(channel: &ChannelHandle) -> Value {
             "ack_timeouts": t.ack_timeouts, "frame_timeouts": t.frame_timeouts,
             "protocol_violations": t.protocol_violations, "malformed": t.malformed,
         },
+        "membership": channel.membership_stats().map(|m| json!({
+            "datagrams_received": m.datagrams_received, "beacons_accepted": m.beacons_accepted,
+            "beacons_sent": m.beacons_sent, "malformed": m.malformed,
+            "unauthenticated": m.unauthenticated, "foreign_cluster": m.foreign_cluster,
+            "replayed": m.replayed, "stale": m.stale, "own_beacons": m.own_beacons,
+            "table_full": m.table_full, "events_dropped": m.events_dropped,
+            "socket_errors": m.socket_errors, "socket_reopens": m.socket_reopens,
+        })),
     })
 }
 

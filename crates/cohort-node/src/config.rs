@@ -80,6 +80,8 @@ pub struct NodeSection {
     /// Cluster keys, each at least 16 characters; the first signs.
     #[serde(default)]
     pub keys: Vec<String>,
+    /// Test traffic: messages per second per mode to every member (0 or absent: none).
+    pub traffic_rate: Option<u32>,
 }
 
 /// `[membership]`
@@ -188,6 +190,8 @@ pub struct NodeConfig {
     pub name: Option<String>,
     /// Print `message` events.
     pub print_messages: bool,
+    /// Test traffic (see [`crate::traffic`]): messages per second per mode, 0 = none.
+    pub traffic_rate: u32,
     /// Cluster keys.
     pub keys: Option<KeyRing>,
     /// Membership.
@@ -430,6 +434,15 @@ impl NodeConfig {
             interceptors,
             name: f.node.name,
             print_messages: f.node.print_messages,
+            traffic_rate: match f.node.traffic_rate {
+                Some(r) if r > crate::traffic::MAX_RATE => {
+                    return Err(invalid(
+                        "node.traffic_rate",
+                        format!("{r} is above {}", crate::traffic::MAX_RATE),
+                    ));
+                }
+                r => r.unwrap_or(0),
+            },
             keys,
             membership: MembershipSetup {
                 config: mc,

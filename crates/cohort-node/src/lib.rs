@@ -28,3 +28,4 @@ pub mod admin;
 pub mod bench;
 pub mod config;
 pub mod node;
+pub mod traffic;

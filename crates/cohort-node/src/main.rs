@@ -15,11 +15,13 @@ use cohort_node::node::{self, Events};
 
 const USAGE: &str = "\
 usage:
-  cohort node [--config FILE] [--name NAME] [--port PORT] [--print-messages]
+  cohort node [--config FILE] [--name NAME] [--port PORT] [--print-messages] [--traffic RATE]
       run one node (defaults: multicast 228.0.0.4:45564 on 127.0.0.1, beacon every
       500 ms, drop after 3000 ms, receiver on the first free port from 4000, admin
       endpoint on the first free port from 127.0.0.1:4700). One JSON event per line on
       stdout; logs on stderr (RUST_LOG). SIGTERM or Ctrl-C leaves gracefully.
+      --traffic RATE sends RATE numbered ASYNC and RATE USE_ACK messages per second to
+      every member (test traffic; `traffic stop` on the admin endpoint ends it).
   cohort status [--admin ADDR] [--json]
       list the members a running node sees (default ADDR 127.0.0.1:4700)
   cohort bench [--mode async|ack|syncack|raw-tcp] [--size BYTES] [--count N]
@@ -90,7 +92,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run_node(args: &[String]) -> anyhow::Result<()> {
     check_flags(
         args,
-        &["--config", "--name", "--port"],
+        &["--config", "--name", "--port", "--traffic"],
         &["--print-messages"],
     )?;
     tracing_subscriber::fmt()
@@ -108,6 +110,13 @@ fn run_node(args: &[String]) -> anyhow::Result<()> {
     }
     if let Some(port) = opt(args, "--port")? {
         config.transport.port = port.parse().context("--port")?;
+    }
+    if let Some(rate) = opt(args, "--traffic")? {
+        let rate: u32 = rate.parse().context("--traffic")?;
+        if rate > cohort_node::traffic::MAX_RATE {
+            bail!("--traffic: {rate} is above {}", cohort_node::traffic::MAX_RATE);
+        }
+        config.traffic_rate = rate;
     }
     if args.iter().any(|a| a == "--print-messages") {
         config.print_messages = true;

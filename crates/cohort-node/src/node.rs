@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::admin;
 use crate::config::NodeConfig;
+use crate::traffic::Traffic;
 
 /// Where event lines go: one JSON object per line, written by one task.
 #[derive(Clone)]
@@ -32,8 +33,15 @@ impl Events {
         (Self(tx), task)
     }
 
-    /// Emits one event.
-    pub fn emit(&self, v: Value) {
+    /// Emits one event, stamped with `time_us` (wall clock, microseconds since the Unix epoch)
+    /// so that a harness on the same host can measure from its own clock.
+    pub fn emit(&self, mut v: Value) {
+        if let Value::Object(map) = &mut v {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+            map.insert("time_us".into(), json!(now));
+        }
         let _ = self.0.send(v);
     }
 }
@@ -121,6 +129,8 @@ pub struct Node {
     pub admin: Option<SocketAddr>,
     /// The interceptors' stats and controls.
     pub interceptors: cohort_interceptors::StackHandles,
+    /// The test traffic generator (`--traffic`), if running.
+    pub traffic: Option<Arc<Traffic>>,
 }
 
 /// Starts a node and emits `ready`.
@@ -163,8 +173,16 @@ pub async fn start(config: NodeConfig, events: &Events) -> anyhow::Result<Node> 
         }));
     }
     let channel = builder.start(net, &mut rand::thread_rng()).await?;
+    let traffic = (config.traffic_rate > 0).then(|| {
+        Traffic::start(
+            channel.clone(),
+            config.traffic_rate,
+            events.clone(),
+            node_name.clone(),
+        )
+    });
     let admin = if config.admin.enabled {
-        Some(admin::serve(&config.admin, channel.clone()).await?)
+        Some(admin::serve(&config.admin, channel.clone(), traffic.clone()).await?)
     } else {
         None
     };
@@ -205,6 +223,7 @@ pub async fn start(config: NodeConfig, events: &Events) -> anyhow::Result<Node> 
         channel,
         admin,
         interceptors: stack.handles,
+        traffic,
     })
 }
 
@@ -212,6 +231,9 @@ impl Node {
     /// Leaves gracefully (a shutdown beacon: peers drop this member at once) and emits
     /// `stopped`.
     pub async fn stop(self, events: &Events) {
+        if let Some(traffic) = &self.traffic {
+            traffic.stop().await;
+        }
         self.channel.stop(Services::DEFAULT).await;
         events.emit(json!({"event": "stopped", "node": self.channel.local().name}));
     }
