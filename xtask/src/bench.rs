@@ -1,6 +1,404 @@
-//! `cargo xtask bench`: placeholder until the next commit.
-use anyhow::{Result, bail};
+//! `cargo xtask bench [--mode async|ack|syncack] [--size BYTES] [--test tput|latency|idle]
+//! [--quick]`: throughput and latency between real `cohort` processes (release build), with
+//! plain TCP measured in the same run, printing DESIGN.md §4.2's `RESULT` lines. A run without
+//! filters rewrites the results part of docs/BENCHMARKS.md (between its `results:begin` and
+//! `results:end` markers; the analysis around them is kept).
 
-pub(crate) fn run(_args: &[String]) -> Result<()> {
-    bail!("not yet")
+// A command-line tool: the RESULT lines are its output.
+#![allow(clippy::print_stdout)]
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::harness::{self, NodeProc, Spawn};
+
+const SIZES: &[usize] = &[64, 1024, 65536];
+const MODES: &[&str] = &["async", "ack", "syncack"];
+const RAW_MODES: &[&str] = &["raw-tcp", "raw-tcp-write"];
+const BEGIN: &str = "<!-- results:begin (written by `cargo xtask bench`) -->";
+const END: &str = "<!-- results:end -->";
+/// How long the idle node runs before its resident size is read.
+const IDLE_FOR: Duration = Duration::from_secs(3);
+
+/// Messages per throughput run: enough for a second or more at the expected rates.
+fn count(size: usize, quick: bool) -> u64 {
+    let n = match size {
+        0..=4096 => 300_000,
+        4097..=16384 => 100_000,
+        _ => 20_000,
+    };
+    if quick { n / 10 } else { n }
+}
+
+/// One parsed RESULT line.
+#[derive(Clone, Debug)]
+struct Line {
+    raw: String,
+    fields: BTreeMap<String, String>,
+}
+
+impl Line {
+    fn parse(raw: &str) -> Option<Self> {
+        let rest = raw.strip_prefix("RESULT ")?;
+        let fields = rest
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Some(Self {
+            raw: raw.to_owned(),
+            fields,
+        })
+    }
+
+    fn get(&self, k: &str) -> &str {
+        self.fields.get(k).map_or("", String::as_str)
+    }
+
+    fn num(&self, k: &str) -> f64 {
+        self.get(k).parse().unwrap_or(0.0)
+    }
+}
+
+fn cohort_bench(exe: &std::path::Path, args: &[String]) -> Result<Vec<Line>> {
+    let out = Command::new(exe)
+        .arg("bench")
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running cohort bench")?;
+    if !out.status.success() {
+        bail!("cohort bench {} failed: {}", args.join(" "), out.status);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<Line> = text.lines().filter_map(Line::parse).collect();
+    for l in &lines {
+        println!("{}", l.raw);
+    }
+    Ok(lines)
+}
+
+/// Entry point: `args` follow `bench`.
+pub(crate) fn run(args: &[String]) -> Result<()> {
+    let (mut mode, mut size, mut test, mut quick) = (None, None, None, false);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--mode" => mode = Some(it.next().context("--mode needs a value")?.clone()),
+            "--size" => {
+                size = Some(
+                    it.next()
+                        .context("--size needs a value")?
+                        .parse::<usize>()
+                        .context("--size takes a number of bytes")?,
+                );
+            }
+            "--test" => test = Some(it.next().context("--test needs a value")?.clone()),
+            "--quick" => quick = true,
+            other => bail!("unknown bench option `{other}`"),
+        }
+    }
+    if let Some(m) = &mode {
+        ensure!(
+            MODES.contains(&m.as_str()),
+            "--mode is one of {}",
+            MODES.join(", ")
+        );
+    }
+    if let Some(t) = &test {
+        ensure!(
+            ["tput", "latency", "idle"].contains(&t.as_str()),
+            "--test is tput, latency or idle"
+        );
+    }
+    if size.is_some_and(|s| s < 8) {
+        bail!("--size must be at least 8 (the sequence number)");
+    }
+    let full = mode.is_none() && size.is_none() && test.is_none() && !quick;
+    let exe = harness::build_cohort(true)?;
+    let wants = |t: &str| test.as_deref().is_none_or(|x| x == t);
+    let sizes: Vec<usize> = size.map_or_else(|| SIZES.to_vec(), |s| vec![s]);
+    let mut lines = Vec::new();
+    let started = Instant::now();
+    if wants("tput") {
+        for &s in &sizes {
+            let n = count(s, quick).to_string();
+            let modes: Vec<&str> = match &mode {
+                Some(m) => vec![m.as_str()],
+                None => MODES.to_vec(),
+            };
+            for m in RAW_MODES.iter().chain(&modes) {
+                lines.extend(cohort_bench(
+                    &exe,
+                    &[
+                        "--test".into(),
+                        "tput".into(),
+                        "--mode".into(),
+                        (*m).into(),
+                        "--size".into(),
+                        s.to_string(),
+                        "--count".into(),
+                        n.clone(),
+                    ],
+                )?);
+            }
+        }
+    }
+    if wants("latency") && mode.is_none() {
+        let s = size.unwrap_or(1024).to_string();
+        let n = if quick { "2000" } else { "20000" };
+        lines.extend(cohort_bench(
+            &exe,
+            &[
+                "--test".into(),
+                "latency".into(),
+                "--size".into(),
+                s,
+                "--count".into(),
+                n.into(),
+            ],
+        )?);
+    }
+    if wants("idle") && mode.is_none() {
+        let rss = idle_rss(&exe)?;
+        let line = format!(
+            "RESULT impl=cohort test=idle nodes=2 secs={} rss_kb={rss}",
+            IDLE_FOR.as_secs()
+        );
+        println!("{line}");
+        lines.extend(Line::parse(&line));
+    }
+    eprintln!("bench: {:.0} s", started.elapsed().as_secs_f64());
+    if full {
+        write_doc(&lines)?;
+        eprintln!("bench: docs/BENCHMARKS.md updated");
+    } else {
+        eprintln!("bench: filtered run; docs/BENCHMARKS.md is only rewritten by a full run");
+    }
+    Ok(())
+}
+
+/// Resident size (KiB) of a node that has been a member of a two-node cluster, doing nothing
+/// else, for [`IDLE_FOR`].
+fn idle_rss(exe: &std::path::Path) -> Result<u64> {
+    let dir = harness::target_dir().join("cohort-bench-idle");
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = format!(
+        "[membership]\ncluster = \"bench-idle-{}\"\n\n[membership.multicast]\nport = {}\n\n\
+         [transport]\nport = 0\n\n[admin]\nport = 0\n",
+        std::process::id(),
+        harness::free_udp_port()?
+    );
+    let spawn = |name: &str| {
+        NodeProc::start(&Spawn {
+            exe,
+            name,
+            config: &config,
+            dir: &dir,
+            args: &[],
+            netns: None,
+        })
+    };
+    let mut a = spawn("idle-a")?;
+    let mut b = spawn("idle-b")?;
+    a.wait_view(&[b.id()], Duration::from_secs(20))?;
+    b.wait_view(&[a.id()], Duration::from_secs(20))?;
+    std::thread::sleep(IDLE_FOR);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", a.pid))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("VmRSS in /proc/PID/status")
+}
+
+fn find<'a>(lines: &'a [Line], pairs: &[(&str, &str)]) -> Option<&'a Line> {
+    lines
+        .iter()
+        .find(|l| pairs.iter().all(|(k, v)| l.get(k) == *v))
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "unknown".into(), |k| k.trim().to_owned());
+    let rustc = Command::new("rustc").arg("--version").output().map_or_else(
+        |_| "rustc ?".into(),
+        |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+    );
+    format!("{cpus} CPUs ({model}), Linux {kernel}, {rustc}, release build, loopback")
+}
+
+fn results_markdown(lines: &[Line]) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "Measured on: {}.\n", machine());
+    let _ = writeln!(
+        md,
+        "### Throughput (one sender process, one sink process)\n"
+    );
+    let _ = writeln!(
+        md,
+        "| size | impl / mode | msgs/s | MB/s | vs batched TCP (msgs/s) | vs one-write TCP | reordered | bad |"
+    );
+    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|---:|");
+    for &size in SIZES {
+        let s = size.to_string();
+        let batched =
+            find(lines, &[("mode", "batched"), ("size", &s)]).map(|l| l.num("msgs_per_s"));
+        let write = find(lines, &[("mode", "write"), ("size", &s)]).map(|l| l.num("msgs_per_s"));
+        for mode in ["batched", "write", "async", "ack", "syncack"] {
+            let Some(l) = find(lines, &[("test", "tput"), ("mode", mode), ("size", &s)]) else {
+                continue;
+            };
+            let rate = l.num("msgs_per_s");
+            let ratio = |base: Option<f64>| {
+                base.filter(|b| *b > 0.0)
+                    .map_or_else(|| "-".to_owned(), |b| format!("{:.2}", rate / b))
+            };
+            let _ = writeln!(
+                md,
+                "| {size} | {} {mode} | {:.0} | {:.1} | {} | {} | {} | {} |",
+                l.get("impl"),
+                rate,
+                l.num("mb_per_s"),
+                ratio(batched),
+                ratio(write),
+                l.get("reordered"),
+                l.get("bad"),
+            );
+        }
+    }
+    let _ = writeln!(md, "\n### Round-trip latency\n");
+    let _ = writeln!(
+        md,
+        "| impl / api | size | count | p50 µs | p99 µs | max µs | p50 vs TCP | p99 vs TCP |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let raw = find(lines, &[("test", "latency"), ("api", "pingpong")]);
+    for api in ["pingpong", "rpc"] {
+        if let Some(l) = find(lines, &[("test", "latency"), ("api", api)]) {
+            let ratio =
+                |k: &str| raw.map_or_else(|| "-".into(), |r| format!("{:.2}", l.num(k) / r.num(k)));
+            let _ = writeln!(
+                md,
+                "| {} {api} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} |",
+                l.get("impl"),
+                l.get("size"),
+                l.get("count"),
+                l.num("p50_us"),
+                l.num("p99_us"),
+                l.num("max_us"),
+                ratio("p50_us"),
+                ratio("p99_us"),
+            );
+        }
+    }
+    if let Some(l) = find(lines, &[("test", "idle")]) {
+        let _ = writeln!(
+            md,
+            "\n### Idle node\n\nResident size of a node in a two-node cluster after {} s: **{:.1} MB** ({} KiB).",
+            l.get("secs"),
+            l.num("rss_kb") / 1024.0,
+            l.get("rss_kb")
+        );
+    }
+    let _ = writeln!(md, "\n### Targets (issue 6)\n");
+    let _ = writeln!(md, "| target | measured | met |");
+    let _ = writeln!(md, "|---|---|---|");
+    let tput = |mode: &str, size: &str, k: &str| {
+        find(lines, &[("test", "tput"), ("mode", mode), ("size", size)]).map(|l| l.num(k))
+    };
+    let mut target = |name: &str, measured: Option<(f64, f64)>, unit: &str| {
+        let (value, goal) = measured.unwrap_or((0.0, f64::INFINITY));
+        let _ = writeln!(
+            md,
+            "| {name} | {value:.2}{unit} | {} |",
+            if value >= goal { "yes" } else { "**no**" }
+        );
+    };
+    target(
+        "ASYNC 1 KiB ≥ 0.5 × batched TCP msgs/s",
+        tput("async", "1024", "msgs_per_s")
+            .zip(tput("batched", "1024", "msgs_per_s"))
+            .map(|(a, b)| (a / b, 0.5)),
+        " ×",
+    );
+    for mode in ["ack", "syncack"] {
+        target(
+            &format!("{mode} 1 KiB ≥ 200,000 msgs/s"),
+            tput(mode, "1024", "msgs_per_s").map(|v| (v / 1000.0, 200.0)),
+            "k msgs/s",
+        );
+    }
+    let lat =
+        |api: &str, k: &str| find(lines, &[("test", "latency"), ("api", api)]).map(|l| l.num(k));
+    // "At most" targets: the ratio to plain TCP must stay below the factor.
+    for (k, factor) in [("p50_us", 1.5), ("p99_us", 2.0)] {
+        let ratio = lat("rpc", k).zip(lat("pingpong", k)).map(|(c, r)| c / r);
+        let _ = writeln!(
+            md,
+            "| RPC {k} ≤ {factor} × TCP ping-pong | {} | {} |",
+            ratio.map_or_else(|| "-".into(), |r| format!("{r:.2} ×")),
+            if ratio.is_some_and(|r| r <= factor) {
+                "yes"
+            } else {
+                "**no**"
+            }
+        );
+    }
+    let big = tput("async", "65536", "mb_per_s")
+        .zip(tput("batched", "65536", "mb_per_s"))
+        .map(|(a, b)| a / b);
+    let _ = writeln!(
+        md,
+        "| ASYNC 64 KiB ≥ 0.8 × TCP bytes/s | {} | {} |",
+        big.map_or_else(|| "-".into(), |r| format!("{r:.2} ×")),
+        if big.is_some_and(|r| r >= 0.8) {
+            "yes"
+        } else {
+            "**no**"
+        }
+    );
+    let rss = find(lines, &[("test", "idle")]).map(|l| l.num("rss_kb") / 1024.0);
+    let _ = writeln!(
+        md,
+        "| idle node < 10 MB resident | {} | {} |",
+        rss.map_or_else(|| "-".into(), |r| format!("{r:.1} MB")),
+        if rss.is_some_and(|r| r < 10.0) {
+            "yes"
+        } else {
+            "**no**"
+        }
+    );
+    let _ = writeln!(md, "\n<details><summary>RESULT lines</summary>\n\n```");
+    for l in lines {
+        let _ = writeln!(md, "{}", l.raw);
+    }
+    let _ = writeln!(md, "```\n</details>");
+    md
+}
+
+fn write_doc(lines: &[Line]) -> Result<()> {
+    let path = crate::project_root().join("docs/BENCHMARKS.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let results = results_markdown(lines);
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(b), Some(e)) if b < e => format!("{}{BEGIN}\n{results}{}", &old[..b], &old[e..]),
+        _ => format!("# Benchmarks\n\n{BEGIN}\n{results}{END}\n"),
+    };
+    std::fs::write(&path, new)?;
+    Ok(())
 }

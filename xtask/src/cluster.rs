@@ -84,12 +84,15 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
 fn up(n: usize, config: Option<&Path>) -> Result<()> {
     if let Some(state) = read_state()? {
         if !live_nodes(&state).is_empty() {
-            bail!("a cluster is already up (see `cargo xtask cluster status`); `cargo xtask cluster down` stops it");
+            bail!(
+                "a cluster is already up (see `cargo xtask cluster status`); `cargo xtask cluster down` stops it"
+            );
         }
     }
     let config = match config {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?,
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        }
         None => String::new(),
     };
     let exe = harness::build_cohort(false)?;

@@ -90,7 +90,9 @@ pub(crate) fn runs(pid: u32, exe: &Path) -> bool {
 /// A free UDP port on loopback (bound and released; the kernel hands out ephemeral ports in
 /// turn, so a reuse within one run is unlikely).
 pub(crate) fn free_udp_port() -> Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Asks a node's admin endpoint for `command`; returns its JSON answer.
@@ -346,7 +348,10 @@ impl NodeProc {
                 return Ok(done);
             }
             if let Some(status) = self.exit_status()? {
-                bail!("{}: exited ({status}) while waiting for its view", self.name);
+                bail!(
+                    "{}: exited ({status}) while waiting for its view",
+                    self.name
+                );
             }
             if Instant::now() >= deadline {
                 bail!(

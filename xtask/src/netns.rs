@@ -117,7 +117,14 @@ impl Lab {
 
     /// Takes node `i`'s port off the bridge: its link stays up, its frames go nowhere.
     pub(crate) fn cut(&self, i: usize) -> Result<()> {
-        ip(&["-n", &self.switch, "link", "set", &format!("p{i}"), "nomaster"])
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &format!("p{i}"),
+            "nomaster",
+        ])
     }
 
     /// Puts node `i`'s port back on the bridge.

@@ -50,7 +50,10 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let names: Vec<&str> = match args.first().map(String::as_str) {
         Some("all") => ALL.to_vec(),
         Some(name) if ALL.contains(&name) => vec![name],
-        _ => bail!("usage: cargo xtask scenario NAME|all\n  scenarios: {}", ALL.join(", ")),
+        _ => bail!(
+            "usage: cargo xtask scenario NAME|all\n  scenarios: {}",
+            ALL.join(", ")
+        ),
     };
     let exe = harness::build_cohort(false)?;
     let mut failed = Vec::new();
@@ -214,7 +217,10 @@ fn crash(ctx: &mut Ctx) -> Result<Outcome> {
         }
         wait_full_view(&mut nodes)?;
         let mut victim = nodes.pop().context("five nodes")?;
-        let marks: Vec<usize> = nodes.iter_mut().map(NodeProc::mark).collect::<Result<_>>()?;
+        let marks: Vec<usize> = nodes
+            .iter_mut()
+            .map(NodeProc::mark)
+            .collect::<Result<_>>()?;
         let killed = now_us();
         victim.signal("KILL")?;
         let mut detect = Vec::new();
@@ -231,7 +237,9 @@ fn crash(ctx: &mut Ctx) -> Result<Outcome> {
         if label == "without_detector" {
             // Without evidence only silence counts: never before the drop time.
             ensure!(
-                detect.iter().all(|&ms| ms + 50.0 >= DROP_TIME.as_secs_f64() * 1000.0 - 1000.0),
+                detect
+                    .iter()
+                    .all(|&ms| ms + 50.0 >= DROP_TIME.as_secs_f64() * 1000.0 - 1000.0),
                 "dropped sooner than silence allows: {detect:?}"
             );
         }
@@ -252,7 +260,10 @@ fn pause(ctx: &mut Ctx) -> Result<Outcome> {
     let mut nodes = ctx.start_many(3, &config, &[])?;
     wait_full_view(&mut nodes)?;
     let victim_id = nodes[2].id().to_owned();
-    let marks: Vec<usize> = nodes.iter_mut().map(NodeProc::mark).collect::<Result<_>>()?;
+    let marks: Vec<usize> = nodes
+        .iter_mut()
+        .map(NodeProc::mark)
+        .collect::<Result<_>>()?;
     let stopped = now_us();
     nodes[2].signal("STOP")?;
     let mut dropped = Vec::new();
@@ -268,7 +279,10 @@ fn pause(ctx: &mut Ctx) -> Result<Outcome> {
             .all(|&ms| ms >= DROP_TIME.as_secs_f64() * 1000.0 - 1000.0),
         "a paused node was dropped before it could have gone silent: {dropped:?} ms"
     );
-    let marks: Vec<usize> = nodes.iter_mut().map(NodeProc::mark).collect::<Result<_>>()?;
+    let marks: Vec<usize> = nodes
+        .iter_mut()
+        .map(NodeProc::mark)
+        .collect::<Result<_>>()?;
     let resumed = now_us();
     nodes[2].signal("CONT")?;
     let mut rejoined = Vec::new();
@@ -340,17 +354,28 @@ fn lead_failover(ctx: &mut Ctx) -> Result<Outcome> {
     wait_full_view(&mut nodes)?;
     let mut by_age: Vec<(u64, String)> = nodes
         .iter()
-        .map(|n| (n.ready["start_time_ms"].as_u64().unwrap_or(0), n.id().to_owned()))
+        .map(|n| {
+            (
+                n.ready["start_time_ms"].as_u64().unwrap_or(0),
+                n.id().to_owned(),
+            )
+        })
         .collect();
     by_age.sort();
     let (oldest, next) = (by_age[0].1.clone(), by_age[1].1.clone());
-    ensure!(oldest == nodes[0].id(), "the first node started is not the oldest");
+    ensure!(
+        oldest == nodes[0].id(),
+        "the first node started is not the oldest"
+    );
     for n in &mut nodes {
         wait_lead(n, &oldest)?;
     }
     check_one_lead(&nodes, &oldest)?;
     let mut lead = nodes.remove(0);
-    let marks: Vec<usize> = nodes.iter_mut().map(NodeProc::mark).collect::<Result<_>>()?;
+    let marks: Vec<usize> = nodes
+        .iter_mut()
+        .map(NodeProc::mark)
+        .collect::<Result<_>>()?;
     let killed = now_us();
     lead.signal("KILL")?;
     let mut failover = Vec::new();
@@ -386,7 +411,10 @@ fn graceful_leave(ctx: &mut Ctx) -> Result<Outcome> {
     let mut nodes = ctx.start_many(4, &config, &[])?;
     wait_full_view(&mut nodes)?;
     let mut leaver = nodes.pop().context("four nodes")?;
-    let marks: Vec<usize> = nodes.iter_mut().map(NodeProc::mark).collect::<Result<_>>()?;
+    let marks: Vec<usize> = nodes
+        .iter_mut()
+        .map(NodeProc::mark)
+        .collect::<Result<_>>()?;
     let termed = now_us();
     leaver.signal("TERM")?;
     let mut gone = Vec::new();
@@ -431,9 +459,12 @@ fn received(n: &NodeProc) -> HashMap<(String, String), Vec<u64>> {
         else {
             continue;
         };
-        out.entry((v["from"].as_str().unwrap_or("?").to_owned(), mode.to_owned()))
-            .or_default()
-            .push(seq);
+        out.entry((
+            v["from"].as_str().unwrap_or("?").to_owned(),
+            mode.to_owned(),
+        ))
+        .or_default()
+        .push(seq);
     }
     out
 }
@@ -450,7 +481,10 @@ fn messaging(ctx: &mut Ctx) -> Result<Outcome> {
     std::thread::sleep(run);
     // Kill n3 and wait until the others dropped it.
     let mut dead = nodes.pop().context("three nodes")?;
-    let marks: Vec<usize> = nodes.iter_mut().map(NodeProc::mark).collect::<Result<_>>()?;
+    let marks: Vec<usize> = nodes
+        .iter_mut()
+        .map(NodeProc::mark)
+        .collect::<Result<_>>()?;
     dead.signal("KILL")?;
     dead.kill();
     for (n, mark) in nodes.iter_mut().zip(marks) {
@@ -494,7 +528,11 @@ fn messaging(ctx: &mut Ctx) -> Result<Outcome> {
         let mut missing = Vec::new();
         let mut acked = 0;
         for sender in &nodes {
-            for v in sender.events.iter().filter(|v| v["event"] == "traffic_acked") {
+            for v in sender
+                .events
+                .iter()
+                .filter(|v| v["event"] == "traffic_acked")
+            {
                 let seq = v["seq"].as_u64().unwrap_or(u64::MAX);
                 for to in v["to"].as_array().into_iter().flatten() {
                     let to = to.as_str().unwrap_or_default();
@@ -564,7 +602,10 @@ fn foreign_cluster(ctx: &mut Ctx) -> Result<Outcome> {
     let config = ctx.config("", key);
     let mut nodes = ctx.start_many(3, &config, &[])?;
     wait_full_view(&mut nodes)?;
-    let marks: Vec<usize> = nodes.iter_mut().map(NodeProc::mark).collect::<Result<_>>()?;
+    let marks: Vec<usize> = nodes
+        .iter_mut()
+        .map(NodeProc::mark)
+        .collect::<Result<_>>()?;
     let real = ctx.cluster.clone();
     ctx.cluster = format!("{real}-other");
     let other_name = ctx.config("", key);
@@ -648,7 +689,10 @@ fn partition(ctx: &mut Ctx) -> Result<Outcome> {
         .unwrap_or(0);
     let discovery_ms = ms_between(first, converged.iter().copied().max().unwrap_or(first));
     let all = ids(&nodes);
-    let marks: Vec<usize> = nodes.iter_mut().map(NodeProc::mark).collect::<Result<_>>()?;
+    let marks: Vec<usize> = nodes
+        .iter_mut()
+        .map(NodeProc::mark)
+        .collect::<Result<_>>()?;
     let cut = now_us();
     net.cut(2)?;
     let mut split = Vec::new();
@@ -666,7 +710,10 @@ fn partition(ctx: &mut Ctx) -> Result<Outcome> {
     let restored = now_us();
     net.restore(2)?;
     let converged = wait_full_view(&mut nodes)?;
-    let heal_ms = ms_between(restored, converged.iter().copied().max().unwrap_or(restored));
+    let heal_ms = ms_between(
+        restored,
+        converged.iter().copied().max().unwrap_or(restored),
+    );
     drop(nodes);
     drop(net);
     Ok(Outcome::Pass(format!(

@@ -54,8 +54,8 @@ pub async fn serve(
             tokio::spawn(async move {
                 // `traffic stop` waits for outstanding receipts (bounded by its own timeout).
                 let limit = COMMAND_TIMEOUT + crate::traffic::STOP_TIMEOUT;
-                let _ = tokio::time::timeout(limit, answer(stream, &channel, traffic.as_deref()))
-                    .await;
+                let _ =
+                    tokio::time::timeout(limit, answer(stream, &channel, traffic.as_deref())).await;
             });
         }
     });

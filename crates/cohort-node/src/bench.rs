@@ -1,6 +1,7 @@
-//! Throughput between two processes: a sink (`cohort bench-sink`) and this process sending.
-//! Measures Cohort's channel in each mode and plain TCP (length-prefixed frames through a
-//! buffered writer) on the same loopback, so every figure has its physical limit beside it.
+//! Throughput and latency between two processes: a sink (`cohort bench-sink`) and this
+//! process. Measures Cohort's channel in each mode and plain TCP on the same loopback
+//! (length-prefixed frames, written batched through a buffer or with one write per message;
+//! a ping-pong for latency), so every figure has its physical limit beside it.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -26,8 +27,10 @@ pub enum Mode {
     Ack,
     /// USE_ACK | SYNCHRONIZED_ACK.
     SyncAck,
-    /// Plain TCP, no framing beyond a length prefix.
+    /// Plain TCP, no framing beyond a length prefix, written through a 256 KiB buffer.
     RawTcp,
+    /// Plain TCP with one `write` per message (`TCP_NODELAY`).
+    RawTcpWrite,
 }
 
 impl Mode {
@@ -38,7 +41,8 @@ impl Mode {
             "ack" => Self::Ack,
             "syncack" => Self::SyncAck,
             "raw-tcp" => Self::RawTcp,
-            _ => bail!("unknown mode {s:?} (async, ack, syncack, raw-tcp)"),
+            "raw-tcp-write" => Self::RawTcpWrite,
+            _ => bail!("unknown mode {s:?} (async, ack, syncack, raw-tcp, raw-tcp-write)"),
         })
     }
 
@@ -47,7 +51,7 @@ impl Mode {
             Self::Async => SendOptions::ASYNCHRONOUS,
             Self::Ack => SendOptions::USE_ACK,
             Self::SyncAck => SendOptions::USE_ACK | SendOptions::SYNCHRONIZED_ACK,
-            Self::RawTcp => SendOptions::NONE,
+            Self::RawTcp | Self::RawTcpWrite => SendOptions::NONE,
         }
     }
 
@@ -57,8 +61,13 @@ impl Mode {
             Self::Async => "async",
             Self::Ack => "ack",
             Self::SyncAck => "syncack",
-            Self::RawTcp => "raw",
+            Self::RawTcp => "batched",
+            Self::RawTcpWrite => "write",
         }
+    }
+
+    fn is_raw(self) -> bool {
+        matches!(self, Self::RawTcp | Self::RawTcpWrite)
     }
 }
 
@@ -81,10 +90,12 @@ pub struct BenchResult {
 
 impl std::fmt::Display for BenchResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (imp, mode) = match self.mode {
-            Mode::RawTcp => ("raw-tcp", "raw"),
-            m => ("cohort", m.name()),
+        let imp = if self.mode.is_raw() {
+            "raw-tcp"
+        } else {
+            "cohort"
         };
+        let mode = self.mode.name();
         let rate = self.count as f64 / self.secs;
         write!(
             f,
@@ -174,7 +185,10 @@ pub async fn sink(raw: bool, count: u64, out: &mut (dyn Write + Send)) -> anyhow
     counter.done.notified().await;
     writeln!(out, "done {} 0", counter.reordered.load(Ordering::Relaxed))?;
     out.flush()?;
-    ch.stop(Services::DEFAULT).await;
+    // Keep serving: the last SYNCHRONIZED_ACKs leave after the listener returned, and the
+    // sender still awaits them. The sender kills this process when it is done.
+    let _keep = ch;
+    std::future::pending::<()>().await;
     Ok(())
 }
 
@@ -194,7 +208,7 @@ fn start_sink(mode: Mode, count: u64) -> anyhow::Result<(Sink, SocketAddr)> {
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
     cmd.args(["bench-sink", "--count", &count.to_string()]);
-    if mode == Mode::RawTcp {
+    if mode.is_raw() {
         cmd.arg("--raw");
     }
     let mut child = cmd
@@ -221,7 +235,20 @@ pub async fn run(mode: Mode, size: usize, count: u64) -> anyhow::Result<BenchRes
     let mut payload = vec![0xA5u8; size];
     let mut bad = 0u64;
     let started;
-    if mode == Mode::RawTcp {
+    if mode == Mode::RawTcpWrite {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        let mut frame = Vec::with_capacity(4 + size);
+        started = Instant::now();
+        for i in 0..count {
+            payload[..8].copy_from_slice(&i.to_be_bytes());
+            frame.clear();
+            frame.extend_from_slice(&u32::try_from(size)?.to_be_bytes());
+            frame.extend_from_slice(&payload);
+            s.write_all(&frame).await?;
+        }
+        s.flush().await?;
+    } else if mode == Mode::RawTcp {
         let s = tokio::net::TcpStream::connect(addr).await?;
         s.set_nodelay(true)?;
         let mut w = BufWriter::with_capacity(256 * 1024, s);
@@ -289,4 +316,202 @@ pub async fn run(mode: Mode, size: usize, count: u64) -> anyhow::Result<BenchRes
         reordered,
         bad: bad + missing,
     })
+}
+
+/// What a latency run measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    /// `RpcChannel::call` to one member, first reply (request and reply without ACK).
+    Rpc,
+    /// A plain TCP ping-pong of length-prefixed frames.
+    RawTcp,
+}
+
+/// One latency measurement: round trips, sorted.
+#[derive(Clone, Debug)]
+pub struct LatencyResult {
+    /// What was measured.
+    pub api: Api,
+    /// Payload size.
+    pub size: usize,
+    /// Round-trip times in microseconds, ascending.
+    pub rtt_us: Vec<f64>,
+}
+
+impl LatencyResult {
+    /// The nearest-rank quantile, `per_mille` of 1000 (500 = p50).
+    fn quantile(&self, per_mille: usize) -> f64 {
+        if self.rtt_us.is_empty() {
+            return 0.0;
+        }
+        let last = self.rtt_us.len() - 1;
+        self.rtt_us[(last * per_mille.min(1000) + 500) / 1000]
+    }
+}
+
+impl std::fmt::Display for LatencyResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (imp, api) = match self.api {
+            Api::Rpc => ("cohort", "rpc"),
+            Api::RawTcp => ("raw-tcp", "pingpong"),
+        };
+        write!(
+            f,
+            "RESULT impl={imp} test=latency api={api} size={} count={} p50_us={:.1} p99_us={:.1} max_us={:.1}",
+            self.size,
+            self.rtt_us.len(),
+            self.quantile(500),
+            self.quantile(990),
+            self.rtt_us.last().copied().unwrap_or(0.0)
+        )
+    }
+}
+
+/// Round trips made before measuring (connections, allocations, caches).
+const WARM_UP: u64 = 1000;
+/// The RPC id of the echo endpoint.
+const RPC_ID: &[u8] = b"bench-echo";
+
+/// The echo sink: answers every raw frame, or every RPC, with the same bytes, until killed.
+/// Announces `listening <addr>` first.
+pub async fn echo_sink(raw: bool, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    if raw {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        writeln!(out, "listening {}", listener.local_addr()?)?;
+        out.flush()?;
+        let (mut s, _) = listener.accept().await?;
+        s.set_nodelay(true)?;
+        let mut frame = Vec::new();
+        loop {
+            let mut len = [0u8; 4];
+            if s.read_exact(&mut len).await.is_err() {
+                return Ok(());
+            }
+            let n = u32::from_be_bytes(len) as usize;
+            if n > 64 << 20 {
+                bail!("echo sink: frame of {n} bytes");
+            }
+            frame.resize(4 + n, 0);
+            frame[..4].copy_from_slice(&len);
+            s.read_exact(&mut frame[4..]).await?;
+            s.write_all(&frame).await?;
+        }
+    }
+    struct Echo;
+    impl cohort_channel::RpcHandler for Echo {
+        fn reply_request(&self, _from: &Member, request: &Bytes) -> Option<Bytes> {
+            Some(request.clone())
+        }
+    }
+    let ch = GroupChannel::builder()
+        .transport(TransportConfig {
+            port: 0,
+            ..TransportConfig::default()
+        })
+        .services(Services::SND_RX | Services::SND_TX)
+        .start(TokioNet, &mut rand::thread_rng())
+        .await?;
+    let _rpc = cohort_channel::RpcChannel::new(&ch, RPC_ID, Arc::new(Echo), SendOptions::NONE);
+    let local = ch.local();
+    writeln!(out, "listening {}", SocketAddr::new(local.addr, local.port))?;
+    out.flush()?;
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+fn start_echo_sink(api: Api) -> anyhow::Result<(Sink, SocketAddr)> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["bench-sink", "--echo"]);
+    if api == Api::RawTcp {
+        cmd.arg("--raw");
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().context("sink stdout")?;
+    let mut sink = Sink {
+        child,
+        lines: BufReader::new(stdout).lines(),
+    };
+    let line = sink.lines.next().context("sink exited")??;
+    let addr = line
+        .strip_prefix("listening ")
+        .context("unexpected sink line")?
+        .parse()?;
+    Ok((sink, addr))
+}
+
+/// Measures `count` round trips of `size` bytes against a fresh echo sink process.
+pub async fn latency(api: Api, size: usize, count: u64) -> anyhow::Result<LatencyResult> {
+    let (_sink, addr) = start_echo_sink(api)?;
+    let payload = vec![0x5Au8; size];
+    let mut rtt_us = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+    match api {
+        Api::RawTcp => {
+            let mut s = tokio::net::TcpStream::connect(addr).await?;
+            s.set_nodelay(true)?;
+            let mut frame = u32::try_from(size)?.to_be_bytes().to_vec();
+            frame.extend_from_slice(&payload);
+            let mut back = vec![0u8; frame.len()];
+            for i in 0..WARM_UP + count {
+                let t = Instant::now();
+                s.write_all(&frame).await?;
+                s.read_exact(&mut back).await?;
+                if i >= WARM_UP {
+                    rtt_us.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+                if back != frame {
+                    bail!("raw echo returned other bytes");
+                }
+            }
+        }
+        Api::Rpc => {
+            struct Ignore;
+            impl cohort_channel::RpcHandler for Ignore {
+                fn reply_request(&self, _from: &Member, _request: &Bytes) -> Option<Bytes> {
+                    None
+                }
+            }
+            let ch = GroupChannel::builder()
+                .transport(TransportConfig {
+                    port: 0,
+                    ..TransportConfig::default()
+                })
+                .services(Services::SND_RX | Services::SND_TX)
+                .start(TokioNet, &mut rand::thread_rng())
+                .await?;
+            let rpc =
+                cohort_channel::RpcChannel::new(&ch, RPC_ID, Arc::new(Ignore), SendOptions::NONE);
+            let to = [Member::new(
+                MemberId::from_bytes([0; 16]),
+                addr.ip(),
+                addr.port(),
+            )];
+            let request = Bytes::from(payload);
+            for i in 0..WARM_UP + count {
+                let t = Instant::now();
+                let replies = rpc
+                    .call(
+                        &to,
+                        request.clone(),
+                        cohort_channel::ReplyMode::First,
+                        SendOptions::NONE,
+                        Duration::from_secs(5),
+                    )
+                    .await?;
+                if i >= WARM_UP {
+                    rtt_us.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+                match replies.first() {
+                    Some(r) if r.payload.len() == size => {}
+                    other => bail!("RPC {i}: no echo within 5 s ({other:?})"),
+                }
+            }
+            ch.stop(Services::DEFAULT).await;
+        }
+    }
+    rtt_us.sort_by(f64::total_cmp);
+    Ok(LatencyResult { api, size, rtt_us })
 }

@@ -24,9 +24,12 @@ usage:
       every member (test traffic; `traffic stop` on the admin endpoint ends it).
   cohort status [--admin ADDR] [--json]
       list the members a running node sees (default ADDR 127.0.0.1:4700)
-  cohort bench [--mode async|ack|syncack|raw-tcp] [--size BYTES] [--count N]
-      throughput to a sink process on loopback, one RESULT line per mode (all four
-      when no mode is given; default size 1024, count 300000)
+  cohort bench [--test tput|latency] [--mode MODE] [--size BYTES] [--count N]
+      tput: throughput to a sink process on loopback, one RESULT line per mode: async,
+      ack, syncack, raw-tcp (batched writes), raw-tcp-write (one write per message); all
+      when no mode is given; default size 1024, count 300000.
+      latency: round trips to an echo process, --mode rpc or raw-tcp (both when not
+      given); default size 1024, count 20000.
   cohort cluster [--nodes N] [--for SECONDS] [--config FILE]
       start N local nodes (default 3), wait until they see each other, print the
       status, run for SECONDS (default: until Ctrl-C), then stop them gracefully
@@ -114,7 +117,10 @@ fn run_node(args: &[String]) -> anyhow::Result<()> {
     if let Some(rate) = opt(args, "--traffic")? {
         let rate: u32 = rate.parse().context("--traffic")?;
         if rate > cohort_node::traffic::MAX_RATE {
-            bail!("--traffic: {rate} is above {}", cohort_node::traffic::MAX_RATE);
+            bail!(
+                "--traffic: {rate} is above {}",
+                cohort_node::traffic::MAX_RATE
+            );
         }
         config.traffic_rate = rate;
     }
@@ -286,32 +292,60 @@ fn run_cluster(args: &[String]) -> anyhow::Result<()> {
 }
 
 fn run_bench(args: &[String]) -> anyhow::Result<()> {
-    use cohort_node::bench::{self, Mode};
-    check_flags(args, &["--mode", "--size", "--count"], &[])?;
-    let modes = match opt(args, "--mode")? {
-        Some(m) => vec![Mode::parse(m)?],
-        None => vec![Mode::RawTcp, Mode::Async, Mode::Ack, Mode::SyncAck],
-    };
+    use cohort_node::bench::{self, Api, Mode};
+    check_flags(args, &["--test", "--mode", "--size", "--count"], &[])?;
     let size: usize = opt(args, "--size")?
         .unwrap_or("1024")
         .parse()
         .context("--size")?;
-    let count: u64 = opt(args, "--count")?
-        .unwrap_or("300000")
-        .parse()
-        .context("--count")?;
     let rt = runtime()?;
-    for mode in modes {
-        let r = rt.block_on(bench::run(mode, size, count))?;
-        println!("{r}");
+    match opt(args, "--test")?.unwrap_or("tput") {
+        "tput" => {
+            let modes = match opt(args, "--mode")? {
+                Some(m) => vec![Mode::parse(m)?],
+                None => vec![
+                    Mode::RawTcp,
+                    Mode::RawTcpWrite,
+                    Mode::Async,
+                    Mode::Ack,
+                    Mode::SyncAck,
+                ],
+            };
+            let count: u64 = opt(args, "--count")?
+                .unwrap_or("300000")
+                .parse()
+                .context("--count")?;
+            for mode in modes {
+                println!("{}", rt.block_on(bench::run(mode, size, count))?);
+            }
+        }
+        "latency" => {
+            let apis = match opt(args, "--mode")? {
+                Some("rpc") => vec![Api::Rpc],
+                Some("raw-tcp") => vec![Api::RawTcp],
+                Some(other) => bail!("unknown latency mode {other:?} (rpc, raw-tcp)"),
+                None => vec![Api::RawTcp, Api::Rpc],
+            };
+            let count: u64 = opt(args, "--count")?
+                .unwrap_or("20000")
+                .parse()
+                .context("--count")?;
+            for api in apis {
+                println!("{}", rt.block_on(bench::latency(api, size, count))?);
+            }
+        }
+        other => bail!("unknown test {other:?} (tput, latency)"),
     }
     Ok(())
 }
 
 fn run_bench_sink(args: &[String]) -> anyhow::Result<()> {
-    check_flags(args, &["--count"], &["--raw"])?;
-    let count: u64 = opt(args, "--count")?.context("--count")?.parse()?;
+    check_flags(args, &["--count"], &["--raw", "--echo"])?;
     let raw = args.iter().any(|a| a == "--raw");
     let mut out = std::io::stdout();
+    if args.iter().any(|a| a == "--echo") {
+        return runtime()?.block_on(cohort_node::bench::echo_sink(raw, &mut out));
+    }
+    let count: u64 = opt(args, "--count")?.context("--count")?.parse()?;
     runtime()?.block_on(cohort_node::bench::sink(raw, count, &mut out))
 }

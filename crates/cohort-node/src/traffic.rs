@@ -110,7 +110,8 @@ async fn run(
         }
         // Finished receipts leave the set as they go, so it stays bounded.
         while outstanding.try_join_next().is_some() {}
-        let target = (started.elapsed().as_secs_f64() * f64::from(rate)) as u64;
+        let target = u64::try_from(started.elapsed().as_millis() * u128::from(rate) / 1000)
+            .unwrap_or(u64::MAX);
         while due < target {
             due += 1;
             let members = channel.members();
