@@ -193,14 +193,17 @@ pub async fn sink(raw: bool, count: u64, out: &mut (dyn Write + Send)) -> anyhow
 }
 
 struct Sink {
-    child: Child,
+    child: KillOnDrop,
     lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
 }
 
-impl Drop for Sink {
+/// Kills and reaps the sink process (by its handle) when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -217,7 +220,7 @@ fn start_sink(mode: Mode, count: u64) -> anyhow::Result<(Sink, SocketAddr)> {
         .spawn()?;
     let stdout = child.stdout.take().context("sink stdout")?;
     let mut sink = Sink {
-        child,
+        child: KillOnDrop(child),
         lines: BufReader::new(stdout).lines(),
     };
     let line = sink.lines.next().context("sink exited")??;
@@ -231,7 +234,7 @@ fn start_sink(mode: Mode, count: u64) -> anyhow::Result<(Sink, SocketAddr)> {
 /// Runs one measurement against a fresh sink process.
 pub async fn run(mode: Mode, size: usize, count: u64) -> anyhow::Result<BenchResult> {
     let size = size.max(8);
-    let (mut sink, addr) = start_sink(mode, count)?;
+    let (sink, addr) = start_sink(mode, count)?;
     let mut payload = vec![0xA5u8; size];
     let mut bad = 0u64;
     let started;
@@ -292,15 +295,22 @@ pub async fn run(mode: Mode, size: usize, count: u64) -> anyhow::Result<BenchRes
         for r in receipts {
             bad += u64::from(!r.await.is_ok());
         }
-        // Async failures surface through the channel's counters.
-        bad += ch.stats().transport.send_failures;
         ch.stop(Services::DEFAULT).await;
+        // ASYNCHRONOUS failures surface through the channel's counters (read after the
+        // drain in `stop`, which is when the last ones happen).
+        bad += ch.stats().transport.send_failures;
     }
-    let line = tokio::task::spawn_blocking(move || {
-        let line = sink.lines.next();
-        (sink, line)
-    });
-    let (_sink, line) = tokio::time::timeout(Duration::from_secs(300), line)
+    if bad > 0 {
+        bail!(
+            "{bad} of {count} messages failed ({}, {size} bytes)",
+            mode.name()
+        );
+    }
+    let Sink { child, mut lines } = sink;
+    // The child is killed on every path out of here (the reader then sees EOF and ends).
+    let _child = child;
+    let line = tokio::task::spawn_blocking(move || lines.next());
+    let line = tokio::time::timeout(Duration::from_secs(300), line)
         .await
         .context("the sink did not finish within 300 s")??;
     let secs = started.elapsed().as_secs_f64();
@@ -432,7 +442,7 @@ fn start_echo_sink(api: Api) -> anyhow::Result<(Sink, SocketAddr)> {
         .spawn()?;
     let stdout = child.stdout.take().context("sink stdout")?;
     let mut sink = Sink {
-        child,
+        child: KillOnDrop(child),
         lines: BufReader::new(stdout).lines(),
     };
     let line = sink.lines.next().context("sink exited")??;

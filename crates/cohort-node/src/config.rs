@@ -37,6 +37,9 @@ pub enum ConfigError {
     },
 }
 
+/// Largest `[node] runtime_threads`.
+pub const MAX_RUNTIME_THREADS: usize = 256;
+
 fn invalid(key: &str, reason: impl std::fmt::Display) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -82,6 +85,9 @@ pub struct NodeSection {
     pub keys: Vec<String>,
     /// Test traffic: messages per second per mode to every member (0 or absent: none).
     pub traffic_rate: Option<u32>,
+    /// Runtime threads: 1 (default) runs every task on one thread; more: a multi-thread
+    /// runtime with that many workers.
+    pub runtime_threads: Option<usize>,
 }
 
 /// `[membership]`
@@ -192,6 +198,8 @@ pub struct NodeConfig {
     pub print_messages: bool,
     /// Test traffic (see [`crate::traffic`]): messages per second per mode, 0 = none.
     pub traffic_rate: u32,
+    /// Runtime threads (1 = a current-thread runtime).
+    pub runtime_threads: usize,
     /// Cluster keys.
     pub keys: Option<KeyRing>,
     /// Membership.
@@ -442,6 +450,16 @@ impl NodeConfig {
                     ));
                 }
                 r => r.unwrap_or(0),
+            },
+            runtime_threads: match f.node.runtime_threads {
+                None => 1,
+                Some(n @ 1..=MAX_RUNTIME_THREADS) => n,
+                Some(n) => {
+                    return Err(invalid(
+                        "node.runtime_threads",
+                        format!("{n} is not in 1..={MAX_RUNTIME_THREADS}"),
+                    ));
+                }
             },
             keys,
             membership: MembershipSetup {

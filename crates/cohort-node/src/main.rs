@@ -30,6 +30,7 @@ usage:
       when no mode is given; default size 1024, count 300000.
       latency: round trips to an echo process, --mode rpc or raw-tcp (both when not
       given); default size 1024, count 20000.
+      Both processes run a one-thread runtime; COHORT_BENCH_THREADS=N gives them N.
   cohort cluster [--nodes N] [--for SECONDS] [--config FILE]
       start N local nodes (default 3), wait until they see each other, print the
       status, run for SECONDS (default: until Ctrl-C), then stop them gracefully
@@ -85,11 +86,39 @@ fn check_flags(args: &[String], with_value: &[&str], switches: &[&str]) -> anyho
     Ok(())
 }
 
+/// A runtime for the short commands (status, cluster): two workers.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    runtime_with(2)
+}
+
+/// One thread: a current-thread runtime (no cross-thread wake-ups between the tasks of one
+/// message's path); more: a multi-thread runtime with that many workers.
+fn runtime_with(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    if threads <= 1 {
+        return Ok(tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?);
+    }
     Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(threads)
         .enable_all()
         .build()?)
+}
+
+/// The bench processes' runtime threads: `COHORT_BENCH_THREADS` (default 1), inherited by the
+/// sink process.
+fn bench_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let sink = std::env::args().nth(1).is_some_and(|a| a == "bench-sink");
+    let var = if sink && std::env::var_os("COHORT_BENCH_SINK_THREADS").is_some() {
+        "COHORT_BENCH_SINK_THREADS"
+    } else {
+        "COHORT_BENCH_THREADS"
+    };
+    let threads = match std::env::var(var) {
+        Ok(v) => v.parse().context(var)?,
+        Err(_) => 1,
+    };
+    runtime_with(threads)
 }
 
 fn run_node(args: &[String]) -> anyhow::Result<()> {
@@ -127,7 +156,7 @@ fn run_node(args: &[String]) -> anyhow::Result<()> {
     if args.iter().any(|a| a == "--print-messages") {
         config.print_messages = true;
     }
-    runtime()?.block_on(async move {
+    runtime_with(config.runtime_threads)?.block_on(async move {
         let (events, writer) = Events::start(std::io::stdout());
         let node = node::start(config, &events).await?;
         shutdown_signal().await?;
@@ -298,7 +327,7 @@ fn run_bench(args: &[String]) -> anyhow::Result<()> {
         .unwrap_or("1024")
         .parse()
         .context("--size")?;
-    let rt = runtime()?;
+    let rt = bench_runtime()?;
     match opt(args, "--test")?.unwrap_or("tput") {
         "tput" => {
             let modes = match opt(args, "--mode")? {
@@ -344,8 +373,8 @@ fn run_bench_sink(args: &[String]) -> anyhow::Result<()> {
     let raw = args.iter().any(|a| a == "--raw");
     let mut out = std::io::stdout();
     if args.iter().any(|a| a == "--echo") {
-        return runtime()?.block_on(cohort_node::bench::echo_sink(raw, &mut out));
+        return bench_runtime()?.block_on(cohort_node::bench::echo_sink(raw, &mut out));
     }
     let count: u64 = opt(args, "--count")?.context("--count")?.parse()?;
-    runtime()?.block_on(cohort_node::bench::sink(raw, count, &mut out))
+    bench_runtime()?.block_on(cohort_node::bench::sink(raw, count, &mut out))
 }

@@ -63,6 +63,8 @@ pub struct TransportConfig {
     pub max_in_flight: usize,
     /// Bytes queued for one peer and not yet written. A send beyond it fails at once for that
     /// peer with [`crate::SendError::QueueFull`]. Default 64 MiB (Tribes' `maxQueueSize`).
+    /// Frames with the ASYNCHRONOUS option are counted but never refused: the channel's
+    /// ASYNCHRONOUS queue bounds them (a refusal would lose a message already accepted).
     pub max_peer_queue_bytes: usize,
     /// Up to this many bytes of queued frames are coalesced into one write. Default 256 KiB.
     pub write_batch_bytes: usize,

@@ -118,7 +118,10 @@ pub(crate) fn send<N: Net>(
     let len = frame.len();
     let limit = shared.config.max_peer_queue_bytes;
     let queued = peer.queued_bytes.fetch_add(len, Relaxed);
-    if queued > 0 && queued + len > limit {
+    // ASYNCHRONOUS frames are exempt: their sender (the channel's ASYNCHRONOUS queue) already
+    // bounds them, and refusing one here would drop a message the application saw accepted.
+    let bounded_upstream = options.contains(SendOptions::ASYNCHRONOUS);
+    if queued > 0 && queued + len > limit && !bounded_upstream {
         peer.queued_bytes.fetch_sub(len, Relaxed);
         Counters::inc(&shared.counters.queue_full);
         return fail(

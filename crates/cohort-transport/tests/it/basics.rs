@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use cohort_transport::{Delivered, SendError};
+use cohort_transport::{Delivered, SendError, TransportConfig};
 use cohort_wire::SendOptions;
 
 use crate::support::*;
@@ -80,4 +80,44 @@ async fn stop_fails_queued_sends_and_refuses_new_ones() {
     a.handle.stop();
     let done = send(&a, &b.member, 1, SendOptions::USE_ACK, b"late");
     assert_eq!(within(T, done).await.unwrap(), Err(SendError::Stopped));
+}
+
+/// A burst larger than `max_peer_queue_bytes`, queued before the writer runs (a one-thread
+/// runtime): plain frames beyond the limit fail with `QueueFull`; ASYNCHRONOUS frames are
+/// bounded upstream (the channel's queue) and all arrive.
+#[tokio::test(flavor = "current_thread")]
+async fn asynchronous_frames_are_never_refused_by_the_peer_queue_limit() {
+    let small = || TransportConfig {
+        max_peer_queue_bytes: 4096,
+        ..config()
+    };
+    let mut b = node(2, small()).await;
+    let a = node(1, small()).await;
+    let payload = [7u8; 1000];
+    // No await between the sends: nothing is written until the burst is queued.
+    let plain: Vec<_> = (1..=20)
+        .map(|i| send(&a, &b.member, i, SendOptions::NONE, &payload))
+        .collect();
+    let mut refused = 0;
+    for done in plain {
+        if matches!(
+            within(T, done).await.unwrap(),
+            Err(SendError::QueueFull { .. })
+        ) {
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "the limit applies to plain frames");
+    for _ in 0..20 - refused {
+        within(T, b.inbound.recv()).await.unwrap();
+    }
+    let asynchronous: Vec<_> = (100..200)
+        .map(|i| send(&a, &b.member, i, SendOptions::ASYNCHRONOUS, &payload))
+        .collect();
+    for done in asynchronous {
+        assert_eq!(within(T, done).await.unwrap(), Ok(Delivered::Sent));
+    }
+    for _ in 100..200 {
+        within(T, b.inbound.recv()).await.unwrap();
+    }
 }
