@@ -192,6 +192,18 @@ pub async fn sink(raw: bool, count: u64, out: &mut (dyn Write + Send)) -> anyhow
     Ok(())
 }
 
+/// Bytes of messages a throughput run keeps outstanding (half the transport's default
+/// `max_peer_queue_bytes`).
+const RECEIPT_WINDOW_BYTES: usize = 32 << 20;
+
+fn count_failures(o: &cohort_channel::SendOutcome, first: &mut Option<String>) -> u64 {
+    if let Some(f) = o.failures().next() {
+        first.get_or_insert_with(|| format!("{:?}", f.result));
+        return 1;
+    }
+    0
+}
+
 struct Sink {
     child: KillOnDrop,
     lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
@@ -237,6 +249,7 @@ pub async fn run(mode: Mode, size: usize, count: u64) -> anyhow::Result<BenchRes
     let (sink, addr) = start_sink(mode, count)?;
     let mut payload = vec![0xA5u8; size];
     let mut bad = 0u64;
+    let mut first_error: Option<String> = None;
     let started;
     if mode == Mode::RawTcpWrite {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
@@ -279,21 +292,24 @@ pub async fn run(mode: Mode, size: usize, count: u64) -> anyhow::Result<BenchRes
         let options = mode.options();
         started = Instant::now();
         let mut receipts = std::collections::VecDeque::new();
+        // Receipts outstanding: the transport refuses more than `max_peer_queue_bytes` (64 MiB)
+        // of unwritten frames per peer with QueueFull, so big messages get a smaller window.
+        let window = (RECEIPT_WINDOW_BYTES / size).clamp(16, 8192);
         for i in 0..count {
             payload[..8].copy_from_slice(&i.to_be_bytes());
             let r = ch
                 .send(&to, Bytes::copy_from_slice(&payload), options)
                 .await?;
             receipts.push_back(r);
-            if receipts.len() >= 8192 {
-                while receipts.len() > 4096 {
+            if receipts.len() >= window {
+                while receipts.len() > window / 2 {
                     let o = receipts.pop_front().context("receipt")?.await;
-                    bad += u64::from(!o.is_ok());
+                    bad += count_failures(&o, &mut first_error);
                 }
             }
         }
         for r in receipts {
-            bad += u64::from(!r.await.is_ok());
+            bad += count_failures(&r.await, &mut first_error);
         }
         ch.stop(Services::DEFAULT).await;
         // ASYNCHRONOUS failures surface through the channel's counters (read after the
@@ -302,8 +318,11 @@ pub async fn run(mode: Mode, size: usize, count: u64) -> anyhow::Result<BenchRes
     }
     if bad > 0 {
         bail!(
-            "{bad} of {count} messages failed ({}, {size} bytes)",
-            mode.name()
+            "{bad} of {count} messages failed ({}, {size} bytes); first: {}",
+            mode.name(),
+            first_error
+                .as_deref()
+                .unwrap_or("a send failure counted by the transport")
         );
     }
     let Sink { child, mut lines } = sink;
