@@ -219,14 +219,11 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn start_sink(mode: Mode, count: u64) -> anyhow::Result<(Sink, SocketAddr)> {
-    let exe = std::env::current_exe()?;
-    let mut cmd = Command::new(exe);
-    cmd.args(["bench-sink", "--count", &count.to_string()]);
-    if mode.is_raw() {
-        cmd.arg("--raw");
-    }
-    let mut child = cmd
+/// Starts `cohort bench-sink ARGS` and reads the address it announces.
+fn spawn_sink(args: &[String]) -> anyhow::Result<(Sink, SocketAddr)> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("bench-sink")
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?;
@@ -241,6 +238,14 @@ fn start_sink(mode: Mode, count: u64) -> anyhow::Result<(Sink, SocketAddr)> {
         .context("unexpected sink line")?
         .parse()?;
     Ok((sink, addr))
+}
+
+fn start_sink(mode: Mode, count: u64) -> anyhow::Result<(Sink, SocketAddr)> {
+    let mut args = vec!["--count".to_owned(), count.to_string()];
+    if mode.is_raw() {
+        args.push("--raw".into());
+    }
+    spawn_sink(&args)
 }
 
 /// Runs one measurement against a fresh sink process.
@@ -449,27 +454,11 @@ pub async fn echo_sink(raw: bool, out: &mut (dyn Write + Send)) -> anyhow::Resul
 }
 
 fn start_echo_sink(api: Api) -> anyhow::Result<(Sink, SocketAddr)> {
-    let exe = std::env::current_exe()?;
-    let mut cmd = Command::new(exe);
-    cmd.args(["bench-sink", "--echo"]);
+    let mut args = vec!["--echo".to_owned()];
     if api == Api::RawTcp {
-        cmd.arg("--raw");
+        args.push("--raw".into());
     }
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let stdout = child.stdout.take().context("sink stdout")?;
-    let mut sink = Sink {
-        child: KillOnDrop(child),
-        lines: BufReader::new(stdout).lines(),
-    };
-    let line = sink.lines.next().context("sink exited")??;
-    let addr = line
-        .strip_prefix("listening ")
-        .context("unexpected sink line")?
-        .parse()?;
-    Ok((sink, addr))
+    spawn_sink(&args)
 }
 
 /// Measures `count` round trips of `size` bytes against a fresh echo sink process.
