@@ -264,6 +264,8 @@ impl NodeProc {
         let deadline = Instant::now() + timeout;
         let mut checked = from;
         loop {
+            // Exit first, then read: every line written before the exit is seen.
+            let exited = self.exit_status()?;
             self.poll()?;
             if let Some(v) = self.events[checked.min(self.events.len())..]
                 .iter()
@@ -272,14 +274,7 @@ impl NodeProc {
                 return Ok(v.clone());
             }
             checked = checked.max(self.events.len());
-            if let Some(status) = self.exit_status()? {
-                self.poll()?;
-                if let Some(v) = self.events[from.min(self.events.len())..]
-                    .iter()
-                    .find(|v| pred(v))
-                {
-                    return Ok(v.clone());
-                }
+            if let Some(status) = exited {
                 bail!(
                     "{}: exited ({status}) before {what}\n{}",
                     self.name,

@@ -205,11 +205,12 @@ fn discovery(ctx: &mut Ctx) -> Result<Outcome> {
 /// and without it (by the drop time).
 fn crash(ctx: &mut Ctx) -> Result<Outcome> {
     let mut figures = Vec::new();
+    let base = ctx.cluster.clone();
     for (label, top, reason) in [
         ("with_detector", "", "failed"),
         ("without_detector", "interceptor = []", "expired"),
     ] {
-        ctx.cluster = format!("{}-{label}", ctx.cluster);
+        ctx.cluster = format!("{base}-{label}");
         let config = ctx.config(top, "");
         let mut nodes = ctx.start_many(5, &config, &[])?;
         for n in &mut nodes {

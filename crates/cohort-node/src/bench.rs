@@ -170,15 +170,7 @@ pub async fn sink(raw: bool, count: u64, out: &mut (dyn Write + Send)) -> anyhow
         done: tokio::sync::Notify::new(),
         count,
     });
-    let ch = GroupChannel::builder()
-        .transport(TransportConfig {
-            port: 0,
-            ..TransportConfig::default()
-        })
-        .services(Services::SND_RX | Services::SND_TX)
-        .listener(counter.clone())
-        .start(TokioNet, &mut rand::thread_rng())
-        .await?;
+    let ch = bare_channel(Some(counter.clone())).await?;
     let local = ch.local();
     writeln!(out, "listening {}", SocketAddr::new(local.addr, local.port))?;
     out.flush()?;
@@ -190,6 +182,27 @@ pub async fn sink(raw: bool, count: u64, out: &mut (dyn Write + Send)) -> anyhow
     let _keep = ch;
     std::future::pending::<()>().await;
     Ok(())
+}
+
+/// A channel with transport only (no membership, no interceptors) on an ephemeral port.
+async fn bare_channel(
+    listener: Option<Arc<dyn ChannelListener>>,
+) -> anyhow::Result<cohort_channel::ChannelHandle> {
+    let mut builder = GroupChannel::builder()
+        .transport(TransportConfig {
+            port: 0,
+            ..TransportConfig::default()
+        })
+        .services(Services::SND_RX | Services::SND_TX);
+    if let Some(l) = listener {
+        builder = builder.listener(l);
+    }
+    Ok(builder.start(TokioNet, &mut rand::thread_rng()).await?)
+}
+
+/// The sink as a destination: its address, and an id the sender need not know.
+fn sink_member(addr: SocketAddr) -> Member {
+    Member::new(MemberId::from_bytes([0; 16]), addr.ip(), addr.port())
 }
 
 /// Bytes of messages a throughput run keeps outstanding (half the transport's default
@@ -281,19 +294,8 @@ pub async fn run(mode: Mode, size: usize, count: u64) -> anyhow::Result<BenchRes
         }
         w.flush().await?;
     } else {
-        let ch = GroupChannel::builder()
-            .transport(TransportConfig {
-                port: 0,
-                ..TransportConfig::default()
-            })
-            .services(Services::SND_RX | Services::SND_TX)
-            .start(TokioNet, &mut rand::thread_rng())
-            .await?;
-        let to = [Member::new(
-            MemberId::from_bytes([0; 16]),
-            addr.ip(),
-            addr.port(),
-        )];
+        let ch = bare_channel(None).await?;
+        let to = [sink_member(addr)];
         let options = mode.options();
         started = Instant::now();
         let mut receipts = std::collections::VecDeque::new();
@@ -437,14 +439,7 @@ pub async fn echo_sink(raw: bool, out: &mut (dyn Write + Send)) -> anyhow::Resul
             Some(request.clone())
         }
     }
-    let ch = GroupChannel::builder()
-        .transport(TransportConfig {
-            port: 0,
-            ..TransportConfig::default()
-        })
-        .services(Services::SND_RX | Services::SND_TX)
-        .start(TokioNet, &mut rand::thread_rng())
-        .await?;
+    let ch = bare_channel(None).await?;
     let _rpc = cohort_channel::RpcChannel::new(&ch, RPC_ID, Arc::new(Echo), SendOptions::NONE);
     let local = ch.local();
     writeln!(out, "listening {}", SocketAddr::new(local.addr, local.port))?;
@@ -492,21 +487,10 @@ pub async fn latency(api: Api, size: usize, count: u64) -> anyhow::Result<Latenc
                     None
                 }
             }
-            let ch = GroupChannel::builder()
-                .transport(TransportConfig {
-                    port: 0,
-                    ..TransportConfig::default()
-                })
-                .services(Services::SND_RX | Services::SND_TX)
-                .start(TokioNet, &mut rand::thread_rng())
-                .await?;
+            let ch = bare_channel(None).await?;
             let rpc =
                 cohort_channel::RpcChannel::new(&ch, RPC_ID, Arc::new(Ignore), SendOptions::NONE);
-            let to = [Member::new(
-                MemberId::from_bytes([0; 16]),
-                addr.ip(),
-                addr.port(),
-            )];
+            let to = [sink_member(addr)];
             let request = Bytes::from(payload);
             for i in 0..WARM_UP + count {
                 let t = Instant::now();
