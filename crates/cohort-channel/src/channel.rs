@@ -434,9 +434,15 @@ impl ChannelBuilder {
             running: Mutex::new(services),
             counters: counters.clone(),
         });
-        let handle = ChannelHandle { shared };
         let rt = tokio::runtime::Handle::current();
-        let delivering = handle.clone();
+        let handle = ChannelHandle {
+            _life: Some(Arc::new(Life {
+                shared: shared.clone(),
+                rt: rt.clone(),
+            })),
+            shared,
+        };
+        let delivering = handle.internal();
         std::thread::Builder::new()
             .name("cohort-delivery".into())
             .spawn(move || deliver(&delivering, &rt, delivery_rx))
@@ -546,13 +552,50 @@ struct HandleShared {
     counters: Arc<ChannelCounters>,
 }
 
-/// A clonable front to a running channel.
+/// A clonable front to a running channel. When the last handle the application holds is
+/// dropped, the channel stops as [`ChannelHandle::stop`]`(Services::DEFAULT)` would (in a task
+/// on the runtime it was started on): its task, delivery thread and sockets do not outlive it.
 #[derive(Clone)]
 pub struct ChannelHandle {
     shared: Arc<HandleShared>,
+    /// `None` in the channel's own copies (the delivery thread's), which must not keep it
+    /// running.
+    _life: Option<Arc<Life>>,
+}
+
+/// Held by every application handle; the last one dropped stops the channel.
+struct Life {
+    shared: Arc<HandleShared>,
+    rt: tokio::runtime::Handle,
+}
+
+impl Drop for Life {
+    fn drop(&mut self) {
+        if self.shared.running().is_empty() {
+            return;
+        }
+        let handle = ChannelHandle {
+            shared: self.shared.clone(),
+            _life: None,
+        };
+        tracing::debug!("every channel handle dropped; stopping the channel");
+        // On a runtime shutting down the task is dropped, and the channel's tasks with it.
+        drop(
+            self.rt
+                .spawn(async move { handle.stop(Services::DEFAULT).await }),
+        );
+    }
 }
 
 impl ChannelHandle {
+    /// A copy for the channel's own use, which does not keep the channel running.
+    fn internal(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            _life: None,
+        }
+    }
+
     /// Sends `payload` to `destinations` with `options`. Waits only for admission: with
     /// ASYNCHRONOUS, until the bounded queue has room (backpressure); otherwise until the
     /// channel task takes the message. The receipt resolves as the options promise.
@@ -586,6 +629,7 @@ impl ChannelHandle {
                 msg_id,
                 queued: true,
                 results: Vec::new(),
+                lost: None,
             });
             (state, receipt)
         } else {
@@ -815,6 +859,9 @@ impl HandleShared {
     }
 }
 
+/// The FAIL_ACK reason of a message no listener accepted.
+pub(crate) const NO_LISTENER: &str = "no listener accepted the message";
+
 struct Delivery {
     msg: ChannelMessage,
     ack: Option<Acker>,
@@ -853,9 +900,12 @@ fn deliver(handle: &ChannelHandle, rt: &tokio::runtime::Handle, mut rx: mpsc::Re
         shared.counters.delivered.fetch_add(1, Ordering::Relaxed);
         if !accepted {
             shared.counters.no_listener.fetch_add(1, Ordering::Relaxed);
+            // A SYNCHRONIZED_ACK promises that a listener processed it: none did.
+            failure.get_or_insert_with(|| NO_LISTENER.to_owned());
             if let Some(reply) = crate::rpc::no_channel_reply(&msg.payload) {
                 let handle = ChannelHandle {
                     shared: shared.clone(),
+                    _life: None,
                 };
                 if let Some(to) = msg.member.clone() {
                     rt.spawn(async move {

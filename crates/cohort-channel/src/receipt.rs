@@ -29,15 +29,25 @@ pub struct SendOutcome {
     /// True when this outcome only says the message was queued (ASYNCHRONOUS): per-member
     /// results then go to the channel's [`ErrorHandler`].
     pub queued: bool,
-    /// One entry per destination and frame (several when an interceptor split the message;
-    /// none when an interceptor held or dropped it).
+    /// One entry per destination and frame (several when an interceptor split the message).
+    /// Empty for a queued ASYNCHRONOUS outcome (no results expected here), and when `lost`
+    /// says why none arrived.
     pub results: Vec<MemberResult>,
+    /// Set when results were expected and none arrived: no frame of the message left the
+    /// pipeline (an interceptor dropped it), or the channel stopped before the send
+    /// completed.
+    pub lost: Option<String>,
 }
 
+/// Why an outcome has no results though the send had destinations.
+pub(crate) const LOST_IN_PIPELINE: &str = "no frame of the message left the pipeline";
+pub(crate) const LOST_STOPPED: &str = "the channel stopped before the send completed";
+
 impl SendOutcome {
-    /// True when nothing failed.
+    /// True when every destination succeeded and the outcome is not [`SendOutcome::lost`].
+    /// A queued ASYNCHRONOUS outcome is ok (its results go to the error handler).
     pub fn is_ok(&self) -> bool {
-        self.results.iter().all(|r| r.result.is_ok())
+        self.lost.is_none() && self.results.iter().all(|r| r.result.is_ok())
     }
 
     /// The failed destinations.
@@ -96,12 +106,14 @@ impl std::future::Future for SendReceipt {
                 msg_id,
                 queued: false,
                 results: Vec::new(),
+                lost: Some("the receipt was polled after it completed".into()),
             })),
             ReceiptState::Waiting(rx) => std::pin::Pin::new(rx).poll(cx).map(|r| {
                 r.unwrap_or(SendOutcome {
                     msg_id,
                     queued: false,
                     results: Vec::new(),
+                    lost: Some(LOST_STOPPED.into()),
                 })
             }),
         }
@@ -166,10 +178,12 @@ impl SendState {
         }
         let results =
             std::mem::take(&mut *self.results.lock().unwrap_or_else(PoisonError::into_inner));
+        let lost = results.is_empty().then(|| LOST_IN_PIPELINE.to_owned());
         let outcome = SendOutcome {
             msg_id: self.msg_id,
             queued: false,
             results,
+            lost,
         };
         drop(
             self.permits

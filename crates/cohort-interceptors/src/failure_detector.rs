@@ -281,8 +281,9 @@ impl Interceptor for TcpFailureDetector {
 
     fn on_receive(&mut self, msg: Inbound, cx: &mut Cx<'_>) {
         if has_ext(&msg.extensions, tags::PROBE) {
-            // Consumed (ACKed by dropping the acker); the transport already ACKed USE_ACK.
+            // Consumed; the transport already ACKed USE_ACK.
             self.stats.probes_swallowed.inc();
+            msg.consume();
             return;
         }
         if has_ext(&msg.extensions, tags::LEAVING) {
@@ -302,6 +303,7 @@ impl Interceptor for TcpFailureDetector {
                     reason: DisappearReason::Shutdown,
                 });
             }
+            msg.consume();
             return;
         }
         cx.deliver_up(msg);

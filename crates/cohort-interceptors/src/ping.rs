@@ -121,6 +121,7 @@ impl Interceptor for TcpPing {
     fn on_receive(&mut self, msg: Inbound, cx: &mut Cx<'_>) {
         if has_ext(&msg.extensions, tags::PING) {
             self.stats.received.inc();
+            msg.consume();
             return;
         }
         cx.deliver_up(msg);

@@ -310,6 +310,7 @@ impl Interceptor for StaticMembership {
                 });
             }
         }
+        msg.consume();
     }
 
     fn on_member(&mut self, ev: MembershipEvent, cx: &mut Cx<'_>) {

@@ -173,7 +173,8 @@ impl Interceptor for TwoPhaseCommit {
                 }
                 self.early.insert(key, now);
             }
-            return; // the commit itself is consumed (its acker ACKs on drop)
+            msg.consume(); // the commit itself is processed
+            return;
         }
         if !has_ext(&msg.extensions, tags::TWO_PHASE) {
             cx.deliver_up(msg); // the sender has no two-phase commit: deliver as it is

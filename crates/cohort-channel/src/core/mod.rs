@@ -60,8 +60,10 @@ pub struct Outbound {
 
 /// How a received message is acknowledged once consumed, for USE_ACK | SYNCHRONIZED_ACK.
 ///
-/// Dropping it acknowledges (consumed without error, as Tribes does for a message an
-/// interceptor swallows); [`Acker::fail`] sends FAIL_ACK.
+/// [`Acker::ack`] sends the ACK, [`Acker::fail`] a FAIL_ACK. Dropping it without either sends
+/// FAIL_ACK ("dropped before it was processed"): a SYNCHRONIZED_ACK sender is never told
+/// "processed" for a message no listener or interceptor finished with. An interceptor that
+/// consumes a message of its own (a ping, a notice) calls [`Inbound::consume`].
 pub struct Acker(Option<AckFn>);
 
 type AckFn = Box<dyn FnOnce(Result<(), String>) + Send>;
@@ -90,15 +92,19 @@ impl Acker {
 impl Drop for Acker {
     fn drop(&mut self) {
         if let Some(f) = self.0.take() {
-            // Dropped while unwinding: processing did not complete.
-            if std::thread::panicking() {
-                f(Err("processing panicked".into()));
+            f(Err(if std::thread::panicking() {
+                "processing panicked".into()
             } else {
-                f(Ok(()));
-            }
+                DROPPED_UNPROCESSED.into()
+            }));
         }
     }
 }
+
+/// The FAIL_ACK reason of a message whose [`Acker`] was dropped without a verdict.
+pub const DROPPED_UNPROCESSED: &str = "dropped before it was processed";
+/// The FAIL_ACK reason of a message dropped because the pipeline's work queue was full.
+pub const WORK_QUEUE_FULL: &str = "dropped: the receiver's pipeline work queue was full";
 
 impl std::fmt::Debug for Acker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -129,6 +135,23 @@ pub struct Inbound {
     pub payload: Bytes,
     /// Present for USE_ACK | SYNCHRONIZED_ACK: completed once the listeners ran.
     pub ack: Option<Acker>,
+}
+
+impl Inbound {
+    /// Consumed by an interceptor (a control message it handled): acknowledges it as
+    /// processed. Dropping an `Inbound` instead sends FAIL_ACK when one was asked for.
+    pub fn consume(self) {
+        if let Some(ack) = self.ack {
+            ack.ack();
+        }
+    }
+
+    /// Dropped with `reason`: FAIL_ACK when one was asked for.
+    pub fn reject(self, reason: impl Into<String>) {
+        if let Some(ack) = self.ack {
+            ack.fail(reason.into());
+        }
+    }
 }
 
 /// What the pipeline asks its driver to do.
@@ -442,7 +465,8 @@ pub(crate) enum Work {
 /// Counters of the pipeline.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PipelineStats {
-    /// Work items dropped because the work queue was full.
+    /// Work items dropped because the work queue was full (received messages among them get
+    /// FAIL_ACK when one was asked for).
     pub work_dropped: u64,
 }
 
@@ -635,7 +659,9 @@ impl Pipeline {
                 // Overflow policy: drop the newest work (a runaway interceptor), counted.
                 let excess = self.lanes.queue.len() - self.max_work;
                 for _ in 0..excess {
-                    self.lanes.queue.pop_back();
+                    if let Some(Work::Receive(_, msg)) = self.lanes.queue.pop_back() {
+                        msg.reject(WORK_QUEUE_FULL);
+                    }
                 }
                 self.stats.work_dropped += excess as u64;
             }

@@ -205,11 +205,70 @@ fn the_work_queue_is_bounded() {
 }
 
 #[test]
-fn acker_acks_on_drop_and_fails_on_request() {
+fn an_acker_dropped_without_a_verdict_fails() {
     let got = Arc::new(std::sync::Mutex::new(Vec::new()));
     let g = got.clone();
     drop(Acker::new(move |r| g.lock().unwrap().push(r)));
     let g = got.clone();
     Acker::new(move |r| g.lock().unwrap().push(r)).fail("boom".into());
-    assert_eq!(*got.lock().unwrap(), [Ok(()), Err("boom".to_string())]);
+    let g = got.clone();
+    Acker::new(move |r| g.lock().unwrap().push(r)).ack();
+    let mut consumed = inbound(1, SendOptions::USE_ACK | SendOptions::SYNCHRONIZED_ACK);
+    let g = got.clone();
+    consumed.ack = Some(Acker::new(move |r| g.lock().unwrap().push(r)));
+    consumed.consume();
+    assert_eq!(
+        *got.lock().unwrap(),
+        [
+            Err(DROPPED_UNPROCESSED.to_string()),
+            Err("boom".to_string()),
+            Ok(()),
+            Ok(())
+        ]
+    );
+}
+
+/// Fans every received message out a thousandfold, each copy with an acker of its own.
+struct ReceiveStorm(Arc<std::sync::Mutex<Vec<Result<(), String>>>>);
+
+impl Interceptor for ReceiveStorm {
+    fn name(&self) -> &'static str {
+        "receive_storm"
+    }
+    fn on_receive(&mut self, msg: Inbound, cx: &mut Cx<'_>) {
+        for i in 0..1000 {
+            let got = self.0.clone();
+            let mut copy = inbound(i, msg.options);
+            copy.ack = Some(Acker::new(move |r| got.lock().unwrap().push(r)));
+            cx.deliver_up(copy);
+        }
+        msg.consume();
+    }
+}
+
+#[test]
+fn received_work_dropped_on_overflow_is_fail_acked() {
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut p = Pipeline::new(
+        vec![Box::new(Storm), Box::new(ReceiveStorm(got.clone()))],
+        64,
+        Arc::new(AtomicU64::new(0)),
+    );
+    p.receive(Instant::now(), inbound(1, SendOptions::USE_ACK));
+    let mut delivered = 0;
+    while let Some(out) = p.poll_output() {
+        if let Output::Deliver(m) = out {
+            delivered += 1;
+            m.consume();
+        }
+    }
+    let got = got.lock().unwrap();
+    let failed = got
+        .iter()
+        .filter(|r| matches!(r, Err(e) if e == WORK_QUEUE_FULL))
+        .count();
+    assert_eq!(got.len(), 1000, "every copy got a verdict");
+    assert_eq!(failed as u64, p.stats().work_dropped);
+    assert_eq!(delivered + failed, 1000);
+    assert!(failed > 0);
 }

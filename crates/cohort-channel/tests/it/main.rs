@@ -11,3 +11,4 @@ mod failures;
 mod malformed;
 mod modes;
 mod rpc;
+mod truth;
