@@ -25,6 +25,10 @@
 //! # }
 //! ```
 
+mod warn;
+
+pub use warn::{WARN_INTERVAL, WarnLimiter};
+
 use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};

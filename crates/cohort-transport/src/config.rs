@@ -71,11 +71,33 @@ pub struct TransportConfig {
     /// Read buffer chunk per connection (Tribes' `rxBufSize`, 64 KiB). The buffer grows to one
     /// whole frame at most, bounded by `limits.max_frame_payload`.
     pub rx_buf_size: usize,
-    /// Inbound connections at once; more are closed on accept and counted. Default 1024.
+    /// Members' inbound connections at once (counted once their hello is in); more are closed
+    /// at their hello and counted. Default 1024.
     pub max_connections: usize,
-    /// A connection must complete its hello, and every frame once begun, within this time, or
-    /// it is closed and counted (slow-loris defence). Default 10 s.
+    /// Every frame, once begun, must arrive whole within this time, or the connection is
+    /// closed and counted (slow-loris defence). Default 10 s.
     pub frame_timeout: Duration,
+    /// A new connection must deliver its hello (authenticated, when a key is set) within this
+    /// time. Until then it may send at most one hello's worth of bytes. Default 2 s.
+    pub hello_timeout: Duration,
+    /// A connection with nothing received for this long is closed (senders close their own
+    /// pooled connections after half of it, so an in-use connection is never cut). Default
+    /// 120 s.
+    pub idle_timeout: Duration,
+    /// Connections at once that have not completed their hello: a pool apart from
+    /// `max_connections`, so that they never crowd out members. When full, its oldest
+    /// connection is closed to make room (a member's hello comes within milliseconds, so slow
+    /// or silent connections are the ones evicted). Default 256.
+    pub max_unauthenticated: usize,
+    /// The same, per source IP address: a single-address flood only ever evicts its own
+    /// connections. Default 64.
+    pub max_unauthenticated_per_source: usize,
+    /// Memory for received frames across all connections: frames beyond the read buffer
+    /// (`rx_buf_size`) are only read once their size is reserved here, and every received
+    /// frame holds its size until the layer above takes it. When spent, connections pause
+    /// reading (backpressure; nothing is dropped). Must hold at least one largest frame.
+    /// Default 256 MiB.
+    pub max_inbound_bytes: usize,
     /// ACK-requiring messages received on one connection and not yet acknowledged; when
     /// reached the connection is not read until ACKs drain. Default 16,384.
     pub max_pending_acks: usize,
@@ -107,6 +129,11 @@ impl Default for TransportConfig {
             rx_buf_size: 64 * 1024,
             max_connections: 1024,
             frame_timeout: Duration::from_secs(10),
+            hello_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(120),
+            max_unauthenticated: 256,
+            max_unauthenticated_per_source: 64,
+            max_inbound_bytes: 256 * 1024 * 1024,
             max_pending_acks: 16_384,
             inbound_queue: 8192,
             limits: WireLimits::DEFAULT,
@@ -129,16 +156,6 @@ impl TransportConfig {
         }
         let ms = Duration::from_millis(1);
         check("auto_bind", self.auto_bind >= 1, "must be at least 1")?;
-        check(
-            "connect_timeout",
-            self.connect_timeout >= ms,
-            "must be at least 1 ms",
-        )?;
-        check(
-            "send_timeout",
-            self.send_timeout >= ms,
-            "must be at least 1 ms",
-        )?;
         check(
             "max_retry_attempts",
             self.max_retry_attempts <= 100,
@@ -166,8 +183,8 @@ impl TransportConfig {
         )?;
         check(
             "max_peer_queue_bytes",
-            self.max_peer_queue_bytes >= 1024,
-            "must be at least 1024",
+            (1024..=64 << 30).contains(&self.max_peer_queue_bytes),
+            "must be between 1 KiB and 64 GiB",
         )?;
         check(
             "write_batch_bytes",
@@ -181,13 +198,71 @@ impl TransportConfig {
         )?;
         check(
             "max_connections",
-            self.max_connections >= 1,
-            "must be at least 1",
+            (1..=1 << 20).contains(&self.max_connections),
+            "must be between 1 and 1048576",
+        )?;
+        let day = Duration::from_secs(86_400);
+        let zero = Duration::ZERO;
+        for (key, value, min, max) in [
+            ("connect_timeout", self.connect_timeout, ms, day),
+            ("send_timeout", self.send_timeout, ms, day),
+            ("reconnect_backoff", self.reconnect_backoff, zero, day),
+            (
+                "max_reconnect_backoff",
+                self.max_reconnect_backoff,
+                zero,
+                day,
+            ),
+            ("frame_timeout", self.frame_timeout, ms, day),
+            (
+                "hello_timeout",
+                self.hello_timeout,
+                ms,
+                Duration::from_secs(600),
+            ),
+            (
+                "idle_timeout",
+                self.idle_timeout,
+                Duration::from_secs(1),
+                7 * day,
+            ),
+        ] {
+            check(key, value >= min, &format!("must be at least {min:?}"))?;
+            check(
+                key,
+                value <= max,
+                &format!("must be at most {} s", max.as_secs()),
+            )?;
+        }
+        if let Some(t) = self.keep_alive_time {
+            check(
+                "keep_alive_time",
+                t >= ms && t <= 7 * day,
+                "must be between 1 ms and 7 days",
+            )?;
+        }
+        check(
+            "max_unauthenticated",
+            (1..=65_536).contains(&self.max_unauthenticated),
+            "must be between 1 and 65536",
         )?;
         check(
-            "frame_timeout",
-            self.frame_timeout >= ms,
-            "must be at least 1 ms",
+            "max_unauthenticated_per_source",
+            (1..=65_536).contains(&self.max_unauthenticated_per_source),
+            "must be between 1 and 65536",
+        )?;
+        let largest = cohort_wire::FRAME_PREFIX_LEN
+            + self.limits.max_frame_header as usize
+            + self.limits.max_frame_payload as usize
+            + cohort_wire::TAG_LEN
+            + cohort_wire::CRC_LEN;
+        check(
+            "max_inbound_bytes",
+            self.max_inbound_bytes >= largest && self.max_inbound_bytes <= 64 << 30,
+            &format!(
+                "must hold at least one largest frame ({largest} bytes: limits.max_frame_payload \
+                 plus headers) and at most 64 GiB"
+            ),
         )?;
         check(
             "max_pending_acks",
@@ -196,8 +271,8 @@ impl TransportConfig {
         )?;
         check(
             "inbound_queue",
-            self.inbound_queue >= 1,
-            "must be at least 1",
+            (1..=1 << 20).contains(&self.inbound_queue),
+            "must be between 1 and 1048576",
         )?;
         self.limits.validate()?;
         Ok(())

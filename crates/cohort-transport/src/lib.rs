@@ -128,6 +128,36 @@ pub struct Received {
     pub ack: Option<AckToken>,
     /// The path it came by.
     pub via: Via,
+    /// The frame's share of the transport's `max_inbound_bytes`, released when this is
+    /// dropped (`None` for datagrams and for frames from a custom transport).
+    pub budget: Option<InboundPermit>,
+}
+
+/// A received frame's reservation against [`TransportConfig::max_inbound_bytes`]; released on
+/// drop.
+pub struct InboundPermit {
+    _permit: OwnedSemaphorePermit,
+    bytes: u64,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for InboundPermit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "InboundPermit({} bytes)", self.bytes)
+    }
+}
+
+impl InboundPermit {
+    /// The bytes reserved.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl Drop for InboundPermit {
+    fn drop(&mut self) {
+        Counters::sub(&self.counters.inbound_bytes, self.bytes);
+    }
 }
 
 impl Received {
@@ -147,9 +177,9 @@ pub(crate) enum AckMsg {
 
 /// The pending acknowledgement of a USE_ACK | SYNCHRONIZED_ACK message.
 ///
-/// [`AckToken::fail`] sends FAIL_ACK with a reason; [`AckToken::ack`] or dropping the token
-/// sends ACK (as in Tribes, a message consumed without an error counts as processed, including
-/// one an interceptor chose to drop).
+/// [`AckToken::ack`] sends the ACK, [`AckToken::fail`] a FAIL_ACK with a reason. Dropping the
+/// token without either sends FAIL_ACK ("dropped before it was processed"): the sender is
+/// never told a message was processed when nothing said so.
 #[derive(Debug)]
 pub struct AckToken {
     msg_id: u64,
@@ -212,7 +242,7 @@ impl AckToken {
 
 impl Drop for AckToken {
     fn drop(&mut self) {
-        self.finish(None);
+        self.finish(Some("dropped before it was processed"));
     }
 }
 
@@ -316,6 +346,7 @@ impl<N: Net> BoundTransport<N> {
         codec: CohortCodec,
     ) -> (TransportHandle<N>, mpsc::Receiver<Received>) {
         let (inbound_tx, inbound_rx) = mpsc::channel(self.config.inbound_queue);
+        let budget = Arc::new(tokio::sync::Semaphore::new(self.config.max_inbound_bytes));
         let (stop_tx, _) = watch::channel(false);
         let counters = Arc::new(Counters::default());
         let shared = Arc::new(Shared {
@@ -331,6 +362,8 @@ impl<N: Net> BoundTransport<N> {
             udp: std::sync::OnceLock::new(),
             events: self.events,
             inbound: std::sync::Mutex::new(std::collections::HashMap::new()),
+            budget,
+            warn: cohort_net::WarnLimiter::default(),
         });
         if let Some(listener) = self.listener {
             tokio::spawn(receiver::accept_loop(shared.clone(), listener));
@@ -354,9 +387,12 @@ pub(crate) struct Shared<N: Net> {
     peers: sender::Peers,
     udp: std::sync::OnceLock<udp::UdpPath>,
     events: Option<mpsc::Sender<PeerEvent>>,
-    /// Inbound connections by remote address, with the trigger that closes each.
-    inbound:
-        std::sync::Mutex<std::collections::HashMap<SocketAddr, tokio::sync::oneshot::Sender<()>>>,
+    /// Inbound connections by remote address.
+    inbound: std::sync::Mutex<std::collections::HashMap<SocketAddr, receiver::InboundEntry>>,
+    /// `max_inbound_bytes`, as permits of one byte.
+    budget: Arc<tokio::sync::Semaphore>,
+    /// One warning line per kind per interval.
+    warn: cohort_net::WarnLimiter,
 }
 
 impl<N: Net> Shared<N> {
@@ -452,16 +488,16 @@ impl<N: Net> TransportHandle<N> {
     /// Closes the inbound connection whose remote end is `from` (as in
     /// [`Received::peer`]); true if there was one. A throttle's "disconnect".
     pub fn close_inbound(&self, from: SocketAddr) -> bool {
-        let trigger = self
+        let entry = self
             .shared
             .inbound
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&from);
-        match trigger {
-            Some(t) => {
+        match entry {
+            Some(e) => {
                 Counters::inc(&self.shared.counters.inbound_closed_on_request);
-                let _ = t.send(());
+                e.close(receiver::Kill::Requested);
                 true
             }
             None => false,

@@ -1,21 +1,25 @@
 //! Inbound side: the accept loop, one reader task and one ACK writer task per connection.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use cohort_net::{Net, TcpListener};
-use cohort_wire::{AckFrame, FailAck, Frame, FrameCodec, Member, SendOptions};
+use cohort_wire::{
+    AckFrame, FRAME_PREFIX_LEN, FailAck, Frame, FrameCodec, FrameKind, FramePrefix, Member,
+    MemberId, SendOptions,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::stats::Counters;
-use crate::{AckMsg, AckSink, AckToken, Received, Shared, Via};
+use crate::{AckMsg, AckSink, AckToken, InboundPermit, Received, Shared, Via};
 
 pub(crate) async fn accept_loop<N: Net>(shared: Arc<Shared<N>>, listener: N::TcpListener) {
     let mut stop = shared.stop_rx.clone();
+    let mut next_conn = 0u64;
     loop {
         let accepted = tokio::select! {
             biased;
@@ -26,22 +30,116 @@ pub(crate) async fn accept_loop<N: Net>(shared: Arc<Shared<N>>, listener: N::Tcp
             Ok(a) => a,
             Err(e) => {
                 // EMFILE and friends: pause briefly rather than spin.
-                tracing::warn!(error = %e, "accept failed");
+                cohort_net::warn_limited!(shared.warn, "accept_failed", error = %e, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };
         let counters = &shared.counters;
-        if counters.connections_in.load(Relaxed) >= shared.config.max_connections as u64 {
+        next_conn += 1;
+        let (kill_tx, kill_rx) = oneshot::channel();
+        if !admit(&shared, from, next_conn, kill_tx) {
             Counters::inc(&counters.connections_rejected);
-            tracing::warn!(peer = %from, max = shared.config.max_connections, "too many connections; closing");
+            cohort_net::warn_limited!(shared.warn, "too_many_connections", peer = %from,
+                max = shared.config.max_connections + shared.config.max_unauthenticated,
+                "too many connections; closing");
             drop(stream);
             continue;
         }
         Counters::inc(&counters.connections_accepted);
         Counters::inc(&counters.connections_in);
-        tokio::spawn(serve(shared.clone(), stream, from));
+        tokio::spawn(serve(shared.clone(), stream, from, next_conn, kill_rx));
+        // Let the new connection read its hello before the next accept can evict it.
+        tokio::task::yield_now().await;
     }
+}
+
+/// Why a connection is closed from outside its task.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Kill {
+    /// [`crate::TransportHandle::close_inbound`].
+    Requested,
+    /// Evicted while waiting for its hello, to make room for a newer connection.
+    Evicted,
+}
+
+/// An inbound connection as the transport tracks it.
+pub(crate) struct InboundEntry {
+    /// Which connection (a remote address can be reused).
+    conn: u64,
+    kill: oneshot::Sender<Kill>,
+    /// Set until the hello arrived: when the connection was accepted.
+    awaiting_hello: Option<(Instant, IpAddr)>,
+}
+
+impl InboundEntry {
+    pub(crate) fn close(self, why: Kill) {
+        let _ = self.kill.send(why);
+    }
+}
+
+fn table<N: Net>(
+    shared: &Shared<N>,
+) -> std::sync::MutexGuard<'_, std::collections::HashMap<SocketAddr, InboundEntry>> {
+    shared
+        .inbound
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Registers a new connection as awaiting its hello; false when it must be refused.
+///
+/// Connections without a hello have a pool of their own (`max_unauthenticated`, and
+/// `max_unauthenticated_per_source` per IP address), apart from the members' connections
+/// (`max_connections`, counted once the hello is in): they can never crowd out a member. When
+/// the pool is full, its oldest connection is closed to make room: a member's hello follows its
+/// connect within milliseconds, so only slow or silent connections are ever the oldest.
+fn admit<N: Net>(
+    shared: &Shared<N>,
+    from: SocketAddr,
+    conn: u64,
+    kill: oneshot::Sender<Kill>,
+) -> bool {
+    let cfg = &shared.config;
+    // Evicted connections end a moment later; never hold more sockets than both pools.
+    let hard = (cfg.max_connections + cfg.max_unauthenticated) as u64;
+    if shared.counters.connections_in.load(Relaxed) >= hard {
+        return false;
+    }
+    let now = Instant::now();
+    let mut inbound = table(shared);
+    for (cap, same_source) in [
+        (cfg.max_unauthenticated_per_source, true),
+        (cfg.max_unauthenticated, false),
+    ] {
+        let waiting = inbound.iter().filter_map(|(addr, e)| {
+            let (since, ip) = e.awaiting_hello?;
+            (!same_source || ip == from.ip()).then_some((since, *addr))
+        });
+        let (count, oldest) = waiting.fold((0usize, None), |(n, old), (since, addr)| {
+            let older = match old {
+                Some((t, _)) if t <= since => old,
+                _ => Some((since, addr)),
+            };
+            (n + 1, older)
+        });
+        if count >= cap {
+            if let Some(entry) = oldest.and_then(|(_, addr)| inbound.remove(&addr)) {
+                Counters::inc(&shared.counters.unauthenticated_evicted);
+                entry.close(Kill::Evicted);
+            }
+        }
+    }
+    let entry = InboundEntry {
+        conn,
+        kill,
+        awaiting_hello: Some((now, from.ip())),
+    };
+    if let Some(old) = inbound.insert(from, entry) {
+        // The same remote address again: the old connection is gone (or about to be).
+        old.close(Kill::Requested);
+    }
+    true
 }
 
 /// Why an inbound connection was closed.
@@ -53,11 +151,19 @@ enum Close {
     Malformed(cohort_wire::DecodeError),
     Violation(String),
     Upstream,
-    /// Closed by [`crate::TransportHandle::close_inbound`].
-    Requested,
+    /// Closed from outside the task.
+    Killed(Kill),
+    /// `max_connections` members' connections are open.
+    Full,
 }
 
-async fn serve<N: Net>(shared: Arc<Shared<N>>, stream: N::TcpStream, from: SocketAddr) {
+async fn serve<N: Net>(
+    shared: Arc<Shared<N>>,
+    stream: N::TcpStream,
+    from: SocketAddr,
+    conn_id: u64,
+    kill_rx: oneshot::Receiver<Kill>,
+) {
     let (mut read, write) = tokio::io::split(stream);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let (close_tx, close_rx) = oneshot::channel::<()>();
@@ -65,25 +171,22 @@ async fn serve<N: Net>(shared: Arc<Shared<N>>, stream: N::TcpStream, from: Socke
     let mut conn = Inbound {
         shared: shared.clone(),
         from,
+        conn_id,
         hello: None,
         ack_tx,
         pending_acks: Arc::new(Semaphore::new(shared.config.max_pending_acks)),
+        reserved: None,
     };
-    let (kill_tx, kill_rx) = oneshot::channel::<()>();
-    shared
-        .inbound
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .insert(from, kill_tx);
     let why = tokio::select! {
         why = conn.read_loop(&mut read) => why,
-        Ok(()) = kill_rx => Close::Requested,
+        Ok(kill) = kill_rx => Close::Killed(kill),
     };
-    shared
-        .inbound
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .remove(&from);
+    {
+        let mut inbound = table(&shared);
+        if inbound.get(&from).is_some_and(|e| e.conn == conn_id) {
+            inbound.remove(&from);
+        }
+    }
     if let (Some(hello), Close::Eof | Close::Io(_)) = (&conn.hello, &why) {
         shared.peer_event(crate::PeerEvent {
             addr: SocketAddr::new(hello.addr, hello.port),
@@ -96,24 +199,48 @@ async fn serve<N: Net>(shared: Arc<Shared<N>>, stream: N::TcpStream, from: Socke
         });
     }
     let counters = &shared.counters;
+    let warn = &shared.warn;
     match &why {
         Close::Eof | Close::Stopped | Close::Upstream => {}
-        Close::Requested => tracing::debug!(peer = %from, "connection closed on request"),
+        Close::Full => {
+            cohort_net::warn_limited!(warn, "too_many_connections", peer = %from,
+                max = shared.config.max_connections, "too many connections; closing");
+        }
+        Close::Killed(Kill::Requested) => {
+            tracing::debug!(peer = %from, "connection closed on request");
+        }
+        Close::Killed(Kill::Evicted) => {
+            cohort_net::warn_limited!(warn, "evicted", peer = %from,
+                "connection without a hello closed to make room for a newer one");
+        }
         Close::Io(e) => tracing::debug!(peer = %from, error = %e, "connection error"),
+        Close::Timeout("hello") => {
+            Counters::inc(&counters.hello_timeouts);
+            cohort_net::warn_limited!(warn, "hello_timeout", peer = %from,
+                "no hello in time; connection closed");
+        }
+        Close::Timeout("idle") => {
+            Counters::inc(&counters.idle_closed);
+            tracing::debug!(peer = %from, "idle connection closed");
+        }
         Close::Timeout(what) => {
             Counters::inc(&counters.frame_timeouts);
-            tracing::warn!(peer = %from, what, "connection too slow; closed");
+            cohort_net::warn_limited!(warn, "frame_timeout", peer = %from, what,
+                "connection too slow; closed");
         }
         Close::Malformed(e) => {
             counters.malformed(e.kind_name());
-            tracing::warn!(peer = %from, error = %e, "malformed frame; connection closed");
+            cohort_net::warn_limited!(warn, "malformed", peer = %from, error = %e,
+                "malformed frame; connection closed");
         }
         Close::Violation(what) => {
             Counters::inc(&counters.protocol_violations);
-            tracing::warn!(peer = %from, what = %what, "protocol violation; connection closed");
+            cohort_net::warn_limited!(warn, "violation", peer = %from, what = %what,
+                "protocol violation; connection closed");
         }
     }
     let abrupt = !matches!(why, Close::Eof);
+    let had_hello = conn.hello.is_some();
     drop(conn);
     if abrupt {
         // Close now, even if ACK tokens are still held above.
@@ -123,63 +250,157 @@ async fn serve<N: Net>(shared: Arc<Shared<N>>, stream: N::TcpStream, from: Socke
         drop(close_tx);
     }
     let _ = writer.await;
+    if had_hello {
+        Counters::dec(&counters.connections_established);
+    }
     Counters::dec(&counters.connections_in);
 }
 
 struct Inbound<N: Net> {
     shared: Arc<Shared<N>>,
     from: SocketAddr,
+    conn_id: u64,
     hello: Option<Arc<Member>>,
     ack_tx: mpsc::UnboundedSender<AckMsg>,
     pending_acks: Arc<Semaphore>,
+    /// Budget reserved for the large frame at the front of the buffer.
+    reserved: Option<InboundPermit>,
 }
 
 impl<N: Net> Inbound<N> {
+    /// The most a connection may buffer before its hello: one hello frame.
+    fn hello_room(&self) -> usize {
+        FRAME_PREFIX_LEN
+            + self.shared.config.limits.max_frame_header as usize
+            + cohort_wire::TAG_LEN
+            + cohort_wire::CRC_LEN
+    }
+
+    /// Refuses a frame on its prefix, before its body is buffered: before the hello only a
+    /// hello (no payload; authenticated when a key is set) is accepted, after it only data.
+    fn check_prefix(&self, prefix: &FramePrefix) -> Result<(), Close> {
+        let kind = prefix.frame_kind();
+        if self.hello.is_none() {
+            if kind != Some(FrameKind::Hello) {
+                return Err(Close::Violation(format!(
+                    "frame kind {} before the hello",
+                    prefix.kind
+                )));
+            }
+            if prefix.payload_len != 0 {
+                return Err(Close::Violation("a hello with a payload".into()));
+            }
+            if self.shared.codec.is_authenticated() && !prefix.is_authenticated() {
+                return Err(Close::Malformed(cohort_wire::DecodeError::MissingAuth));
+            }
+            return Ok(());
+        }
+        match kind {
+            Some(FrameKind::Data) | None => Ok(()),
+            Some(FrameKind::Hello) => Err(Close::Violation("a second hello".into())),
+            Some(FrameKind::Ack) => Err(Close::Violation(
+                "an ACK frame on an inbound connection".into(),
+            )),
+        }
+    }
+
+    /// Reserves `bytes` of the inbound budget; waits (reading paused) while it is spent.
+    async fn reserve(&self, bytes: usize) -> Result<InboundPermit, Close> {
+        let shared = &self.shared;
+        let n = u32::try_from(bytes).map_err(|_| Close::Violation("frame too large".into()))?;
+        let permit = match shared.budget.clone().try_acquire_many_owned(n) {
+            Ok(p) => p,
+            Err(_) => {
+                Counters::inc(&shared.counters.inbound_budget_waits);
+                let mut stop = shared.stop_rx.clone();
+                tokio::select! {
+                    biased;
+                    () = crate::stopped(&mut stop) => return Err(Close::Stopped),
+                    p = shared.budget.clone().acquire_many_owned(n) => {
+                        p.map_err(|_| Close::Stopped)?
+                    }
+                }
+            }
+        };
+        Counters::add(&shared.counters.inbound_bytes, u64::from(n));
+        Ok(InboundPermit {
+            _permit: permit,
+            bytes: u64::from(n),
+            counters: shared.counters.clone(),
+        })
+    }
+
+    /// Decodes every complete frame at the front of `buf`. Returns how many bytes may be read
+    /// next: a hello's worth before the hello, the rest of the read buffer for small frames,
+    /// and, for a frame larger than the read buffer, its remainder once its header has been
+    /// checked and its size reserved against the inbound budget.
+    async fn decode_all(&mut self, buf: &mut BytesMut, decoded: &mut bool) -> Result<usize, Close> {
+        let shared = self.shared.clone();
+        let cfg = &shared.config;
+        loop {
+            let prefix = match self.shared.codec.peek_frame_prefix(buf) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => return Err(Close::Malformed(e)),
+            };
+            self.check_prefix(&prefix)?;
+            let total = prefix.total_len();
+            if buf.len() < total {
+                if self.hello.is_none() || total <= cfg.rx_buf_size {
+                    break;
+                }
+                if self.reserved.is_none() {
+                    // A large frame: check who it claims to come from before buffering it.
+                    let header = self
+                        .shared
+                        .codec
+                        .peek_data_header(buf, &prefix)
+                        .map_err(Close::Malformed)?;
+                    let Some(header) = header else {
+                        return Ok(prefix.header_end() - buf.len());
+                    };
+                    self.check_sender(header.sender)?;
+                    self.reserved = Some(self.reserve(total).await?);
+                }
+                return Ok(total - buf.len());
+            }
+            let budget = match self.reserved.take() {
+                Some(p) => Some(p),
+                None if self.hello.is_some() => Some(self.reserve(total).await?),
+                None => None,
+            };
+            match self.shared.codec.decode_frame(buf) {
+                Ok(Some(frame)) => {
+                    *decoded = true;
+                    self.handle(frame, budget).await?;
+                }
+                Ok(None) => break,
+                Err(e) => return Err(Close::Malformed(e)),
+            }
+        }
+        let room = if self.hello.is_none() {
+            self.hello_room()
+        } else {
+            cfg.rx_buf_size
+        };
+        Ok(room.saturating_sub(buf.len()))
+    }
+
     async fn read_loop(&mut self, read: &mut tokio::io::ReadHalf<N::TcpStream>) -> Close {
         let shared = self.shared.clone();
         let cfg = &shared.config;
         let mut stop = self.shared.stop_rx.clone();
-        let mut buf = BytesMut::with_capacity(cfg.rx_buf_size);
-        // When the hello or the frame at the front of `buf` began arriving.
-        let mut started = Some(Instant::now());
+        let mut buf = BytesMut::new();
+        let accepted = Instant::now();
+        // When the frame at the front of `buf` began arriving.
+        let mut started: Option<Instant> = None;
+        let mut last_read = accepted;
         loop {
-            if buf.capacity() - buf.len() < cfg.rx_buf_size / 4 {
-                buf.reserve(cfg.rx_buf_size);
-            }
-            let deadline = started.map(|t| t + cfg.frame_timeout);
-            let read_some = async {
-                match deadline {
-                    Some(d) => tokio::time::timeout_at(d, read.read_buf(&mut buf))
-                        .await
-                        .ok(),
-                    None => Some(read.read_buf(&mut buf).await),
-                }
-            };
-            let n = tokio::select! {
-                biased;
-                () = crate::stopped(&mut stop) => return Close::Stopped,
-                r = read_some => match r {
-                    None if self.hello.is_none() => return Close::Timeout("hello"),
-                    None => return Close::Timeout("frame"),
-                    Some(Ok(0)) => return Close::Eof,
-                    Some(Ok(n)) => n,
-                    Some(Err(e)) => return Close::Io(e),
-                },
-            };
-            Counters::add(&self.shared.counters.bytes_received, n as u64);
             let mut decoded = false;
-            loop {
-                match self.shared.codec.decode_frame(&mut buf) {
-                    Ok(None) => break,
-                    Ok(Some(frame)) => {
-                        decoded = true;
-                        if let Err(close) = self.handle(frame).await {
-                            return close;
-                        }
-                    }
-                    Err(e) => return Close::Malformed(e),
-                }
-            }
+            let room = match self.decode_all(&mut buf, &mut decoded).await {
+                Ok(r) => r,
+                Err(close) => return close,
+            };
             if buf.is_empty() {
                 started = None;
             } else if decoded || started.is_none() {
@@ -187,12 +408,48 @@ impl<N: Net> Inbound<N> {
             }
             // Give back memory a large frame needed once.
             if buf.is_empty() && buf.capacity() > 4 * cfg.rx_buf_size {
-                buf = BytesMut::with_capacity(cfg.rx_buf_size);
+                buf = BytesMut::new();
             }
+            if room == 0 {
+                return Close::Violation("no progress possible".into());
+            }
+            let (deadline, what) = match (&self.hello, started) {
+                (None, _) => (accepted + cfg.hello_timeout, "hello"),
+                (Some(_), Some(t)) => (t + cfg.frame_timeout, "frame"),
+                (Some(_), None) => (last_read + cfg.idle_timeout, "idle"),
+            };
+            // Grow with the bytes that arrive, a read buffer at a time.
+            buf.reserve(room.min(cfg.rx_buf_size));
+            let mut limited = (&mut buf).limit(room);
+            let read_some = tokio::time::timeout_at(deadline, read.read_buf(&mut limited));
+            let n = tokio::select! {
+                biased;
+                () = crate::stopped(&mut stop) => return Close::Stopped,
+                r = read_some => match r {
+                    Err(_) => return Close::Timeout(what),
+                    Ok(Ok(0)) => return Close::Eof,
+                    Ok(Ok(n)) => n,
+                    Ok(Err(e)) => return Close::Io(e),
+                },
+            };
+            last_read = Instant::now();
+            Counters::add(&self.shared.counters.bytes_received, n as u64);
         }
     }
 
-    async fn handle(&mut self, frame: Frame) -> Result<(), Close> {
+    fn check_sender(&self, sender: MemberId) -> Result<(), Close> {
+        match &self.hello {
+            Some(hello) if hello.id == sender => Ok(()),
+            Some(hello) => Err(Close::Violation(format!(
+                "data from {} on {}'s connection",
+                sender.short(),
+                hello.id.short()
+            ))),
+            None => Err(Close::Violation("data before hello".into())),
+        }
+    }
+
+    async fn handle(&mut self, frame: Frame, budget: Option<InboundPermit>) -> Result<(), Close> {
         match frame {
             Frame::Hello(member) => {
                 if self.hello.is_some() {
@@ -204,24 +461,30 @@ impl<N: Net> Inbound<N> {
                         member.cluster, self.shared.local.cluster
                     )));
                 }
+                let counters = &self.shared.counters;
+                let max = self.shared.config.max_connections as u64;
+                if counters.connections_established.fetch_add(1, Relaxed) >= max {
+                    Counters::dec(&counters.connections_established);
+                    Counters::inc(&counters.connections_rejected);
+                    return Err(Close::Full);
+                }
                 tracing::debug!(peer = %self.from, member = %member.id.short(), "hello");
                 self.hello = Some(Arc::new(*member));
+                if let Some(e) = table(&self.shared).get_mut(&self.from) {
+                    if e.conn == self.conn_id {
+                        e.awaiting_hello = None;
+                    }
+                }
                 Ok(())
             }
             Frame::Ack(_) => Err(Close::Violation(
                 "an ACK frame on an inbound connection".into(),
             )),
             Frame::Data(data) => {
+                self.check_sender(data.header.sender)?;
                 let Some(hello) = &self.hello else {
                     return Err(Close::Violation("data before hello".into()));
                 };
-                if data.header.sender != hello.id {
-                    return Err(Close::Violation(format!(
-                        "data from {} on {}'s connection",
-                        data.header.sender.short(),
-                        hello.id.short()
-                    )));
-                }
                 Counters::inc(&self.shared.counters.frames_received);
                 let opts = data.header.options;
                 let msg_id = data.header.msg_id;
@@ -251,6 +514,7 @@ impl<N: Net> Inbound<N> {
                     frame: data,
                     ack,
                     via: Via::Tcp,
+                    budget,
                 };
                 self.shared
                     .inbound_tx

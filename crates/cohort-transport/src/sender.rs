@@ -214,6 +214,9 @@ struct Conn<S> {
     in_flight: Arc<Mutex<InFlight>>,
     permits: Arc<Semaphore>,
     opened: Instant,
+    /// When frames were last written: the lane closes the connection itself after half the
+    /// receiver's `idle_timeout` without traffic, before the receiver would.
+    last_write: Instant,
     messages: u64,
     reader: tokio::task::AbortHandle,
 }
@@ -244,11 +247,23 @@ impl<N: Net> Lane<N> {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
         let mut stop = self.shared.stop_rx.clone();
         let mut batch: Vec<Outgoing> = Vec::new();
+        let idle = self.shared.config.idle_timeout / 2;
         loop {
+            let idle_at = self.conn.as_ref().map(|c| c.last_write + idle);
+            let idle_due = async move {
+                match idle_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
             let first = tokio::select! {
                 biased;
                 () = crate::stopped(&mut stop) => break,
                 m = rx.recv() => match m { Some(m) => m, None => break },
+                () = idle_due => {
+                    self.close_if_idle();
+                    continue;
+                }
             };
             batch.push(first);
             let mut bytes = batch[0].frame.len();
@@ -372,6 +387,7 @@ impl<N: Net> Lane<N> {
             }
         }
         conn.messages += n_frames;
+        conn.last_write = Instant::now();
         let written = tokio::time::timeout_at(deadline, conn.write.write_all(&self.buf)).await;
         let counters = &self.shared.counters;
         match written {
@@ -409,6 +425,20 @@ impl<N: Net> Lane<N> {
         }
         if self.buf.capacity() > 4 * cfg.write_batch_bytes {
             self.buf = BytesMut::with_capacity(cfg.write_batch_bytes.min(1 << 20));
+        }
+    }
+
+    /// Closes the connection after `idle_timeout / 2` without writes, unless ACKs are still
+    /// awaited on it (then looks again later).
+    fn close_if_idle(&mut self) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        if lock(&conn.in_flight).map.is_empty() {
+            tracing::debug!(peer = %self.addr, "closing an idle connection");
+            self.close();
+        } else {
+            conn.last_write = Instant::now();
         }
     }
 
@@ -504,6 +534,7 @@ impl<N: Net> Lane<N> {
             in_flight,
             permits,
             opened: Instant::now(),
+            last_write: Instant::now(),
             messages: 0,
             reader,
         });

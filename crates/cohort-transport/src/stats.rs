@@ -39,10 +39,14 @@ macro_rules! counters {
 counters! {
     /// Inbound connections accepted.
     connections_accepted,
-    /// Inbound connections closed at once because `max_connections` were open.
+    /// Inbound connections closed because `max_connections` members' connections were open
+    /// (at their hello), or both pools were full (on accept).
     connections_rejected,
-    /// Inbound connections open now (a gauge).
+    /// Inbound connections open now (a gauge), with or without a hello.
     connections_in,
+    /// Inbound connections open now that completed their hello (a gauge; at most
+    /// `max_connections`).
+    connections_established,
     /// Outbound connections open now (a gauge).
     connections_out,
     /// Outbound connections established.
@@ -88,6 +92,18 @@ counters! {
     peer_events_dropped,
     /// Inbound connections closed on request ([`crate::TransportHandle::close_inbound`]).
     inbound_closed_on_request,
+    /// Connections without a hello yet closed to make room for a newer one
+    /// (`max_unauthenticated` or `max_unauthenticated_per_source` reached).
+    unauthenticated_evicted,
+    /// Connections closed because no hello came within `hello_timeout`.
+    hello_timeouts,
+    /// Connections closed after `idle_timeout` without a byte.
+    idle_closed,
+    /// Bytes of received frames held against `max_inbound_bytes` now (a gauge): frames being
+    /// read beyond the read buffer, and frames queued for the layer above.
+    inbound_bytes,
+    /// Times a connection paused reading because `max_inbound_bytes` was spent.
+    inbound_budget_waits,
 }
 
 impl Counters {
@@ -110,6 +126,10 @@ impl Counters {
 
     pub(crate) fn dec(counter: &AtomicU64) {
         counter.fetch_sub(1, Relaxed);
+    }
+
+    pub(crate) fn sub(counter: &AtomicU64, n: u64) {
+        counter.fetch_sub(n, Relaxed);
     }
 }
 

@@ -180,7 +180,7 @@ async fn run<N: Net>(
                                 let _ = ack_tx.try_send((from, AckMsg::Ack(msg_id, None)));
                             }
                         }
-                        let received = Received { hello: None, peer: from, frame: data, ack, via: Via::Udp };
+                        let received = Received { hello: None, peer: from, frame: data, ack, via: Via::Udp, budget: None };
                         if let Err(e) = shared.inbound_tx.try_send(received) {
                             Counters::inc(&counters.datagrams_dropped);
                             // A dropped message must not be acknowledged as processed.

@@ -6,8 +6,8 @@
 use bytes::BytesMut;
 
 use crate::{
-    Beacon, ConfigError, DecodeError, EncodeError, Frame, KeyRing, MIN_PROTOCOL_VERSION,
-    PROTOCOL_VERSION, WireLimits,
+    Beacon, ConfigError, DataHeader, DecodeError, EncodeError, Frame, FramePrefix, KeyRing,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, WireLimits,
 };
 
 /// Encodes and decodes stream frames.
@@ -103,6 +103,24 @@ impl CohortCodec {
     /// True when the codec signs and checks tags.
     pub fn is_authenticated(&self) -> bool {
         self.keys.is_some()
+    }
+
+    /// Reads and checks the prefix of the frame at the front of `buf` (magic, version, lengths
+    /// against the limits) without consuming anything; `Ok(None)` until 16 bytes are there.
+    /// A reader uses it to refuse a frame before buffering its body.
+    pub fn peek_frame_prefix(&self, buf: &[u8]) -> Result<Option<FramePrefix>, DecodeError> {
+        crate::frame::peek_prefix(buf, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, &self.limits)
+    }
+
+    /// Parses the header of the data frame at the front of `buf` once its prefix and header
+    /// are there (`Ok(None)` before), so that a reader can check the sender before it buffers
+    /// a large payload. Not authenticated: the tag follows the payload.
+    pub fn peek_data_header(
+        &self,
+        buf: &[u8],
+        prefix: &FramePrefix,
+    ) -> Result<Option<DataHeader>, DecodeError> {
+        crate::frame::peek_data_header(buf, prefix)
     }
 }
 

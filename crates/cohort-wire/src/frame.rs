@@ -350,16 +350,51 @@ pub(crate) fn encode_frame(
     Ok(())
 }
 
-/// Streaming decode: takes one complete frame off the front of `buf`, `Ok(None)` when more
-/// bytes are needed. On error the stream is unusable and should be closed: errors found in the
-/// fixed prefix, CRC or tag leave `buf` unchanged; a malformed header consumes its frame.
-pub(crate) fn decode_frame(
-    buf: &mut BytesMut,
+/// What the fixed 16-byte prefix of a frame declares, checked against the limits: enough for a
+/// reader to decide whether the frame is acceptable before it buffers the frame's body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FramePrefix {
+    /// The kind byte as sent (not yet checked against the known kinds).
+    pub kind: u8,
+    /// The flag byte.
+    pub flags: u8,
+    /// Length of the prost header.
+    pub header_len: u32,
+    /// Length of the payload.
+    pub payload_len: u32,
+}
+
+impl FramePrefix {
+    /// The kind, if known.
+    pub fn frame_kind(&self) -> Option<FrameKind> {
+        FrameKind::from_byte(self.kind)
+    }
+
+    /// True when the frame carries an HMAC tag.
+    pub fn is_authenticated(&self) -> bool {
+        self.flags & FLAG_AUTHENTICATED != 0
+    }
+
+    /// Offset of the end of the header (prefix included).
+    pub fn header_end(&self) -> usize {
+        FRAME_PREFIX_LEN + self.header_len as usize
+    }
+
+    /// The whole frame's length: prefix, header, payload, tag, CRC.
+    pub fn total_len(&self) -> usize {
+        let tag = if self.is_authenticated() { TAG_LEN } else { 0 };
+        self.header_end() + self.payload_len as usize + tag + CRC_LEN
+    }
+}
+
+/// Reads and checks the prefix at the front of `buf` (magic, version, both lengths against
+/// `limits`); `Ok(None)` until 16 bytes are there. Consumes nothing.
+pub(crate) fn peek_prefix(
+    buf: &[u8],
     min_version: u8,
     max_version: u8,
     limits: &WireLimits,
-    keys: Option<&KeyRing>,
-) -> Result<Option<Frame>, DecodeError> {
+) -> Result<Option<FramePrefix>, DecodeError> {
     // Check what is there as early as possible: a wrong magic is reported after 4 bytes.
     let magic_len = buf.len().min(4);
     if buf[..magic_len] != FRAME_MAGIC[..magic_len] {
@@ -384,7 +419,7 @@ pub(crate) fn decode_frame(
         return Ok(None);
     }
     let mut prefix = &buf[5..FRAME_PREFIX_LEN];
-    let kind_byte = prefix.get_u8();
+    let kind = prefix.get_u8();
     let flags = prefix.get_u8();
     let _reserved = prefix.get_u8();
     let header_len = prefix.get_u32();
@@ -403,7 +438,43 @@ pub(crate) fn decode_frame(
             max: limits.max_frame_payload.into(),
         });
     }
-    let authenticated = flags & FLAG_AUTHENTICATED != 0;
+    Ok(Some(FramePrefix {
+        kind,
+        flags,
+        header_len,
+        payload_len,
+    }))
+}
+
+/// Parses the header of a data frame whose prefix and header are at the front of `buf`
+/// (before its payload has arrived): lets a reader check the sender before it buffers a large
+/// payload. Nothing is authenticated yet: the tag and CRC come after the payload.
+pub(crate) fn peek_data_header(
+    buf: &[u8],
+    prefix: &FramePrefix,
+) -> Result<Option<DataHeader>, DecodeError> {
+    if buf.len() < prefix.header_end() {
+        return Ok(None);
+    }
+    let header = Bytes::copy_from_slice(&buf[FRAME_PREFIX_LEN..prefix.header_end()]);
+    data_header(header).map(Some)
+}
+
+/// Streaming decode: takes one complete frame off the front of `buf`, `Ok(None)` when more
+/// bytes are needed. On error the stream is unusable and should be closed: errors found in the
+/// fixed prefix, CRC or tag leave `buf` unchanged; a malformed header consumes its frame.
+pub(crate) fn decode_frame(
+    buf: &mut BytesMut,
+    min_version: u8,
+    max_version: u8,
+    limits: &WireLimits,
+    keys: Option<&KeyRing>,
+) -> Result<Option<Frame>, DecodeError> {
+    let Some(prefix) = peek_prefix(buf, min_version, max_version, limits)? else {
+        return Ok(None);
+    };
+    let (kind_byte, header_len, payload_len) = (prefix.kind, prefix.header_len, prefix.payload_len);
+    let authenticated = prefix.is_authenticated();
     let tag_len = if authenticated { TAG_LEN } else { 0 };
     let body_end = FRAME_PREFIX_LEN + header_len as usize + payload_len as usize;
     let total = body_end + tag_len + CRC_LEN;
@@ -440,6 +511,31 @@ pub(crate) fn decode_frame(
     parse_body(kind, header, payload, limits).map(Some)
 }
 
+fn data_header(header: Bytes) -> Result<DataHeader, DecodeError> {
+    const WHAT: &str = "data header";
+    let pb = DataHeaderPb::decode(header).map_err(|e| proto::prost_error(WHAT, &e))?;
+    proto::check_len(WHAT, "extensions", pb.extensions.len(), MAX_EXTENSIONS)?;
+    let sender = MemberId::from_slice(&pb.sender).ok_or_else(|| {
+        let detail = format!("{} bytes, need 16", pb.sender.len());
+        proto::out_of_range(WHAT, "sender", detail)
+    })?;
+    Ok(DataHeader {
+        msg_id: pb.msg_id,
+        options: SendOptions::from_bits(pb.options),
+        sender,
+        timestamp_ms: pb.timestamp_ms,
+        seq: pb.seq,
+        extensions: pb
+            .extensions
+            .into_iter()
+            .map(|e| Extension {
+                tag: e.tag,
+                value: e.value,
+            })
+            .collect(),
+    })
+}
+
 fn parse_body(
     kind: FrameKind,
     header: Bytes,
@@ -458,31 +554,10 @@ fn parse_body(
         ));
     }
     match kind {
-        FrameKind::Data => {
-            const WHAT: &str = "data header";
-            let pb = DataHeaderPb::decode(header).map_err(|e| proto::prost_error(WHAT, &e))?;
-            proto::check_len(WHAT, "extensions", pb.extensions.len(), MAX_EXTENSIONS)?;
-            let sender = MemberId::from_slice(&pb.sender).ok_or_else(|| {
-                let detail = format!("{} bytes, need 16", pb.sender.len());
-                proto::out_of_range(WHAT, "sender", detail)
-            })?;
-            let header = DataHeader {
-                msg_id: pb.msg_id,
-                options: SendOptions::from_bits(pb.options),
-                sender,
-                timestamp_ms: pb.timestamp_ms,
-                seq: pb.seq,
-                extensions: pb
-                    .extensions
-                    .into_iter()
-                    .map(|e| Extension {
-                        tag: e.tag,
-                        value: e.value,
-                    })
-                    .collect(),
-            };
-            Ok(Frame::Data(DataFrame { header, payload }))
-        }
+        FrameKind::Data => Ok(Frame::Data(DataFrame {
+            header: data_header(header)?,
+            payload,
+        })),
         FrameKind::Ack => {
             const WHAT: &str = "ack frame";
             let pb = AckPb::decode(header).map_err(|e| proto::prost_error(WHAT, &e))?;

@@ -62,7 +62,7 @@ pub use codec::{BeaconCodec, CohortCodec, FrameCodec};
 pub use error::{ConfigError, DecodeError, EncodeError, MalformedReason};
 pub use frame::{
     AckFrame, AckRange, CRC_LEN, DataFrame, DataHeader, Extension, FLAG_AUTHENTICATED, FRAME_MAGIC,
-    FRAME_PREFIX_LEN, FailAck, Frame, FrameKind,
+    FRAME_PREFIX_LEN, FailAck, Frame, FrameKind, FramePrefix,
 };
 pub use limits::{
     MAX_CLUSTER_LEN, MAX_DATAGRAM, MAX_DOMAIN_LEN, MAX_EXTENSIONS, MAX_FAIL_REASON_LEN,

@@ -5,9 +5,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use bytes::BytesMut;
 use cohort_channel::Delivered;
 use cohort_transport::TransportConfig;
-use cohort_wire::{SendOptions, Services};
+use cohort_wire::{
+    CohortCodec, Frame, FrameCodec, Member, MemberId, SendOptions, Services, WireLimits,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -29,6 +32,7 @@ async fn bad_frames_close_only_their_connection() {
         builder()
             .transport(TransportConfig {
                 frame_timeout: Duration::from_millis(300),
+                hello_timeout: Duration::from_millis(300),
                 ..transport()
             })
             .listener(sink.clone()),
@@ -58,11 +62,19 @@ async fn bad_frames_close_only_their_connection() {
     s.write_all(&prefix).await.unwrap();
     closed_by_peer(&mut s).await;
 
-    // A frame that never ends (a valid prefix, then silence).
+    // A data frame before any hello: refused on its prefix.
     let mut s = TcpStream::connect(addr).await.unwrap();
     let mut prefix = b"COHF\x01\x01\x00\x00".to_vec();
     prefix.extend_from_slice(&16u32.to_be_bytes());
     prefix.extend_from_slice(&100u32.to_be_bytes());
+    s.write_all(&prefix).await.unwrap();
+    closed_by_peer(&mut s).await;
+
+    // A hello that never ends (a valid prefix, then silence).
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut prefix = b"COHF\x01\x03\x00\x00".to_vec();
+    prefix.extend_from_slice(&100u32.to_be_bytes());
+    prefix.extend_from_slice(&0u32.to_be_bytes());
     s.write_all(&prefix).await.unwrap();
     closed_by_peer(&mut s).await;
 
@@ -80,7 +92,8 @@ async fn bad_frames_close_only_their_connection() {
     let stats = b.stats().transport;
     assert_eq!(stats.malformed.get("bad_magic"), Some(&1), "{stats:?}");
     assert_eq!(stats.malformed.get("too_large"), Some(&1), "{stats:?}");
-    assert_eq!(stats.frame_timeouts, 2, "{stats:?}");
+    assert_eq!(stats.protocol_violations, 1, "{stats:?}");
+    assert_eq!(stats.hello_timeouts, 2, "{stats:?}");
     wait_for("both messages", Duration::from_secs(5), || sink.len() == 2).await;
     a.stop(Services::DEFAULT).await;
     b.stop(Services::DEFAULT).await;
@@ -94,13 +107,27 @@ async fn connections_beyond_the_limit_are_refused_and_counted() {
     }))
     .await;
     let addr = SocketAddr::new(b.local().addr, b.local().port);
-    let _s1 = TcpStream::connect(addr).await.unwrap();
-    let _s2 = TcpStream::connect(addr).await.unwrap();
-    wait_for("two accepted", Duration::from_secs(5), || {
-        b.stats().transport.connections_accepted == 2
+    // Members' connections are counted at their hello.
+    let hello = |id: u8| {
+        let mut m = Member::new(MemberId::from_bytes([id; 16]), addr.ip(), 1);
+        m.cluster.clone_from(&b.local().cluster);
+        let mut out = BytesMut::new();
+        CohortCodec::new(WireLimits::default(), None)
+            .unwrap()
+            .encode_frame(&Frame::Hello(Box::new(m)), &mut out)
+            .unwrap();
+        out
+    };
+    let mut s1 = TcpStream::connect(addr).await.unwrap();
+    s1.write_all(&hello(1)).await.unwrap();
+    let mut s2 = TcpStream::connect(addr).await.unwrap();
+    s2.write_all(&hello(2)).await.unwrap();
+    wait_for("two established", Duration::from_secs(5), || {
+        b.stats().transport.connections_established == 2
     })
     .await;
     let mut s3 = TcpStream::connect(addr).await.unwrap();
+    s3.write_all(&hello(3)).await.unwrap();
     closed_by_peer(&mut s3).await;
     assert_eq!(b.stats().transport.connections_rejected, 1);
     b.stop(Services::DEFAULT).await;

@@ -7,8 +7,8 @@ use cohort_transport::{
     Delivered, Received, SendError, Transport, TransportConfig, TransportHandle,
 };
 use cohort_wire::{
-    CohortCodec, DataFrame, DataHeader, Frame, FrameCodec, Member, MemberId, SendOptions,
-    WireLimits,
+    ClusterKey, CohortCodec, DataFrame, DataHeader, Frame, FrameCodec, KeyRing, Member, MemberId,
+    SendOptions, WireLimits,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -30,11 +30,20 @@ pub(crate) struct Node {
 }
 
 pub(crate) async fn node(id: u8, config: TransportConfig) -> Node {
+    node_with(id, config, codec()).await
+}
+
+pub(crate) fn keyed_codec() -> CohortCodec {
+    let ring = KeyRing::new(vec![ClusterKey::new(vec![7u8; 32]).unwrap()]).unwrap();
+    CohortCodec::new(WireLimits::default(), Some(ring)).unwrap()
+}
+
+pub(crate) async fn node_with(id: u8, config: TransportConfig, codec: CohortCodec) -> Node {
     let bound = Transport::bind(config, TokioNet, true).await.unwrap();
     let addr = bound.local_addr().unwrap();
     let mut member = Member::new(MemberId::from_bytes([id; 16]), addr.ip(), addr.port());
     member.udp_port = bound.udp_port();
-    let (handle, inbound) = bound.start(member.clone(), codec());
+    let (handle, inbound) = bound.start(member.clone(), codec);
     Node {
         member,
         handle,
@@ -42,7 +51,13 @@ pub(crate) async fn node(id: u8, config: TransportConfig) -> Node {
     }
 }
 
-pub(crate) fn frame(from: &Member, msg_id: u64, options: SendOptions, payload: &[u8]) -> Bytes {
+pub(crate) fn frame_with(
+    codec: &CohortCodec,
+    from: &Member,
+    msg_id: u64,
+    options: SendOptions,
+    payload: &[u8],
+) -> Bytes {
     let frame = Frame::Data(DataFrame {
         header: DataHeader {
             msg_id,
@@ -53,7 +68,7 @@ pub(crate) fn frame(from: &Member, msg_id: u64, options: SendOptions, payload: &
         payload: Bytes::copy_from_slice(payload),
     });
     let mut out = BytesMut::new();
-    codec().encode_frame(&frame, &mut out).unwrap();
+    codec.encode_frame(&frame, &mut out).unwrap();
     out.freeze()
 }
 
@@ -67,7 +82,7 @@ pub(crate) fn send(
     let (tx, rx) = oneshot::channel();
     from.handle.send(
         to,
-        frame(&from.member, msg_id, options, payload),
+        frame_with(from.handle.codec(), &from.member, msg_id, options, payload),
         msg_id,
         options,
         Box::new(move |r| {

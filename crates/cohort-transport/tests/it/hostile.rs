@@ -1,0 +1,165 @@
+//! Hostile peers on loopback: connections that never say hello, never stop being idle, or
+//! flood garbage, cost members nothing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use cohort_transport::TransportConfig;
+use cohort_wire::{Frame, FrameCodec, Member, MemberId, SendOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+/// Opens connections that never send a byte, reopening each as soon as it is closed.
+fn silent_flood(addr: SocketAddr, tasks: usize, stop: &Arc<AtomicBool>) -> Arc<AtomicU64> {
+    let opened = Arc::new(AtomicU64::new(0));
+    for _ in 0..tasks {
+        let (stop, opened) = (stop.clone(), opened.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(mut s) = TcpStream::connect(addr).await else {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                };
+                opened.fetch_add(1, Ordering::Relaxed);
+                let mut b = [0u8; 16];
+                // Held until the node closes it (or the test ends).
+                let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await;
+            }
+        });
+    }
+    opened
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_never_crowd_out_a_member() {
+    let config = TransportConfig {
+        // Fewer than the flood: before the pools were split, silent connections filled them.
+        max_connections: 32,
+        max_unauthenticated: 16,
+        ..config()
+    };
+    let b = node_with(2, config.clone(), keyed_codec()).await;
+    let sender_config = TransportConfig {
+        // Reconnect often, so that connects race the flood.
+        keep_alive_count: Some(5),
+        ..config
+    };
+    let mut a = node_with(1, sender_config, keyed_codec()).await;
+    let addr = b.member.data_addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let opened = silent_flood(addr, 64, &stop);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut b = b;
+    let (mut ok, mut failed) = (0, Vec::new());
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut id = 0;
+    while Instant::now() < until {
+        id += 1;
+        let r = send(&a, &b.member, id, SendOptions::USE_ACK, b"hi");
+        match within(Duration::from_secs(10), r).await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => failed.push(e),
+        }
+        while b.inbound.try_recv().is_ok() {}
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let stats = b.handle.stats();
+    assert!(
+        opened.load(Ordering::Relaxed) > 64,
+        "the flood reopened connections"
+    );
+    assert!(stats.unauthenticated_evicted > 0, "{stats:?}");
+    assert!(
+        failed.is_empty(),
+        "{ok} delivered, {} failed: {:?}; {stats:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert!(ok > 50);
+    a.handle.stop();
+    b.handle.stop();
+    let _ = a.inbound.try_recv();
+}
+
+#[tokio::test]
+async fn a_hello_is_due_within_hello_timeout_and_idle_connections_close() {
+    let b = node(
+        2,
+        TransportConfig {
+            hello_timeout: Duration::from_millis(200),
+            idle_timeout: Duration::from_secs(1),
+            ..config()
+        },
+    )
+    .await;
+    let addr = b.member.data_addr();
+    // Silent: closed after the hello timeout.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        within(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap_or(0),
+        0
+    );
+    assert!(t.elapsed() < Duration::from_secs(2));
+    // A hello, then silence: closed after the idle timeout (without a key anyone can say hello).
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut hello = BytesMut::new();
+    let who = Member::new(MemberId::from_bytes([5; 16]), addr.ip(), 1);
+    codec()
+        .encode_frame(&Frame::Hello(Box::new(who)), &mut hello)
+        .unwrap();
+    s.write_all(&hello).await.unwrap();
+    let t = Instant::now();
+    assert_eq!(
+        within(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap_or(0),
+        0
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    let stats = b.handle.stats();
+    assert_eq!(
+        (stats.hello_timeouts, stats.idle_closed),
+        (1, 1),
+        "{stats:?}"
+    );
+    b.handle.stop();
+}
+
+#[tokio::test]
+async fn a_hello_with_a_payload_or_data_first_is_refused_on_its_prefix() {
+    let b = node(2, config()).await;
+    let addr = b.member.data_addr();
+    for kind in [1u8, 3] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut prefix = cohort_wire::FRAME_MAGIC.to_vec();
+        prefix.extend_from_slice(&[cohort_wire::PROTOCOL_VERSION, kind, 0, 0]);
+        prefix.extend_from_slice(&16u32.to_be_bytes());
+        prefix.extend_from_slice(&(1u32 << 20).to_be_bytes());
+        s.write_all(&prefix).await.unwrap();
+        let mut buf = [0u8; 16];
+        let t = Instant::now();
+        assert_eq!(
+            within(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .unwrap_or(0),
+            0
+        );
+        assert!(t.elapsed() < Duration::from_secs(1), "closed on the prefix");
+    }
+    assert_eq!(b.handle.stats().protocol_violations, 2);
+    b.handle.stop();
+}
