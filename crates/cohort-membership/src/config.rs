@@ -49,7 +49,10 @@ pub struct MembershipConfig {
     /// Cluster keys: when set, beacons are signed with the first and must verify under one.
     pub keys: Option<KeyRing>,
     /// With keys: beacons whose send time differs from ours by more than this are dropped as
-    /// stale (replays of old beacons). Default 30 s. Ignored without keys.
+    /// stale (replays of old beacons), and a departed member's sequence refuses replays for
+    /// this plus `drop_time`. Default 30 s. Ignored without keys: an unauthenticated sequence
+    /// refuses lower ones for one `frequency` only, so that one forged beacon cannot keep a
+    /// live member out.
     pub max_clock_skew: Duration,
     /// Shortest interval between the immediate beacons sent to answer joins or announce a
     /// payload change, so that a burst of joins cannot cause a storm. Default 20 ms.
@@ -111,7 +114,10 @@ pub struct StaticPeer {
     /// Its member id, if known: beacons from `addr` claiming another id are dropped.
     pub id: Option<MemberId>,
     /// A secret shared with this peer alone: beacons to and from it are signed with it instead
-    /// of the cluster keys.
+    /// of the cluster keys. A beacon that names this peer (by `id`, by `addr` as its data
+    /// address, or by the id or data address the secret last vouched for), whatever address it
+    /// came from, counts only when the secret verified it, that is when it came from `addr`
+    /// signed with the secret; otherwise it is dropped and counted as unauthenticated.
     pub secret: Option<ClusterKey>,
 }
 

@@ -43,7 +43,8 @@ impl DisappearReason {
 pub enum MembershipEvent {
     /// A new member was heard from.
     MemberAdded(Member),
-    /// A known member's payload, name, domain, UDP port or versions changed.
+    /// A known member's payload, name, domain, UDP port, versions or start time changed (a
+    /// changed start time may move the lead: `LeadChanged` follows).
     MemberUpdated(Member),
     /// A member left the view.
     MemberDisappeared {
@@ -119,11 +120,13 @@ pub struct MembershipStats {
     pub beacons_sent: u64,
     /// Datagrams that did not decode.
     pub malformed: u64,
-    /// Beacons without a valid tag, or signed when we have no key.
+    /// Beacons without a valid tag, or signed when we have no key, or naming a static peer
+    /// that has its own secret without being signed with it.
     pub unauthenticated: u64,
     /// Beacons of another cluster.
     pub foreign_cluster: u64,
-    /// Beacons whose sequence was not above the last accepted (replays, reordering).
+    /// Beacons whose sequence was not above the last accepted (replays, reordering). Without
+    /// a key, a sequence refuses lower ones for one beacon period only.
     pub replayed: u64,
     /// Authenticated beacons whose send time was too far from ours.
     pub stale: u64,

@@ -59,12 +59,31 @@ struct Entry {
 #[derive(Debug)]
 struct Tombstone {
     last_seq: u64,
-    until: Instant,
+    /// When the member was removed; the tombstone refuses beacons for
+    /// `MembershipCore::tombstone_time` from then.
+    removed_at: Instant,
 }
 
 struct PeerCodec {
     peer: StaticPeer,
     codec: CohortCodec,
+    /// The member a beacon verified with the peer's own secret last named: its id and data
+    /// address are known to belong to the peer.
+    known: Option<MemberKey>,
+}
+
+impl PeerCodec {
+    /// True when the peer has a secret of its own and `member` names it: by the id configured
+    /// for it, by its configured address, or by the id or data address its secret vouched for.
+    /// Such a beacon counts only when that secret verified it, whatever its source address.
+    fn protects(&self, member: &Member) -> bool {
+        self.peer.secret.is_some()
+            && (self.peer.id == Some(member.id)
+                || self.peer.addr == member.data_addr()
+                || self.known.is_some_and(|k| {
+                    k.id == member.id || (k.addr == member.addr && k.port == member.port)
+                }))
+    }
 }
 
 /// The membership state machine. See the module documentation for the call order.
@@ -132,7 +151,11 @@ impl MembershipCore {
                 None => cfg.keys.clone(),
             };
             let codec = CohortCodec::new(cfg.limits, keys)?;
-            peer_codecs.push(PeerCodec { peer, codec });
+            peer_codecs.push(PeerCodec {
+                peer,
+                codec,
+                known: None,
+            });
         }
         Ok(Self {
             codec,
@@ -238,8 +261,12 @@ impl MembershipCore {
             return;
         }
         self.stats.datagrams_received += 1;
-        let peer = self.peers.iter().find(|p| p.peer.addr == from);
-        let codec = peer.map_or(&self.codec, |p| &p.codec);
+        // A datagram from a static peer's address is verified with that peer's codec.
+        let source = self.peers.iter().position(|p| p.peer.addr == from);
+        let codec = source.map_or(&self.codec, |i| &self.peers[i].codec);
+        // Only a beacon verified with a key (the cluster's or the peer's own) carries the
+        // sender's own sequence and send time.
+        let authenticated = codec.is_authenticated();
         let beacon = match codec.decode_beacon(datagram) {
             Ok(beacon) => beacon,
             Err(err) => {
@@ -247,9 +274,8 @@ impl MembershipCore {
                 return;
             }
         };
-        if let Some(peer) = peer
-            && peer.peer.id.is_some_and(|id| id != beacon.member.id)
-        {
+        let pinned = source.and_then(|i| self.peers[i].peer.id);
+        if pinned.is_some_and(|id| id != beacon.member.id) {
             self.stats.wrong_static_id += 1;
             return;
         }
@@ -263,31 +289,62 @@ impl MembershipCore {
             self.stats.foreign_cluster += 1;
             return;
         }
-        if self.cfg.keys.is_some() || peer.is_some_and(|p| p.peer.secret.is_some()) {
+        // The member a beacon names, not the address it came from, decides whose secret it
+        // needs: one naming a static peer with its own secret counts only when that secret
+        // verified it, i.e. when it came through that peer's codec.
+        if self
+            .peers
+            .iter()
+            .enumerate()
+            .any(|(i, p)| Some(i) != source && p.protects(&beacon.member))
+        {
+            self.stats.unauthenticated += 1;
+            tracing::debug!(
+                member = %key,
+                "dropped a beacon naming a static peer without its secret"
+            );
+            return;
+        }
+        if authenticated {
             let skew = self.wall_ms(now).abs_diff(beacon.sent_at_ms);
             if u128::from(skew) > self.cfg.max_clock_skew.as_millis() {
                 self.stats.stale += 1;
                 return;
             }
         }
-        let last_seq = self.table.get(&key).map(|e| e.last_seq).or_else(|| {
-            self.tombstones
+        // An authenticated sequence is the member's own: a beacon not above the last accepted
+        // is a replay for as long as the member is in the table, and for the tombstone's
+        // horizon after. Without a key anyone can send any sequence, so a remembered sequence
+        // only refuses beacons within one beacon period of being set (copies over multicast and
+        // static paths, reordering): one forged beacon with a high sequence cannot keep the
+        // member's real beacons out for longer (the drop time is at least two periods).
+        let last_seq = match self.table.get(&key) {
+            Some(e) => {
+                (authenticated || now < e.last_heard + self.cfg.frequency).then_some(e.last_seq)
+            }
+            None => self
+                .tombstones
                 .get(&key)
-                .filter(|t| t.until > now)
-                .map(|t| t.last_seq)
-        });
+                .filter(|t| now < t.removed_at + self.tombstone_time(authenticated))
+                .map(|t| t.last_seq),
+        };
         if last_seq.is_some_and(|last| beacon.seq <= last) {
             self.stats.replayed += 1;
             return;
         }
         self.stats.beacons_accepted += 1;
+        if let Some(i) = source
+            && self.peers[i].peer.secret.is_some()
+        {
+            self.peers[i].known = Some(key);
+        }
         match beacon.command {
             BeaconCommand::Shutdown => {
                 self.tombstones.insert(
                     key,
                     Tombstone {
                         last_seq: beacon.seq,
-                        until: now + self.tombstone_time(),
+                        removed_at: now,
                     },
                 );
                 if let Some(entry) = self.table.get_mut(&key) {
@@ -305,8 +362,16 @@ impl MembershipCore {
         }
     }
 
-    fn tombstone_time(&self) -> Duration {
-        self.cfg.max_clock_skew + self.cfg.drop_time
+    /// How long a tombstone refuses beacons not above its sequence. An authenticated replay
+    /// passes the clock-skew check for `max_clock_skew`, so such beacons are refused for that
+    /// plus the drop time; an unauthenticated sequence proves nothing (and `max_clock_skew` is
+    /// ignored without keys), so those are refused for one beacon period only.
+    fn tombstone_time(&self, authenticated: bool) -> Duration {
+        if authenticated {
+            self.cfg.max_clock_skew + self.cfg.drop_time
+        } else {
+            self.cfg.frequency
+        }
     }
 
     fn count_decode_error(&mut self, err: &DecodeError) {
@@ -324,7 +389,10 @@ impl MembershipCore {
         if let Some(entry) = self.table.get_mut(&key) {
             entry.last_heard = now;
             entry.last_seq = beacon.seq;
-            let changed = entry.member.payload != beacon.member.payload
+            // The start time orders the view and decides the lead.
+            let reordered = entry.member.start_time_ms != beacon.member.start_time_ms;
+            let changed = reordered
+                || entry.member.payload != beacon.member.payload
                 || entry.member.name != beacon.member.name
                 || entry.member.domain != beacon.member.domain
                 || entry.member.udp_port != beacon.member.udp_port
@@ -333,6 +401,9 @@ impl MembershipCore {
                 entry.member = beacon.member.clone();
                 self.view_version += 1;
                 self.push_event(MembershipEvent::MemberUpdated(beacon.member));
+                if reordered {
+                    self.update_lead();
+                }
             }
             return;
         }
@@ -362,13 +433,12 @@ impl MembershipCore {
         let Some(entry) = self.table.remove(key) else {
             return false;
         };
-        let until = now + self.tombstone_time();
         self.tombstones
             .entry(*key)
             .and_modify(|t| t.last_seq = t.last_seq.max(entry.last_seq))
             .or_insert(Tombstone {
                 last_seq: entry.last_seq,
-                until,
+                removed_at: now,
             });
         self.bound_tombstones();
         tracing::info!(member = %key, reason = reason.name(), "member disappeared");
@@ -387,7 +457,7 @@ impl MembershipCore {
             let oldest = self
                 .tombstones
                 .iter()
-                .min_by_key(|(_, t)| t.until)
+                .min_by_key(|(_, t)| t.removed_at)
                 .map(|(k, _)| *k);
             if let Some(k) = oldest {
                 self.tombstones.remove(&k);
@@ -396,7 +466,9 @@ impl MembershipCore {
     }
 
     fn expire_tombstones(&mut self, now: Instant) {
-        self.tombstones.retain(|_, t| t.until > now);
+        // The longest horizon any beacon may need.
+        let horizon = self.tombstone_time(true);
+        self.tombstones.retain(|_, t| now < t.removed_at + horizon);
     }
 
     fn push_event(&mut self, event: MembershipEvent) {
