@@ -18,15 +18,35 @@ use crate::traffic::Traffic;
 
 /// Longest command line accepted.
 const MAX_COMMAND: u64 = 64;
+/// Admin connections served at once; more are closed on accept (an operator's tool needs a
+/// handful; a flood must not take the node's file descriptors).
+pub const MAX_CONNECTIONS: usize = 64;
 /// A client must send its command within this time.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Binds the endpoint and serves it on the current runtime; returns its address.
+/// The running endpoint: stopping it ends the accept loop and every connection, and with them
+/// their handles on the channel.
+pub struct AdminServer {
+    /// The bound address.
+    pub addr: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// Stops accepting, ends the connections being served, and waits for the loop to end.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Binds the endpoint and serves it on the current runtime.
 pub async fn serve(
     config: &AdminConfig,
     channel: ChannelHandle,
     traffic: Option<Arc<Traffic>>,
-) -> anyhow::Result<SocketAddr> {
+) -> anyhow::Result<AdminServer> {
     let listener = cohort_net::bind_tcp_auto(
         &cohort_net::TokioNet,
         config.bind,
@@ -43,23 +63,39 @@ pub async fn serve(
         )
     })?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move {
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let mut connections = tokio::task::JoinSet::new();
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let accepted = tokio::select! {
+                biased;
+                _ = stopped.wait_for(|s| *s) => break,
+                Some(_) = connections.join_next() => continue,
+                a = listener.accept() => a,
+            };
+            let Ok((stream, from)) = accepted else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::debug!(peer = %from, max = MAX_CONNECTIONS, "admin: too many connections; closed");
+                drop(stream);
                 continue;
             };
             let channel = channel.clone();
             let traffic = traffic.clone();
-            tokio::spawn(async move {
+            connections.spawn(async move {
                 // `traffic stop` waits for outstanding receipts (bounded by its own timeout).
                 let limit = COMMAND_TIMEOUT + crate::traffic::STOP_TIMEOUT;
                 let _ =
                     tokio::time::timeout(limit, answer(stream, &channel, traffic.as_deref())).await;
+                drop(slot);
             });
         }
+        connections.shutdown().await;
     });
-    Ok(addr)
+    Ok(AdminServer { addr, stop, task })
 }
 
 async fn answer(

@@ -127,6 +127,7 @@ pub struct Node {
     pub channel: ChannelHandle,
     /// The admin endpoint's address, if enabled.
     pub admin: Option<SocketAddr>,
+    admin_server: Option<admin::AdminServer>,
     /// The interceptors' stats and controls.
     pub interceptors: cohort_interceptors::StackHandles,
     /// The test traffic generator (`--traffic`), if running.
@@ -181,11 +182,12 @@ pub async fn start(config: NodeConfig, events: &Events) -> anyhow::Result<Node> 
             node_name.clone(),
         )
     });
-    let admin = if config.admin.enabled {
+    let admin_server = if config.admin.enabled {
         Some(admin::serve(&config.admin, channel.clone(), traffic.clone()).await?)
     } else {
         None
     };
+    let admin = admin_server.as_ref().map(|a| a.addr);
     let local = channel.local();
     events.emit(json!({
         "event": "ready",
@@ -222,6 +224,7 @@ pub async fn start(config: NodeConfig, events: &Events) -> anyhow::Result<Node> 
     Ok(Node {
         channel,
         admin,
+        admin_server,
         interceptors: stack.handles,
         traffic,
     })
@@ -231,6 +234,11 @@ impl Node {
     /// Leaves gracefully (a shutdown beacon: peers drop this member at once) and emits
     /// `stopped`.
     pub async fn stop(self, events: &Events) {
+        // The endpoint's connections hold the channel (and, through its listeners, the event
+        // writer): end them first.
+        if let Some(admin) = self.admin_server {
+            admin.stop().await;
+        }
         if let Some(traffic) = &self.traffic {
             traffic.stop().await;
         }

@@ -307,3 +307,64 @@ fn a_stopped_node_is_failed_after_expiry_and_the_read_test_then_rejoins() {
         v["event"] == "member_added" && v["member"]["name"] == "beta"
     });
 }
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+#[test]
+fn sigterm_exits_with_messages_printed_and_admin_connections_capped() {
+    if !std::path::Path::new("/proc/self/fd").exists() {
+        return;
+    }
+    let me = free_udp_port();
+    let mut a = Proc::start(
+        &config_with(
+            me,
+            &[free_udp_port()],
+            1000,
+            "[node]\nprint_messages = true\n",
+        ),
+        "solo",
+    );
+    let ready = a.wait_for("ready", |v| v["event"] == "ready");
+    let admin: std::net::SocketAddr = ready["admin"].as_str().unwrap().parse().unwrap();
+    let pid = a.child.id();
+    let before = open_fds(pid);
+    // Idle admin connections: the node serves at most 64 at once and closes the rest.
+    let idle: Vec<std::net::TcpStream> = (0..300)
+        .filter_map(|_| std::net::TcpStream::connect(admin).ok())
+        .collect();
+    assert!(idle.len() > 64);
+    // Well within the 5 s a connection gets to send its command: the excess is closed at once.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let bound = before + 64 + 4;
+    while open_fds(pid) > bound {
+        assert!(
+            Instant::now() < deadline,
+            "{} descriptors open (was {before})",
+            open_fds(pid)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SIGTERM with admin connections open and message lines on: the node exits.
+    let kill = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    a.wait_for("stopped", |v| v["event"] == "stopped");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(code) = a.child.try_wait().unwrap() {
+            break code;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(code.success(), "exit {code:?}");
+    drop(idle);
+}
