@@ -162,14 +162,22 @@ impl ChannelConfig {
         if self.async_queue_messages == 0 || self.async_queue_messages > (1 << 24) {
             return bad("async_queue_messages", "must be between 1 and 16777216");
         }
-        if self.command_queue == 0 {
-            return bad("command_queue", "must be at least 1");
+        if self.heartbeat_interval > Duration::from_secs(3600) {
+            return bad("heartbeat_interval", "must be at most 1 hour");
         }
-        if self.delivery_queue == 0 {
-            return bad("delivery_queue", "must be at least 1");
+        if self.drain_timeout > Duration::from_secs(3600) {
+            return bad("drain_timeout", "must be at most 1 hour");
         }
-        if self.max_pipeline_work == 0 {
-            return bad("max_pipeline_work", "must be at least 1");
+        // Queues are allocated by tokio, which panics on absurd capacities: bound them.
+        const MAX_QUEUE: usize = 1 << 20;
+        for (key, value) in [
+            ("command_queue", self.command_queue),
+            ("delivery_queue", self.delivery_queue),
+            ("max_pipeline_work", self.max_pipeline_work),
+        ] {
+            if !(1..=MAX_QUEUE).contains(&value) {
+                return bad(key, "must be between 1 and 1048576");
+            }
         }
         Ok(())
     }

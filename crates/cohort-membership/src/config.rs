@@ -101,6 +101,19 @@ impl MembershipConfig {
         if self.min_answer_interval > self.frequency {
             return Err(invalid("min_answer_interval", "must not exceed frequency"));
         }
+        // Durations beyond a day are mistakes; u64::MAX ms would switch protections off
+        // (`max_clock_skew`) or overflow instants.
+        let day = Duration::from_secs(86_400);
+        for (key, value) in [
+            ("frequency", self.frequency),
+            ("drop_time", self.drop_time),
+            ("max_clock_skew", self.max_clock_skew),
+            ("min_answer_interval", self.min_answer_interval),
+        ] {
+            if value > day {
+                return Err(invalid(key, "must be at most 86400000 ms (a day)"));
+            }
+        }
         self.limits.validate()?;
         Ok(())
     }
@@ -275,8 +288,15 @@ impl RecoveryConfig {
         if self.counter == 0 {
             return Err(invalid("recovery_counter", "must be at least 1"));
         }
-        if self.sleep.is_zero() || self.slow_sleep.is_zero() || self.error_pause.is_zero() {
-            return Err(invalid("recovery_sleep", "must be positive"));
+        let day = Duration::from_secs(86_400);
+        for (key, value) in [
+            ("recovery_sleep", self.sleep),
+            ("recovery_slow_sleep", self.slow_sleep),
+            ("recovery_error_pause", self.error_pause),
+        ] {
+            if value.is_zero() || value > day {
+                return Err(invalid(key, "must be between 1 ms and a day"));
+            }
         }
         Ok(())
     }

@@ -101,18 +101,35 @@ pub struct MembershipSection {
     max_clock_skew: Option<u64>,
     min_answer_interval: Option<u64>,
     max_pending_events: Option<usize>,
-    /// `false` disables multicast; a table configures it.
-    multicast: Option<MulticastSection>,
+    /// `false` disables multicast; a table configures it (read by [`multicast_section`], so
+    /// that an error inside the table names its key).
+    multicast: Option<toml::Value>,
     static_bind: Option<String>,
     #[serde(default)]
     static_members: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
 enum MulticastSection {
     Enabled(bool),
     Table(MulticastTable),
+}
+
+/// `multicast = true | false | { ... }`: a bool, or a table whose errors name their key.
+fn multicast_section(value: toml::Value) -> Result<MulticastSection, ConfigError> {
+    match value {
+        toml::Value::Boolean(b) => Ok(MulticastSection::Enabled(b)),
+        toml::Value::Table(_) => value
+            .try_into()
+            .map(MulticastSection::Table)
+            .map_err(|e| invalid("membership.multicast", e.to_string().trim_end())),
+        other => Err(invalid(
+            "membership.multicast",
+            format!(
+                "expected true, false or a table, found {}",
+                other.type_str()
+            ),
+        )),
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,6 +140,18 @@ struct MulticastTable {
     interface: Option<String>,
     ttl: Option<u32>,
     loopback: Option<bool>,
+    recovery: Option<RecoveryTable>,
+}
+
+/// `[membership.multicast.recovery]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecoveryTable {
+    enabled: Option<bool>,
+    counter: Option<u32>,
+    sleep: Option<u64>,
+    slow_sleep: Option<u64>,
+    error_pause: Option<u64>,
 }
 
 /// `[transport]`
@@ -147,6 +176,11 @@ pub struct TransportSection {
     rx_buf_size: Option<usize>,
     max_connections: Option<usize>,
     frame_timeout: Option<u64>,
+    hello_timeout: Option<u64>,
+    idle_timeout: Option<u64>,
+    max_unauthenticated: Option<usize>,
+    max_unauthenticated_per_source: Option<usize>,
+    max_inbound_bytes: Option<usize>,
     max_pending_acks: Option<usize>,
     inbound_queue: Option<usize>,
     max_frame_payload: Option<u32>,
@@ -291,7 +325,7 @@ impl NodeConfig {
         }
         mc.keys.clone_from(&keys);
         mc.validate().map_err(|e| invalid("membership", e))?;
-        let multicast = match m.multicast {
+        let multicast = match m.multicast.map(multicast_section).transpose()? {
             Some(MulticastSection::Enabled(false)) => None,
             None | Some(MulticastSection::Enabled(true)) => Some(MulticastConfig::default()),
             Some(MulticastSection::Table(t)) => {
@@ -310,6 +344,14 @@ impl NodeConfig {
                 }
                 if let Some(v) = t.loopback {
                     c.loopback = v;
+                }
+                if let Some(r) = t.recovery {
+                    let rc = &mut c.recovery;
+                    rc.enabled = r.enabled.unwrap_or(rc.enabled);
+                    rc.counter = r.counter.unwrap_or(rc.counter);
+                    rc.sleep = r.sleep.map_or(rc.sleep, ms);
+                    rc.slow_sleep = r.slow_sleep.map_or(rc.slow_sleep, ms);
+                    rc.error_pause = r.error_pause.map_or(rc.error_pause, ms);
                 }
                 c.validate()
                     .map_err(|e| invalid("membership.multicast", e))?;
@@ -362,6 +404,11 @@ impl NodeConfig {
             rx_buf_size,
             max_connections,
             frame_timeout => ms,
+            hello_timeout => ms,
+            idle_timeout => ms,
+            max_unauthenticated,
+            max_unauthenticated_per_source,
+            max_inbound_bytes,
             max_pending_acks,
             inbound_queue,
         );

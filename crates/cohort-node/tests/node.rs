@@ -194,6 +194,33 @@ fn bad_configuration_is_an_error_naming_the_key() {
         ),
         ("[[interceptor]]\ntype = \"order\"\nexpire = 5\n", "expire"),
         ("[[interceptor]]\ntype = \"warp_drive\"\n", "warp_drive"),
+        // Values that used to panic the node or switch a protection off.
+        (
+            "[transport]\ninbound_queue = 4611686018427387904\n",
+            "transport.inbound_queue",
+        ),
+        (
+            "[channel]\ndelivery_queue = 4611686018427387904\n",
+            "delivery_queue",
+        ),
+        (
+            "[membership]\nmax_clock_skew = 9223372036854775807\n",
+            "max_clock_skew",
+        ),
+        (
+            "[transport]\nmax_inbound_bytes = 1024\n",
+            "transport.max_inbound_bytes",
+        ),
+        // Errors inside the multicast table name their key.
+        (
+            "[membership.multicast]\nttl = \"x\"\n",
+            "membership.multicast",
+        ),
+        ("[membership.multicast]\nttll = 1\n", "ttll"),
+        (
+            "[membership.multicast.recovery]\ncounter = 0\n",
+            "recovery_counter",
+        ),
         (
             "[[interceptor]]\ntype = \"throttle\"\nspec = \"msgs:1:0:explode\"\n",
             "interceptor[0] (throttle): spec: entry 0: action",
@@ -206,6 +233,7 @@ fn bad_configuration_is_an_error_naming_the_key() {
             .output()
             .unwrap();
         assert!(!out.status.success(), "{text}");
+        assert_ne!(out.status.code(), Some(101), "{text}: a panic");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(key), "{text}: {err}");
     }
