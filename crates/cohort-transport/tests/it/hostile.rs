@@ -163,3 +163,46 @@ async fn a_hello_with_a_payload_or_data_first_is_refused_on_its_prefix() {
     assert_eq!(b.handle.stats().protocol_violations, 2);
     b.handle.stop();
 }
+
+/// Counts the lines a subscriber writes.
+#[derive(Clone, Default)]
+struct Lines(Arc<AtomicU64>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.iter().filter(|b| **b == b'\n').count() as u64;
+        self.0.fetch_add(n, Ordering::Relaxed);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_garbage_flood_gives_one_warning_per_kind_not_one_per_connection() {
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(move || writer.clone())
+        .finish();
+    // Current-thread runtime: every task logs on this thread, under this subscriber.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let b = node(2, config()).await;
+    let addr = b.member.data_addr();
+    for _ in 0..500 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 16];
+        let _ = within(Duration::from_secs(5), s.read(&mut buf)).await;
+    }
+    let stats = b.handle.stats();
+    assert_eq!(stats.malformed.get("bad_magic"), Some(&500), "{stats:?}");
+    let written = lines.0.load(Ordering::Relaxed);
+    assert!(
+        written <= 2,
+        "{written} warning lines for 500 garbage connections"
+    );
+    b.handle.stop();
+}
