@@ -330,11 +330,16 @@ impl<N: Net> Inbound<N> {
         })
     }
 
-    /// Decodes every complete frame at the front of `buf`. Returns how many bytes may be read
-    /// next: a hello's worth before the hello, the rest of the read buffer for small frames,
+    /// Decodes every complete frame at the front of `buf`, setting `progressed` when a frame
+    /// was decoded or a reservation made (the frame timer restarts). Returns how many bytes may
+    /// be read next: a hello's worth before the hello, the rest of the read buffer for small frames,
     /// and, for a frame larger than the read buffer, its remainder once its header has been
     /// checked and its size reserved against the inbound budget.
-    async fn decode_all(&mut self, buf: &mut BytesMut, decoded: &mut bool) -> Result<usize, Close> {
+    async fn decode_all(
+        &mut self,
+        buf: &mut BytesMut,
+        progressed: &mut bool,
+    ) -> Result<usize, Close> {
         let shared = self.shared.clone();
         let cfg = &shared.config;
         loop {
@@ -361,6 +366,8 @@ impl<N: Net> Inbound<N> {
                     };
                     self.check_sender(header.sender)?;
                     self.reserved = Some(self.reserve(total).await?);
+                    // Time spent waiting for the budget is not the peer's slowness.
+                    *progressed = true;
                 }
                 return Ok(total - buf.len());
             }
@@ -371,7 +378,7 @@ impl<N: Net> Inbound<N> {
             };
             match self.shared.codec.decode_frame(buf) {
                 Ok(Some(frame)) => {
-                    *decoded = true;
+                    *progressed = true;
                     self.handle(frame, budget).await?;
                 }
                 Ok(None) => break,
@@ -396,14 +403,14 @@ impl<N: Net> Inbound<N> {
         let mut started: Option<Instant> = None;
         let mut last_read = accepted;
         loop {
-            let mut decoded = false;
-            let room = match self.decode_all(&mut buf, &mut decoded).await {
+            let mut progressed = false;
+            let room = match self.decode_all(&mut buf, &mut progressed).await {
                 Ok(r) => r,
                 Err(close) => return close,
             };
             if buf.is_empty() {
                 started = None;
-            } else if decoded || started.is_none() {
+            } else if progressed || started.is_none() {
                 started = Some(Instant::now());
             }
             // Give back memory a large frame needed once.
