@@ -30,9 +30,12 @@ use crate::seams::{ChannelMembership, ChannelTransport};
 
 /// Channel settings (the `[channel]` table of the node's file).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct ChannelConfig {
     /// Period of the heartbeat that reaches every interceptor and closes connections to
     /// departed members. Default 5 s (Tribes' `heartbeatSleeptime`).
+    #[cfg_attr(feature = "serde", serde(deserialize_with = "cohort_wire::serde_ms::duration"))]
     pub heartbeat_interval: Duration,
     /// Bytes of ASYNCHRONOUS messages queued and not yet completed; a send beyond it waits
     /// (backpressure). Default 64 MiB (Tribes' `maxQueueSize`). A message larger than the
@@ -53,6 +56,7 @@ pub struct ChannelConfig {
     /// Default false.
     pub option_check: bool,
     /// On `stop`, how long queued ASYNCHRONOUS messages get to complete. Default 5 s.
+    #[cfg_attr(feature = "serde", serde(deserialize_with = "cohort_wire::serde_ms::duration"))]
     pub drain_timeout: Duration,
     /// What an ASYNCHRONOUS send does when the queue is full. Default
     /// [`AsyncFullPolicy::Block`].
@@ -62,6 +66,8 @@ pub struct ChannelConfig {
 /// What an ASYNCHRONOUS send does when the queue is full (Tribes' `alwaysSend` sent
 /// synchronously instead; that loses the order and the caller's budget, so it is not offered).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum AsyncFullPolicy {
     /// Wait for room (backpressure).
     #[default]
@@ -1231,9 +1237,10 @@ impl<N: Net> Owner<N> {
                 } => {
                     let net = self.net.clone();
                     let cmd = self.cmd_self.clone();
-                    let frames = self.probe_frames(probe);
+                    let test = self.probe_test(probe);
+                    let (codec, local) = (self.codec.clone(), self.local.clone());
                     tokio::spawn(async move {
-                        let result = run_probe(&net, &member, probe, frames).await;
+                        let result = run_probe(&net, &codec, &local, &member, probe, test).await;
                         let _ = cmd
                             .send(Command::ProbeResult(interceptor, member, result))
                             .await;
@@ -1275,19 +1282,19 @@ impl<N: Net> Owner<N> {
             .cloned()
     }
 
-    /// A hello and a probe frame (USE_ACK with a read test), encoded for a probe connection.
-    fn probe_frames(&mut self, probe: ProbeRequest) -> Bytes {
+    /// The probe frame (USE_ACK with a read test), encoded for a probe connection.
+    fn probe_test(&mut self, probe: ProbeRequest) -> Option<cohort_transport::ProbeTest> {
         if !probe.send_test {
-            return Bytes::new();
+            return None;
         }
         let mut options = SendOptions::BYTE_MESSAGE;
         if probe.read_timeout.is_some() {
             options = options.union(SendOptions::USE_ACK);
         }
-        let hello = Frame::Hello(Box::new(self.local.clone()));
+        let msg_id = self.ids.fetch_add(1, Ordering::Relaxed) + 1;
         let data = Frame::Data(DataFrame {
             header: DataHeader {
-                msg_id: self.ids.fetch_add(1, Ordering::Relaxed) + 1,
+                msg_id,
                 options,
                 sender: self.local.id,
                 timestamp_ms: self.net.wall_clock_ms(),
@@ -1300,14 +1307,16 @@ impl<N: Net> Owner<N> {
             payload: Bytes::new(),
         });
         let mut buf = BytesMut::new();
-        if self.codec.encode_frame(&hello, &mut buf).is_err()
-            || self.codec.encode_frame(&data, &mut buf).is_err()
-        {
+        if self.codec.encode_frame(&data, &mut buf).is_err() {
             self.counters
                 .encode_failures
                 .fetch_add(1, Ordering::Relaxed);
         }
-        buf.freeze()
+        Some(cohort_transport::ProbeTest {
+            frame: buf.freeze(),
+            msg_id,
+            read_timeout: probe.read_timeout,
+        })
     }
 
     fn transmit(&mut self, out: Outbound) {
@@ -1426,70 +1435,41 @@ impl SuspectOnFailure {
     }
 }
 
-/// Runs a failure detector's probe: a fresh connection, optionally a hello and a probe frame,
-/// optionally waiting for the ACK. The connection is closed afterwards.
+/// Runs a failure detector's probe through the transport (a fresh connection, the handshake,
+/// optionally the probe frame and its ACK) and classifies the result.
 async fn run_probe<N: Net>(
     net: &N,
+    codec: &CohortCodec,
+    local: &Member,
     member: &Member,
     probe: ProbeRequest,
-    frames: Bytes,
+    test: Option<cohort_transport::ProbeTest>,
 ) -> Result<(), ProbeError> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use cohort_transport::ProbeStage;
     let addr = SocketAddr::new(member.addr, member.port);
-    let io_err = |stage: &str, e: &std::io::Error| {
-        use std::io::ErrorKind as K;
-        let kind = match e.kind() {
-            K::ConnectionRefused => ProbeErrorKind::Refused,
-            K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => {
-                ProbeErrorKind::Reset
-            }
-            K::TimedOut => ProbeErrorKind::Timeout,
-            _ => ProbeErrorKind::Other,
+    let failure =
+        match cohort_transport::probe(net, codec, local, addr, probe.connect_timeout, test).await {
+            Ok(()) => return Ok(()),
+            Err(f) => f,
         };
-        ProbeError {
-            kind,
-            detail: format!("{stage} {addr}: {e}"),
+    use std::io::ErrorKind as K;
+    let kind = match failure.error.kind() {
+        K::ConnectionRefused => ProbeErrorKind::Refused,
+        K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => {
+            ProbeErrorKind::Reset
         }
+        K::TimedOut => ProbeErrorKind::Timeout,
+        _ => ProbeErrorKind::Other,
     };
-    let timeout = |stage: &str, after: Duration| ProbeError {
-        kind: ProbeErrorKind::Timeout,
-        detail: format!("{stage} {addr}: no answer within {after:?}"),
+    let stage = match failure.stage {
+        ProbeStage::Connect => "connect",
+        ProbeStage::Send => "send test to",
+        ProbeStage::Read => "read test",
     };
-    let mut stream = match tokio::time::timeout(probe.connect_timeout, net.connect_tcp(addr)).await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(io_err("connect", &e)),
-        Err(_) => return Err(timeout("connect", probe.connect_timeout)),
-    };
-    if !probe.send_test {
-        return Ok(());
-    }
-    let write = async {
-        stream.write_all(&frames).await?;
-        stream.flush().await
-    };
-    match tokio::time::timeout(probe.connect_timeout, write).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(io_err("send test to", &e)),
-        Err(_) => return Err(timeout("send test to", probe.connect_timeout)),
-    }
-    let Some(read_timeout) = probe.read_timeout else {
-        let _ = stream.shutdown().await;
-        return Ok(());
-    };
-    let mut byte = [0u8; 64];
-    match tokio::time::timeout(read_timeout, stream.read(&mut byte)).await {
-        Ok(Ok(0)) => Err(ProbeError {
-            kind: ProbeErrorKind::Reset,
-            detail: format!("read test {addr}: closed without an answer"),
-        }),
-        Ok(Ok(_)) => {
-            let _ = stream.shutdown().await;
-            Ok(())
-        }
-        Ok(Err(e)) => Err(io_err("read test", &e)),
-        Err(_) => Err(timeout("read test", read_timeout)),
-    }
+    Err(ProbeError {
+        kind,
+        detail: format!("{stage} {addr}: {}", failure.error),
+    })
 }
 
 fn to_inbound(r: Received) -> Inbound {

@@ -87,6 +87,15 @@ pub enum SendError {
         /// The error.
         reason: String,
     },
+    /// The bytes handed to the transport are not one frame it can seal for a keyed
+    /// connection (a frame encoded with another key, or several frames at once).
+    #[error("cannot send to {addr}: {reason}")]
+    BadFrame {
+        /// The peer.
+        addr: SocketAddr,
+        /// What is wrong.
+        reason: String,
+    },
     /// The sending side is stopped.
     #[error("transport stopped")]
     Stopped,
@@ -104,6 +113,7 @@ impl SendError {
             Self::FailAck { .. } => "fail_ack",
             Self::NoUdp { .. } => "no_udp",
             Self::Udp { .. } => "udp",
+            Self::BadFrame { .. } => "bad_frame",
             Self::Stopped => "stopped",
         }
     }

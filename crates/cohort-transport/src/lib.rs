@@ -53,6 +53,8 @@
 
 mod config;
 mod error;
+mod handshake;
+mod probe;
 mod receiver;
 mod sender;
 mod stats;
@@ -68,6 +70,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 
 pub use config::{ConfigError, TransportConfig};
 pub use error::{Delivered, SendError, StartError};
+pub use probe::{ProbeFailure, ProbeStage, ProbeTest, probe};
 pub use stats::TransportStats;
 
 use stats::Counters;

@@ -8,12 +8,13 @@ use bytes::{BufMut, BytesMut};
 use cohort_net::{Net, TcpListener};
 use cohort_wire::{
     AckFrame, FRAME_PREFIX_LEN, FailAck, Frame, FrameCodec, FrameKind, FramePrefix, Member,
-    MemberId, SendOptions,
+    MemberId, Nonce, Role, Sealer, SendOptions, Session,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::handshake::{ReadSeal, WriteSeal, fresh_nonce};
 use crate::stats::Counters;
 use crate::{AckMsg, AckSink, AckToken, InboundPermit, Received, Shared, Via};
 
@@ -167,7 +168,16 @@ async fn serve<N: Net>(
     let (mut read, write) = tokio::io::split(stream);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let (close_tx, close_rx) = oneshot::channel::<()>();
-    let writer = tokio::spawn(ack_writer(shared.clone(), write, ack_rx, close_rx));
+    // Keyed: this side speaks first, with a fresh challenge (docs/PROTOCOL.md §2.3).
+    let challenge = shared.codec.is_authenticated().then(fresh_nonce);
+    let (seal_tx, seal_rx) = oneshot::channel();
+    let writer = tokio::spawn(ack_writer(
+        shared.clone(),
+        write,
+        ack_rx,
+        close_rx,
+        challenge.map(|nonce| (nonce, seal_rx)),
+    ));
     let mut conn = Inbound {
         shared: shared.clone(),
         from,
@@ -176,6 +186,9 @@ async fn serve<N: Net>(
         ack_tx,
         pending_acks: Arc::new(Semaphore::new(shared.config.max_pending_acks)),
         reserved: None,
+        challenge,
+        seal_tx: Some(seal_tx),
+        read_seal: ReadSeal::new(None),
     };
     let why = tokio::select! {
         why = conn.read_loop(&mut read) => why,
@@ -265,6 +278,12 @@ struct Inbound<N: Net> {
     pending_acks: Arc<Semaphore>,
     /// Budget reserved for the large frame at the front of the buffer.
     reserved: Option<InboundPermit>,
+    /// The challenge sent on this connection (keyed clusters).
+    challenge: Option<Nonce>,
+    /// Hands the connection's sealer to the ACK writer once the hello is in.
+    seal_tx: Option<oneshot::Sender<Sealer>>,
+    /// Opens the frames after the hello.
+    read_seal: ReadSeal,
 }
 
 impl<N: Net> Inbound<N> {
@@ -300,6 +319,9 @@ impl<N: Net> Inbound<N> {
             Some(FrameKind::Hello) => Err(Close::Violation("a second hello".into())),
             Some(FrameKind::Ack) => Err(Close::Violation(
                 "an ACK frame on an inbound connection".into(),
+            )),
+            Some(FrameKind::Challenge) => Err(Close::Violation(
+                "a challenge frame on an inbound connection".into(),
             )),
         }
     }
@@ -376,7 +398,21 @@ impl<N: Net> Inbound<N> {
                 None if self.hello.is_some() => Some(self.reserve(total).await?),
                 None => None,
             };
-            match self.shared.codec.decode_frame(buf) {
+            let decoded = if self.hello.is_none() {
+                // The hello is checked against the ring; the key that verified it keys the
+                // connection.
+                self.shared.codec.decode_frame_verified(buf).map(|f| {
+                    f.map(|(frame, key)| {
+                        if let (Frame::Hello(h), Some(key)) = (&frame, key) {
+                            self.seal_with(&key, h);
+                        }
+                        frame
+                    })
+                })
+            } else {
+                self.read_seal.decode(&self.shared.codec, buf)
+            };
+            match decoded {
                 Ok(Some(frame)) => {
                     *progressed = true;
                     self.handle(frame, budget).await?;
@@ -456,12 +492,40 @@ impl<N: Net> Inbound<N> {
         }
     }
 
+    /// Keys the connection from a verified hello: the session derived from the challenge sent,
+    /// the hello's nonce and the key that verified it. A hello answering another challenge
+    /// leaves the connection unkeyed; [`Self::handle`] then refuses it.
+    fn seal_with(&mut self, key: &cohort_wire::ClusterKey, hello: &cohort_wire::Hello) {
+        let (Some(sent), Some(echoed), Some(nonce)) =
+            (self.challenge, hello.challenge, hello.nonce)
+        else {
+            return;
+        };
+        if sent != echoed {
+            return;
+        }
+        let (sealer, opener) = Session::new(key, Role::Acceptor, &sent, &nonce).split();
+        self.read_seal = ReadSeal::new(Some(opener));
+        if let Some(tx) = self.seal_tx.take() {
+            let _ = tx.send(sealer);
+        }
+    }
+
     async fn handle(&mut self, frame: Frame, budget: Option<InboundPermit>) -> Result<(), Close> {
         match frame {
-            Frame::Hello(member) => {
+            Frame::Hello(hello) => {
                 if self.hello.is_some() {
                     return Err(Close::Violation("a second hello".into()));
                 }
+                if self.challenge.is_some() && self.seal_tx.is_some() {
+                    // Keyed, and the hello did not answer this connection's challenge: a
+                    // recorded hello replayed, or a peer that did not wait for the challenge.
+                    Counters::inc(&self.shared.counters.hello_replays);
+                    return Err(Close::Violation(
+                        "the hello does not answer this connection's challenge".into(),
+                    ));
+                }
+                let member = &hello.member;
                 if member.cluster != self.shared.local.cluster {
                     return Err(Close::Violation(format!(
                         "hello from cluster {:?}, this is {:?}",
@@ -476,7 +540,7 @@ impl<N: Net> Inbound<N> {
                     return Err(Close::Full);
                 }
                 tracing::debug!(peer = %self.from, member = %member.id.short(), "hello");
-                self.hello = Some(Arc::new(*member));
+                self.hello = Some(Arc::new(hello.member));
                 if let Some(e) = table(&self.shared).get_mut(&self.from) {
                     if e.conn == self.conn_id {
                         e.awaiting_hello = None;
@@ -486,6 +550,9 @@ impl<N: Net> Inbound<N> {
             }
             Frame::Ack(_) => Err(Close::Violation(
                 "an ACK frame on an inbound connection".into(),
+            )),
+            Frame::Challenge(_) => Err(Close::Violation(
+                "a challenge frame on an inbound connection".into(),
             )),
             Frame::Data(data) => {
                 self.check_sender(data.header.sender)?;
@@ -533,17 +600,32 @@ impl<N: Net> Inbound<N> {
     }
 }
 
-/// Writes ACK frames: everything queued since the last write goes out as one frame (split at
-/// `max_ack_entries`).
+/// Writes the challenge (keyed clusters), then ACK frames: everything queued since the last
+/// write goes out as one frame (split at `max_ack_entries`), sealed for the connection once the
+/// hello has keyed it.
 async fn ack_writer<N: Net>(
     shared: Arc<Shared<N>>,
     mut write: WriteHalf<N::TcpStream>,
     mut rx: mpsc::UnboundedReceiver<AckMsg>,
     mut close: oneshot::Receiver<()>,
+    keyed: Option<(Nonce, oneshot::Receiver<Sealer>)>,
 ) {
     let max = shared.config.limits.max_ack_entries;
     let mut out = BytesMut::new();
     let mut msgs = Vec::new();
+    let mut seal = WriteSeal::new(None);
+    let mut awaiting_seal = None;
+    if let Some((challenge, seal_rx)) = keyed {
+        if shared
+            .codec
+            .encode_frame(&Frame::Challenge(challenge), &mut out)
+            .is_err()
+            || write.write_all(&out).await.is_err()
+        {
+            return;
+        }
+        awaiting_seal = Some(seal_rx);
+    }
     loop {
         let first = tokio::select! {
             biased;
@@ -557,8 +639,15 @@ async fn ack_writer<N: Net>(
                 Err(_) => break,
             }
         }
+        if let Some(mut seal_rx) = awaiting_seal.take() {
+            // The reader hands the sealer over before it queues any ACK.
+            match seal_rx.try_recv() {
+                Ok(sealer) => seal = WriteSeal::new(Some(sealer)),
+                Err(_) => return,
+            }
+        }
         out.clear();
-        if encode_acks(&shared, &mut msgs, max, &mut out).is_err() {
+        if encode_acks(&shared, &mut seal, &mut msgs, max, &mut out).is_err() {
             return;
         }
         match write.write_all(&out).await {
@@ -575,6 +664,7 @@ async fn ack_writer<N: Net>(
 /// Encodes `msgs` as ACK frames into `out` and empties `msgs` (releasing their permits).
 pub(crate) fn encode_acks<N: Net>(
     shared: &Shared<N>,
+    seal: &mut WriteSeal,
     msgs: &mut Vec<AckMsg>,
     max_entries: usize,
     out: &mut BytesMut,
@@ -597,7 +687,7 @@ pub(crate) fn encode_acks<N: Net>(
             acked: frame.acked.drain(..take_acked).collect(),
             failed: frame.failed.drain(..take_failed).collect(),
         };
-        shared.codec.encode_frame(&Frame::Ack(part), out)?;
+        seal.encode(&shared.codec, &Frame::Ack(part), out)?;
         frames += 1;
     }
     Counters::add(&shared.counters.ack_frames_sent, frames);

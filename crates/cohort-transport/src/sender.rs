@@ -13,11 +13,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use cohort_net::Net;
-use cohort_wire::{AckFrame, Frame, FrameCodec, SendOptions};
+use cohort_wire::{AckFrame, Frame, SendOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
+use crate::handshake::{self, ReadSeal, WriteSeal};
 use crate::stats::Counters;
 use crate::{Completion, Delivered, PeerState, SendError, Shared};
 
@@ -211,6 +212,8 @@ struct Conn<S> {
     addr: SocketAddr,
     counters: Arc<Counters>,
     write: WriteHalf<S>,
+    /// Seals each frame for this connection (keyed clusters).
+    seal: WriteSeal,
     in_flight: Arc<Mutex<InFlight>>,
     permits: Arc<Semaphore>,
     opened: Instant,
@@ -357,7 +360,8 @@ impl<N: Net> Lane<N> {
         };
         self.buf.clear();
         let mut sent_only = Vec::new();
-        let n_frames = batch.len() as u64;
+        let mut refused = Vec::new();
+        let mut n_frames = 0u64;
         {
             let mut permits = permits;
             let mut table = lock(&conn.in_flight);
@@ -367,7 +371,11 @@ impl<N: Net> Lane<N> {
                 deadlines.retain(|(_, id)| map.contains_key(id));
             }
             for m in batch.drain(..) {
-                self.buf.extend_from_slice(&m.frame);
+                if let Err(e) = conn.seal.append(&shared.codec, &m.frame, &mut self.buf) {
+                    refused.push((m.done, e));
+                    continue;
+                }
+                n_frames += 1;
                 if m.want_ack {
                     let permit = permits
                         .as_mut()
@@ -385,6 +393,13 @@ impl<N: Net> Lane<N> {
                     sent_only.push(m.done);
                 }
             }
+        }
+        for (done, e) in refused {
+            Counters::inc(&self.shared.counters.send_failures);
+            done(Err(SendError::BadFrame {
+                addr: self.addr,
+                reason: e.to_string(),
+            }));
         }
         conn.messages += n_frames;
         conn.last_write = Instant::now();
@@ -499,18 +514,17 @@ impl<N: Net> Lane<N> {
         })
     }
 
-    /// Sends the hello and starts the ACK reader.
-    async fn open(&mut self, stream: N::TcpStream) -> std::io::Result<()> {
-        let (read, mut write) = tokio::io::split(stream);
-        let mut hello = BytesMut::new();
-        self.shared
-            .codec
-            .encode_frame(
-                &Frame::Hello(Box::new((*self.shared.local).clone())),
-                &mut hello,
-            )
-            .map_err(std::io::Error::other)?;
-        write.write_all(&hello).await?;
+    /// Performs the handshake (docs/PROTOCOL.md §2.3) and starts the ACK reader.
+    async fn open(&mut self, mut stream: N::TcpStream) -> std::io::Result<()> {
+        let shared = &self.shared;
+        let (seal, read_seal, leftover) = handshake::connect(
+            &mut stream,
+            &shared.codec,
+            &shared.local,
+            shared.config.connect_timeout,
+        )
+        .await?;
+        let (read, write) = tokio::io::split(stream);
         let in_flight = Arc::new(Mutex::new(InFlight {
             map: HashMap::new(),
             deadlines: VecDeque::new(),
@@ -523,14 +537,16 @@ impl<N: Net> Lane<N> {
             in_flight: in_flight.clone(),
             permits: permits.clone(),
             connected: self.connected.clone(),
+            seal: read_seal,
         };
         self.connected.fetch_add(1, Relaxed);
         Counters::inc(&self.shared.counters.connections_out);
-        let reader = tokio::spawn(reader.run(read)).abort_handle();
+        let reader = tokio::spawn(reader.run(read, leftover)).abort_handle();
         self.conn = Some(Conn {
             addr: self.addr,
             counters: self.shared.counters.clone(),
             write,
+            seal,
             in_flight,
             permits,
             opened: Instant::now(),
@@ -548,6 +564,7 @@ struct AckReader<N: Net> {
     in_flight: Arc<Mutex<InFlight>>,
     permits: Arc<Semaphore>,
     connected: Arc<AtomicUsize>,
+    seal: ReadSeal,
 }
 
 impl<N: Net> Drop for AckReader<N> {
@@ -558,8 +575,8 @@ impl<N: Net> Drop for AckReader<N> {
 }
 
 impl<N: Net> AckReader<N> {
-    async fn run(self, mut read: ReadHalf<N::TcpStream>) {
-        let mut buf = BytesMut::with_capacity(8 * 1024);
+    async fn run(mut self, mut read: ReadHalf<N::TcpStream>, mut buf: BytesMut) {
+        buf.reserve(8 * 1024);
         let send_timeout = self.shared.config.send_timeout;
         let reason = loop {
             let next_deadline = lock(&self.in_flight)
@@ -626,9 +643,9 @@ impl<N: Net> AckReader<N> {
         any
     }
 
-    fn drain(&self, buf: &mut BytesMut) -> Result<(), SendError> {
+    fn drain(&mut self, buf: &mut BytesMut) -> Result<(), SendError> {
         loop {
-            match self.shared.codec.decode_frame(buf) {
+            match self.seal.decode(&self.shared.codec, buf) {
                 Ok(None) => return Ok(()),
                 Ok(Some(Frame::Ack(ack))) => self.complete(&ack),
                 Ok(Some(other)) => {

@@ -97,6 +97,9 @@ counters! {
     unauthenticated_evicted,
     /// Connections closed because no hello came within `hello_timeout`.
     hello_timeouts,
+    /// Keyed connections closed because their hello, though signed with the cluster key, did
+    /// not answer the connection's challenge (a recorded hello replayed).
+    hello_replays,
     /// Connections closed after `idle_timeout` without a byte.
     idle_closed,
     /// Bytes of received frames held against `max_inbound_bytes` now (a gauge): frames being

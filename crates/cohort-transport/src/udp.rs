@@ -13,6 +13,7 @@ use cohort_wire::{Frame, FrameCodec, MAX_DATAGRAM, Member, SendOptions};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::handshake::WriteSeal;
 use crate::receiver::encode_acks;
 use crate::stats::Counters;
 use crate::{AckMsg, AckSink, AckToken, Completion, Delivered, Received, SendError, Shared, Via};
@@ -148,7 +149,7 @@ async fn run<N: Net>(
             Some((to, ack)) = ack_rx.recv() => {
                 // One ACK per datagram: a single id always encodes as a single frame.
                 enc.clear();
-                if encode_acks(&shared, &mut vec![ack], shared.config.limits.max_ack_entries, &mut enc).is_ok() {
+                if encode_acks(&shared, &mut WriteSeal::new(None), &mut vec![ack], shared.config.limits.max_ack_entries, &mut enc).is_ok() {
                     let _ = socket.send_to(&enc, to).await;
                 }
             }
@@ -214,7 +215,7 @@ async fn run<N: Net>(
                             }
                         }
                     }
-                    Frame::Hello(_) => { Counters::inc(&counters.datagrams_dropped); }
+                    Frame::Hello(_) | Frame::Challenge(_) => { Counters::inc(&counters.datagrams_dropped); }
                 }
             }
             _ = sweep.tick() => {

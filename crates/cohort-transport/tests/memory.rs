@@ -174,7 +174,10 @@ async fn authenticated_connections_are_bounded_by_the_inbound_budget() {
     let attacker = Member::new(MemberId::from_bytes([3; 16]), addr.ip(), 1);
     let mut preamble = BytesMut::new();
     codec
-        .encode_frame(&Frame::Hello(Box::new(attacker.clone())), &mut preamble)
+        .encode_frame(
+            &Frame::Hello(Box::new(cohort_wire::Hello::new(attacker.clone()))),
+            &mut preamble,
+        )
         .unwrap();
     preamble.extend_from_slice(&big_frame_start(&codec, attacker.id));
     let (peak, written) = run_attack(addr, &preamble, 16 * MIB).await;

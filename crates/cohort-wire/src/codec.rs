@@ -5,9 +5,11 @@
 
 use bytes::BytesMut;
 
+use crate::frame::{Check, Sign};
 use crate::{
-    Beacon, ConfigError, DataHeader, DecodeError, EncodeError, Frame, FramePrefix, KeyRing,
-    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, WireLimits,
+    Beacon, ClusterKey, ConfigError, DataHeader, DecodeError, EncodeError, Frame, FramePrefix,
+    KeyRing, MIN_PROTOCOL_VERSION, Nonce, Opener, PROTOCOL_VERSION, Role, Sealer, Session,
+    WireLimits,
 };
 
 /// Encodes and decodes stream frames.
@@ -105,6 +107,77 @@ impl CohortCodec {
         self.keys.is_some()
     }
 
+    /// The connector's session on a keyed connection (signed with this codec's signing key),
+    /// once it has the acceptor's `challenge` and drawn its own `nonce`; `None` without keys.
+    pub fn connector_session(&self, challenge: &Nonce, nonce: &Nonce) -> Option<Session> {
+        let key = self.keys.as_ref()?.primary();
+        Some(Session::new(key, Role::Connector, challenge, nonce))
+    }
+
+    /// Decodes like [`FrameCodec::decode_frame`] and also returns the key of the ring that
+    /// verified the frame (`None` without keys): the acceptor derives the connection's
+    /// [`Session`] from the key that verified the hello.
+    pub fn decode_frame_verified(
+        &self,
+        buf: &mut BytesMut,
+    ) -> Result<Option<(Frame, Option<ClusterKey>)>, DecodeError> {
+        let decoded = crate::frame::decode_frame(
+            buf,
+            MIN_PROTOCOL_VERSION,
+            PROTOCOL_VERSION,
+            &self.limits,
+            Check::Ring(self.keys.as_ref()),
+        )?;
+        Ok(decoded.map(|(frame, key)| (frame, key.cloned())))
+    }
+
+    /// Encodes `frame` sealed for one connection (see [`Session`]); on error `out` is
+    /// unchanged and the sealer has not advanced.
+    pub fn encode_frame_sealed(
+        &self,
+        frame: &Frame,
+        sealer: &mut Sealer,
+        out: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        crate::frame::encode_frame(frame, self.version, &self.limits, Sign::Sealed(sealer), out)
+    }
+
+    /// Appends `encoded`, one whole frame this codec encoded with its keys, sealed for one
+    /// connection: its tag is replaced by the connection tag and its CRC recomputed, so a frame
+    /// encoded once can be sealed for each destination.
+    pub fn reseal(
+        &self,
+        encoded: &[u8],
+        sealer: &mut Sealer,
+        out: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        crate::frame::reseal(
+            encoded,
+            MIN_PROTOCOL_VERSION,
+            PROTOCOL_VERSION,
+            &self.limits,
+            sealer,
+            out,
+        )
+    }
+
+    /// Decodes the next frame of a keyed connection after its hello: its tag must be the
+    /// connection tag of the next frame in `opener`'s direction, else `BadAuth`.
+    pub fn decode_frame_opened(
+        &self,
+        buf: &mut BytesMut,
+        opener: &mut Opener,
+    ) -> Result<Option<Frame>, DecodeError> {
+        let decoded = crate::frame::decode_frame(
+            buf,
+            MIN_PROTOCOL_VERSION,
+            PROTOCOL_VERSION,
+            &self.limits,
+            Check::Sealed(opener),
+        )?;
+        Ok(decoded.map(|(frame, _)| frame))
+    }
+
     /// Reads and checks the prefix of the frame at the front of `buf` (magic, version, lengths
     /// against the limits) without consuming anything; `Ok(None)` until 16 bytes are there.
     /// A reader uses it to refuse a frame before buffering its body.
@@ -126,17 +199,22 @@ impl CohortCodec {
 
 impl FrameCodec for CohortCodec {
     fn encode_frame(&self, frame: &Frame, out: &mut BytesMut) -> Result<(), EncodeError> {
-        crate::frame::encode_frame(frame, self.version, &self.limits, self.keys.as_ref(), out)
+        let sign = match &self.keys {
+            Some(keys) => Sign::Ring(keys),
+            None => Sign::None,
+        };
+        crate::frame::encode_frame(frame, self.version, &self.limits, sign, out)
     }
 
     fn decode_frame(&self, buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
-        crate::frame::decode_frame(
+        let decoded = crate::frame::decode_frame(
             buf,
             MIN_PROTOCOL_VERSION,
             PROTOCOL_VERSION,
             &self.limits,
-            self.keys.as_ref(),
-        )
+            Check::Ring(self.keys.as_ref()),
+        )?;
+        Ok(decoded.map(|(frame, _)| frame))
     }
 }
 

@@ -177,6 +177,13 @@ pub enum EncodeError {
         /// Last id.
         last: u64,
     },
+    /// Bytes given to be sealed for a connection are not one whole frame signed with the
+    /// cluster key.
+    #[error("{len} bytes are not one signed frame; cannot seal them for a connection")]
+    NotSealable {
+        /// How many bytes were given.
+        len: u64,
+    },
 }
 
 /// A configuration value violates its bound.

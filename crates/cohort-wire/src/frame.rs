@@ -5,25 +5,31 @@
 //! ```text
 //! 0      4  magic "COHF"
 //! 4      1  protocol version
-//! 5      1  kind (1 data, 2 ack, 3 hello)
+//! 5      1  kind (1 data, 2 ack, 3 hello, 4 challenge)
 //! 6      1  flags (0x01 authenticated)
 //! 7      1  reserved, sent as 0, ignored
 //! 8      4  header length H (<= max_frame_header)
 //! 12     4  payload length P (<= max_frame_payload)
 //! 16     H  prost-encoded header of the kind
 //! 16+H   P  payload
-//! ..    32  HMAC-SHA256 tag over bytes 0..16+H+P (only when flag 0x01)
+//! ..    32  HMAC-SHA256 tag (only when flag 0x01): over bytes 0..16+H+P under the cluster key
+//!           for challenges and hellos; under the connection key, over the direction, the
+//!           frame's sequence on its connection and that cluster-key tag, for every later frame
+//!           of a keyed connection (docs/PROTOCOL.md §2.5)
 //! ..     4  CRC32 (IEEE) over every byte before it
 //! ```
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message as _;
 
+use crate::auth::{NONCE_LEN, Nonce, Opener, Sealer};
 use crate::error::MalformedReason;
-use crate::proto::{self, AckPb, AckRangePb, DataHeaderPb, ExtensionPb, FailAckPb, HelloPb};
+use crate::proto::{
+    self, AckPb, AckRangePb, ChallengePb, DataHeaderPb, ExtensionPb, FailAckPb, HelloPb,
+};
 use crate::{
-    DecodeError, EncodeError, KeyRing, MAX_EXTENSIONS, MAX_FAIL_REASON_LEN, Member, MemberId,
-    SendOptions, TAG_LEN, WireLimits,
+    ClusterKey, DecodeError, EncodeError, KeyRing, MAX_EXTENSIONS, MAX_FAIL_REASON_LEN, Member,
+    MemberId, SendOptions, TAG_LEN, WireLimits,
 };
 
 /// Magic of a stream frame: ASCII `COHF`.
@@ -43,8 +49,10 @@ pub enum FrameKind {
     Data = 1,
     /// A batch of ACKs and FAIL_ACKs.
     Ack = 2,
-    /// The first frame on a connection: who is connecting.
+    /// The connecting side's first frame: who is connecting.
     Hello = 3,
+    /// The accepting side's first frame on a keyed connection: a fresh nonce.
+    Challenge = 4,
 }
 
 impl FrameKind {
@@ -53,6 +61,7 @@ impl FrameKind {
             1 => Some(Self::Data),
             2 => Some(Self::Ack),
             3 => Some(Self::Hello),
+            4 => Some(Self::Challenge),
             _ => None,
         }
     }
@@ -172,6 +181,30 @@ impl AckFrame {
     }
 }
 
+/// The connecting side's first frame: who it is and, on a keyed connection, the acceptor's
+/// challenge echoed and the connector's own nonce (both feed the connection key, see
+/// [`crate::Session`]).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Hello {
+    /// The connecting member.
+    pub member: Member,
+    /// The acceptor's challenge, echoed (keyed connections).
+    pub challenge: Option<Nonce>,
+    /// The connector's nonce (keyed connections).
+    pub nonce: Option<Nonce>,
+}
+
+impl Hello {
+    /// A hello without nonces, as an unkeyed connection sends.
+    pub fn new(member: Member) -> Self {
+        Self {
+            member,
+            challenge: None,
+            nonce: None,
+        }
+    }
+}
+
 /// A frame of any kind.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Frame {
@@ -180,7 +213,9 @@ pub enum Frame {
     /// ACKs and FAIL_ACKs.
     Ack(AckFrame),
     /// A connection hello naming the connecting member.
-    Hello(Box<Member>),
+    Hello(Box<Hello>),
+    /// The accepting side's challenge on a keyed connection: a fresh nonce.
+    Challenge(Nonce),
 }
 
 impl Frame {
@@ -190,6 +225,7 @@ impl Frame {
             Self::Data(_) => FrameKind::Data,
             Self::Ack(_) => FrameKind::Ack,
             Self::Hello(_) => FrameKind::Hello,
+            Self::Challenge(_) => FrameKind::Challenge,
         }
     }
 }
@@ -271,12 +307,35 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// How an encoded frame is authenticated.
+pub(crate) enum Sign<'a> {
+    /// Not at all (no key configured).
+    None,
+    /// With the signing key of a ring.
+    Ring(&'a KeyRing),
+    /// With a connection's sealer.
+    Sealed(&'a mut Sealer),
+}
+
+impl Sign<'_> {
+    fn tag(&mut self, body: &[u8]) -> Option<[u8; TAG_LEN]> {
+        match self {
+            Self::None => None,
+            Self::Ring(keys) => Some(keys.sign(body)),
+            Self::Sealed(sealer) => {
+                let inner = sealer.cluster_key().tag(body);
+                Some(sealer.next_tag(&inner))
+            }
+        }
+    }
+}
+
 /// Encodes `frame` at the end of `out`. On error `out` is unchanged.
 pub(crate) fn encode_frame(
     frame: &Frame,
     version: u8,
     limits: &WireLimits,
-    keys: Option<&KeyRing>,
+    mut sign: Sign<'_>,
     out: &mut BytesMut,
 ) -> Result<(), EncodeError> {
     // Build the prost header first: nothing is written to `out` until everything is checked.
@@ -284,22 +343,32 @@ pub(crate) fn encode_frame(
         Data(DataHeaderPb),
         Ack(AckPb),
         Hello(HelloPb),
+        Challenge(ChallengePb),
     }
     let (header, payload): (Header, &[u8]) = match frame {
         Frame::Data(d) => (Header::Data(header_pb_data(&d.header)?), &d.payload),
         Frame::Ack(a) => (Header::Ack(header_pb_ack(a, limits)?), &[]),
-        Frame::Hello(m) => {
-            proto::validate_member(m, limits)?;
+        Frame::Hello(h) => {
+            proto::validate_member(&h.member, limits)?;
             let pb = HelloPb {
-                member: Some(proto::member_to_pb(m)),
+                member: Some(proto::member_to_pb(&h.member)),
+                challenge: h.challenge.map(|n| n.to_vec()).unwrap_or_default(),
+                nonce: h.nonce.map(|n| n.to_vec()).unwrap_or_default(),
             };
             (Header::Hello(pb), &[])
         }
+        Frame::Challenge(nonce) => (
+            Header::Challenge(ChallengePb {
+                nonce: nonce.to_vec(),
+            }),
+            &[],
+        ),
     };
     let header_len = match &header {
         Header::Data(h) => h.encoded_len(),
         Header::Ack(h) => h.encoded_len(),
         Header::Hello(h) => h.encoded_len(),
+        Header::Challenge(h) => h.encoded_len(),
     };
     if header_len > limits.max_frame_header as usize {
         return Err(too_large(
@@ -320,17 +389,14 @@ pub(crate) fn encode_frame(
         u32::try_from(header_len).map_err(|_| too_large("frame header", header_len, 0))?,
         u32::try_from(payload.len()).map_err(|_| too_large("frame payload", payload.len(), 0))?,
     );
-    let tag_len = if keys.is_some() { TAG_LEN } else { 0 };
+    let signed = !matches!(sign, Sign::None);
+    let tag_len = if signed { TAG_LEN } else { 0 };
     let start = out.len();
     out.reserve(FRAME_PREFIX_LEN + header_len + payload.len() + tag_len + CRC_LEN);
     out.put_slice(&FRAME_MAGIC);
     out.put_u8(version);
     out.put_u8(frame.kind() as u8);
-    out.put_u8(if keys.is_some() {
-        FLAG_AUTHENTICATED
-    } else {
-        0
-    });
+    out.put_u8(if signed { FLAG_AUTHENTICATED } else { 0 });
     out.put_u8(0);
     out.put_u32(header_len32);
     out.put_u32(payload_len32);
@@ -338,13 +404,44 @@ pub(crate) fn encode_frame(
         Header::Data(h) => h.encode_raw(out),
         Header::Ack(h) => h.encode_raw(out),
         Header::Hello(h) => h.encode_raw(out),
+        Header::Challenge(h) => h.encode_raw(out),
     }
     debug_assert_eq!(out.len() - start, FRAME_PREFIX_LEN + header_len);
     out.put_slice(payload);
-    if let Some(keys) = keys {
-        let tag = keys.sign(&out[start..]);
+    if let Some(tag) = sign.tag(&out[start..]) {
         out.put_slice(&tag);
     }
+    let crc = crc32fast::hash(&out[start..]);
+    out.put_u32(crc);
+    Ok(())
+}
+
+/// Appends `encoded` (one whole frame signed with the cluster key) to `out`, its tag replaced by
+/// `sealer`'s connection tag and its CRC recomputed. On error `out` is unchanged.
+pub(crate) fn reseal(
+    encoded: &[u8],
+    min_version: u8,
+    max_version: u8,
+    limits: &WireLimits,
+    sealer: &mut Sealer,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let not_one_frame = || EncodeError::NotSealable {
+        len: encoded.len() as u64,
+    };
+    let prefix = peek_prefix(encoded, min_version, max_version, limits)
+        .ok()
+        .flatten()
+        .ok_or_else(not_one_frame)?;
+    if !prefix.is_authenticated() || prefix.total_len() != encoded.len() {
+        return Err(not_one_frame());
+    }
+    let body_end = encoded.len() - TAG_LEN - CRC_LEN;
+    let tag = sealer.next_tag(&encoded[body_end..body_end + TAG_LEN]);
+    let start = out.len();
+    out.reserve(encoded.len());
+    out.put_slice(&encoded[..body_end]);
+    out.put_slice(&tag);
     let crc = crc32fast::hash(&out[start..]);
     out.put_u32(crc);
     Ok(())
@@ -460,16 +557,25 @@ pub(crate) fn peek_data_header(
     data_header(header).map(Some)
 }
 
+/// How a decoded frame's tag is checked.
+pub(crate) enum Check<'a> {
+    /// Against any key of a ring (or, without a ring, the frame must be unsigned).
+    Ring(Option<&'a KeyRing>),
+    /// Against a connection's opener.
+    Sealed(&'a mut Opener),
+}
+
 /// Streaming decode: takes one complete frame off the front of `buf`, `Ok(None)` when more
-/// bytes are needed. On error the stream is unusable and should be closed: errors found in the
-/// fixed prefix, CRC or tag leave `buf` unchanged; a malformed header consumes its frame.
-pub(crate) fn decode_frame(
+/// bytes are needed. Returns the ring key that verified it, if checked against a ring. On error
+/// the stream is unusable and should be closed: errors found in the fixed prefix, CRC or tag
+/// leave `buf` unchanged; a malformed header consumes its frame.
+pub(crate) fn decode_frame<'k>(
     buf: &mut BytesMut,
     min_version: u8,
     max_version: u8,
     limits: &WireLimits,
-    keys: Option<&KeyRing>,
-) -> Result<Option<Frame>, DecodeError> {
+    check: Check<'k>,
+) -> Result<Option<(Frame, Option<&'k ClusterKey>)>, DecodeError> {
     let Some(prefix) = peek_prefix(buf, min_version, max_version, limits)? else {
         return Ok(None);
     };
@@ -492,23 +598,28 @@ pub(crate) fn decode_frame(
     if computed != carried {
         return Err(DecodeError::CrcMismatch { computed, carried });
     }
-    match (keys, authenticated) {
-        (Some(keys), true) => {
-            if !keys.verify(&buf[..body_end], &buf[body_end..body_end + TAG_LEN]) {
+    let (body, tag) = (&buf[..body_end], &buf[body_end..body_end + tag_len]);
+    let verified_by = match (check, authenticated) {
+        (Check::Ring(Some(keys)), true) => {
+            Some(keys.verify_which(body, tag).ok_or(DecodeError::BadAuth)?)
+        }
+        (Check::Sealed(opener), true) => {
+            if !opener.open(body, tag) {
                 return Err(DecodeError::BadAuth);
             }
+            None
         }
-        (Some(_), false) => return Err(DecodeError::MissingAuth),
-        (None, true) => return Err(DecodeError::NoKey),
-        (None, false) => {}
-    }
+        (Check::Ring(Some(_)) | Check::Sealed(_), false) => return Err(DecodeError::MissingAuth),
+        (Check::Ring(None), true) => return Err(DecodeError::NoKey),
+        (Check::Ring(None), false) => None,
+    };
     let kind =
         FrameKind::from_byte(kind_byte).ok_or(DecodeError::UnknownFrameKind { kind: kind_byte })?;
     // The frame is complete and intact: take it off the buffer and parse it without copying.
     let bytes = buf.split_to(total).freeze();
     let header = bytes.slice(FRAME_PREFIX_LEN..FRAME_PREFIX_LEN + header_len as usize);
     let payload = bytes.slice(FRAME_PREFIX_LEN + header_len as usize..body_end);
-    parse_body(kind, header, payload, limits).map(Some)
+    parse_body(kind, header, payload, limits).map(|f| Some((f, verified_by)))
 }
 
 fn data_header(header: Bytes) -> Result<DataHeader, DecodeError> {
@@ -543,10 +654,10 @@ fn parse_body(
     limits: &WireLimits,
 ) -> Result<Frame, DecodeError> {
     if kind != FrameKind::Data && !payload.is_empty() {
-        let what = if kind == FrameKind::Ack {
-            "ack frame"
-        } else {
-            "hello frame"
+        let what = match kind {
+            FrameKind::Ack => "ack frame",
+            FrameKind::Challenge => "challenge frame",
+            _ => "hello frame",
         };
         return Err(proto::malformed(
             what,
@@ -593,9 +704,34 @@ fn parse_body(
             let member = pb
                 .member
                 .ok_or_else(|| proto::malformed(WHAT, MalformedReason::MissingField("member")))?;
-            Ok(Frame::Hello(Box::new(proto::member_from_pb(
-                member, limits,
-            )?)))
+            Ok(Frame::Hello(Box::new(Hello {
+                member: proto::member_from_pb(member, limits)?,
+                challenge: nonce_field(WHAT, "challenge", &pb.challenge)?,
+                nonce: nonce_field(WHAT, "nonce", &pb.nonce)?,
+            })))
+        }
+        FrameKind::Challenge => {
+            const WHAT: &str = "challenge frame";
+            let pb = ChallengePb::decode(header).map_err(|e| proto::prost_error(WHAT, &e))?;
+            nonce_field(WHAT, "nonce", &pb.nonce)?
+                .map(Frame::Challenge)
+                .ok_or_else(|| proto::malformed(WHAT, MalformedReason::MissingField("nonce")))
         }
     }
+}
+
+/// A nonce field: empty (absent) or exactly [`NONCE_LEN`] bytes.
+fn nonce_field(
+    what: &'static str,
+    field: &'static str,
+    bytes: &[u8],
+) -> Result<Option<Nonce>, DecodeError> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let nonce = Nonce::try_from(bytes).map_err(|_| {
+        let detail = format!("{} bytes, need {NONCE_LEN}", bytes.len());
+        proto::out_of_range(what, field, detail)
+    })?;
+    Ok(Some(nonce))
 }

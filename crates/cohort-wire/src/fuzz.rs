@@ -57,6 +57,7 @@ pub fn frame_stream(data: &[u8]) {
 
 fn frame_stream_chunked(chunk: u8, data: &[u8]) {
     let chunk = usize::from(chunk.max(1));
+    frame_stream_sealed(chunk, data);
     for codec in codecs() {
         let mut buf = BytesMut::new();
         'feed: for piece in data.chunks(chunk) {
@@ -74,6 +75,25 @@ fn frame_stream_chunked(chunk: u8, data: &[u8]) {
                     Ok(None) => break,
                     Err(_) => break 'feed,
                 }
+            }
+        }
+    }
+}
+
+/// The stream decoder of a keyed connection after its hello: nothing may panic.
+fn frame_stream_sealed(chunk: usize, data: &[u8]) {
+    let [_, codec] = codecs();
+    let key = ClusterKey::new(*b"fuzzing cluster key").expect("key is long enough");
+    let session = crate::Session::new(&key, crate::Role::Acceptor, &[1; 16], &[2; 16]);
+    let (_, mut opener) = session.split();
+    let mut buf = BytesMut::new();
+    for piece in data.chunks(chunk) {
+        buf.extend_from_slice(piece);
+        loop {
+            match codec.decode_frame_opened(&mut buf, &mut opener) {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => return,
             }
         }
     }

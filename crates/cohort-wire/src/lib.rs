@@ -52,17 +52,19 @@ mod proto;
 
 #[doc(hidden)]
 pub mod fuzz;
+#[cfg(feature = "serde")]
+pub mod serde_ms;
 
 #[cfg(test)]
 mod tests;
 
-pub use auth::{ClusterKey, KeyRing, TAG_LEN};
+pub use auth::{ClusterKey, KeyRing, NONCE_LEN, Nonce, Opener, Role, Sealer, Session, TAG_LEN};
 pub use beacon::{BEACON_MAGIC, BEACON_PREFIX_LEN, Beacon, BeaconCommand};
 pub use codec::{BeaconCodec, CohortCodec, FrameCodec};
 pub use error::{ConfigError, DecodeError, EncodeError, MalformedReason};
 pub use frame::{
     AckFrame, AckRange, CRC_LEN, DataFrame, DataHeader, Extension, FLAG_AUTHENTICATED, FRAME_MAGIC,
-    FRAME_PREFIX_LEN, FailAck, Frame, FrameKind, FramePrefix,
+    FRAME_PREFIX_LEN, FailAck, Frame, FrameKind, FramePrefix, Hello,
 };
 pub use limits::{
     MAX_CLUSTER_LEN, MAX_DATAGRAM, MAX_DOMAIN_LEN, MAX_EXTENSIONS, MAX_FAIL_REASON_LEN,

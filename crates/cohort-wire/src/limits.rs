@@ -26,6 +26,8 @@ pub const MAX_DATAGRAM: usize = 65_507;
 /// limits.validate().unwrap();
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct WireLimits {
     /// Largest prost-encoded frame header, in bytes. Default 16 KiB.
     pub max_frame_header: u32,

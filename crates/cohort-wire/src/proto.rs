@@ -89,6 +89,16 @@ pub(crate) struct AckPb {
 pub(crate) struct HelloPb {
     #[prost(message, optional, tag = "1")]
     pub(crate) member: Option<MemberPb>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub(crate) challenge: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    pub(crate) nonce: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct ChallengePb {
+    #[prost(bytes = "vec", tag = "1")]
+    pub(crate) nonce: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

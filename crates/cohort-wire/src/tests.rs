@@ -89,7 +89,7 @@ fn frame_round_trip_all_kinds() {
                 reason: "listener failed".into(),
             }],
         }),
-        Frame::Hello(Box::new(member())),
+        Frame::Hello(Box::new(crate::Hello::new(member()))),
     ];
     for frame in frames {
         let mut buf = encode(&codec, &frame);
@@ -207,7 +207,7 @@ fn encoder_refuses_what_the_peer_would_reject() {
     let mut m = member();
     m.name = "x".repeat(MAX_NAME_LEN + 1);
     let err = codec
-        .encode_frame(&Frame::Hello(Box::new(m)), &mut out)
+        .encode_frame(&Frame::Hello(Box::new(crate::Hello::new(m))), &mut out)
         .unwrap_err();
     assert!(matches!(
         err,
@@ -498,7 +498,7 @@ fn member_fields_are_validated_on_decode() {
     m.udp_port = Some(4001);
     m.payload = Bytes::from(vec![7; 100]);
     m.domain = Bytes::from_static(b"\x01\x02");
-    let frame = Frame::Hello(Box::new(m));
+    let frame = Frame::Hello(Box::new(crate::Hello::new(m)));
     assert_eq!(
         codec.decode_frame(&mut encode(&codec, &frame)).unwrap(),
         Some(frame)
@@ -514,7 +514,10 @@ fn member_fields_are_validated_on_decode() {
         None,
     )
     .unwrap();
-    let err = decode_err(&strict, encode(&codec, &Frame::Hello(Box::new(big))));
+    let err = decode_err(
+        &strict,
+        encode(&codec, &Frame::Hello(Box::new(crate::Hello::new(big)))),
+    );
     assert!(matches!(
         err,
         DecodeError::Malformed {

@@ -114,7 +114,10 @@ async fn connections_beyond_the_limit_are_refused_and_counted() {
         let mut out = BytesMut::new();
         CohortCodec::new(WireLimits::default(), None)
             .unwrap()
-            .encode_frame(&Frame::Hello(Box::new(m)), &mut out)
+            .encode_frame(
+                &Frame::Hello(Box::new(cohort_wire::Hello::new(m))),
+                &mut out,
+            )
             .unwrap();
         out
     };

@@ -115,7 +115,10 @@ async fn a_hello_is_due_within_hello_timeout_and_idle_connections_close() {
     let mut hello = BytesMut::new();
     let who = Member::new(MemberId::from_bytes([5; 16]), addr.ip(), 1);
     codec()
-        .encode_frame(&Frame::Hello(Box::new(who)), &mut hello)
+        .encode_frame(
+            &Frame::Hello(Box::new(cohort_wire::Hello::new(who))),
+            &mut hello,
+        )
         .unwrap();
     s.write_all(&hello).await.unwrap();
     let t = Instant::now();

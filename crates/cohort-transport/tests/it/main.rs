@@ -4,3 +4,4 @@ mod support;
 
 mod basics;
 mod hostile;
+mod replay;

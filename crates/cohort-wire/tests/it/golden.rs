@@ -78,10 +78,24 @@ fn vectors() -> Vec<(&'static str, Vector, Option<KeyRing>)> {
         ("ack_frame", Vector::Frame(ack), None),
         (
             "hello_frame",
-            Vector::Frame(Frame::Hello(Box::new(member()))),
+            Vector::Frame(Frame::Hello(Box::new(cohort_wire::Hello::new(member())))),
             None,
         ),
         ("data_frame_authenticated", Vector::Frame(data), Some(key())),
+        (
+            "challenge_frame_authenticated",
+            Vector::Frame(Frame::Challenge([0xc7; 16])),
+            Some(key()),
+        ),
+        (
+            "hello_frame_authenticated",
+            Vector::Frame(Frame::Hello(Box::new(cohort_wire::Hello {
+                member: member(),
+                challenge: Some([0xc7; 16]),
+                nonce: Some([0x4e; 16]),
+            }))),
+            Some(key()),
+        ),
         ("beacon_alive", Vector::Beacon(alive), None),
         (
             "beacon_shutdown_authenticated",

@@ -87,7 +87,15 @@ fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
         data_frame(),
         ack_frame(),
-        member().prop_map(|m| Frame::Hello(Box::new(m))),
+        member().prop_map(|m| Frame::Hello(Box::new(cohort_wire::Hello::new(m)))),
+        (member(), any::<[u8; 16]>(), any::<[u8; 16]>()).prop_map(|(member, c, n)| {
+            Frame::Hello(Box::new(cohort_wire::Hello {
+                member,
+                challenge: Some(c),
+                nonce: Some(n),
+            }))
+        }),
+        any::<[u8; 16]>().prop_map(Frame::Challenge),
     ]
 }
 

@@ -1,0 +1,143 @@
+//! Frame replay on a keyed cluster: everything a member sent, recorded off the wire, is refused
+//! when played back on a new connection, whole or spliced after a fresh handshake.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use cohort_transport::TransportConfig;
+use cohort_wire::{Frame, FrameCodec, Hello, SendOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+/// A loopback proxy to `to` that records every byte its client sends.
+async fn recording_proxy(to: std::net::SocketAddr) -> (u16, Arc<Mutex<Vec<u8>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let recorded = Arc::new(Mutex::new(Vec::new()));
+    let rec = recorded.clone();
+    tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let server = TcpStream::connect(to).await.unwrap();
+        let (mut cr, mut cw) = client.into_split();
+        let (mut sr, mut sw) = server.into_split();
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut sr, &mut cw).await;
+        });
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            rec.lock().unwrap().extend_from_slice(&buf[..n]);
+            if sw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    });
+    (port, recorded)
+}
+
+/// Reads until the peer closes (or 5 s pass); the bytes read.
+async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    got
+}
+
+#[tokio::test]
+async fn recorded_frames_are_refused_on_a_new_connection() {
+    let mut b = node_with(2, config(), keyed_codec()).await;
+    let a = node_with(1, config(), keyed_codec()).await;
+    let (port, recorded) = recording_proxy(b.member.data_addr()).await;
+    let mut via_proxy = b.member.clone();
+    via_proxy.port = port;
+    let sent = send(&a, &via_proxy, 1, SendOptions::USE_ACK, b"transfer 100");
+    within(Duration::from_secs(10), sent)
+        .await
+        .unwrap()
+        .unwrap();
+    let got = within(Duration::from_secs(5), b.inbound.recv())
+        .await
+        .unwrap();
+    assert_eq!(&got.frame.payload[..], b"transfer 100");
+    drop(got);
+    let capture = recorded.lock().unwrap().clone();
+    assert!(capture.len() > 100, "hello and data recorded");
+
+    // 1. The whole conversation played back: its hello answers an old challenge.
+    let mut s = TcpStream::connect(b.member.data_addr()).await.unwrap();
+    s.write_all(&capture).await.unwrap();
+    let _ = read_to_close(&mut s).await;
+    let stats = b.handle.stats();
+    assert_eq!(stats.hello_replays, 1, "{stats:?}");
+
+    // 2. A fresh, valid handshake (as a member with the key would make), then the recorded
+    //    data frame spliced in: it is sealed for the old connection, so it fails here.
+    let codec = keyed_codec();
+    let hello_len = codec
+        .peek_frame_prefix(&capture)
+        .unwrap()
+        .unwrap()
+        .total_len();
+    let data = &capture[hello_len..];
+    let mut s = TcpStream::connect(b.member.data_addr()).await.unwrap();
+    let mut buf = BytesMut::new();
+    let challenge = loop {
+        s.read_buf(&mut buf).await.unwrap();
+        if let Some(Frame::Challenge(n)) = codec.decode_frame(&mut buf).unwrap() {
+            break n;
+        }
+    };
+    let mut hello = Hello::new(a.member.clone());
+    hello.challenge = Some(challenge);
+    hello.nonce = Some([9; 16]);
+    let mut out = BytesMut::new();
+    codec
+        .encode_frame(&Frame::Hello(Box::new(hello)), &mut out)
+        .unwrap();
+    out.extend_from_slice(data);
+    s.write_all(&out).await.unwrap();
+    let _ = read_to_close(&mut s).await;
+    let stats = b.handle.stats();
+    assert_eq!(stats.malformed.get("bad_auth"), Some(&1), "{stats:?}");
+
+    // Neither playback reached the layer above; the member's own connection still works.
+    assert!(
+        b.inbound.try_recv().is_err(),
+        "a replayed message was delivered"
+    );
+    let sent = send(&a, &b.member, 2, SendOptions::USE_ACK, b"fresh");
+    within(Duration::from_secs(10), sent)
+        .await
+        .unwrap()
+        .unwrap();
+    let got = within(Duration::from_secs(5), b.inbound.recv())
+        .await
+        .unwrap();
+    assert_eq!(&got.frame.payload[..], b"fresh");
+}
+
+#[tokio::test]
+async fn a_keyed_sender_gets_a_clear_error_from_an_unkeyed_receiver() {
+    let b = node(2, config()).await;
+    let a = node_with(
+        1,
+        TransportConfig {
+            connect_timeout: Duration::from_millis(300),
+            max_retry_attempts: 0,
+            ..config()
+        },
+        keyed_codec(),
+    )
+    .await;
+    let sent = send(&a, &b.member, 1, SendOptions::USE_ACK, b"x");
+    let err = within(Duration::from_secs(10), sent)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("no challenge"), "{err}");
+}
