@@ -35,7 +35,10 @@ use crate::seams::{ChannelMembership, ChannelTransport};
 pub struct ChannelConfig {
     /// Period of the heartbeat that reaches every interceptor and closes connections to
     /// departed members. Default 5 s (Tribes' `heartbeatSleeptime`).
-    #[cfg_attr(feature = "serde", serde(deserialize_with = "cohort_wire::serde_ms::duration"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "cohort_wire::serde_ms::duration")
+    )]
     pub heartbeat_interval: Duration,
     /// Bytes of ASYNCHRONOUS messages queued and not yet completed; a send beyond it waits
     /// (backpressure). Default 64 MiB (Tribes' `maxQueueSize`). A message larger than the
@@ -56,7 +59,10 @@ pub struct ChannelConfig {
     /// Default false.
     pub option_check: bool,
     /// On `stop`, how long queued ASYNCHRONOUS messages get to complete. Default 5 s.
-    #[cfg_attr(feature = "serde", serde(deserialize_with = "cohort_wire::serde_ms::duration"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "cohort_wire::serde_ms::duration")
+    )]
     pub drain_timeout: Duration,
     /// What an ASYNCHRONOUS send does when the queue is full. Default
     /// [`AsyncFullPolicy::Block`].

@@ -41,11 +41,17 @@ pub struct MembershipConfig {
     /// Cluster name carried in every beacon; beacons of other clusters are ignored and counted.
     pub cluster: String,
     /// Beacon interval (Tribes' `frequency`). Default 500 ms.
-    #[cfg_attr(feature = "serde", serde(deserialize_with = "cohort_wire::serde_ms::duration"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "cohort_wire::serde_ms::duration")
+    )]
     pub frequency: Duration,
     /// A member silent for this long is dropped (Tribes' `dropTime`). Default 3000 ms; must be
     /// at least twice `frequency`.
-    #[cfg_attr(feature = "serde", serde(deserialize_with = "cohort_wire::serde_ms::duration"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "cohort_wire::serde_ms::duration")
+    )]
     pub drop_time: Duration,
     /// Most members in the table, the local one excluded. Beacons of new members beyond it are
     /// dropped and counted (`MembershipStats::table_full`). Default 1024.
@@ -58,11 +64,17 @@ pub struct MembershipConfig {
     /// this plus `drop_time`. Default 30 s. Ignored without keys: an unauthenticated sequence
     /// refuses lower ones for one `frequency` only, so that one forged beacon cannot keep a
     /// live member out.
-    #[cfg_attr(feature = "serde", serde(deserialize_with = "cohort_wire::serde_ms::duration"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "cohort_wire::serde_ms::duration")
+    )]
     pub max_clock_skew: Duration,
     /// Shortest interval between the immediate beacons sent to answer joins or announce a
     /// payload change, so that a burst of joins cannot cause a storm. Default 20 ms.
-    #[cfg_attr(feature = "serde", serde(deserialize_with = "cohort_wire::serde_ms::duration"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "cohort_wire::serde_ms::duration")
+    )]
     pub min_answer_interval: Duration,
     /// Most events held for the application before the oldest are dropped (and counted).
     /// Default 4096.
@@ -273,15 +285,24 @@ pub struct RecoveryConfig {
     /// driver reports the failure and falls back to retrying every `slow_sleep`. Default 10.
     pub counter: u32,
     /// Pause between reopen attempts. Default 5000 ms.
-    #[cfg_attr(feature = "serde", serde(deserialize_with = "cohort_wire::serde_ms::duration"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "cohort_wire::serde_ms::duration")
+    )]
     pub sleep: Duration,
     /// Pause between attempts once `counter` attempts failed. Default 60 s. The driver never
     /// gives up silently and never spins.
-    #[cfg_attr(feature = "serde", serde(deserialize_with = "cohort_wire::serde_ms::duration"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "cohort_wire::serde_ms::duration")
+    )]
     pub slow_sleep: Duration,
     /// Pause of a socket's receives after an error, so that a socket that keeps failing is
     /// not polled in a busy loop (Tribes sleeps 500 ms). Default 500 ms.
-    #[cfg_attr(feature = "serde", serde(deserialize_with = "cohort_wire::serde_ms::duration"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "cohort_wire::serde_ms::duration")
+    )]
     pub error_pause: Duration,
 }
 

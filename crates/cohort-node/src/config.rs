@@ -2,8 +2,6 @@
 //! that name the key. Durations are integers in milliseconds; sizes are integers in bytes.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::num::NonZeroUsize;
-use std::time::Duration;
 
 use cohort_channel::{ChannelConfig, MembershipSetup};
 use cohort_interceptors::{InterceptorConfig, default_stack, validate_stack};
@@ -47,25 +45,30 @@ fn invalid(key: &str, reason: impl std::fmt::Display) -> ConfigError {
     }
 }
 
-/// The whole file.
+/// The whole file. `[transport]` deserializes straight into the library's
+/// [`TransportConfig`], and `[membership]`, `[membership.multicast]` and `[channel]` into
+/// [`MembershipConfig`], [`MulticastConfig`] and [`ChannelConfig`] (their `serde` features),
+/// once the few node-level keys in those tables are taken out: one mapping, no mirrored
+/// structs.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// `[node]`
     #[serde(default)]
     pub node: NodeSection,
-    /// `[membership]`
+    /// `[membership]`: [`MembershipConfig`]'s fields plus `multicast`, `static_bind` and
+    /// `static_members`.
     #[serde(default)]
-    pub membership: MembershipSection,
-    /// `[transport]`
+    pub membership: toml::Table,
+    /// `[transport]`: [`TransportConfig`].
     #[serde(default)]
-    pub transport: TransportSection,
-    /// `[channel]`
+    pub transport: toml::Table,
+    /// `[channel]`: [`ChannelConfig`]'s fields plus `services`.
     #[serde(default)]
-    pub channel: ChannelSection,
+    pub channel: toml::Table,
     /// `[admin]`
     #[serde(default)]
-    pub admin: AdminSection,
+    pub admin: AdminConfig,
     /// `[[interceptor]]`, in stack order (first = top). Absent: the default stack.
     #[serde(default)]
     pub interceptor: Option<Vec<InterceptorConfig>>,
@@ -90,129 +93,47 @@ pub struct NodeSection {
     pub runtime_threads: Option<usize>,
 }
 
-/// `[membership]`
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MembershipSection {
-    cluster: Option<String>,
-    frequency: Option<u64>,
-    drop_time: Option<u64>,
-    max_members: Option<usize>,
-    max_clock_skew: Option<u64>,
-    min_answer_interval: Option<u64>,
-    max_pending_events: Option<usize>,
-    /// `false` disables multicast; a table configures it (read by [`multicast_section`], so
-    /// that an error inside the table names its key).
-    multicast: Option<toml::Value>,
-    static_bind: Option<String>,
-    #[serde(default)]
-    static_members: Vec<String>,
+/// Deserializes `table` (the TOML table `name`) into a library config; errors name the key as
+/// `table.key` (`membership.multicast.recovery.sleep`).
+fn table_into<T: serde::de::DeserializeOwned>(
+    name: &str,
+    table: toml::Table,
+) -> Result<T, ConfigError> {
+    // Through text, so that an error carries the span of the offending key.
+    let text = toml::to_string(&table).map_err(|e| invalid(name, e))?;
+    toml::from_str(&text).map_err(|e| {
+        let key = e
+            .span()
+            .and_then(|span| key_at(&text, span.start))
+            .map_or_else(|| name.to_owned(), |key| format!("{name}.{key}"));
+        invalid(&key, e.message().trim_end())
+    })
 }
 
-enum MulticastSection {
-    Enabled(bool),
-    Table(MulticastTable),
-}
-
-/// `multicast = true | false | { ... }`: a bool, or a table whose errors name their key.
-fn multicast_section(value: toml::Value) -> Result<MulticastSection, ConfigError> {
-    match value {
-        toml::Value::Boolean(b) => Ok(MulticastSection::Enabled(b)),
-        toml::Value::Table(_) => value
-            .try_into()
-            .map(MulticastSection::Table)
-            .map_err(|e| invalid("membership.multicast", e.to_string().trim_end())),
-        other => Err(invalid(
-            "membership.multicast",
-            format!(
-                "expected true, false or a table, found {}",
-                other.type_str()
-            ),
-        )),
+/// The dotted key whose line holds byte `pos` of `text` (a TOML document as `toml` writes
+/// it: `[a.b]` headers and `key = value` lines).
+fn key_at(text: &str, pos: usize) -> Option<String> {
+    let upto = text.get(..pos)?;
+    let line_start = upto.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next()?;
+    let header = upto[..line_start]
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix('[')?.strip_suffix(']'));
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"'));
+    match (header, key) {
+        (Some(h), Some(k)) => Some(format!("{h}.{k}")),
+        (None, Some(k)) => Some(k.to_owned()),
+        (Some(h), None) => Some(h.to_owned()),
+        (None, None) => None,
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MulticastTable {
-    group: Option<String>,
-    port: Option<u16>,
-    interface: Option<String>,
-    ttl: Option<u32>,
-    loopback: Option<bool>,
-    recovery: Option<RecoveryTable>,
-}
-
-/// `[membership.multicast.recovery]`
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RecoveryTable {
-    enabled: Option<bool>,
-    counter: Option<u32>,
-    sleep: Option<u64>,
-    slow_sleep: Option<u64>,
-    error_pause: Option<u64>,
-}
-
-/// `[transport]`
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TransportSection {
-    bind: Option<String>,
-    port: Option<u16>,
-    auto_bind: Option<u16>,
-    udp_port: Option<u16>,
-    connect_timeout: Option<u64>,
-    send_timeout: Option<u64>,
-    max_retry_attempts: Option<u32>,
-    reconnect_backoff: Option<u64>,
-    max_reconnect_backoff: Option<u64>,
-    connections_per_peer: Option<usize>,
-    keep_alive_count: Option<u64>,
-    keep_alive_time: Option<u64>,
-    max_in_flight: Option<usize>,
-    max_peer_queue_bytes: Option<usize>,
-    write_batch_bytes: Option<usize>,
-    rx_buf_size: Option<usize>,
-    max_connections: Option<usize>,
-    frame_timeout: Option<u64>,
-    hello_timeout: Option<u64>,
-    idle_timeout: Option<u64>,
-    max_unauthenticated: Option<usize>,
-    max_unauthenticated_per_source: Option<usize>,
-    max_inbound_bytes: Option<usize>,
-    max_pending_acks: Option<usize>,
-    inbound_queue: Option<usize>,
-    max_frame_payload: Option<u32>,
-    max_frame_header: Option<u32>,
-}
-
-/// `[channel]`
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChannelSection {
-    services: Option<u8>,
-    heartbeat_interval: Option<u64>,
-    async_queue_bytes: Option<usize>,
-    async_queue_messages: Option<usize>,
-    delivery_queue: Option<usize>,
-    drain_timeout: Option<u64>,
-    option_check: Option<bool>,
-}
-
-/// `[admin]`
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminSection {
-    enabled: Option<bool>,
-    bind: Option<String>,
-    port: Option<u16>,
-    auto_bind: Option<u16>,
-    allow_remote: Option<bool>,
-}
-
-/// The admin endpoint's settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The admin endpoint's settings (`[admin]`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     /// Serve `status` at all. Default true.
     pub enabled: bool,
@@ -222,6 +143,20 @@ pub struct AdminConfig {
     pub port: u16,
     /// Ports tried from `port` up. Default 100.
     pub auto_bind: u16,
+    /// Allow a `bind` address other than loopback. Default false.
+    pub allow_remote: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 4700,
+            auto_bind: 100,
+            allow_remote: false,
+        }
+    }
 }
 
 /// Everything a node needs, validated.
@@ -250,16 +185,40 @@ pub struct NodeConfig {
     pub interceptors: Vec<InterceptorConfig>,
 }
 
-fn ms(v: u64) -> Duration {
-    Duration::from_millis(v)
-}
-
-fn ip(key: &str, v: &str) -> Result<IpAddr, ConfigError> {
-    v.parse().map_err(|e| invalid(key, format!("{v:?}: {e}")))
-}
-
-fn ipv4(key: &str, v: &str) -> Result<Ipv4Addr, ConfigError> {
-    v.parse().map_err(|e| invalid(key, format!("{v:?}: {e}")))
+/// `static_bind` and `static_members` of `[membership]`.
+fn static_setup(
+    bind: Option<toml::Value>,
+    members: Option<toml::Value>,
+) -> Result<Option<(SocketAddr, Vec<StaticPeer>)>, ConfigError> {
+    let members: Vec<String> = match members {
+        None => Vec::new(),
+        Some(v) => v
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid("membership.static_members", e.message()))?,
+    };
+    let bind: Option<String> = match bind {
+        None => None,
+        Some(v) => Some(
+            v.try_into()
+                .map_err(|e: toml::de::Error| invalid("membership.static_bind", e.message()))?,
+        ),
+    };
+    if members.is_empty() && bind.is_none() {
+        return Ok(None);
+    }
+    let bind =
+        bind.ok_or_else(|| invalid("membership.static_bind", "required with static_members"))?;
+    let bind: SocketAddr = bind
+        .parse()
+        .map_err(|e| invalid("membership.static_bind", format!("{bind:?}: {e}")))?;
+    let mut peers = Vec::new();
+    for (i, p) in members.iter().enumerate() {
+        peers.push(
+            p.parse::<StaticPeer>()
+                .map_err(|e| invalid(&format!("membership.static_members[{i}]"), e))?,
+        );
+    }
+    Ok(Some((bind, peers)))
 }
 
 impl NodeConfig {
@@ -298,133 +257,35 @@ impl NodeConfig {
             Some(KeyRing::new(ring).map_err(|e| invalid("node.keys", e))?)
         };
 
-        let m = f.membership;
-        let mut mc = MembershipConfig::default();
-        if let Some(v) = m.cluster {
-            mc.cluster = v;
-        }
-        if let Some(v) = m.frequency {
-            mc.frequency = ms(v);
-        }
-        if let Some(v) = m.drop_time {
-            mc.drop_time = ms(v);
-        }
-        if let Some(v) = m.max_members {
-            mc.max_members = NonZeroUsize::new(v)
-                .ok_or_else(|| invalid("membership.max_members", "must be at least 1"))?;
-        }
-        if let Some(v) = m.max_clock_skew {
-            mc.max_clock_skew = ms(v);
-        }
-        if let Some(v) = m.min_answer_interval {
-            mc.min_answer_interval = ms(v);
-        }
-        if let Some(v) = m.max_pending_events {
-            mc.max_pending_events = NonZeroUsize::new(v)
-                .ok_or_else(|| invalid("membership.max_pending_events", "must be at least 1"))?;
-        }
+        let mut m = f.membership;
+        let multicast = m.remove("multicast");
+        let static_bind = m.remove("static_bind");
+        let static_members = m.remove("static_members");
+        let mut mc: MembershipConfig = table_into("membership", m)?;
         mc.keys.clone_from(&keys);
         mc.validate().map_err(|e| invalid("membership", e))?;
-        let multicast = match m.multicast.map(multicast_section).transpose()? {
-            Some(MulticastSection::Enabled(false)) => None,
-            None | Some(MulticastSection::Enabled(true)) => Some(MulticastConfig::default()),
-            Some(MulticastSection::Table(t)) => {
-                let mut c = MulticastConfig::default();
-                if let Some(v) = t.group {
-                    c.group = ipv4("membership.multicast.group", &v)?;
-                }
-                if let Some(v) = t.port {
-                    c.port = v;
-                }
-                if let Some(v) = t.interface {
-                    c.interface = ipv4("membership.multicast.interface", &v)?;
-                }
-                if let Some(v) = t.ttl {
-                    c.ttl = v;
-                }
-                if let Some(v) = t.loopback {
-                    c.loopback = v;
-                }
-                if let Some(r) = t.recovery {
-                    let rc = &mut c.recovery;
-                    rc.enabled = r.enabled.unwrap_or(rc.enabled);
-                    rc.counter = r.counter.unwrap_or(rc.counter);
-                    rc.sleep = r.sleep.map_or(rc.sleep, ms);
-                    rc.slow_sleep = r.slow_sleep.map_or(rc.slow_sleep, ms);
-                    rc.error_pause = r.error_pause.map_or(rc.error_pause, ms);
-                }
+        let multicast = match multicast {
+            Some(toml::Value::Boolean(false)) => None,
+            None | Some(toml::Value::Boolean(true)) => Some(MulticastConfig::default()),
+            Some(toml::Value::Table(t)) => {
+                let c: MulticastConfig = table_into("membership.multicast", t)?;
                 c.validate()
                     .map_err(|e| invalid("membership.multicast", e))?;
                 Some(c)
             }
-        };
-        let static_members = if m.static_members.is_empty() && m.static_bind.is_none() {
-            None
-        } else {
-            let bind = m
-                .static_bind
-                .as_deref()
-                .ok_or_else(|| invalid("membership.static_bind", "required with static_members"))?;
-            let bind: SocketAddr = bind
-                .parse()
-                .map_err(|e| invalid("membership.static_bind", format!("{bind:?}: {e}")))?;
-            let mut peers = Vec::new();
-            for (i, p) in m.static_members.iter().enumerate() {
-                peers.push(
-                    p.parse::<StaticPeer>()
-                        .map_err(|e| invalid(&format!("membership.static_members[{i}]"), e))?,
-                );
+            Some(other) => {
+                return Err(invalid(
+                    "membership.multicast",
+                    format!(
+                        "expected true, false or a table, found {}",
+                        other.type_str()
+                    ),
+                ));
             }
-            Some((bind, peers))
         };
+        let static_members = static_setup(static_bind, static_members)?;
 
-        let t = f.transport;
-        let mut tc = TransportConfig::default();
-        if let Some(v) = t.bind {
-            tc.bind = ip("transport.bind", &v)?;
-        }
-        macro_rules! set {
-            ($($field:ident $(=> $conv:expr)?),* $(,)?) => {
-                $(if let Some(v) = t.$field { tc.$field = set!(@conv v $(, $conv)?); })*
-            };
-            (@conv $v:ident) => { $v };
-            (@conv $v:ident, $conv:expr) => { $conv($v) };
-        }
-        set!(
-            port,
-            auto_bind,
-            connect_timeout => ms,
-            send_timeout => ms,
-            max_retry_attempts,
-            reconnect_backoff => ms,
-            max_reconnect_backoff => ms,
-            max_in_flight,
-            max_peer_queue_bytes,
-            write_batch_bytes,
-            rx_buf_size,
-            max_connections,
-            frame_timeout => ms,
-            hello_timeout => ms,
-            idle_timeout => ms,
-            max_unauthenticated,
-            max_unauthenticated_per_source,
-            max_inbound_bytes,
-            max_pending_acks,
-            inbound_queue,
-        );
-        tc.udp_port = t.udp_port;
-        tc.keep_alive_count = t.keep_alive_count;
-        tc.keep_alive_time = t.keep_alive_time.map(ms);
-        if let Some(v) = t.connections_per_peer {
-            tc.connections_per_peer = NonZeroUsize::new(v)
-                .ok_or_else(|| invalid("transport.connections_per_peer", "must be at least 1"))?;
-        }
-        if let Some(v) = t.max_frame_payload {
-            tc.limits.max_frame_payload = v;
-        }
-        if let Some(v) = t.max_frame_header {
-            tc.limits.max_frame_header = v;
-        }
+        let tc: TransportConfig = table_into("transport", f.transport)?;
         tc.validate().map_err(|e| ConfigError::Invalid {
             key: match &e {
                 cohort_transport::ConfigError::Invalid { key, .. } => format!("transport.{key}"),
@@ -433,49 +294,33 @@ impl NodeConfig {
             reason: e.to_string(),
         })?;
 
-        let c = f.channel;
-        let mut cc = ChannelConfig::default();
-        if let Some(v) = c.heartbeat_interval {
-            cc.heartbeat_interval = ms(v);
-        }
-        if let Some(v) = c.async_queue_bytes {
-            cc.async_queue_bytes = v;
-        }
-        if let Some(v) = c.async_queue_messages {
-            cc.async_queue_messages = v;
-        }
-        if let Some(v) = c.delivery_queue {
-            cc.delivery_queue = v;
-        }
-        if let Some(v) = c.drain_timeout {
-            cc.drain_timeout = ms(v);
-        }
-        if let Some(v) = c.option_check {
-            cc.option_check = v;
-        }
+        let mut c = f.channel;
+        let services = c.remove("services");
+        let cc: ChannelConfig = table_into("channel", c)?;
         cc.validate().map_err(|e| match e {
             cohort_channel::ChannelError::Config { key, reason } => {
                 invalid(&format!("channel.{key}"), reason)
             }
             other => invalid("channel", other),
         })?;
-        let services = match c.services {
+        let services = match services {
             None => Services::DEFAULT,
-            Some(v) if (1..=15).contains(&v) => Services::from_bits_truncate(v),
-            Some(v) => return Err(invalid("channel.services", format!("{v} is not in 1..=15"))),
+            Some(toml::Value::Integer(v)) if (1..=15).contains(&v) => {
+                Services::from_bits_truncate(u8::try_from(v).unwrap_or(15))
+            }
+            Some(v) => {
+                return Err(invalid(
+                    "channel.services",
+                    format!("{v} is not an integer in 1..=15"),
+                ));
+            }
         };
 
-        let a = f.admin;
-        let admin = AdminConfig {
-            enabled: a.enabled.unwrap_or(true),
-            bind: match a.bind {
-                Some(v) => ip("admin.bind", &v)?,
-                None => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            },
-            port: a.port.unwrap_or(4700),
-            auto_bind: a.auto_bind.unwrap_or(100).max(1),
-        };
-        if !admin.bind.is_loopback() && !a.allow_remote.unwrap_or(false) {
+        let admin = f.admin;
+        if admin.auto_bind == 0 {
+            return Err(invalid("admin.auto_bind", "must be at least 1"));
+        }
+        if !admin.bind.is_loopback() && !admin.allow_remote {
             return Err(invalid(
                 "admin.bind",
                 "not a loopback address; set admin.allow_remote = true to expose status beyond this host",

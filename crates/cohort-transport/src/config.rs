@@ -39,21 +39,33 @@ pub struct TransportConfig {
     /// UDP data port: `None` (Tribes' -1) for no UDP receiver, `Some(0)` for any free port.
     pub udp_port: Option<u16>,
     /// Limit on establishing one connection. Default 3000 ms (Tribes' `timeout`).
-    #[cfg_attr(feature = "serde", serde(deserialize_with = "cohort_wire::serde_ms::duration"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "cohort_wire::serde_ms::duration")
+    )]
     pub connect_timeout: Duration,
     /// Whole-send deadline: a message not written and (if asked) acknowledged by then fails.
     /// Default 3000 ms (Tribes' `timeout`).
-    #[cfg_attr(feature = "serde", serde(deserialize_with = "cohort_wire::serde_ms::duration"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "cohort_wire::serde_ms::duration")
+    )]
     pub send_timeout: Duration,
     /// Further connection attempts after the first fails, within one send. Default 1 (Tribes'
     /// `maxRetryAttempts`, so at most two attempts).
     pub max_retry_attempts: u32,
     /// After a send round failed to connect, new sends to that peer fail at once for this long,
     /// doubling with each failed round up to `max_reconnect_backoff`. Default 100 ms.
-    #[cfg_attr(feature = "serde", serde(deserialize_with = "cohort_wire::serde_ms::duration"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "cohort_wire::serde_ms::duration")
+    )]
     pub reconnect_backoff: Duration,
     /// Upper bound of the reconnect backoff. Default 5 s.
-    #[cfg_attr(feature = "serde", serde(deserialize_with = "cohort_wire::serde_ms::duration"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "cohort_wire::serde_ms::duration")
+    )]
     pub max_reconnect_backoff: Duration,
     /// TCP connections per peer. Messages are spread round robin over them; with more than
     /// one, per-sender order holds only per connection. Default 1 (pipelining gives one
@@ -63,7 +75,10 @@ pub struct TransportConfig {
     /// unlimited by default).
     pub keep_alive_count: Option<u64>,
     /// Close and reopen a connection older than this (Tribes' `keepAliveTime`, unlimited).
-    #[cfg_attr(feature = "serde", serde(deserialize_with = "cohort_wire::serde_ms::option_duration"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "cohort_wire::serde_ms::option_duration")
+    )]
     pub keep_alive_time: Option<Duration>,
     /// Messages written but not yet acknowledged, per connection. When reached, the writer
     /// waits for ACKs (backpressure). Default 16,384.
@@ -83,16 +98,25 @@ pub struct TransportConfig {
     pub max_connections: usize,
     /// Every frame, once begun, must arrive whole within this time, or the connection is
     /// closed and counted (slow-loris defence). Default 10 s.
-    #[cfg_attr(feature = "serde", serde(deserialize_with = "cohort_wire::serde_ms::duration"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "cohort_wire::serde_ms::duration")
+    )]
     pub frame_timeout: Duration,
     /// A new connection must deliver its hello (authenticated, when a key is set) within this
     /// time. Until then it may send at most one hello's worth of bytes. Default 2 s.
-    #[cfg_attr(feature = "serde", serde(deserialize_with = "cohort_wire::serde_ms::duration"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "cohort_wire::serde_ms::duration")
+    )]
     pub hello_timeout: Duration,
     /// A connection with nothing received for this long is closed (senders close their own
     /// pooled connections after half of it, so an in-use connection is never cut). Default
     /// 120 s.
-    #[cfg_attr(feature = "serde", serde(deserialize_with = "cohort_wire::serde_ms::duration"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "cohort_wire::serde_ms::duration")
+    )]
     pub idle_timeout: Duration,
     /// Connections at once that have not completed their hello: a pool apart from
     /// `max_connections`, so that they never crowd out members. When full, its oldest
