@@ -97,10 +97,10 @@ pub struct NodeSection {
 /// `table.key` (`membership.multicast.recovery.sleep`).
 fn table_into<T: serde::de::DeserializeOwned>(
     name: &str,
-    table: toml::Table,
+    table: &toml::Table,
 ) -> Result<T, ConfigError> {
     // Through text, so that an error carries the span of the offending key.
-    let text = toml::to_string(&table).map_err(|e| invalid(name, e))?;
+    let text = toml::to_string(table).map_err(|e| invalid(name, e))?;
     toml::from_str(&text).map_err(|e| {
         let key = e
             .span()
@@ -261,14 +261,14 @@ impl NodeConfig {
         let multicast = m.remove("multicast");
         let static_bind = m.remove("static_bind");
         let static_members = m.remove("static_members");
-        let mut mc: MembershipConfig = table_into("membership", m)?;
+        let mut mc: MembershipConfig = table_into("membership", &m)?;
         mc.keys.clone_from(&keys);
         mc.validate().map_err(|e| invalid("membership", e))?;
         let multicast = match multicast {
             Some(toml::Value::Boolean(false)) => None,
             None | Some(toml::Value::Boolean(true)) => Some(MulticastConfig::default()),
             Some(toml::Value::Table(t)) => {
-                let c: MulticastConfig = table_into("membership.multicast", t)?;
+                let c: MulticastConfig = table_into("membership.multicast", &t)?;
                 c.validate()
                     .map_err(|e| invalid("membership.multicast", e))?;
                 Some(c)
@@ -285,7 +285,7 @@ impl NodeConfig {
         };
         let static_members = static_setup(static_bind, static_members)?;
 
-        let tc: TransportConfig = table_into("transport", f.transport)?;
+        let tc: TransportConfig = table_into("transport", &f.transport)?;
         tc.validate().map_err(|e| ConfigError::Invalid {
             key: match &e {
                 cohort_transport::ConfigError::Invalid { key, .. } => format!("transport.{key}"),
@@ -296,7 +296,7 @@ impl NodeConfig {
 
         let mut c = f.channel;
         let services = c.remove("services");
-        let cc: ChannelConfig = table_into("channel", c)?;
+        let cc: ChannelConfig = table_into("channel", &c)?;
         cc.validate().map_err(|e| match e {
             cohort_channel::ChannelError::Config { key, reason } => {
                 invalid(&format!("channel.{key}"), reason)
