@@ -1,8 +1,8 @@
 //! The connection handshake (docs/PROTOCOL.md §2.3) and the per-connection framing it sets up.
 //!
-//! Without a key the connector sends its hello at once and frames carry no tags. With a key
-//! the acceptor speaks first (a challenge nonce), the connector answers with a hello echoing it
-//! plus its own nonce, and every later frame, both ways, is sealed for the connection
+//! The connector sends its hello at once. Without a key that is all, and frames carry no tags.
+//! With a key the hello carries the connector's nonce, the acceptor answers with a challenge
+//! nonce, and every later frame, both ways, is sealed for the connection
 //! ([`cohort_wire::Session`]): a frame captured on one connection is refused on any other.
 
 use std::io;
@@ -107,40 +107,40 @@ impl From<HandshakeError> for io::Error {
     }
 }
 
-/// The connector's side: reads the challenge when keyed, then writes the hello. Returns the
-/// connection's two halves and whatever was read past the challenge (none, from a correct
-/// peer). `timeout` bounds the wait for the challenge.
+/// The connector's side: writes the hello (with a fresh nonce when keyed), then, when keyed,
+/// reads the acceptor's challenge. Returns the connection's two halves and whatever was read
+/// past the challenge (nothing, from a correct peer). `timeout` bounds the wait for the
+/// challenge.
 pub(crate) async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     codec: &CohortCodec,
     local: &Member,
     timeout: Duration,
 ) -> Result<(WriteSeal, ReadSeal, BytesMut), HandshakeError> {
-    let mut buf = BytesMut::new();
     let mut hello = Hello::new(local.clone());
-    let mut session = None;
-    if codec.is_authenticated() {
-        let challenge = tokio::time::timeout(timeout, read_challenge(stream, codec, &mut buf))
-            .await
-            .map_err(|_| HandshakeError::Timeout(timeout))??;
-        let nonce = fresh_nonce();
-        hello.challenge = Some(challenge);
-        hello.nonce = Some(nonce);
-        session = codec.connector_session(&challenge, &nonce);
-    }
+    let nonce = codec.is_authenticated().then(fresh_nonce);
+    hello.nonce = nonce;
     let mut out = BytesMut::new();
     codec
         .encode_frame(&Frame::Hello(Box::new(hello)), &mut out)
         .map_err(HandshakeError::Encode)?;
     stream.write_all(&out).await?;
-    let (sealer, opener) = match session {
-        Some(s) => {
-            let (seal, open) = s.split();
-            (Some(seal), Some(open))
-        }
-        None => (None, None),
+    let mut buf = BytesMut::new();
+    let Some(nonce) = nonce else {
+        return Ok((WriteSeal::new(None), ReadSeal::new(None), buf));
     };
-    Ok((WriteSeal::new(sealer), ReadSeal::new(opener), buf))
+    let challenge = tokio::time::timeout(timeout, read_challenge(stream, codec, &mut buf))
+        .await
+        .map_err(|_| HandshakeError::Timeout(timeout))??;
+    let (sealer, opener) = codec
+        .connector_session(&challenge, &nonce)
+        .expect("keyed codec")
+        .split();
+    Ok((
+        WriteSeal::new(Some(sealer)),
+        ReadSeal::new(Some(opener)),
+        buf,
+    ))
 }
 
 async fn read_challenge<S: AsyncRead + Unpin>(
@@ -167,7 +167,7 @@ async fn read_challenge<S: AsyncRead + Unpin>(
         if stream.read_buf(&mut limited).await? == 0 {
             return Err(HandshakeError::Io(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                "closed before the challenge",
+                "closed by the peer before its challenge (does it hold the same cluster key?)",
             )));
         }
     }

@@ -69,8 +69,12 @@ pub(crate) struct InboundEntry {
     /// Which connection (a remote address can be reused).
     conn: u64,
     kill: oneshot::Sender<Kill>,
-    /// Set until the hello arrived: when the connection was accepted.
+    /// Set until the connection is authenticated (its hello, and on a keyed connection its
+    /// first sealed frame, arrived): when it was accepted.
     awaiting_hello: Option<(Instant, IpAddr)>,
+    /// A keyed connection whose signed hello verified and whose first sealed frame is awaited:
+    /// evicted only after every connection without a verified hello.
+    verified: bool,
 }
 
 impl InboundEntry {
@@ -93,8 +97,9 @@ fn table<N: Net>(
 /// Connections without a hello have a pool of their own (`max_unauthenticated`, and
 /// `max_unauthenticated_per_source` per IP address), apart from the members' connections
 /// (`max_connections`, counted once the hello is in): they can never crowd out a member. When
-/// the pool is full, its oldest connection is closed to make room: a member's hello follows its
-/// connect within milliseconds, so only slow or silent connections are ever the oldest.
+/// the pool is full, its oldest connection without a verified hello is closed to make room (a
+/// member's hello follows its connect at once, so only slow or silent connections are evicted);
+/// keyed connections waiting for their first sealed frame go only when no such one is left.
 fn admit<N: Net>(
     shared: &Shared<N>,
     from: SocketAddr,
@@ -115,12 +120,13 @@ fn admit<N: Net>(
     ] {
         let waiting = inbound.iter().filter_map(|(addr, e)| {
             let (since, ip) = e.awaiting_hello?;
-            (!same_source || ip == from.ip()).then_some((since, *addr))
+            (!same_source || ip == from.ip()).then_some(((e.verified, since), *addr))
         });
-        let (count, oldest) = waiting.fold((0usize, None), |(n, old), (since, addr)| {
+        // The victim: unverified before verified, then the oldest.
+        let (count, oldest) = waiting.fold((0usize, None), |(n, old), (rank, addr)| {
             let older = match old {
-                Some((t, _)) if t <= since => old,
-                _ => Some((since, addr)),
+                Some((r, _)) if r <= rank => old,
+                _ => Some((rank, addr)),
             };
             (n + 1, older)
         });
@@ -135,6 +141,7 @@ fn admit<N: Net>(
         conn,
         kill,
         awaiting_hello: Some((now, from.ip())),
+        verified: false,
     };
     if let Some(old) = inbound.insert(from, entry) {
         // The same remote address again: the old connection is gone (or about to be).
@@ -168,15 +175,16 @@ async fn serve<N: Net>(
     let (mut read, write) = tokio::io::split(stream);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let (close_tx, close_rx) = oneshot::channel::<()>();
-    // Keyed: this side speaks first, with a fresh challenge (docs/PROTOCOL.md §2.3).
-    let challenge = shared.codec.is_authenticated().then(fresh_nonce);
+    // Keyed: the reader hands the challenge and the connection's sealer to the writer once
+    // the hello verified (docs/PROTOCOL.md §2.3).
+    let keyed = shared.codec.is_authenticated();
     let (seal_tx, seal_rx) = oneshot::channel();
     let writer = tokio::spawn(ack_writer(
         shared.clone(),
         write,
         ack_rx,
         close_rx,
-        challenge.map(|nonce| (nonce, seal_rx)),
+        keyed.then_some(seal_rx),
     ));
     let mut conn = Inbound {
         shared: shared.clone(),
@@ -186,7 +194,8 @@ async fn serve<N: Net>(
         ack_tx,
         pending_acks: Arc::new(Semaphore::new(shared.config.max_pending_acks)),
         reserved: None,
-        challenge,
+        keyed,
+        bound: false,
         seal_tx: Some(seal_tx),
         read_seal: ReadSeal::new(None),
     };
@@ -278,10 +287,13 @@ struct Inbound<N: Net> {
     pending_acks: Arc<Semaphore>,
     /// Budget reserved for the large frame at the front of the buffer.
     reserved: Option<InboundPermit>,
-    /// The challenge sent on this connection (keyed clusters).
-    challenge: Option<Nonce>,
-    /// Hands the connection's sealer to the ACK writer once the hello is in.
-    seal_tx: Option<oneshot::Sender<Sealer>>,
+    /// A keyed cluster: the hello must carry a nonce, and the connection is authenticated
+    /// only once a frame sealed for it arrived.
+    keyed: bool,
+    /// Authenticated: the hello is in and, when keyed, a sealed frame opened.
+    bound: bool,
+    /// Hands the challenge and the connection's sealer to the ACK writer once the hello is in.
+    seal_tx: Option<oneshot::Sender<(Nonce, Sealer)>>,
     /// Opens the frames after the hello.
     read_seal: ReadSeal,
 }
@@ -415,6 +427,10 @@ impl<N: Net> Inbound<N> {
             match decoded {
                 Ok(Some(frame)) => {
                     *progressed = true;
+                    if self.keyed && !self.bound && self.hello.is_some() {
+                        // The first frame opened under the connection key: authenticated.
+                        self.bind();
+                    }
                     self.handle(frame, budget).await?;
                 }
                 Ok(None) => break,
@@ -456,10 +472,11 @@ impl<N: Net> Inbound<N> {
             if room == 0 {
                 return Close::Violation("no progress possible".into());
             }
-            let (deadline, what) = match (&self.hello, started) {
-                (None, _) => (accepted + cfg.hello_timeout, "hello"),
-                (Some(_), Some(t)) => (t + cfg.frame_timeout, "frame"),
-                (Some(_), None) => (last_read + cfg.idle_timeout, "idle"),
+            // Until authenticated (hello, and when keyed a sealed frame): the hello deadline.
+            let (deadline, what) = match (self.bound, started) {
+                (false, _) => (accepted + cfg.hello_timeout, "hello"),
+                (true, Some(t)) => (t + cfg.frame_timeout, "frame"),
+                (true, None) => (last_read + cfg.idle_timeout, "idle"),
             };
             // Grow with the bytes that arrive, a read buffer at a time.
             buf.reserve(room.min(cfg.rx_buf_size));
@@ -492,22 +509,28 @@ impl<N: Net> Inbound<N> {
         }
     }
 
-    /// Keys the connection from a verified hello: the session derived from the challenge sent,
-    /// the hello's nonce and the key that verified it. A hello answering another challenge
+    /// Keys the connection from a verified hello: a fresh challenge, and the session derived
+    /// from it, the hello's nonce and the key that verified the hello. A hello without a nonce
     /// leaves the connection unkeyed; [`Self::handle`] then refuses it.
     fn seal_with(&mut self, key: &cohort_wire::ClusterKey, hello: &cohort_wire::Hello) {
-        let (Some(sent), Some(echoed), Some(nonce)) =
-            (self.challenge, hello.challenge, hello.nonce)
-        else {
+        let Some(nonce) = hello.nonce else {
             return;
         };
-        if sent != echoed {
-            return;
-        }
-        let (sealer, opener) = Session::new(key, Role::Acceptor, &sent, &nonce).split();
+        let challenge = fresh_nonce();
+        let (sealer, opener) = Session::new(key, Role::Acceptor, &challenge, &nonce).split();
         self.read_seal = ReadSeal::new(Some(opener));
         if let Some(tx) = self.seal_tx.take() {
-            let _ = tx.send(sealer);
+            let _ = tx.send((challenge, sealer));
+        }
+    }
+
+    /// The connection is authenticated: it leaves the pool of connections without a hello.
+    fn bind(&mut self) {
+        self.bound = true;
+        if let Some(e) = table(&self.shared).get_mut(&self.from) {
+            if e.conn == self.conn_id {
+                e.awaiting_hello = None;
+            }
         }
     }
 
@@ -517,13 +540,8 @@ impl<N: Net> Inbound<N> {
                 if self.hello.is_some() {
                     return Err(Close::Violation("a second hello".into()));
                 }
-                if self.challenge.is_some() && self.seal_tx.is_some() {
-                    // Keyed, and the hello did not answer this connection's challenge: a
-                    // recorded hello replayed, or a peer that did not wait for the challenge.
-                    Counters::inc(&self.shared.counters.hello_replays);
-                    return Err(Close::Violation(
-                        "the hello does not answer this connection's challenge".into(),
-                    ));
+                if self.keyed && self.seal_tx.is_some() {
+                    return Err(Close::Violation("a keyed hello without a nonce".into()));
                 }
                 let member = &hello.member;
                 if member.cluster != self.shared.local.cluster {
@@ -541,10 +559,14 @@ impl<N: Net> Inbound<N> {
                 }
                 tracing::debug!(peer = %self.from, member = %member.id.short(), "hello");
                 self.hello = Some(Arc::new(hello.member));
-                if let Some(e) = table(&self.shared).get_mut(&self.from) {
-                    if e.conn == self.conn_id {
-                        e.awaiting_hello = None;
+                if self.keyed {
+                    if let Some(e) = table(&self.shared).get_mut(&self.from) {
+                        if e.conn == self.conn_id {
+                            e.verified = true;
+                        }
                     }
+                } else {
+                    self.bind();
                 }
                 Ok(())
             }
@@ -600,22 +622,27 @@ impl<N: Net> Inbound<N> {
     }
 }
 
-/// Writes the challenge (keyed clusters), then ACK frames: everything queued since the last
-/// write goes out as one frame (split at `max_ack_entries`), sealed for the connection once the
-/// hello has keyed it.
+/// Writes the challenge once the hello is in (keyed clusters), then ACK frames: everything
+/// queued since the last write goes out as one frame (split at `max_ack_entries`), sealed for
+/// the connection when keyed.
 async fn ack_writer<N: Net>(
     shared: Arc<Shared<N>>,
     mut write: WriteHalf<N::TcpStream>,
     mut rx: mpsc::UnboundedReceiver<AckMsg>,
     mut close: oneshot::Receiver<()>,
-    keyed: Option<(Nonce, oneshot::Receiver<Sealer>)>,
+    keyed: Option<oneshot::Receiver<(Nonce, Sealer)>>,
 ) {
     let max = shared.config.limits.max_ack_entries;
     let mut out = BytesMut::new();
     let mut msgs = Vec::new();
     let mut seal = WriteSeal::new(None);
-    let mut awaiting_seal = None;
-    if let Some((challenge, seal_rx)) = keyed {
+    if let Some(seal_rx) = keyed {
+        // No ACK can be owed before the hello, so nothing else is waiting meanwhile.
+        let (challenge, sealer) = tokio::select! {
+            biased;
+            _ = &mut close => return,
+            s = seal_rx => match s { Ok(s) => s, Err(_) => return },
+        };
         if shared
             .codec
             .encode_frame(&Frame::Challenge(challenge), &mut out)
@@ -624,7 +651,7 @@ async fn ack_writer<N: Net>(
         {
             return;
         }
-        awaiting_seal = Some(seal_rx);
+        seal = WriteSeal::new(Some(sealer));
     }
     loop {
         let first = tokio::select! {
@@ -637,13 +664,6 @@ async fn ack_writer<N: Net>(
             match rx.try_recv() {
                 Ok(m) => msgs.push(m),
                 Err(_) => break,
-            }
-        }
-        if let Some(mut seal_rx) = awaiting_seal.take() {
-            // The reader hands the sealer over before it queues any ACK.
-            match seal_rx.try_recv() {
-                Ok(sealer) => seal = WriteSeal::new(Some(sealer)),
-                Err(_) => return,
             }
         }
         out.clear();

@@ -154,8 +154,8 @@ impl Role {
 }
 
 /// The key of one authenticated connection: derived from the cluster key that verified its
-/// hello and the two nonces of its handshake (the acceptor's challenge and the connector's
-/// nonce). Every frame after the hello carries a tag under this key that also covers the
+/// hello and the two nonces of its handshake (the connector's nonce, sent in its hello, and the
+/// acceptor's challenge, sent in answer). Every frame after the hello carries a tag under this key that also covers the
 /// frame's position on the connection (an implicit sequence number per direction), so a frame
 /// captured on one connection is refused on any other, and a frame replayed, dropped or
 /// reordered within its connection is refused too.

@@ -107,8 +107,8 @@ impl CohortCodec {
         self.keys.is_some()
     }
 
-    /// The connector's session on a keyed connection (signed with this codec's signing key),
-    /// once it has the acceptor's `challenge` and drawn its own `nonce`; `None` without keys.
+    /// The connector's session on a keyed connection (keyed with this codec's signing key),
+    /// from the `nonce` its hello carried and the acceptor's `challenge`; `None` without keys.
     pub fn connector_session(&self, challenge: &Nonce, nonce: &Nonce) -> Option<Session> {
         let key = self.keys.as_ref()?.primary();
         Some(Session::new(key, Role::Connector, challenge, nonce))

@@ -51,7 +51,7 @@ pub enum FrameKind {
     Ack = 2,
     /// The connecting side's first frame: who is connecting.
     Hello = 3,
-    /// The accepting side's first frame on a keyed connection: a fresh nonce.
+    /// The accepting side's answer to a keyed hello: a fresh nonce.
     Challenge = 4,
 }
 
@@ -181,15 +181,12 @@ impl AckFrame {
     }
 }
 
-/// The connecting side's first frame: who it is and, on a keyed connection, the acceptor's
-/// challenge echoed and the connector's own nonce (both feed the connection key, see
-/// [`crate::Session`]).
+/// The connecting side's first frame: who it is and, on a keyed connection, the connector's
+/// nonce (with the acceptor's challenge it keys the connection, see [`crate::Session`]).
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Hello {
     /// The connecting member.
     pub member: Member,
-    /// The acceptor's challenge, echoed (keyed connections).
-    pub challenge: Option<Nonce>,
     /// The connector's nonce (keyed connections).
     pub nonce: Option<Nonce>,
 }
@@ -199,7 +196,6 @@ impl Hello {
     pub fn new(member: Member) -> Self {
         Self {
             member,
-            challenge: None,
             nonce: None,
         }
     }
@@ -214,7 +210,7 @@ pub enum Frame {
     Ack(AckFrame),
     /// A connection hello naming the connecting member.
     Hello(Box<Hello>),
-    /// The accepting side's challenge on a keyed connection: a fresh nonce.
+    /// The accepting side's answer to a keyed hello: a fresh nonce.
     Challenge(Nonce),
 }
 
@@ -352,7 +348,6 @@ pub(crate) fn encode_frame(
             proto::validate_member(&h.member, limits)?;
             let pb = HelloPb {
                 member: Some(proto::member_to_pb(&h.member)),
-                challenge: h.challenge.map(|n| n.to_vec()).unwrap_or_default(),
                 nonce: h.nonce.map(|n| n.to_vec()).unwrap_or_default(),
             };
             (Header::Hello(pb), &[])
@@ -706,7 +701,6 @@ fn parse_body(
                 .ok_or_else(|| proto::malformed(WHAT, MalformedReason::MissingField("member")))?;
             Ok(Frame::Hello(Box::new(Hello {
                 member: proto::member_from_pb(member, limits)?,
-                challenge: nonce_field(WHAT, "challenge", &pb.challenge)?,
                 nonce: nonce_field(WHAT, "nonce", &pb.nonce)?,
             })))
         }

@@ -90,8 +90,6 @@ pub(crate) struct HelloPb {
     #[prost(message, optional, tag = "1")]
     pub(crate) member: Option<MemberPb>,
     #[prost(bytes = "vec", tag = "2")]
-    pub(crate) challenge: Vec<u8>,
-    #[prost(bytes = "vec", tag = "3")]
     pub(crate) nonce: Vec<u8>,
 }
 

@@ -91,7 +91,6 @@ fn vectors() -> Vec<(&'static str, Vector, Option<KeyRing>)> {
             "hello_frame_authenticated",
             Vector::Frame(Frame::Hello(Box::new(cohort_wire::Hello {
                 member: member(),
-                challenge: Some([0xc7; 16]),
                 nonce: Some([0x4e; 16]),
             }))),
             Some(key()),

@@ -88,10 +88,9 @@ fn frame() -> impl Strategy<Value = Frame> {
         data_frame(),
         ack_frame(),
         member().prop_map(|m| Frame::Hello(Box::new(cohort_wire::Hello::new(m)))),
-        (member(), any::<[u8; 16]>(), any::<[u8; 16]>()).prop_map(|(member, c, n)| {
+        (member(), any::<[u8; 16]>()).prop_map(|(member, n)| {
             Frame::Hello(Box::new(cohort_wire::Hello {
                 member,
-                challenge: Some(c),
                 nonce: Some(n),
             }))
         }),

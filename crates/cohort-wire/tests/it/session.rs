@@ -147,7 +147,6 @@ fn rotation_the_acceptor_binds_to_the_key_that_verified_the_hello() {
     member.cluster = "c".into();
     let hello = Frame::Hello(Box::new(cohort_wire::Hello {
         member,
-        challenge: Some([7; 16]),
         nonce: Some([8; 16]),
     }));
     let mut buf = BytesMut::new();
