@@ -1,7 +1,7 @@
 //! Cohort's project automation, run as `cargo xtask <command>`.
 //!
 //! - `ci`: everything CI checks: rustfmt, clippy with warnings denied, the whole test suite
-//!   (tidy tests included), and the docs with warnings denied.
+//!   (the tidy tests of `cohort-test-support` included), and the docs with warnings denied.
 //! - `fuzz [--seconds N]`: a short run of every cargo-fuzz target from its committed corpus.
 //! - `sim [--seeds N | --seed S]`: the simulation suite over many seeds, or one seed replayed.
 //! - `cluster up --nodes N [--config FILE] | status | down`: a local cluster of real processes.
@@ -9,7 +9,7 @@
 //! - `bench [--mode M] [--size B] [--test T]`: throughput and latency between real processes,
 //!   beside plain TCP; writes docs/BENCHMARKS.md.
 //!
-//! Tidy checks live in `tidy.rs` as `#[test]`s, so a plain `cargo test` runs them too.
+//! Tidy checks live in `crates/cohort-test-support/tests/tidy.rs`, so a plain `cargo test` runs them.
 
 // A command-line tool: reporting on stderr is its job.
 #![allow(clippy::print_stderr)]
@@ -24,8 +24,6 @@ mod fuzz;
 mod harness;
 mod netns;
 mod scenario;
-#[cfg(test)]
-mod tidy;
 
 const USAGE: &str = "\
 usage: cargo xtask <command>

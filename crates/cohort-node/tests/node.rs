@@ -81,13 +81,7 @@ impl Proc {
     }
 }
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use cohort_test_support::free_udp_port;
 
 fn config(me: u16, peer: u16) -> String {
     config_with(me, &[peer], 1000, "")

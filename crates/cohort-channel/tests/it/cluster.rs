@@ -141,7 +141,7 @@ async fn multicast_option_listeners_error_handler_and_heartbeat() {
         sink.len() == 1
     })
     .await;
-    assert_eq!(sink.got.lock().unwrap()[0].1, b"to the group");
+    assert_eq!(sink.messages()[0].1, b"to the group");
     assert_eq!(a.stats().transport.frames_sent, 0, "not over TCP");
 
     // An ASYNCHRONOUS send to a member that is gone ends in the error handler.

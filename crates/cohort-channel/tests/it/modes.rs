@@ -38,7 +38,7 @@ async fn run(options: SendOptions) {
         sink.len() as u64 >= COUNT
     })
     .await;
-    let got = std::mem::take(&mut *sink.got.lock().unwrap());
+    let got = sink.take();
     assert_eq!(got.len() as u64, COUNT, "no duplicates");
     for (i, (from, payload)) in got.iter().enumerate() {
         assert_eq!(*from, a.local().id);
@@ -93,7 +93,7 @@ async fn payload_bytes_arrive_intact() {
         .await;
     assert!(o.is_ok(), "{o:?}");
     wait_for("the message", Duration::from_secs(10), || sink.len() == 1).await;
-    assert_eq!(sink.got.lock().unwrap()[0].1, big.to_vec());
+    assert_eq!(sink.messages()[0].1, big.to_vec());
 }
 
 #[cfg(feature = "tower")]

@@ -1,30 +1,10 @@
 //! Helpers: free ports, a loopback multicast probe, waiting on views with deadlines.
 
-use std::net::{Ipv4Addr, UdpSocket};
 use std::time::Duration;
 
-use cohort_membership::{MembershipHandle, MembershipView, MulticastConfig};
+use cohort_membership::{MembershipHandle, MembershipView};
 
-/// A UDP port that was free a moment ago (bound to port 0, then released).
-pub(crate) fn free_udp_port() -> u16 {
-    UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
-}
-
-/// A multicast configuration private to one test: a group derived from a fresh port, pinned to
-/// the loopback interface with TTL 0 so that nothing can leave the host.
-pub(crate) fn private_multicast() -> MulticastConfig {
-    let port = free_udp_port();
-    MulticastConfig {
-        group: Ipv4Addr::from(0xefff_0000 | u32::from(port)),
-        port,
-        interface: Ipv4Addr::LOCALHOST,
-        ttl: 0,
-        ..MulticastConfig::default()
-    }
-}
+pub(crate) use cohort_test_support::{free_udp_port, private_multicast};
 
 /// Waits until `pred` holds for the handle's view, failing with `what` after `deadline`.
 pub(crate) async fn wait_view(

@@ -1,5 +1,4 @@
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use cohort_net::TokioNet;
@@ -92,9 +91,7 @@ pub(crate) fn send(
     rx
 }
 
-pub(crate) async fn within<T>(d: Duration, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(d, f).await.expect("timed out")
-}
+pub(crate) use cohort_test_support::within;
 
 #[allow(dead_code)]
 pub(crate) fn loopback(port: u16) -> SocketAddr {
