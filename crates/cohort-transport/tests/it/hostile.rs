@@ -209,3 +209,72 @@ async fn a_garbage_flood_gives_one_warning_per_kind_not_one_per_connection() {
     );
     b.handle.stop();
 }
+
+/// A connection paused on a spent inbound budget is not "too slow": the time it waits for the
+/// layer above to release memory does not count against `frame_timeout`. A hand-driven peer
+/// sends the rest of its second frame only after the budget came back.
+#[tokio::test]
+async fn waiting_for_the_inbound_budget_is_not_a_frame_timeout() {
+    let frame_timeout = Duration::from_millis(300);
+    let config = TransportConfig {
+        rx_buf_size: 4 * 1024,
+        // Room for one 64 KiB frame at a time.
+        max_inbound_bytes: 100 * 1024,
+        frame_timeout,
+        limits: cohort_wire::WireLimits {
+            max_frame_payload: 80 * 1024,
+            ..cohort_wire::WireLimits::default()
+        },
+        ..config()
+    };
+    let mut b = node(2, config).await;
+    let who = Member::new(MemberId::from_bytes([5; 16]), b.member.addr, 1);
+    let mut bytes = BytesMut::new();
+    codec()
+        .encode_frame(
+            &Frame::Hello(Box::new(cohort_wire::Hello::new(who.clone()))),
+            &mut bytes,
+        )
+        .unwrap();
+    let payload = vec![7u8; 64 * 1024];
+    bytes.extend_from_slice(&frame_with(
+        &codec(),
+        &who,
+        1,
+        SendOptions::USE_ACK,
+        &payload,
+    ));
+    let second = frame_with(&codec(), &who, 2, SendOptions::USE_ACK, &payload);
+    let (head, rest) = second.split_at(1024);
+    let mut s = TcpStream::connect(b.member.data_addr()).await.unwrap();
+    s.write_all(&bytes).await.unwrap();
+    // Hold the first frame (and its budget); then the second frame's head: its reader waits
+    // for the budget.
+    let held = within(Duration::from_secs(5), b.inbound.recv())
+        .await
+        .unwrap();
+    // The frame's first bytes start its timer; its header, a moment later, makes the reader
+    // reserve its size.
+    s.write_all(&head[..8]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(&head[8..]).await.unwrap();
+    let start = Instant::now();
+    while b.handle.stats().inbound_budget_waits == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the second frame never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(frame_timeout * 3).await;
+    drop(held);
+    // The rest comes well within one frame_timeout of the budget's return.
+    tokio::time::sleep(frame_timeout / 3).await;
+    s.write_all(rest).await.unwrap();
+    let got = within(Duration::from_secs(5), b.inbound.recv())
+        .await
+        .unwrap();
+    assert_eq!(got.frame.header.msg_id, 2);
+    let stats = b.handle.stats();
+    assert_eq!(stats.frame_timeouts, 0, "{stats:?}");
+}
