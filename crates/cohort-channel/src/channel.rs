@@ -14,8 +14,8 @@ use cohort_membership::{
 use cohort_net::Net;
 use cohort_transport::{Delivered, Received, Transport, TransportConfig, TransportStats};
 use cohort_wire::{
-    CohortCodec, DataFrame, DataHeader, Frame, FrameCodec, KeyRing, Member, MemberId, SendOptions,
-    Services,
+    CohortCodec, DataFrame, DataHeader, Frame, FrameCodec, KeyRing, Member, MemberId, MemberKey,
+    SendOptions, Services,
 };
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 use tokio::time::Instant;
@@ -1008,8 +1008,11 @@ impl<N: Net> Owner<N> {
         // Subscribe first, then read the view: nothing falls in between (duplicates are
         // filtered below).
         let mut events = self.membership.as_ref().map(|m| m.events());
-        let mut last_lead: Option<Option<MemberId>> = None;
-        let mut seen: std::collections::HashSet<MemberId> = std::collections::HashSet::new();
+        // Keyed as the membership core keys members, (address, port, id): a beacon naming a
+        // known id from another address is another member, and its events must not be taken
+        // for repeats.
+        let mut last_lead: Option<Option<MemberKey>> = None;
+        let mut seen: std::collections::HashSet<MemberKey> = std::collections::HashSet::new();
         // Members already in view when the channel started.
         if let Some(m) = self.membership.clone() {
             let now = self.now();
@@ -1017,12 +1020,12 @@ impl<N: Net> Owner<N> {
             let lead = view.lead_member().cloned();
             let local_is_lead = view.lead.as_ref() == Some(&view.local);
             for vm in view.members.into_iter().filter(|vm| !vm.local) {
-                seen.insert(vm.member.id);
+                seen.insert(vm.member.key());
                 self.pipeline
                     .member(now, MembershipEvent::MemberAdded(vm.member));
             }
             if lead.is_some() {
-                last_lead = Some(lead.as_ref().map(|m| m.id));
+                last_lead = Some(lead.as_ref().map(Member::key));
                 self.pipeline.member(
                     now,
                     MembershipEvent::LeadChanged {
@@ -1117,12 +1120,12 @@ impl<N: Net> Owner<N> {
                         // The view read at start may already hold what the stream repeats.
                         let repeat = match &ev {
                             MembershipEvent::LeadChanged { lead, .. } => {
-                                let id = lead.as_ref().map(|m| m.id);
-                                last_lead.replace(id) == Some(id)
+                                let key = lead.as_ref().map(Member::key);
+                                last_lead.replace(key) == Some(key)
                             }
-                            MembershipEvent::MemberAdded(m) => !seen.insert(m.id),
+                            MembershipEvent::MemberAdded(m) => !seen.insert(m.key()),
                             MembershipEvent::MemberDisappeared { member, .. } => {
-                                seen.remove(&member.id);
+                                seen.remove(&member.key());
                                 false
                             }
                             _ => false,

@@ -71,6 +71,60 @@ fn codecs(c: &mut Criterion) {
             black_box(signed.decode_frame(&mut out).expect("decode"));
         });
     });
+    // A keyed connection: the frame encoded once is re-tagged for the connection (what a sender
+    // lane adds per destination), and opened under the connection key (what a receiver does
+    // instead of the plain check).
+    let session_key = ClusterKey::new(b"a benchmark cluster key".to_vec()).expect("key");
+    for size in [1024usize, 65536] {
+        let frame = data(size);
+        let mut once = BytesMut::new();
+        signed.encode_frame(&frame, &mut once).expect("encode");
+        g.throughput(Throughput::Bytes(once.len() as u64));
+        g.bench_function(format!("reseal signed data {size} B"), |b| {
+            let (mut sealer, _) = signed
+                .connector_session(&[1; 16], &[2; 16])
+                .expect("keyed")
+                .split();
+            let mut out = BytesMut::with_capacity(once.len());
+            b.iter(|| {
+                out.clear();
+                signed
+                    .reseal(black_box(&once), &mut sealer, &mut out)
+                    .expect("reseal");
+            });
+        });
+        g.bench_function(format!("reseal + open signed data {size} B"), |b| {
+            let (mut sealer, _) = signed
+                .connector_session(&[1; 16], &[2; 16])
+                .expect("keyed")
+                .split();
+            let (_, mut opener) = cohort_wire::Session::new(
+                &session_key,
+                cohort_wire::Role::Acceptor,
+                &[1; 16],
+                &[2; 16],
+            )
+            .split();
+            let mut out = BytesMut::with_capacity(once.len());
+            b.iter(|| {
+                out.clear();
+                signed
+                    .reseal(black_box(&once), &mut sealer, &mut out)
+                    .expect("reseal");
+                black_box(
+                    signed
+                        .decode_frame_opened(&mut out, &mut opener)
+                        .expect("open"),
+                );
+            });
+        });
+        g.bench_function(format!("decode signed data {size} B (plain tag)"), |b| {
+            b.iter(|| {
+                let mut buf = once.clone();
+                black_box(signed.decode_frame(&mut buf).expect("decode"));
+            });
+        });
+    }
     // A pipelined batch: 4096 ids with a few gaps, as ranges.
     let ids: Vec<u64> = (0..4200).filter(|i| i % 1000 != 999).collect();
     let ack = Frame::Ack(AckFrame::from_ids(ids));

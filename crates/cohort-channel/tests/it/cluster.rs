@@ -1,7 +1,6 @@
 //! A channel with multicast membership: the MULTICAST option, cluster listeners, the error
 //! handler, the heartbeat reaching interceptors, membership events through the pipeline.
 
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -11,25 +10,10 @@ use cohort_channel::{
     ChannelConfig, ChannelMessage, ClusterListener, Cx, ErrorHandler, Interceptor, MembershipSetup,
     SendOutcome,
 };
-use cohort_membership::{MembershipConfig, MulticastConfig};
+use cohort_membership::MembershipConfig;
 use cohort_wire::{Member, SendOptions, Services};
 
 use crate::support::*;
-
-fn private_multicast() -> MulticastConfig {
-    let port = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    MulticastConfig {
-        group: Ipv4Addr::from(0xefff_0000 | u32::from(port)),
-        port,
-        interface: Ipv4Addr::LOCALHOST,
-        ttl: 0,
-        ..MulticastConfig::default()
-    }
-}
 
 #[derive(Default)]
 struct Seen {

@@ -8,6 +8,7 @@ mod support;
 mod backpressure;
 mod cluster;
 mod failures;
+mod forged;
 mod malformed;
 mod modes;
 mod rpc;

@@ -5,7 +5,7 @@ use cohort_net::TokioNet;
 use cohort_transport::TransportConfig;
 use cohort_wire::Services;
 
-pub(crate) use cohort_test_support::{Collect, wait_for};
+pub(crate) use cohort_test_support::{Collect, private_multicast, wait_for};
 
 pub(crate) const NO_MEMBERSHIP: Services = Services::from_bits_truncate(3);
 
