@@ -95,15 +95,39 @@ pub(crate) fn free_udp_port() -> Result<u16> {
         .port())
 }
 
-/// Asks a node's admin endpoint for `command`; returns its JSON answer.
+/// Asks a node's admin endpoint (HTTP) for `command` (`status`, `stats` or `traffic stop`);
+/// returns its JSON answer. A plain HTTP/1.1 exchange: the endpoint answers one request per
+/// connection with a `Content-Length` body and closes.
 pub(crate) fn admin(addr: SocketAddr, command: &str, timeout: Duration) -> Result<Value> {
+    let (method, path) = match command {
+        "status" => ("GET", "/api/status"),
+        "stats" => ("GET", "/api/stats"),
+        "traffic stop" => ("POST", "/api/traffic/stop"),
+        other => bail!("unknown admin command {other:?}"),
+    };
     let mut s = TcpStream::connect_timeout(&addr, timeout)
         .with_context(|| format!("admin endpoint {addr}"))?;
     s.set_read_timeout(Some(timeout))?;
-    s.write_all(format!("{command}\n").as_bytes())?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
     let mut out = Vec::new();
     s.take(16 << 20).read_to_end(&mut out)?;
-    serde_json::from_slice(&out).with_context(|| format!("answer of {addr} to {command:?}"))
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .with_context(|| format!("{addr}{path}: no HTTP response"))?;
+    let head = String::from_utf8_lossy(&out[..split]);
+    let body = &out[split + 4..];
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!(
+            "{addr}{path}: {}: {}",
+            head.lines().next().unwrap_or(""),
+            String::from_utf8_lossy(body)
+        );
+    }
+    serde_json::from_slice(body).with_context(|| format!("answer of {addr} to {command:?}"))
 }
 
 /// How to start one node.

@@ -43,6 +43,10 @@ pub struct ChannelConfig {
     /// Bytes of ASYNCHRONOUS messages queued and not yet completed; a send beyond it waits
     /// (backpressure). Default 64 MiB (Tribes' `maxQueueSize`). A message larger than the
     /// whole budget waits for the queue to empty, then takes all of it.
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "cohort_wire::serde_ms::size")
+    )]
     pub async_queue_bytes: usize,
     /// ASYNCHRONOUS messages queued and not yet completed; a send beyond it waits. Default
     /// 65,536.
@@ -389,7 +393,12 @@ impl ChannelBuilder {
                     let mut local = Member::new(MemberId::random(rng), addr.ip(), addr.port());
                     local.udp_port = bound.udp_port();
                     local.cluster.clone_from(&self.membership.config.cluster);
-                    local.name = self.local.name.clone().unwrap_or_else(|| net.host_name());
+                    local.host = net.host_name();
+                    local.name = self
+                        .local
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| local.host.clone());
                     local.domain = self.local.domain.clone();
                     local.payload = self.local.payload.clone();
                     local.start_time_ms = net.wall_clock_ms();
@@ -507,6 +516,86 @@ struct ChannelCounters {
     control_dropped: AtomicU64,
     untransformed_dropped: AtomicU64,
     suspicions_dropped: AtomicU64,
+    by_mode: [ModeCounters; 4],
+}
+
+#[derive(Default)]
+struct ModeCounters {
+    sent: AtomicU64,
+    sent_bytes: AtomicU64,
+    received: AtomicU64,
+    received_bytes: AtomicU64,
+}
+
+/// The delivery mode of a message, as operators count them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// ASYNCHRONOUS: queued, completed when written.
+    Async,
+    /// USE_ACK | SYNCHRONIZED_ACK: acknowledged after the receiver's listeners ran.
+    SyncAck,
+    /// USE_ACK: acknowledged on receipt.
+    Ack,
+    /// Neither: completed when written.
+    Plain,
+}
+
+impl Mode {
+    /// Every mode, in the order of [`ChannelStats::by_mode`].
+    pub const ALL: [Mode; 4] = [Mode::Async, Mode::SyncAck, Mode::Ack, Mode::Plain];
+
+    /// The mode of a message sent with `options`.
+    pub fn of(options: SendOptions) -> Self {
+        if options.contains(SendOptions::ASYNCHRONOUS) {
+            Self::Async
+        } else if options.contains(SendOptions::USE_ACK.union(SendOptions::SYNCHRONIZED_ACK)) {
+            Self::SyncAck
+        } else if options.contains(SendOptions::USE_ACK) {
+            Self::Ack
+        } else {
+            Self::Plain
+        }
+    }
+
+    /// A stable label: `async`, `sync_ack`, `ack`, `plain`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Async => "async",
+            Self::SyncAck => "sync_ack",
+            Self::Ack => "ack",
+            Self::Plain => "plain",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Messages and payload bytes of one [`Mode`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ModeStats {
+    /// Application messages sent (accepted by `send`).
+    pub sent: u64,
+    /// Their payload bytes.
+    pub sent_bytes: u64,
+    /// Messages received from the transport or multicast.
+    pub received: u64,
+    /// Their payload bytes.
+    pub received_bytes: u64,
+}
+
+impl ChannelCounters {
+    fn count(&self, options: SendOptions, len: usize, sent: bool) {
+        let m = &self.by_mode[Mode::of(options).index()];
+        let (n, bytes) = if sent {
+            (&m.sent, &m.sent_bytes)
+        } else {
+            (&m.received, &m.received_bytes)
+        };
+        n.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(len as u64, Ordering::Relaxed);
+    }
 }
 
 /// Counters of a channel.
@@ -541,6 +630,8 @@ pub struct ChannelStats {
     pub async_queued: usize,
     /// Bytes of ASYNCHRONOUS messages queued now.
     pub async_queued_bytes: usize,
+    /// Messages and bytes by mode, in the order of [`Mode::ALL`].
+    pub by_mode: [ModeStats; 4],
     /// The transport's counters.
     pub transport: TransportStats,
 }
@@ -639,6 +730,7 @@ impl ChannelHandle {
             return Err(ChannelError::NotStarted);
         }
         let msg_id = s.ids.fetch_add(1, Ordering::Relaxed) + 1;
+        let len = payload.len();
         for l in s.cluster_listeners.iter() {
             l.message_sent(destinations, &payload, options);
         }
@@ -673,6 +765,7 @@ impl ChannelHandle {
             .await
             .map_err(|_| ChannelError::Stopped)?;
         s.counters.sent.fetch_add(1, Ordering::Relaxed);
+        s.counters.count(options, len, true);
         Ok(receipt)
     }
 
@@ -823,6 +916,15 @@ impl ChannelHandle {
                 - self.shared.async_count.available_permits(),
             async_queued_bytes: self.shared.config.async_queue_bytes
                 - self.shared.async_bytes.available_permits(),
+            by_mode: Mode::ALL.map(|m| {
+                let c = &c.by_mode[m.index()];
+                ModeStats {
+                    sent: l(&c.sent),
+                    sent_bytes: l(&c.sent_bytes),
+                    received: l(&c.received),
+                    received_bytes: l(&c.received_bytes),
+                }
+            }),
             transport: self.shared.transport.stats(),
         }
     }
@@ -1104,6 +1206,7 @@ impl<N: Net> Owner<N> {
                     match self.codec.decode_frame(&mut buf) {
                         Ok(Some(Frame::Data(data))) if buf.is_empty() && data.header.sender != self.local.id => {
                             self.counters.received.fetch_add(1, Ordering::Relaxed);
+                            self.counters.count(data.header.options, data.payload.len(), false);
                             let member = self.membership.as_ref().and_then(|m| {
                                 m.view().members.into_iter().find(|vm| vm.member.id == data.header.sender).map(|vm| Arc::new(vm.member))
                             });
@@ -1270,6 +1373,8 @@ impl<N: Net> Owner<N> {
 
     fn on_received(&mut self, r: Received) {
         self.counters.received.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .count(r.frame.header.options, r.frame.payload.len(), false);
         let inbound = to_inbound(r);
         let now = self.now();
         self.pipeline.receive(now, inbound);

@@ -202,7 +202,12 @@ impl MembershipBuilder {
         let id = self.local.id.unwrap_or_else(|| MemberId::random(rng));
         let mut local = Member::new(id, data_addr.ip(), data_addr.port());
         local.cluster.clone_from(&self.config.cluster);
-        local.name = self.local.name.clone().unwrap_or_else(|| net.host_name());
+        local.host = net.host_name();
+        local.name = self
+            .local
+            .name
+            .clone()
+            .unwrap_or_else(|| local.host.clone());
         local.udp_port = self.local.udp_port;
         local.domain = self.local.domain.clone();
         local.payload = self.local.payload.clone();

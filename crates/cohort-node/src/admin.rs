@@ -1,28 +1,63 @@
-//! The admin endpoint: a loopback TCP port answering one command per connection with JSON.
+//! The admin endpoint: HTTP/1.1 on 127.0.0.1 from port 4700 up (auto-bind) unless configured
+//! otherwise. Routes (docs/OPERATIONS.md has every field):
 //!
-//! Protocol: the client sends `status\n` (or `stats\n`, or `traffic stop\n` on a node running
-//! test traffic); the node answers one JSON document and closes. Bound on 127.0.0.1 from port 4700 up (auto-bind) unless configured otherwise.
+//! - `GET /`: the status page (HTML, no external assets, refreshes itself every 2 s);
+//! - `GET /api/status`: the same as JSON; `GET /api/stats`: the node's counters as JSON;
+//! - `GET /metrics`: Prometheus text format;
+//! - `GET /healthz` (the process serves) and `GET /readyz` (the node has started and is not
+//!   stopping);
+//! - `POST /api/traffic/stop`: ends `--traffic` test traffic and answers with its counts.
+//!
+//! Bound beyond loopback only with a bearer token (`[admin] token` or `COHORT_ADMIN_TOKEN`),
+//! which every route but the health checks then requires. At most [`MAX_CONNECTIONS`]
+//! connections are served at once (more are closed on accept), one request each; a request
+//! head is at most [`MAX_REQUEST_HEAD`] bytes and must arrive within [`REQUEST_TIMEOUT`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cohort_channel::ChannelHandle;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use cohort_channel::{ChannelHandle, Mode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 use crate::config::AdminConfig;
-use crate::node::member_json;
+use crate::metrics::Metrics;
 use crate::traffic::Traffic;
 
-/// Longest command line accepted.
-const MAX_COMMAND: u64 = 64;
-/// Admin connections served at once; more are closed on accept (an operator's tool needs a
+/// Admin connections served at once; more are closed on accept (an operator's tools need a
 /// handful; a flood must not take the node's file descriptors).
 pub const MAX_CONNECTIONS: usize = 64;
-/// A client must send its command within this time.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest request head (request line and headers) read, in bytes.
+pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
+/// Largest request body read, in bytes (no route takes one).
+pub const MAX_REQUEST_BODY: usize = 1024;
+/// A request must arrive within this time.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest response a client in this module reads.
+const MAX_RESPONSE: usize = 16 << 20;
+
+/// What the endpoint serves from.
+pub struct AdminState {
+    /// The node's channel.
+    pub channel: ChannelHandle,
+    /// Test traffic, when running.
+    pub traffic: Option<Arc<Traffic>>,
+    /// The metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Set once the node is started, cleared when it begins to stop.
+    pub ready: Arc<AtomicBool>,
+    /// The bearer token every route but the health checks requires, if set.
+    pub token: Option<String>,
+}
 
 /// The running endpoint: stopping it ends the accept loop and every connection, and with them
 /// their handles on the channel.
@@ -41,12 +76,41 @@ impl AdminServer {
     }
 }
 
+/// The token the endpoint requires: `[admin] token`, else `COHORT_ADMIN_TOKEN`. Binding beyond
+/// loopback without one is refused.
+pub fn token(config: &AdminConfig) -> anyhow::Result<Option<String>> {
+    let token = config
+        .token
+        .clone()
+        .or_else(|| std::env::var("COHORT_ADMIN_TOKEN").ok())
+        .filter(|t| !t.is_empty());
+    if !config.bind.is_loopback() && token.is_none() {
+        anyhow::bail!(
+            "admin.bind: {} is not a loopback address; set admin.token or COHORT_ADMIN_TOKEN to expose the endpoint",
+            config.bind
+        );
+    }
+    Ok(token)
+}
+
+fn router(state: Arc<AdminState>) -> Router {
+    let guarded = Router::new()
+        .route("/", get(page))
+        .route("/api/status", get(api_status))
+        .route("/api/stats", get(api_stats))
+        .route("/api/traffic/stop", post(traffic_stop))
+        .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .merge(guarded)
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY))
+        .with_state(state)
+}
+
 /// Binds the endpoint and serves it on the current runtime.
-pub async fn serve(
-    config: &AdminConfig,
-    channel: ChannelHandle,
-    traffic: Option<Arc<Traffic>>,
-) -> anyhow::Result<AdminServer> {
+pub async fn serve(config: &AdminConfig, state: AdminState) -> anyhow::Result<AdminServer> {
     let listener = cohort_net::bind_tcp_auto(
         &cohort_net::TokioNet,
         config.bind,
@@ -63,6 +127,7 @@ pub async fn serve(
         )
     })?;
     let addr = listener.local_addr()?;
+    let app = router(Arc::new(state));
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -83,13 +148,19 @@ pub async fn serve(
                 drop(stream);
                 continue;
             };
-            let channel = channel.clone();
-            let traffic = traffic.clone();
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
             connections.spawn(async move {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .max_buf_size(MAX_REQUEST_HEAD)
+                    .keep_alive(false)
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(REQUEST_TIMEOUT)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
                 // `traffic stop` waits for outstanding receipts (bounded by its own timeout).
-                let limit = COMMAND_TIMEOUT + crate::traffic::STOP_TIMEOUT;
-                let _ =
-                    tokio::time::timeout(limit, answer(stream, &channel, traffic.as_deref())).await;
+                let limit = REQUEST_TIMEOUT + crate::traffic::STOP_TIMEOUT;
+                if let Ok(Err(e)) = tokio::time::timeout(limit, conn).await {
+                    tracing::debug!(peer = %from, error = %e, "admin: connection error");
+                }
                 drop(slot);
             });
         }
@@ -98,71 +169,142 @@ pub async fn serve(
     Ok(AdminServer { addr, stop, task })
 }
 
-async fn answer(
-    stream: TcpStream,
-    channel: &ChannelHandle,
-    traffic: Option<&Traffic>,
-) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    tokio::time::timeout(
-        COMMAND_TIMEOUT,
-        BufReader::new(read.take(MAX_COMMAND)).read_line(&mut line),
-    )
-    .await
-    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-    let reply = match (line.trim(), traffic) {
-        ("status", _) => status(channel),
-        ("stats", _) => stats(channel),
-        ("traffic stop", Some(t)) => t.stop().await,
-        ("traffic stop", None) => json!({"error": "this node runs no traffic (--traffic)"}),
-        (other, _) => {
-            json!({"error": format!("unknown command {other:?}; try status, stats or traffic stop")})
-        }
+async fn auth(State(state): State<Arc<AdminState>>, request: Request, next: Next) -> Response {
+    let Some(token) = &state.token else {
+        return next.run(request).await;
     };
-    write.write_all(reply.to_string().as_bytes()).await?;
-    write.write_all(b"\n").await?;
-    write.shutdown().await
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        next.run(request).await
+    } else {
+        let mut response =
+            (StatusCode::UNAUTHORIZED, "a bearer token is required\n").into_response();
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        response
+    }
 }
 
-/// The status document: the members this node sees.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
+    if state.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn api_status(State(state): State<Arc<AdminState>>) -> Response {
+    axum::Json(status(&state.channel)).into_response()
+}
+
+async fn api_stats(State(state): State<Arc<AdminState>>) -> Response {
+    axum::Json(stats(&state.channel)).into_response()
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn traffic_stop(State(state): State<Arc<AdminState>>) -> Response {
+    match &state.traffic {
+        Some(t) => axum::Json(t.stop().await).into_response(),
+        None => (
+            StatusCode::CONFLICT,
+            axum::Json(json!({"error": "this node runs no traffic (--traffic)"})),
+        )
+            .into_response(),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `start_time_ms` as RFC 3339 (UTC, milliseconds).
+pub fn rfc3339_ms(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// The status document: the members this node sees, and its own counters.
 pub fn status(channel: &ChannelHandle) -> Value {
     let local = channel.local();
+    let now = now_ms();
+    let row = |m: &cohort_wire::Member, lead: bool, is_local: bool, connected: bool| {
+        json!({
+            "id": m.id.to_string(),
+            "name": m.name,
+            "host": m.host,
+            "addr": SocketAddr::new(m.addr, m.port).to_string(),
+            "ip": m.addr.to_string(),
+            "port": m.port,
+            "start_time_ms": m.start_time_ms,
+            "start_time": rfc3339_ms(m.start_time_ms),
+            "uptime_s": now.saturating_sub(m.start_time_ms) / 1000,
+            "lead": lead,
+            "local": is_local,
+            "connected": connected,
+        })
+    };
     let members: Vec<Value> = match channel.view() {
         Some(view) => view
             .members
             .iter()
             .map(|vm| {
-                let mut v = member_json(&vm.member);
-                v["lead"] = json!(vm.lead);
-                v["local"] = json!(vm.local);
-                v["connected"] = json!(vm.local || channel.is_connected(&vm.member));
-                v
+                let connected = vm.local || channel.is_connected(&vm.member);
+                row(&vm.member, vm.lead, vm.local, connected)
             })
             .collect(),
-        None => {
-            let mut v = member_json(local);
-            v["lead"] = json!(true);
-            v["local"] = json!(true);
-            v["connected"] = json!(true);
-            vec![v]
-        }
+        None => vec![row(local, true, true, true)],
     };
     json!({
         "node": local.name,
         "id": local.id.to_string(),
+        "host": local.host,
         "cluster": local.cluster,
         "members": members,
+        "counters": stats(channel),
     })
 }
 
-fn stats(channel: &ChannelHandle) -> Value {
+/// The node's counters.
+pub fn stats(channel: &ChannelHandle) -> Value {
     let s = channel.stats();
     let t = &s.transport;
+    let by_mode: serde_json::Map<String, Value> = Mode::ALL
+        .iter()
+        .zip(s.by_mode)
+        .map(|(m, st)| {
+            (
+                m.label().to_owned(),
+                json!({"sent": st.sent, "sent_bytes": st.sent_bytes,
+                       "received": st.received, "received_bytes": st.received_bytes}),
+            )
+        })
+        .collect();
     json!({
         "sent": s.sent, "received": s.received, "delivered": s.delivered,
         "listener_errors": s.listener_errors, "async_queued": s.async_queued,
         "async_queued_bytes": s.async_queued_bytes,
+        "by_mode": by_mode,
         "transport": {
             "connections_in": t.connections_in, "connections_out": t.connections_out,
             "connections_accepted": t.connections_accepted, "connections_rejected": t.connections_rejected,
@@ -170,6 +312,7 @@ fn stats(channel: &ChannelHandle) -> Value {
             "bytes_sent": t.bytes_sent, "bytes_received": t.bytes_received, "writes": t.writes,
             "acked": t.acked, "fail_acked": t.fail_acked, "send_failures": t.send_failures,
             "ack_timeouts": t.ack_timeouts, "frame_timeouts": t.frame_timeouts,
+            "hello_timeouts": t.hello_timeouts, "inbound_bytes": t.inbound_bytes,
             "protocol_violations": t.protocol_violations, "malformed": t.malformed,
         },
         "membership": channel.membership_stats().map(|m| json!({
@@ -183,31 +326,191 @@ fn stats(channel: &ChannelHandle) -> Value {
     })
 }
 
-/// Asks a node's admin endpoint for `command` and returns the JSON answer.
-pub async fn query(addr: SocketAddr, command: &str) -> anyhow::Result<Value> {
-    let mut stream = tokio::time::timeout(COMMAND_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| anyhow::anyhow!("connecting to {addr} timed out"))?
-        .map_err(|e| anyhow::anyhow!("no node answers on {addr}: {e}"))?;
-    stream.write_all(format!("{command}\n").as_bytes()).await?;
-    let mut out = Vec::new();
-    tokio::time::timeout(
-        COMMAND_TIMEOUT,
-        (&mut stream).take(16 << 20).read_to_end(&mut out),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("{addr} did not answer in time"))??;
-    Ok(serde_json::from_slice(&out)?)
+/// Escapes text for HTML (member names come from the network).
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
-/// Renders a status document as a table.
+/// `3d 4h`, `5m 2s`: an uptime for people.
+pub fn uptime(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+async fn page(State(state): State<Arc<AdminState>>) -> Html<String> {
+    Html(render_page(&status(&state.channel)))
+}
+
+/// The status page for a status document.
+pub fn render_page(status: &Value) -> String {
+    use std::fmt::Write as _;
+    let text = |v: &Value| esc(v.as_str().unwrap_or(""));
+    let yes = |v: &Value| v.as_bool() == Some(true);
+    let mut rows = String::new();
+    for m in status["members"].as_array().into_iter().flatten() {
+        let (lead, local, connected) = (yes(&m["lead"]), yes(&m["local"]), yes(&m["connected"]));
+        let _ = writeln!(
+            rows,
+            "<tr class=\"member\" data-id=\"{id}\" data-lead=\"{lead}\" data-local=\"{local}\" data-connected=\"{connected}\">\
+             <td>{host}</td><td>{name}</td><td>{ip}</td><td>{port}</td><td><code>{id}</code></td>\
+             <td>{started}</td><td>{up}</td><td>{lead_mark}</td><td>{local_mark}</td><td>{conn}</td></tr>",
+            id = text(&m["id"]),
+            host = text(&m["host"]),
+            name = text(&m["name"]),
+            ip = text(&m["ip"]),
+            port = m["port"],
+            started = text(&m["start_time"]),
+            up = uptime(m["uptime_s"].as_u64().unwrap_or(0)),
+            lead_mark = if lead {
+                "<b class=\"lead\">lead</b>"
+            } else {
+                ""
+            },
+            local_mark = if local {
+                "<b class=\"local\">this node</b>"
+            } else {
+                ""
+            },
+            conn = if connected {
+                "established"
+            } else {
+                "<span class=\"down\">none</span>"
+            },
+        );
+    }
+    let c = &status["counters"];
+    let t = &c["transport"];
+    let mut counters = String::new();
+    for (label, v) in [
+        ("messages sent", &c["sent"]),
+        ("messages received", &c["received"]),
+        ("delivered to listeners", &c["delivered"]),
+        ("listener errors", &c["listener_errors"]),
+        ("ASYNC queued", &c["async_queued"]),
+        (
+            "connections in / out",
+            &json!(format!(
+                "{} / {}",
+                t["connections_in"], t["connections_out"]
+            )),
+        ),
+        (
+            "bytes sent / received",
+            &json!(format!("{} / {}", t["bytes_sent"], t["bytes_received"])),
+        ),
+        ("send failures", &t["send_failures"]),
+        ("ACK timeouts", &t["ack_timeouts"]),
+        ("inbound memory (bytes)", &t["inbound_bytes"]),
+    ] {
+        let value = v.as_str().map_or_else(|| v.to_string(), esc);
+        let _ = write!(counters, "<tr><th>{label}</th><td>{value}</td></tr>");
+    }
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"refresh\" content=\"2\">\
+         <title>cohort: {node}</title>\
+         <style>body{{font:14px system-ui,sans-serif;margin:1.5em}}table{{border-collapse:collapse}}\
+         td,th{{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}}\
+         .lead{{color:#075}}.local{{color:#036}}.down{{color:#a00}}</style></head><body>\
+         <h1>cohort node <span id=\"node\">{node}</span></h1>\
+         <p>cluster <b>{cluster}</b>, host {host}, id <code>{id}</code>; {n} members; refreshed every 2 s</p>\
+         <table id=\"members\"><thead><tr><th>host</th><th>name</th><th>IP</th><th>port</th><th>node id</th>\
+         <th>started (UTC)</th><th>uptime</th><th>lead</th><th>local</th><th>connection</th></tr></thead>\
+         <tbody>\n{rows}</tbody></table>\
+         <h2>this node</h2><table id=\"counters\">{counters}</table></body></html>\n",
+        node = text(&status["node"]),
+        cluster = text(&status["cluster"]),
+        host = text(&status["host"]),
+        id = text(&status["id"]),
+        n = status["members"].as_array().map_or(0, Vec::len),
+    )
+}
+
+/// Sends one request to a node's admin endpoint and returns the JSON answer; an answer other
+/// than 2xx is an error carrying its status and body.
+pub async fn request_json(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<Value> {
+    let body = request(addr, method, path, token).await?;
+    serde_json::from_slice(&body).map_err(|e| anyhow::anyhow!("{addr}{path}: not JSON: {e}"))
+}
+
+/// `GET path` as JSON.
+pub async fn get_json(addr: SocketAddr, path: &str, token: Option<&str>) -> anyhow::Result<Value> {
+    request_json(addr, "GET", path, token).await
+}
+
+/// Sends one request and returns the body of a 2xx answer.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<Bytes> {
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("no node answers on {addr}: {e}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        let driver = tokio::spawn(conn);
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, addr.to_string());
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let response = sender
+            .send_request(req.body(Full::new(Bytes::new()))?)
+            .await?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("{addr}{path}: {e}"))?
+            .to_bytes();
+        driver.abort();
+        if !status.is_success() {
+            anyhow::bail!(
+                "{addr}{path}: {status}: {}",
+                String::from_utf8_lossy(&body).trim()
+            );
+        }
+        Ok(body)
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT + crate::traffic::STOP_TIMEOUT, exchange)
+        .await
+        .map_err(|_| anyhow::anyhow!("{addr} did not answer in time"))?
+}
+
+/// Renders a status document as a table for a terminal.
 pub fn table(status: &Value) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<32}  {:<16}  {:<21}  {:<13}  {:<4}  {:<5}  CONNECTED",
-        "ID", "HOST", "ADDRESS", "STARTED (ms)", "LEAD", "LOCAL"
+        "{:<32}  {:<16}  {:<12}  {:<21}  {:<24}  {:<8}  {:<4}  {:<5}  CONNECTED",
+        "ID", "HOST", "NAME", "ADDRESS", "STARTED (UTC)", "UPTIME", "LEAD", "LOCAL"
     );
     let yes = |v: &Value| {
         if v.as_bool() == Some(true) {
@@ -219,11 +522,13 @@ pub fn table(status: &Value) -> String {
     for m in status["members"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
-            "{:<32}  {:<16}  {:<21}  {:<13}  {:<4}  {:<5}  {}",
+            "{:<32}  {:<16}  {:<12}  {:<21}  {:<24}  {:<8}  {:<4}  {:<5}  {}",
             m["id"].as_str().unwrap_or("?"),
+            m["host"].as_str().filter(|h| !h.is_empty()).unwrap_or("?"),
             m["name"].as_str().unwrap_or("?"),
             m["addr"].as_str().unwrap_or("?"),
-            m["start_time_ms"],
+            m["start_time"].as_str().unwrap_or("?"),
+            uptime(m["uptime_s"].as_u64().unwrap_or(0)),
             yes(&m["lead"]),
             yes(&m["local"]),
             yes(&m["connected"]),

@@ -131,20 +131,33 @@ fn key_at(text: &str, pos: usize) -> Option<String> {
     }
 }
 
-/// The admin endpoint's settings (`[admin]`).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+/// The admin endpoint's settings (`[admin]`). `Debug` never prints the token.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     /// Serve `status` at all. Default true.
     pub enabled: bool,
-    /// Address. Default 127.0.0.1; anything but loopback needs `allow_remote`.
+    /// Address. Default 127.0.0.1; anything but loopback needs a `token`.
     pub bind: IpAddr,
     /// First port tried. Default 4700 (`cohort status` asks there unless told otherwise).
     pub port: u16,
     /// Ports tried from `port` up. Default 100.
     pub auto_bind: u16,
-    /// Allow a `bind` address other than loopback. Default false.
-    pub allow_remote: bool,
+    /// The bearer token every route but `/healthz` and `/readyz` then requires; needed to
+    /// bind beyond loopback. Default none (`COHORT_ADMIN_TOKEN` is read when unset).
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("enabled", &self.enabled)
+            .field("bind", &self.bind)
+            .field("port", &self.port)
+            .field("auto_bind", &self.auto_bind)
+            .field("token", &self.token.as_ref().map(|_| "(redacted)"))
+            .finish()
+    }
 }
 
 impl Default for AdminConfig {
@@ -154,7 +167,7 @@ impl Default for AdminConfig {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 4700,
             auto_bind: 100,
-            allow_remote: false,
+            token: None,
         }
     }
 }
@@ -320,10 +333,14 @@ impl NodeConfig {
         if admin.auto_bind == 0 {
             return Err(invalid("admin.auto_bind", "must be at least 1"));
         }
-        if !admin.bind.is_loopback() && !admin.allow_remote {
+        if admin.token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(invalid("admin.token", "use at least 16 characters"));
+        }
+        let env_token = std::env::var("COHORT_ADMIN_TOKEN").is_ok_and(|t| !t.is_empty());
+        if !admin.bind.is_loopback() && admin.token.is_none() && !env_token {
             return Err(invalid(
                 "admin.bind",
-                "not a loopback address; set admin.allow_remote = true to expose status beyond this host",
+                "not a loopback address; set admin.token (or COHORT_ADMIN_TOKEN) to expose the endpoint beyond this host",
             ));
         }
 

@@ -27,5 +27,6 @@
 pub mod admin;
 pub mod bench;
 pub mod config;
+pub mod metrics;
 pub mod node;
 pub mod traffic;

@@ -5,85 +5,172 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
 use cohort_node::admin;
 use cohort_node::config::NodeConfig;
 use cohort_node::node::{self, Events};
 
-const USAGE: &str = "\
-usage:
-  cohort node [--config FILE] [--name NAME] [--port PORT] [--print-messages] [--traffic RATE]
-      run one node (defaults: multicast 228.0.0.4:45564 on 127.0.0.1, beacon every
-      500 ms, drop after 3000 ms, receiver on the first free port from 4000, admin
-      endpoint on the first free port from 127.0.0.1:4700). One JSON event per line on
-      stdout; logs on stderr (RUST_LOG). SIGTERM or Ctrl-C leaves gracefully.
-      --traffic RATE sends RATE numbered ASYNC and RATE USE_ACK messages per second to
-      every member (test traffic; `traffic stop` on the admin endpoint ends it).
-  cohort status [--admin ADDR] [--json]
-      list the members a running node sees (default ADDR 127.0.0.1:4700)
-  cohort bench [--test tput|latency] [--mode MODE] [--size BYTES] [--count N]
-      tput: throughput to a sink process on loopback, one RESULT line per mode: async,
-      ack, syncack, raw-tcp (batched writes), raw-tcp-write (one write per message); all
-      when no mode is given; default size 1024, count 300000.
-      latency: round trips to an echo process, --mode rpc or raw-tcp (both when not
-      given); default size 1024, count 20000.
-      Both processes run a one-thread runtime; COHORT_BENCH_THREADS=N gives them N.
-  cohort cluster [--nodes N] [--for SECONDS] [--config FILE]
-      start N local nodes (default 3), wait until they see each other, print the
-      status, run for SECONDS (default: until Ctrl-C), then stop them gracefully
-";
+/// Run a Cohort node, ask a running one for its status, start a local cluster, or measure.
+///
+/// Exit codes: 0 success; 1 a runtime error (an invalid configuration, a port that cannot be
+/// bound, a node that does not answer); 2 a usage error (unknown flag, bad value).
+#[derive(Parser, Debug)]
+#[command(name = "cohort", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
 
-fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(cmd) = args.first() else {
-        eprint!("{USAGE}");
-        std::process::exit(2);
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run one node. One JSON event per line on stdout; logs on stderr (RUST_LOG). SIGTERM or
+    /// Ctrl-C leaves gracefully.
+    ///
+    /// Defaults without a file: multicast 228.0.0.4:45564 on 127.0.0.1, a beacon every 500 ms,
+    /// dropped after 3 s, the receiver on the first free port from 4000, the admin endpoint on
+    /// the first free port from 127.0.0.1:4700. Flags override the file.
+    Node(NodeArgs),
+    /// List the members a running node sees (asks its admin endpoint's /api/status).
+    Status(StatusArgs),
+    /// Start N local nodes, wait until they see each other, print the status, run, then stop
+    /// them gracefully.
+    Cluster(ClusterArgs),
+    /// Measure throughput to a sink process (`--test tput`) or round trips to an echo process
+    /// (`--test latency`) on loopback, one RESULT line per mode.
+    ///
+    /// Both processes run a one-thread runtime; COHORT_BENCH_THREADS=N gives them N.
+    Bench(BenchArgs),
+    /// The far end of `cohort bench` (started by it).
+    #[command(hide = true)]
+    BenchSink(SinkArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct NodeArgs {
+    /// The TOML configuration file (docs/CONFIGURATION.md).
+    #[arg(long, value_name = "FILE")]
+    config: Option<String>,
+    /// The node's name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// The first receiver port tried.
+    #[arg(long)]
+    port: Option<u16>,
+    /// Write a `message` event line for every message received.
+    #[arg(long)]
+    print_messages: bool,
+    /// Test traffic: RATE numbered ASYNC and RATE USE_ACK messages per second to every member
+    /// (`POST /api/traffic/stop` on the admin endpoint ends it).
+    #[arg(long, value_name = "RATE", value_parser = clap::value_parser!(u32).range(0..=i64::from(cohort_node::traffic::MAX_RATE)))]
+    traffic: Option<u32>,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+struct StatusArgs {
+    /// The node's admin endpoint.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4700")]
+    admin: SocketAddr,
+    /// Print the JSON document (`/api/status`) instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Bearer token, for an endpoint bound beyond loopback.
+    #[arg(long, env = "COHORT_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+struct ClusterArgs {
+    /// How many nodes (1 to 32).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=32))]
+    nodes: u16,
+    /// Run this long, then stop (`30s`, `2m`; a bare number is seconds). Default: until Ctrl-C.
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_seconds)]
+    run_for: Option<Duration>,
+    /// A configuration file for every node.
+    #[arg(long, value_name = "FILE")]
+    config: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = BenchTest::Tput)]
+    test: BenchTest,
+    /// One mode (tput: async, ack, syncack, raw-tcp, raw-tcp-write; latency: rpc, raw-tcp).
+    /// Default: all of the test's modes.
+    #[arg(long)]
+    mode: Option<String>,
+    /// Message size (`1024`, `64KiB`).
+    #[arg(long, default_value = "1024", value_parser = parse_size)]
+    size: usize,
+    /// Messages (default 300000 for tput, 20000 for latency).
+    #[arg(long)]
+    count: Option<u64>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum BenchTest {
+    /// Throughput.
+    Tput,
+    /// Round trips.
+    Latency,
+}
+
+#[derive(clap::Args, Debug)]
+struct SinkArgs {
+    #[arg(long)]
+    count: Option<u64>,
+    #[arg(long)]
+    raw: bool,
+    #[arg(long)]
+    echo: bool,
+}
+
+/// `30s`, `2m`, `1h`; a bare number is seconds.
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    cohort_wire::units::parse_duration(text)
+}
+
+fn parse_size(text: &str) -> Result<usize, String> {
+    let n = cohort_wire::units::parse_size(text)?;
+    usize::try_from(n).map_err(|_| format!("{n} bytes is too large"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Node(a) => run_node(a),
+        Cmd::Status(a) => run_status(&a),
+        Cmd::Cluster(a) => run_cluster(&a),
+        Cmd::Bench(a) => run_bench(&a),
+        Cmd::BenchSink(a) => run_bench_sink(&a),
     };
-    let rest = &args[1..];
-    match cmd.as_str() {
-        "node" => run_node(rest),
-        "status" => run_status(rest),
-        "cluster" => run_cluster(rest),
-        "bench" => run_bench(rest),
-        "bench-sink" => run_bench_sink(rest),
-        "-h" | "--help" | "help" => {
-            print!("{USAGE}");
-            Ok(())
-        }
-        other => {
-            eprint!("unknown command {other:?}\n{USAGE}");
-            std::process::exit(2);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}`: the whole chain on one line, never a backtrace.
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
         }
     }
-}
-
-/// Returns the value after `flag`, and whether the flag was present at all.
-fn opt<'a>(args: &'a [String], flag: &str) -> anyhow::Result<Option<&'a str>> {
-    match args.iter().position(|a| a == flag) {
-        None => Ok(None),
-        Some(i) => match args.get(i + 1) {
-            Some(v) if !v.starts_with("--") => Ok(Some(v)),
-            _ => bail!("{flag} needs a value"),
-        },
-    }
-}
-
-fn check_flags(args: &[String], with_value: &[&str], switches: &[&str]) -> anyhow::Result<()> {
-    let mut i = 0;
-    while i < args.len() {
-        let a = args[i].as_str();
-        if with_value.contains(&a) {
-            i += 2;
-        } else if switches.contains(&a) {
-            i += 1;
-        } else {
-            bail!("unknown argument {a:?}\n{USAGE}");
-        }
-    }
-    Ok(())
 }
 
 /// A runtime for the short commands (status, cluster): two workers.
@@ -121,39 +208,30 @@ fn bench_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     runtime_with(threads)
 }
 
-fn run_node(args: &[String]) -> anyhow::Result<()> {
-    check_flags(
-        args,
-        &["--config", "--name", "--port", "--traffic"],
-        &["--print-messages"],
-    )?;
-    tracing_subscriber::fmt()
+fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
-    let mut config = match opt(args, "--config")? {
+        .with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    let mut config = match &args.config {
         Some(path) => NodeConfig::from_file(path)?,
         None => NodeConfig::defaults(),
     };
-    if let Some(name) = opt(args, "--name")? {
-        config.name = Some(name.into());
+    if let Some(name) = args.name {
+        config.name = Some(name);
     }
-    if let Some(port) = opt(args, "--port")? {
-        config.transport.port = port.parse().context("--port")?;
+    if let Some(port) = args.port {
+        config.transport.port = port;
     }
-    if let Some(rate) = opt(args, "--traffic")? {
-        let rate: u32 = rate.parse().context("--traffic")?;
-        if rate > cohort_node::traffic::MAX_RATE {
-            bail!(
-                "--traffic: {rate} is above {}",
-                cohort_node::traffic::MAX_RATE
-            );
-        }
+    if let Some(rate) = args.traffic {
         config.traffic_rate = rate;
     }
-    if args.iter().any(|a| a == "--print-messages") {
+    if args.print_messages {
         config.print_messages = true;
     }
     runtime_with(config.runtime_threads)?.block_on(async move {
@@ -181,14 +259,13 @@ async fn shutdown_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_status(args: &[String]) -> anyhow::Result<()> {
-    check_flags(args, &["--admin"], &["--json"])?;
-    let addr: SocketAddr = opt(args, "--admin")?
-        .unwrap_or("127.0.0.1:4700")
-        .parse()
-        .context("--admin")?;
-    let status = runtime()?.block_on(admin::query(addr, "status"))?;
-    if args.iter().any(|a| a == "--json") {
+fn run_status(args: &StatusArgs) -> anyhow::Result<()> {
+    let status = runtime()?.block_on(admin::get_json(
+        args.admin,
+        "/api/status",
+        args.token.as_deref(),
+    ))?;
+    if args.json {
         println!("{status}");
     } else {
         println!(
@@ -230,26 +307,15 @@ impl Drop for ChildNode {
     }
 }
 
-fn run_cluster(args: &[String]) -> anyhow::Result<()> {
-    check_flags(args, &["--nodes", "--for", "--config"], &[])?;
-    let n: usize = opt(args, "--nodes")?
-        .unwrap_or("3")
-        .parse()
-        .context("--nodes")?;
-    if !(1..=32).contains(&n) {
-        bail!("--nodes must be between 1 and 32");
-    }
-    let run_for: Option<u64> = opt(args, "--for")?
-        .map(str::parse)
-        .transpose()
-        .context("--for")?;
+fn run_cluster(args: &ClusterArgs) -> anyhow::Result<()> {
+    let n = usize::from(args.nodes);
     let exe = std::env::current_exe()?;
     let mut nodes = Vec::new();
     for i in 1..=n {
         let name = format!("node{i}");
         let mut cmd = Command::new(&exe);
         cmd.args(["node", "--name", &name]);
-        if let Some(c) = opt(args, "--config")? {
+        if let Some(c) = &args.config {
             cmd.args(["--config", c]);
         }
         let mut child = cmd
@@ -289,7 +355,7 @@ fn run_cluster(args: &[String]) -> anyhow::Result<()> {
     loop {
         let mut seen = Vec::new();
         for node in &nodes {
-            let s = rt.block_on(admin::query(node.admin, "status"))?;
+            let s = rt.block_on(admin::get_json(node.admin, "/api/status", None))?;
             seen.push(s["members"].as_array().map_or(0, Vec::len));
         }
         if seen.iter().all(|&k| k == n) {
@@ -300,14 +366,14 @@ fn run_cluster(args: &[String]) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let status = rt.block_on(admin::query(nodes[0].admin, "status"))?;
+    let status = rt.block_on(admin::get_json(nodes[0].admin, "/api/status", None))?;
     println!(
         "# cluster of {n} is up; `cohort status --admin {}` shows:",
         nodes[0].admin
     );
     print!("{}", admin::table(&status));
-    match run_for {
-        Some(secs) => std::thread::sleep(Duration::from_secs(secs)),
+    match args.run_for {
+        Some(d) => std::thread::sleep(d),
         None => {
             println!("# Ctrl-C stops the cluster");
             rt.block_on(tokio::signal::ctrl_c())?;
@@ -320,17 +386,13 @@ fn run_cluster(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_bench(args: &[String]) -> anyhow::Result<()> {
+fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
     use cohort_node::bench::{self, Api, Mode};
-    check_flags(args, &["--test", "--mode", "--size", "--count"], &[])?;
-    let size: usize = opt(args, "--size")?
-        .unwrap_or("1024")
-        .parse()
-        .context("--size")?;
+    let size = args.size;
     let rt = bench_runtime()?;
-    match opt(args, "--test")?.unwrap_or("tput") {
-        "tput" => {
-            let modes = match opt(args, "--mode")? {
+    match args.test {
+        BenchTest::Tput => {
+            let modes = match &args.mode {
                 Some(m) => vec![Mode::parse(m)?],
                 None => vec![
                     Mode::RawTcp,
@@ -340,41 +402,32 @@ fn run_bench(args: &[String]) -> anyhow::Result<()> {
                     Mode::SyncAck,
                 ],
             };
-            let count: u64 = opt(args, "--count")?
-                .unwrap_or("300000")
-                .parse()
-                .context("--count")?;
+            let count = args.count.unwrap_or(300_000);
             for mode in modes {
                 println!("{}", rt.block_on(bench::run(mode, size, count))?);
             }
         }
-        "latency" => {
-            let apis = match opt(args, "--mode")? {
+        BenchTest::Latency => {
+            let apis = match args.mode.as_deref() {
                 Some("rpc") => vec![Api::Rpc],
                 Some("raw-tcp") => vec![Api::RawTcp],
                 Some(other) => bail!("unknown latency mode {other:?} (rpc, raw-tcp)"),
                 None => vec![Api::RawTcp, Api::Rpc],
             };
-            let count: u64 = opt(args, "--count")?
-                .unwrap_or("20000")
-                .parse()
-                .context("--count")?;
+            let count = args.count.unwrap_or(20_000);
             for api in apis {
                 println!("{}", rt.block_on(bench::latency(api, size, count))?);
             }
         }
-        other => bail!("unknown test {other:?} (tput, latency)"),
     }
     Ok(())
 }
 
-fn run_bench_sink(args: &[String]) -> anyhow::Result<()> {
-    check_flags(args, &["--count"], &["--raw", "--echo"])?;
-    let raw = args.iter().any(|a| a == "--raw");
+fn run_bench_sink(args: &SinkArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout();
-    if args.iter().any(|a| a == "--echo") {
-        return bench_runtime()?.block_on(cohort_node::bench::echo_sink(raw, &mut out));
+    if args.echo {
+        return bench_runtime()?.block_on(cohort_node::bench::echo_sink(args.raw, &mut out));
     }
-    let count: u64 = opt(args, "--count")?.context("--count")?.parse()?;
-    bench_runtime()?.block_on(cohort_node::bench::sink(raw, count, &mut out))
+    let count = args.count.context("--count")?;
+    bench_runtime()?.block_on(cohort_node::bench::sink(args.raw, count, &mut out))
 }

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::admin;
 use crate::config::NodeConfig;
+use crate::metrics::{Metrics, NodeMetrics};
 use crate::traffic::Traffic;
 
 /// Where event lines go: one JSON object per line, written by one task.
@@ -59,10 +60,20 @@ pub fn member_json(m: &Member) -> Value {
 struct EventLines {
     events: Events,
     node: String,
+    metrics: Arc<NodeMetrics>,
 }
 
 impl MembershipListener for EventLines {
     fn on_event(&self, event: &MembershipEvent) {
+        match event {
+            MembershipEvent::LeadChanged { .. } => {
+                self.metrics.lead_changes.inc();
+            }
+            MembershipEvent::MemberDisappeared { reason, .. } => {
+                self.metrics.member_lost(reason.name());
+            }
+            _ => {}
+        }
         let v = match event {
             MembershipEvent::MemberAdded(m) => {
                 json!({"event": "member_added", "node": self.node, "member": member_json(m)})
@@ -132,6 +143,9 @@ pub struct Node {
     pub interceptors: cohort_interceptors::StackHandles,
     /// The test traffic generator (`--traffic`), if running.
     pub traffic: Option<Arc<Traffic>>,
+    /// The node's own counters (also on `/metrics`).
+    pub metrics: Arc<NodeMetrics>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Starts a node and emits `ready`.
@@ -141,9 +155,11 @@ pub async fn start(config: NodeConfig, events: &Events) -> anyhow::Result<Node> 
         .name
         .clone()
         .unwrap_or_else(|| cohort_net::Net::host_name(&net));
+    let node_metrics = Arc::new(NodeMetrics::default());
     let lines = Arc::new(EventLines {
         events: events.clone(),
         node: node_name.clone(),
+        metrics: node_metrics.clone(),
     });
     let mut channel_config = config.channel.clone();
     let stack = cohort_interceptors::build_stack(
@@ -182,8 +198,16 @@ pub async fn start(config: NodeConfig, events: &Events) -> anyhow::Result<Node> 
             node_name.clone(),
         )
     });
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let admin_server = if config.admin.enabled {
-        Some(admin::serve(&config.admin, channel.clone(), traffic.clone()).await?)
+        let state = admin::AdminState {
+            channel: channel.clone(),
+            traffic: traffic.clone(),
+            metrics: Arc::new(Metrics::new(channel.clone(), &node_metrics)),
+            ready: ready.clone(),
+            token: admin::token(&config.admin)?,
+        };
+        Some(admin::serve(&config.admin, state).await?)
     } else {
         None
     };
@@ -201,6 +225,7 @@ pub async fn start(config: NodeConfig, events: &Events) -> anyhow::Result<Node> 
         "multicast": config.membership.multicast.as_ref().map(|m| format!("{}:{}", m.group, m.port)),
         "pid": std::process::id(),
     }));
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Some(coordinator) = stack.handles.coordinator.clone() {
         let events = events.clone();
         let node = node_name.clone();
@@ -227,6 +252,8 @@ pub async fn start(config: NodeConfig, events: &Events) -> anyhow::Result<Node> 
         admin_server,
         interceptors: stack.handles,
         traffic,
+        metrics: node_metrics,
+        ready,
     })
 }
 
@@ -234,6 +261,8 @@ impl Node {
     /// Leaves gracefully (a shutdown beacon: peers drop this member at once) and emits
     /// `stopped`.
     pub async fn stop(self, events: &Events) {
+        self.ready
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         // The endpoint's connections hold the channel (and, through its listeners, the event
         // writer): end them first.
         if let Some(admin) = self.admin_server {

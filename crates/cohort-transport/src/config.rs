@@ -87,11 +87,23 @@ pub struct TransportConfig {
     /// peer with [`crate::SendError::QueueFull`]. Default 64 MiB (Tribes' `maxQueueSize`).
     /// Frames with the ASYNCHRONOUS option are counted but never refused: the channel's
     /// ASYNCHRONOUS queue bounds them (a refusal would lose a message already accepted).
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "cohort_wire::serde_ms::size")
+    )]
     pub max_peer_queue_bytes: usize,
     /// Up to this many bytes of queued frames are coalesced into one write. Default 256 KiB.
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "cohort_wire::serde_ms::size")
+    )]
     pub write_batch_bytes: usize,
     /// Read buffer chunk per connection (Tribes' `rxBufSize`, 64 KiB). The buffer grows to one
     /// whole frame at most, bounded by `limits.max_frame_payload`.
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "cohort_wire::serde_ms::size")
+    )]
     pub rx_buf_size: usize,
     /// Members' inbound connections at once (counted once their hello is in); more are closed
     /// at their hello and counted. Default 1024.
@@ -131,6 +143,10 @@ pub struct TransportConfig {
     /// frame holds its size until the layer above takes it. When spent, connections pause
     /// reading (backpressure; nothing is dropped). Must hold at least one largest frame.
     /// Default 256 MiB.
+    #[cfg_attr(
+        feature = "serde",
+        serde(deserialize_with = "cohort_wire::serde_ms::size")
+    )]
     pub max_inbound_bytes: usize,
     /// ACK-requiring messages received on one connection and not yet acknowledged; when
     /// reached the connection is not read until ACKs drain. Default 16,384.

@@ -71,7 +71,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 pub use config::{ConfigError, TransportConfig};
 pub use error::{Delivered, SendError, StartError};
 pub use probe::{ProbeFailure, ProbeStage, ProbeTest, probe};
-pub use stats::TransportStats;
+pub use stats::{ACK_LATENCY_BOUNDS_US, LatencyHistogram, TransportStats};
 
 use stats::Counters;
 

@@ -183,7 +183,7 @@ fn spawn_peer<N: Net>(shared: &Arc<Shared<N>>, addr: SocketAddr) -> Arc<Peer> {
 
 /// Messages written and awaiting their ACK on one connection.
 struct InFlight {
-    map: HashMap<u64, (Completion, OwnedSemaphorePermit)>,
+    map: HashMap<u64, (Completion, OwnedSemaphorePermit, Instant)>,
     /// (deadline, id), in send order; the deadline is constant per connection, so this is
     /// sorted.
     deadlines: VecDeque<(Instant, u64)>,
@@ -201,7 +201,7 @@ impl InFlight {
             table.deadlines.clear();
             std::mem::take(&mut table.map)
         };
-        for (_, (done, _permit)) in pending {
+        for (_, (done, _permit, _)) in pending {
             Counters::inc(&counters.send_failures);
             done(Err(err.clone()));
         }
@@ -322,7 +322,8 @@ impl<N: Net> Lane<N> {
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
-        let deadline = Instant::now() + cfg.send_timeout;
+        let written = Instant::now();
+        let deadline = written + cfg.send_timeout;
         // Register the ACK-wanting messages before writing: an ACK can come back before the
         // write call returns.
         let acks = batch.iter().filter(|m| m.want_ack).count();
@@ -382,7 +383,7 @@ impl<N: Net> Lane<N> {
                         .and_then(|p| p.split(1))
                         .expect("one permit per ACK-wanting message");
                     table.deadlines.push_back((deadline, m.msg_id));
-                    if let Some((old, _)) = table.map.insert(m.msg_id, (m.done, permit)) {
+                    if let Some((old, ..)) = table.map.insert(m.msg_id, (m.done, permit, written)) {
                         // A reused id: the older send can no longer be matched.
                         old(Err(SendError::ConnectionLost {
                             addr: self.addr,
@@ -632,7 +633,7 @@ impl<N: Net> AckReader<N> {
             }
         }
         let any = !expired.is_empty();
-        for (done, _permit) in expired {
+        for (done, _permit, _) in expired {
             Counters::inc(&self.shared.counters.ack_timeouts);
             Counters::inc(&self.shared.counters.send_failures);
             done(Err(SendError::Timeout {
@@ -681,7 +682,7 @@ impl<N: Net> AckReader<N> {
                 if span < table.map.len() as u64 {
                     for id in range.first..=range.last {
                         match table.map.remove(&id) {
-                            Some((d, _)) => done.push((d, None)),
+                            Some((d, _, at)) => done.push((d, None, at)),
                             None => unknown += 1,
                         }
                     }
@@ -695,15 +696,15 @@ impl<N: Net> AckReader<N> {
                         .filter(|id| range.contains(*id))
                         .collect();
                     for id in ids {
-                        if let Some((d, _)) = table.map.remove(&id) {
-                            done.push((d, None));
+                        if let Some((d, _, at)) = table.map.remove(&id) {
+                            done.push((d, None, at));
                         }
                     }
                 }
             }
             for fail in &ack.failed {
                 match table.map.remove(&fail.msg_id) {
-                    Some((d, _)) => done.push((d, Some(fail.reason.clone()))),
+                    Some((d, _, at)) => done.push((d, Some(fail.reason.clone()), at)),
                     None => unknown += 1,
                 }
             }
@@ -717,7 +718,11 @@ impl<N: Net> AckReader<N> {
             }
         }
         Counters::add(&counters.unknown_acks, unknown);
-        for (d, failure) in done {
+        let now = Instant::now();
+        for (d, failure, written) in done {
+            counters
+                .ack_latency
+                .observe(now.saturating_duration_since(written));
             match failure {
                 None => {
                     Counters::inc(&counters.acked);

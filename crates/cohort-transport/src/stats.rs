@@ -13,12 +13,15 @@ macro_rules! counters {
             $($(#[$doc])* pub $name: u64,)*
             /// Frames rejected by the decoder, by error class (`bad_magic`, `too_large`, ...).
             pub malformed: BTreeMap<&'static str, u64>,
+            /// Time from a frame's write to its ACK or FAIL_ACK, over TCP.
+            pub ack_latency: LatencyHistogram,
         }
 
         #[derive(Default)]
         pub(crate) struct Counters {
             $(pub(crate) $name: AtomicU64,)*
             malformed: Mutex<BTreeMap<&'static str, u64>>,
+            pub(crate) ack_latency: Latency,
         }
 
         impl Counters {
@@ -30,6 +33,7 @@ macro_rules! counters {
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .clone(),
+                    ack_latency: self.ack_latency.snapshot(),
                 }
             }
         }
@@ -140,5 +144,50 @@ impl TransportStats {
     /// All malformed frames, whatever their class.
     pub fn malformed_total(&self) -> u64 {
         self.malformed.values().sum()
+    }
+}
+
+/// Upper bounds of the ACK latency buckets, in microseconds (the last bucket is unbounded).
+pub const ACK_LATENCY_BOUNDS_US: [u64; 14] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 5_000_000,
+];
+
+/// A latency histogram: how many observations fell at or below each bound.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LatencyHistogram {
+    /// Count per bucket of [`ACK_LATENCY_BOUNDS_US`] (not cumulative); the extra last entry
+    /// counts what was above the last bound.
+    pub counts: Vec<u64>,
+    /// Sum of all observations, in microseconds.
+    pub sum_us: u64,
+}
+
+impl LatencyHistogram {
+    /// Observations in all.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Latency {
+    counts: [AtomicU64; ACK_LATENCY_BOUNDS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Latency {
+    pub(crate) fn observe(&self, d: std::time::Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = ACK_LATENCY_BOUNDS_US.partition_point(|b| *b < us);
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    fn snapshot(&self) -> LatencyHistogram {
+        LatencyHistogram {
+            counts: self.counts.iter().map(|c| c.load(Relaxed)).collect(),
+            sum_us: self.sum_us.load(Relaxed),
+        }
     }
 }

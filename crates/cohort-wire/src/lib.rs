@@ -54,6 +54,7 @@ mod proto;
 pub mod fuzz;
 #[cfg(feature = "serde")]
 pub mod serde_ms;
+pub mod units;
 
 #[cfg(test)]
 mod tests;

@@ -30,13 +30,17 @@ pub const MAX_DATAGRAM: usize = 65_507;
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct WireLimits {
     /// Largest prost-encoded frame header, in bytes. Default 16 KiB.
+    #[cfg_attr(feature = "serde", serde(deserialize_with = "crate::serde_ms::size"))]
     pub max_frame_header: u32,
     /// Largest frame payload, in bytes. Default 32 MiB (messages above the fragmentation size,
     /// 100 KiB by default, are split long before this).
+    #[cfg_attr(feature = "serde", serde(deserialize_with = "crate::serde_ms::size"))]
     pub max_frame_payload: u32,
     /// Largest beacon datagram, in bytes. Default and maximum 65,507.
+    #[cfg_attr(feature = "serde", serde(deserialize_with = "crate::serde_ms::size"))]
     pub max_beacon: usize,
     /// Largest member payload, in bytes. Default 4 KiB.
+    #[cfg_attr(feature = "serde", serde(deserialize_with = "crate::serde_ms::size"))]
     pub max_member_payload: usize,
     /// Most ranges plus failures in one ACK frame. Default 4,096.
     pub max_ack_entries: usize,

@@ -175,6 +175,8 @@ pub struct Member {
     pub domain: Bytes,
     /// Human-readable node name, by default the host name.
     pub name: String,
+    /// The host name of the machine the member runs on (empty when unknown), for operators.
+    pub host: String,
     /// When the member's membership service started, in ms since the Unix epoch. The lead is
     /// the member with the smallest value (ties broken by id).
     pub start_time_ms: u64,
@@ -195,6 +197,7 @@ impl Member {
             cluster: String::new(),
             domain: Bytes::new(),
             name: String::new(),
+            host: String::new(),
             start_time_ms: 0,
             versions: VersionRange::CURRENT,
             payload: Bytes::new(),

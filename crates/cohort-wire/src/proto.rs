@@ -35,6 +35,8 @@ pub(crate) struct MemberPb {
     pub(crate) version_max: u32,
     #[prost(bytes = "bytes", tag = "11")]
     pub(crate) payload: Bytes,
+    #[prost(string, tag = "12")]
+    pub(crate) host: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -150,6 +152,7 @@ pub(crate) fn validate_member(m: &Member, limits: &WireLimits) -> Result<(), Enc
     check_encode_len("cluster", m.cluster.len(), MAX_CLUSTER_LEN)?;
     check_encode_len("domain", m.domain.len(), MAX_DOMAIN_LEN)?;
     check_encode_len("name", m.name.len(), MAX_NAME_LEN)?;
+    check_encode_len("host", m.host.len(), MAX_NAME_LEN)?;
     check_encode_len("payload", m.payload.len(), limits.max_member_payload)
 }
 
@@ -169,6 +172,7 @@ pub(crate) fn member_to_pb(m: &Member) -> MemberPb {
         version_min: u32::from(m.versions.min),
         version_max: u32::from(m.versions.max),
         payload: m.payload.clone(),
+        host: m.host.clone(),
     }
 }
 
@@ -200,6 +204,7 @@ pub(crate) fn member_from_pb(pb: MemberPb, limits: &WireLimits) -> Result<Member
     check_len(WHAT, "cluster", pb.cluster.len(), MAX_CLUSTER_LEN)?;
     check_len(WHAT, "domain", pb.domain.len(), MAX_DOMAIN_LEN)?;
     check_len(WHAT, "name", pb.name.len(), MAX_NAME_LEN)?;
+    check_len(WHAT, "host", pb.host.len(), MAX_NAME_LEN)?;
     check_len(WHAT, "payload", pb.payload.len(), limits.max_member_payload)?;
     let version = |field, v: u32| {
         u8::try_from(v).map_err(|_| out_of_range(WHAT, field, format!("{v} > 255")))
@@ -220,6 +225,7 @@ pub(crate) fn member_from_pb(pb: MemberPb, limits: &WireLimits) -> Result<Member
         cluster: pb.cluster,
         domain: pb.domain,
         name: pb.name,
+        host: pb.host,
         start_time_ms: pb.start_time_ms,
         versions,
         payload: pb.payload,

@@ -25,6 +25,7 @@ fn member() -> Member {
         cluster: "prod".into(),
         domain: Bytes::new(),
         name: "n1".into(),
+        host: String::new(),
         start_time_ms: 1_000,
         versions: VersionRange { min: 1, max: 1 },
         payload: Bytes::from_static(b"AB"),

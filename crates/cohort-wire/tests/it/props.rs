@@ -30,12 +30,13 @@ prop_compose! {
         cluster in text(40),
         domain in bytes(MAX_DOMAIN_LEN),
         name in text(MAX_NAME_LEN),
+        host in text(64),
         start_time_ms in any::<u64>(),
         (min, max) in (0u8..=255, 0u8..=255).prop_map(|(a, b)| (a.min(b), a.max(b))),
         payload in bytes(512),
     ) -> Member {
         Member {
-            id, addr, port, udp_port, cluster, domain, name, start_time_ms,
+            id, addr, port, udp_port, cluster, domain, name, host, start_time_ms,
             versions: VersionRange { min, max }, payload,
         }
     }
