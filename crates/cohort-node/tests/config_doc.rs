@@ -219,3 +219,51 @@ fn every_interceptor_option_is_documented_in_its_section() {
         }
     }
 }
+
+#[test]
+fn durations_and_sizes_take_units() {
+    let c = NodeConfig::from_toml(
+        "[membership]\nfrequency = \"250ms\"\ndrop_time = \"2s\"\n\
+         [transport]\nidle_timeout = \"2m\"\nrx_buf_size = \"32KiB\"\nmax_inbound_bytes = \"1GiB\"\n\
+         [transport.limits]\nmax_frame_payload = \"16MiB\"\n\
+         [channel]\nasync_queue_bytes = \"10MB\"\ndrain_timeout = 1500\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.membership.config.frequency,
+        std::time::Duration::from_millis(250)
+    );
+    assert_eq!(
+        c.membership.config.drop_time,
+        std::time::Duration::from_secs(2)
+    );
+    assert_eq!(
+        c.transport.idle_timeout,
+        std::time::Duration::from_secs(120)
+    );
+    assert_eq!(c.transport.rx_buf_size, 32 * 1024);
+    assert_eq!(c.transport.max_inbound_bytes, 1 << 30);
+    assert_eq!(c.transport.limits.max_frame_payload, 16 << 20);
+    assert_eq!(c.channel.async_queue_bytes, 10_000_000);
+    assert_eq!(
+        c.channel.drain_timeout,
+        std::time::Duration::from_millis(1500)
+    );
+    for (text, key) in [
+        (
+            "[transport]\nidle_timeout = \"2 fortnights\"\n",
+            "transport.idle_timeout",
+        ),
+        (
+            "[transport]\nrx_buf_size = \"64KB\"\nidle_timeout = \"5\"\n",
+            "transport.idle_timeout",
+        ),
+        (
+            "[transport.limits]\nmax_frame_payload = \"8GiB\"\n",
+            "transport.limits.max_frame_payload",
+        ),
+    ] {
+        let err = NodeConfig::from_toml(text).err().unwrap().to_string();
+        assert!(err.contains(key), "{text:?}: {err}");
+    }
+}
