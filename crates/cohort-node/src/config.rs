@@ -72,6 +72,9 @@ pub struct FileConfig {
     /// `[[interceptor]]`, in stack order (first = top). Absent: the default stack.
     #[serde(default)]
     pub interceptor: Option<Vec<InterceptorConfig>>,
+    /// `[[job]]`: lead-only jobs.
+    #[serde(default)]
+    pub job: Vec<crate::jobs::JobConfig>,
 }
 
 /// `[node]`
@@ -196,6 +199,8 @@ pub struct NodeConfig {
     pub admin: AdminConfig,
     /// The interceptor stack, top first (validated as a whole).
     pub interceptors: Vec<InterceptorConfig>,
+    /// Lead-only jobs.
+    pub jobs: Vec<crate::jobs::Job>,
 }
 
 /// `static_bind` and `static_members` of `[membership]`.
@@ -347,8 +352,10 @@ impl NodeConfig {
         let interceptors = f.interceptor.unwrap_or_else(default_stack);
         validate_stack(&interceptors)
             .map_err(|e| invalid(&format!("interceptor[{}] ({})", e.index, e.kind), e.reason))?;
+        let jobs = crate::jobs::validate(f.job)?;
         Ok(Self {
             interceptors,
+            jobs,
             name: f.node.name,
             print_messages: f.node.print_messages,
             traffic_rate: match f.node.traffic_rate {

@@ -27,6 +27,7 @@
 pub mod admin;
 pub mod bench;
 pub mod config;
+pub mod jobs;
 pub mod metrics;
 pub mod node;
 pub mod traffic;

@@ -146,6 +146,7 @@ pub struct Node {
     /// The node's own counters (also on `/metrics`).
     pub metrics: Arc<NodeMetrics>,
     ready: Arc<std::sync::atomic::AtomicBool>,
+    jobs: tokio::task::JoinSet<()>,
 }
 
 /// Starts a node and emits `ready`.
@@ -226,6 +227,17 @@ pub async fn start(config: NodeConfig, events: &Events) -> anyhow::Result<Node> 
         "pid": std::process::id(),
     }));
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    let jobs = crate::jobs::start(
+        config.jobs.clone(),
+        crate::jobs::Runner {
+            channel: channel.clone(),
+            events: events.clone(),
+            node: node_name.clone(),
+            metrics: node_metrics.clone(),
+            // A member that just started may not have heard of the lead yet.
+            settle: config.membership.config.drop_time,
+        },
+    );
     if let Some(coordinator) = stack.handles.coordinator.clone() {
         let events = events.clone();
         let node = node_name.clone();
@@ -254,15 +266,17 @@ pub async fn start(config: NodeConfig, events: &Events) -> anyhow::Result<Node> 
         traffic,
         metrics: node_metrics,
         ready,
+        jobs,
     })
 }
 
 impl Node {
     /// Leaves gracefully (a shutdown beacon: peers drop this member at once) and emits
     /// `stopped`.
-    pub async fn stop(self, events: &Events) {
+    pub async fn stop(mut self, events: &Events) {
         self.ready
             .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.jobs.shutdown().await;
         // The endpoint's connections hold the channel (and, through its listeners, the event
         // writer): end them first.
         if let Some(admin) = self.admin_server {
