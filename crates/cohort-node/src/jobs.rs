@@ -117,7 +117,11 @@ pub fn validate(jobs: Vec<JobConfig>) -> Result<Vec<Job>, ConfigError> {
             return Err(invalid(i, "name", "1 to 64 characters"));
         }
         if out.iter().any(|j| j.config.name == config.name) {
-            return Err(invalid(i, "name", format!("{:?} is used twice", config.name)));
+            return Err(invalid(
+                i,
+                "name",
+                format!("{:?} is used twice", config.name),
+            ));
         }
         if config.command.trim().is_empty() {
             return Err(invalid(i, "command", "empty"));
@@ -136,7 +140,13 @@ pub fn validate(jobs: Vec<JobConfig>) -> Result<Vec<Job>, ConfigError> {
                     .map_err(|e| invalid(i, "cron", format!("{expr:?}: {e}")))?;
                 Schedule::Cron(Box::new(cron))
             }
-            _ => return Err(invalid(i, "every", "give exactly one of `every` and `cron`")),
+            _ => {
+                return Err(invalid(
+                    i,
+                    "every",
+                    "give exactly one of `every` and `cron`",
+                ));
+            }
         };
         let timeout = config.timeout.unwrap_or(match schedule {
             Schedule::Every(every) => every,

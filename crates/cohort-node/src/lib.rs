@@ -1,9 +1,11 @@
-//! The `cohort` node: configuration, the node runtime, and the admin endpoint behind
-//! `cohort status`. The binary (`src/main.rs`) is a thin command line over this library.
+//! The `cohort` node: configuration, the node runtime, the HTTP admin endpoint behind
+//! `cohort status` (status page, JSON, Prometheus metrics, health checks), and lead-only jobs.
+//! The binary (`src/main.rs`) is a thin command line (clap) over this library.
 //!
 //! The TOML file has one table per component (`[node]`, `[membership]`,
-//! `[membership.multicast]`, `[transport]`, `[channel]`, `[admin]`); every key is optional and
-//! defaults to Tribes' value; unknown keys and invalid values are errors naming the key.
+//! `[membership.multicast]`, `[transport]`, `[channel]`, `[admin]`, `[[interceptor]]`,
+//! `[[job]]`); every key is optional and defaults to Tribes' value; durations and sizes take
+//! units (`"500ms"`, `"64KiB"`); unknown keys and invalid values are errors naming the key.
 //!
 //! ```
 //! use cohort_node::config::NodeConfig;

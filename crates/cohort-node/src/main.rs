@@ -234,6 +234,13 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     if args.print_messages {
         config.print_messages = true;
     }
+    let name = config
+        .name
+        .clone()
+        .unwrap_or_else(|| cohort_net::Net::host_name(&cohort_net::TokioNet));
+    // Every line the node logs carries its name (DESIGN.md §3's tracing vocabulary).
+    let span = tracing::info_span!("node", node = %name);
+    let _entered = span.enter();
     runtime_with(config.runtime_threads)?.block_on(async move {
         let (events, writer) = Events::start(std::io::stdout());
         let node = node::start(config, &events).await?;

@@ -257,7 +257,7 @@ impl Collector for Snapshots {
                 #[allow(clippy::cast_precision_loss)]
                 let bound = ACK_LATENCY_BOUNDS_US
                     .get(i)
-                    .map_or(f64::INFINITY, |us| *us as f64 / 1e6);
+                    .map_or(f64::MAX, |us| *us as f64 / 1e6);
                 buckets.push((bound, cumulative));
             }
             let mut metric = enc.encode_descriptor(

@@ -10,7 +10,7 @@
 //! `traffic_failed` for those that did not). From those lines a harness checks: no duplicates,
 //! each mode's sequence increasing per sender, and every acknowledged message delivered.
 //!
-//! The admin command `traffic stop` stops sending, waits for the outstanding receipts and
+//! `POST /api/traffic/stop` on the admin endpoint stops sending, waits for the outstanding receipts and
 //! answers with the counts (also written as a `traffic_stopped` line).
 
 use std::sync::Arc;

@@ -111,9 +111,14 @@ async fn routes_answer_and_metrics_parse() {
         .filter_map(|s| s.labels.get("mode").map(str::to_owned))
         .collect();
     assert_eq!(modes, ["async", "sync_ack", "ack", "plain"], "{text}");
+    let prometheus_parse::Value::Histogram(buckets) = &find("cohort_ack_latency_seconds")[0].value
+    else {
+        panic!("a histogram: {text}");
+    };
+    assert_eq!(buckets.len(), 15, "{text}");
     assert!(
-        matches!(find("cohort_ack_latency_seconds")[0].value, prometheus_parse::Value::Histogram(ref b) if b.len() == 15),
-        "{text}"
+        buckets.last().unwrap().less_than.is_infinite() && text.contains("le=\"+Inf\""),
+        "the last bucket is +Inf: {text}"
     );
     assert!(!find("cohort_input_rejected_total").is_empty(), "{text}");
     assert!(!find("cohort_lead_changes_total").is_empty(), "{text}");

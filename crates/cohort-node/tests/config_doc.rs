@@ -267,3 +267,23 @@ fn durations_and_sizes_take_units() {
         assert!(err.contains(key), "{text:?}: {err}");
     }
 }
+
+#[test]
+fn every_job_option_is_documented() {
+    let doc = doc();
+    let at = doc.find("## Lead-only jobs").expect("a jobs section");
+    let section = &doc[at..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    let err = NodeConfig::from_toml("[[job]]\nname = \"x\"\nzz_not_a_key = 1\n")
+        .err()
+        .unwrap()
+        .to_string();
+    let options = expected_names(&err);
+    assert!(options.len() >= 5, "{options:?}");
+    for option in options {
+        assert!(
+            section.contains(&format!("`{option}`")),
+            "job option `{option}` is not documented"
+        );
+    }
+}

@@ -71,7 +71,10 @@ fn jobs_run_on_the_lead_only_and_move_with_it() {
         .into_iter()
         .map(|(i, at, t)| (i + 1, at, t))
         .collect();
-    assert!(before_runs.len() >= 4, "ticks ran before the kill: {before_runs:?}");
+    assert!(
+        before_runs.len() >= 4,
+        "ticks ran before the kill: {before_runs:?}"
+    );
     assert!(
         before_runs.iter().all(|(i, ..)| *i == 0),
         "only the lead (j0) runs: {before_runs:?}"
@@ -84,7 +87,10 @@ fn jobs_run_on_the_lead_only_and_move_with_it() {
         per_tick.values().all(|n| *n == 1),
         "a tick ran on two members: {per_tick:?}"
     );
-    assert!(after_runs.len() >= 3, "the new lead took over: {after_runs:?}");
+    assert!(
+        after_runs.len() >= 3,
+        "the new lead took over: {after_runs:?}"
+    );
     assert!(
         after_runs.iter().all(|(i, ..)| *i == 1),
         "only the new lead (j1) runs: {after_runs:?}"

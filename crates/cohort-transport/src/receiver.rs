@@ -49,7 +49,11 @@ pub(crate) async fn accept_loop<N: Net>(shared: Arc<Shared<N>>, listener: N::Tcp
         }
         Counters::inc(&counters.connections_accepted);
         Counters::inc(&counters.connections_in);
-        tokio::spawn(serve(shared.clone(), stream, from, next_conn, kill_rx));
+        let span = tracing::debug_span!("peer", peer = %from, direction = "in");
+        tokio::spawn(tracing::Instrument::instrument(
+            serve(shared.clone(), stream, from, next_conn, kill_rx),
+            span,
+        ));
         // Let the new connection read its hello before the next accept can evict it.
         tokio::task::yield_now().await;
     }

@@ -167,7 +167,8 @@ fn spawn_peer<N: Net>(shared: &Arc<Shared<N>>, addr: SocketAddr) -> Arc<Peer> {
                 conn: None,
                 buf: BytesMut::with_capacity(shared.config.write_batch_bytes.min(1 << 20)),
             };
-            tokio::spawn(lane.run(rx));
+            let span = tracing::debug_span!("peer", peer = %addr, direction = "out");
+            tokio::spawn(tracing::Instrument::instrument(lane.run(rx), span));
             tx
         })
         .collect();
@@ -542,7 +543,11 @@ impl<N: Net> Lane<N> {
         };
         self.connected.fetch_add(1, Relaxed);
         Counters::inc(&self.shared.counters.connections_out);
-        let reader = tokio::spawn(reader.run(read, leftover)).abort_handle();
+        let reader = tokio::spawn(tracing::Instrument::instrument(
+            reader.run(read, leftover),
+            tracing::Span::current(),
+        ))
+        .abort_handle();
         self.conn = Some(Conn {
             addr: self.addr,
             counters: self.shared.counters.clone(),

@@ -86,7 +86,6 @@ impl Proc {
 
 pub use cohort_test_support::free_udp_port;
 
-
 pub fn config_with(me: u16, peers: &[u16], drop_time: u64, extra: &str) -> String {
     let peers: Vec<String> = peers.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
     let peers = peers.join(", ");
@@ -111,4 +110,3 @@ port = 0
 "#
     )
 }
-
