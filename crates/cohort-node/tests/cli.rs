@@ -83,3 +83,59 @@ fn usage_errors_exit_2_and_runtime_errors_exit_1_without_a_backtrace() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    let m = cohort_test_support::private_multicast();
+    let dir = std::env::temp_dir().join(format!("cohort-cli-json-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("n.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[membership]\ncluster = \"logs-{p}\"\n[membership.multicast]\ngroup = \"{g}\"\nport = {p}\n\
+             ttl = 0\n[transport]\nport = 0\n[admin]\nport = 0\n",
+            g = m.group,
+            p = m.port
+        ),
+    )
+    .unwrap();
+    let child = Command::new(BIN)
+        .args([
+            "node",
+            "--log-format",
+            "json",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut node = cohort_test_support::KillOnDrop(child);
+    let mut stdout = std::io::BufReader::new(node.0.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert!(line.contains("\"ready\""), "{line}");
+    // SIGTERM by PID: a graceful stop, then stderr is complete.
+    let pid = node.pid().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = node.0.wait().unwrap();
+    assert!(status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut node.0.stderr.take().unwrap(), &mut err).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(!lines.is_empty(), "debug logs were written");
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{l}");
+    }
+}

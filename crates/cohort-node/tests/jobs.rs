@@ -33,10 +33,12 @@ fn jobs_run_on_the_lead_only_and_move_with_it() {
     );
     let names = ["j0", "j1", "j2"];
     let mut procs = Vec::new();
+    let mut admins = Vec::new();
     for (i, me) in ports.iter().enumerate() {
         let peers: Vec<u16> = ports.iter().copied().filter(|p| p != me).collect();
         let p = Proc::start(&config_with(*me, &peers, 1000, &extra), names[i]);
-        p.wait_for("ready", |v| v["event"] == "ready");
+        let ready = p.wait_for("ready", |v| v["event"] == "ready");
+        admins.push(ready["admin"].as_str().unwrap().to_owned());
         procs.push(p);
         // Distinct start times: j0 is the lead, then j1.
         std::thread::sleep(Duration::from_millis(20));
@@ -48,6 +50,7 @@ fn jobs_run_on_the_lead_only_and_move_with_it() {
         Instant::now() + Duration::from_millis(4000),
         &mut lines,
     );
+    let new_lead_admin = admins[1].clone();
     let mut victim = procs.remove(0);
     let killed = Instant::now();
     victim.child.kill().unwrap(); // SIGKILL, by PID
@@ -124,4 +127,35 @@ fn jobs_run_on_the_lead_only_and_move_with_it() {
         assert_eq!(f["exit_code"], 0, "{f}");
         assert_eq!(f["output"], "ran\n", "{f}");
     }
+    // The new lead counts its runs on /metrics.
+    let admin = new_lead_admin.parse().unwrap();
+    let text = http_get(admin, "/metrics");
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let runs = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "cohort_job_runs_total" && s.labels.get("job") == Some("tick"))
+        .map(|s| s.value.clone());
+    match runs {
+        Some(prometheus_parse::Value::Counter(n) | prometheus_parse::Value::Untyped(n)) => {
+            assert!(n >= 3.0, "{n} runs counted:\n{text}");
+        }
+        other => panic!("no job run counter ({other:?}):\n{text}"),
+    }
+}
+
+/// A GET over a plain connection (the endpoint answers one request and closes).
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
 }
