@@ -52,6 +52,7 @@
 //! ```
 
 mod config;
+mod core;
 mod error;
 mod handshake;
 mod probe;

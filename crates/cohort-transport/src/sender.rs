@@ -1,11 +1,19 @@
 //! Outbound side: per-peer queues, lazily opened connections, coalesced writes, pipelined
 //! ACK tracking.
 //!
-//! One task per connection slot ("lane") owns the write half; a second task per connection
-//! reads ACK frames and completes the messages they name. Both share the connection's
-//! [`InFlight`] table (one `std::sync::Mutex`, never held across an await).
+//! One task per connection slot ("lane") owns everything about its connection: the socket's
+//! two halves, the handshake's seals, and the in-flight table ([`crate::core::Outbound`], the
+//! sans-IO core that decides what an ACK, a timeout or a close completes). The task waits on
+//! its queue, the socket and the core's timer at once, and reads ACKs while it writes, so a
+//! peer's ACK stream never stalls behind a large write. Nothing about a connection is shared
+//! between tasks.
+//!
+//! Queues: each lane's queue is bounded in bytes by `max_peer_queue_bytes` per peer (frames
+//! with the ASYNCHRONOUS option are counted but admitted: the channel's ASYNCHRONOUS queue
+//! bounds them); a lane takes no more from its queue than its in-flight table has room for
+//! (`max_in_flight`), so a slow peer's backlog waits in the queue, counted, and then refused.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,11 +21,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use cohort_net::Net;
-use cohort_wire::{AckFrame, Frame, SendOptions};
+use cohort_wire::{Frame, SendOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::core::{Outbound, Outcome};
 use crate::handshake::{self, ReadSeal, WriteSeal};
 use crate::stats::Counters;
 use crate::{Completion, Delivered, PeerState, SendError, Shared};
@@ -182,59 +191,19 @@ fn spawn_peer<N: Net>(shared: &Arc<Shared<N>>, addr: SocketAddr) -> Arc<Peer> {
     })
 }
 
-/// Messages written and awaiting their ACK on one connection.
-struct InFlight {
-    map: HashMap<u64, (Completion, OwnedSemaphorePermit, Instant)>,
-    /// (deadline, id), in send order; the deadline is constant per connection, so this is
-    /// sorted.
-    deadlines: VecDeque<(Instant, u64)>,
-    /// Set when the connection is gone; later registrations fail at once.
-    closed: Option<String>,
-}
-
-impl InFlight {
-    /// Marks the connection closed (the first reason stays) and fails every message in
-    /// flight on it with `err`, counted. Completions run outside the lock.
-    fn fail_all(table: &Mutex<InFlight>, err: &SendError, counters: &Counters) {
-        let pending = {
-            let mut table = lock(table);
-            table.closed.get_or_insert_with(|| err.to_string());
-            table.deadlines.clear();
-            std::mem::take(&mut table.map)
-        };
-        for (_, (done, _permit, _)) in pending {
-            Counters::inc(&counters.send_failures);
-            done(Err(err.clone()));
-        }
-    }
-}
-
+/// One open connection and everything about it; owned by its lane's task.
 struct Conn<S> {
-    addr: SocketAddr,
-    counters: Arc<Counters>,
+    read: ReadHalf<S>,
     write: WriteHalf<S>,
-    /// Seals each frame for this connection (keyed clusters).
     seal: WriteSeal,
-    in_flight: Arc<Mutex<InFlight>>,
-    permits: Arc<Semaphore>,
+    read_seal: ReadSeal,
+    read_buf: BytesMut,
+    core: Outbound<Completion>,
     opened: Instant,
     /// When frames were last written: the lane closes the connection itself after half the
     /// receiver's `idle_timeout` without traffic, before the receiver would.
     last_write: Instant,
     messages: u64,
-    reader: tokio::task::AbortHandle,
-}
-
-impl<S> Drop for Conn<S> {
-    fn drop(&mut self) {
-        self.reader.abort();
-        self.permits.close();
-        let err = SendError::ConnectionLost {
-            addr: self.addr,
-            reason: "connection closed".into(),
-        };
-        InFlight::fail_all(&self.in_flight, &err, &self.counters);
-    }
 }
 
 struct Lane<N: Net> {
@@ -247,47 +216,92 @@ struct Lane<N: Net> {
     buf: BytesMut,
 }
 
+/// What woke a lane.
+enum Wake {
+    Stop,
+    Message(Option<Outgoing>),
+    Read(std::io::Result<usize>),
+    Deadline,
+    Idle,
+}
+
+/// Reads from the connection, if there is one; never completes otherwise.
+async fn read_some<S: tokio::io::AsyncRead>(
+    conn: Option<(&mut ReadHalf<S>, &mut BytesMut)>,
+) -> std::io::Result<usize> {
+    match conn {
+        Some((read, buf)) => {
+            buf.reserve(8 * 1024);
+            read.read_buf(buf).await
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
 impl<N: Net> Lane<N> {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
         let mut stop = self.shared.stop_rx.clone();
         let mut batch: Vec<Outgoing> = Vec::new();
         let idle = self.shared.config.idle_timeout / 2;
         loop {
+            // A full in-flight table takes nothing more from the queue until ACKs come.
+            let room = self
+                .conn
+                .as_ref()
+                .map_or(self.shared.config.max_in_flight, |c| c.core.room());
+            let deadline = self
+                .conn
+                .as_ref()
+                .and_then(|c| c.core.poll_timeout())
+                .map(Instant::from_std);
             let idle_at = self.conn.as_ref().map(|c| c.last_write + idle);
-            let idle_due = async move {
-                match idle_at {
-                    Some(t) => tokio::time::sleep_until(t).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let first = tokio::select! {
+            let reading = self.conn.as_mut().map(|c| (&mut c.read, &mut c.read_buf));
+            let wake = tokio::select! {
                 biased;
-                () = crate::stopped(&mut stop) => break,
-                m = rx.recv() => match m { Some(m) => m, None => break },
-                () = idle_due => {
-                    self.close_if_idle();
-                    continue;
-                }
+                () = crate::stopped(&mut stop) => Wake::Stop,
+                r = read_some(reading) => Wake::Read(r),
+                () = sleep_until(deadline) => Wake::Deadline,
+                m = rx.recv(), if room > 0 => Wake::Message(m),
+                () = sleep_until(idle_at) => Wake::Idle,
             };
-            batch.push(first);
-            let mut bytes = batch[0].frame.len();
-            let mut acks = usize::from(batch[0].want_ack);
-            let max_acks = self.shared.config.max_in_flight;
-            while bytes < self.shared.config.write_batch_bytes && acks < max_acks {
-                match rx.try_recv() {
-                    Ok(m) => {
-                        bytes += m.frame.len();
-                        acks += usize::from(m.want_ack);
-                        batch.push(m);
+            match wake {
+                Wake::Stop | Wake::Message(None) => break,
+                Wake::Read(r) => {
+                    if let Err(reason) = self.on_read(r) {
+                        self.close_lost(&reason, true);
                     }
-                    Err(_) => break,
+                }
+                Wake::Deadline => self.on_deadline(),
+                Wake::Idle => self.close_if_idle(),
+                Wake::Message(Some(first)) => {
+                    let max_acks = room;
+                    let mut bytes = first.frame.len();
+                    let mut acks = usize::from(first.want_ack);
+                    batch.push(first);
+                    while bytes < self.shared.config.write_batch_bytes && acks < max_acks {
+                        match rx.try_recv() {
+                            Ok(m) => {
+                                bytes += m.frame.len();
+                                acks += usize::from(m.want_ack);
+                                batch.push(m);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.queued_bytes.fetch_sub(bytes, Relaxed);
+                    self.write_batch(&mut batch).await;
                 }
             }
-            self.queued_bytes.fetch_sub(bytes, Relaxed);
-            self.write_batch(&mut batch).await;
         }
-        // Stopped or removed: fail what is still queued.
-        self.conn = None;
+        // Stopped or removed: fail what is in flight and what is still queued.
+        self.close_lost("transport stopped", false);
         rx.close();
         while let Ok(m) = rx.try_recv() {
             self.queued_bytes.fetch_sub(m.frame.len(), Relaxed);
@@ -303,16 +317,143 @@ impl<N: Net> Lane<N> {
         }
     }
 
+    /// Runs the completions the core has decided, outside any borrow of the connection.
+    fn complete(&mut self) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let counters = &self.shared.counters;
+        let mut done = Vec::new();
+        while let Some(c) = conn.core.poll_completed() {
+            done.push(c);
+        }
+        for c in done {
+            if let Some(latency) = c.latency {
+                counters.ack_latency.observe(latency);
+            }
+            let result = match c.outcome {
+                Outcome::Acked => {
+                    Counters::inc(&counters.acked);
+                    Ok(Delivered::Acked)
+                }
+                Outcome::FailAck(reason) => {
+                    Counters::inc(&counters.fail_acked);
+                    Counters::inc(&counters.send_failures);
+                    Err(SendError::FailAck {
+                        addr: self.addr,
+                        reason,
+                    })
+                }
+                Outcome::Timeout => {
+                    Counters::inc(&counters.ack_timeouts);
+                    Counters::inc(&counters.send_failures);
+                    Err(SendError::Timeout {
+                        addr: self.addr,
+                        after: self.shared.config.send_timeout,
+                    })
+                }
+                Outcome::Lost(reason) => {
+                    Counters::inc(&counters.send_failures);
+                    Err(SendError::ConnectionLost {
+                        addr: self.addr,
+                        reason,
+                    })
+                }
+            };
+            (c.token)(result);
+        }
+    }
+
+    /// Bytes read from the connection: decodes the ACK frames and hands them to the core.
+    /// An error is the reason to close the connection.
+    fn on_read(&mut self, read: std::io::Result<usize>) -> Result<(), String> {
+        match read {
+            Ok(0) => return Err("closed by peer".into()),
+            Err(e) => return Err(e.to_string()),
+            Ok(_) => {}
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        let counters = &self.shared.counters;
+        let now = Instant::now().into_std();
+        let result = loop {
+            match conn
+                .read_seal
+                .decode(&self.shared.codec, &mut conn.read_buf)
+            {
+                Ok(None) => break Ok(()),
+                Ok(Some(Frame::Ack(ack))) => {
+                    Counters::inc(&counters.ack_frames_received);
+                    let unknown = conn.core.unknown_acks();
+                    conn.core.on_ack(now, &ack);
+                    Counters::add(&counters.unknown_acks, conn.core.unknown_acks() - unknown);
+                }
+                Ok(Some(other)) => {
+                    Counters::inc(&counters.protocol_violations);
+                    break Err(format!(
+                        "peer sent a {:?} frame on an outbound connection",
+                        other.kind()
+                    ));
+                }
+                Err(e) => {
+                    counters.malformed(e.kind_name());
+                    break Err(format!("malformed ACK stream: {e}"));
+                }
+            }
+        };
+        self.complete();
+        result
+    }
+
+    /// The core's timer: messages past their deadline fail, and the connection closes.
+    fn on_deadline(&mut self) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let expired = conn.core.on_timeout(Instant::now().into_std());
+        self.complete();
+        if expired {
+            let reason = format!(
+                "closed after an ACK timeout ({:?})",
+                self.shared.config.send_timeout
+            );
+            self.close_lost(&reason, true);
+        }
+    }
+
+    /// Closes the connection, failing everything in flight on it with `reason`; with
+    /// `report`, tells the layer above (evidence for a failure detector).
+    fn close_lost(&mut self, reason: &str, report: bool) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        conn.core.close(reason);
+        self.conn = Some(conn);
+        self.complete();
+        self.conn = None;
+        self.connected.fetch_sub(1, Relaxed);
+        Counters::dec(&self.shared.counters.connections_out);
+        if report {
+            self.shared.peer_event(crate::PeerEvent {
+                addr: self.addr,
+                member: None,
+                direction: crate::Direction::Outbound,
+                reason: reason.to_owned(),
+            });
+        }
+    }
+
     async fn write_batch(&mut self, batch: &mut Vec<Outgoing>) {
         let shared = self.shared.clone();
         let cfg = &shared.config;
         let expired = self.conn.as_ref().is_some_and(|c| {
-            lock(&c.in_flight).closed.is_some()
+            c.core.is_closed()
                 || cfg.keep_alive_count.is_some_and(|n| c.messages >= n)
                 || cfg.keep_alive_time.is_some_and(|t| c.opened.elapsed() >= t)
         });
         if expired {
-            self.close();
+            self.close_lost("connection closed", false);
         }
         if self.conn.is_none() {
             if let Err(e) = self.connect().await {
@@ -323,92 +464,81 @@ impl<N: Net> Lane<N> {
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
-        let written = Instant::now();
-        let deadline = written + cfg.send_timeout;
-        // Register the ACK-wanting messages before writing: an ACK can come back before the
-        // write call returns.
-        let acks = batch.iter().filter(|m| m.want_ack).count();
-        let permits = if acks == 0 {
-            None
-        } else {
-            let sem = conn.permits.clone();
-            let n = u32::try_from(acks).unwrap_or(u32::MAX);
-            match tokio::time::timeout_at(deadline, sem.acquire_many_owned(n)).await {
-                Ok(Ok(p)) => Some(p),
-                Ok(Err(_)) => {
-                    let reason = lock(&conn.in_flight)
-                        .closed
-                        .clone()
-                        .unwrap_or_else(|| "connection closed".into());
-                    let err = SendError::ConnectionLost {
-                        addr: self.addr,
-                        reason,
-                    };
-                    self.fail_all(batch, &err);
-                    self.close();
-                    return;
-                }
-                Err(_) => {
-                    Counters::inc(&self.shared.counters.ack_timeouts);
-                    let err = SendError::Timeout {
-                        addr: self.addr,
-                        after: cfg.send_timeout,
-                    };
-                    self.fail_all(batch, &err);
-                    self.close();
-                    return;
-                }
-            }
-        };
+        let now = Instant::now();
+        let deadline = now + cfg.send_timeout;
         self.buf.clear();
         let mut sent_only = Vec::new();
         let mut refused = Vec::new();
         let mut n_frames = 0u64;
-        {
-            let mut permits = permits;
-            let mut table = lock(&conn.in_flight);
-            if table.deadlines.len() > 2 * cfg.max_in_flight {
-                // Completed entries stuck behind a slow head: compact (bounded memory).
-                let InFlight { map, deadlines, .. } = &mut *table;
-                deadlines.retain(|(_, id)| map.contains_key(id));
+        // Register the ACK-wanting messages before writing: an ACK can come back before the
+        // write returns.
+        for m in batch.drain(..) {
+            if let Err(e) = conn.seal.append(&shared.codec, &m.frame, &mut self.buf) {
+                refused.push((m.done, e));
+                continue;
             }
-            for m in batch.drain(..) {
-                if let Err(e) = conn.seal.append(&shared.codec, &m.frame, &mut self.buf) {
-                    refused.push((m.done, e));
-                    continue;
-                }
-                n_frames += 1;
-                if m.want_ack {
-                    let permit = permits
-                        .as_mut()
-                        .and_then(|p| p.split(1))
-                        .expect("one permit per ACK-wanting message");
-                    table.deadlines.push_back((deadline, m.msg_id));
-                    if let Some((old, ..)) = table.map.insert(m.msg_id, (m.done, permit, written)) {
-                        // A reused id: the older send can no longer be matched.
-                        old(Err(SendError::ConnectionLost {
-                            addr: self.addr,
-                            reason: "message id reused while in flight".into(),
-                        }));
-                    }
-                } else {
-                    sent_only.push(m.done);
-                }
+            n_frames += 1;
+            if m.want_ack {
+                conn.core.register(now.into_std(), m.msg_id, m.done);
+            } else {
+                sent_only.push(m.done);
             }
         }
         for (done, e) in refused {
-            Counters::inc(&self.shared.counters.send_failures);
+            Counters::inc(&shared.counters.send_failures);
             done(Err(SendError::BadFrame {
                 addr: self.addr,
                 reason: e.to_string(),
             }));
         }
         conn.messages += n_frames;
-        conn.last_write = Instant::now();
-        let written = tokio::time::timeout_at(deadline, conn.write.write_all(&self.buf)).await;
+        conn.last_write = now;
+        // Write, reading ACKs meanwhile.
+        let mut off = 0;
+        let failure: Option<SendError> = loop {
+            if off == self.buf.len() {
+                break None;
+            }
+            let Some(conn) = self.conn.as_mut() else {
+                break Some(SendError::ConnectionLost {
+                    addr: self.addr,
+                    reason: "connection closed".into(),
+                });
+            };
+            let Conn {
+                read,
+                write,
+                read_buf,
+                ..
+            } = conn;
+            read_buf.reserve(8 * 1024);
+            tokio::select! {
+                biased;
+                w = write.write(&self.buf[off..]) => match w {
+                    Ok(0) => break Some(SendError::ConnectionLost {
+                        addr: self.addr,
+                        reason: "the connection accepts no more bytes".into(),
+                    }),
+                    Ok(n) => off += n,
+                    Err(e) => break Some(SendError::ConnectionLost {
+                        addr: self.addr,
+                        reason: e.to_string(),
+                    }),
+                },
+                r = read.read_buf(read_buf) => {
+                    if let Err(reason) = self.on_read(r) {
+                        self.close_lost(&reason, true);
+                        break Some(SendError::ConnectionLost { addr: self.addr, reason });
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    break Some(SendError::Timeout { addr: self.addr, after: cfg.send_timeout });
+                }
+            }
+        };
         let counters = &self.shared.counters;
-        match written {
-            Ok(Ok(())) => {
+        match failure {
+            None => {
                 Counters::inc(&counters.writes);
                 Counters::add(&counters.frames_sent, n_frames);
                 Counters::add(&counters.bytes_sent, self.buf.len() as u64);
@@ -416,28 +546,19 @@ impl<N: Net> Lane<N> {
                     done(Ok(Delivered::Sent));
                 }
             }
-            Ok(Err(e)) => {
-                let err = SendError::ConnectionLost {
-                    addr: self.addr,
-                    reason: e.to_string(),
-                };
+            Some(err) => {
+                if matches!(err, SendError::Timeout { .. }) {
+                    Counters::inc(&counters.ack_timeouts);
+                }
                 for done in sent_only {
                     Counters::inc(&counters.send_failures);
                     done(Err(err.clone()));
                 }
-                self.close_with(&err);
-            }
-            Err(_) => {
-                Counters::inc(&counters.ack_timeouts);
-                let err = SendError::Timeout {
-                    addr: self.addr,
-                    after: cfg.send_timeout,
+                let reason = match &err {
+                    SendError::ConnectionLost { reason, .. } => reason.clone(),
+                    other => other.to_string(),
                 };
-                for done in sent_only {
-                    Counters::inc(&counters.send_failures);
-                    done(Err(err.clone()));
-                }
-                self.close_with(&err);
+                self.close_lost(&reason, false);
             }
         }
         if self.buf.capacity() > 4 * cfg.write_batch_bytes {
@@ -451,29 +572,12 @@ impl<N: Net> Lane<N> {
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
-        if lock(&conn.in_flight).map.is_empty() {
+        if conn.core.is_empty() {
             tracing::debug!(peer = %self.addr, "closing an idle connection");
-            self.close();
+            self.close_lost("connection closed", false);
         } else {
             conn.last_write = Instant::now();
         }
-    }
-
-    fn close(&mut self) {
-        let err = SendError::ConnectionLost {
-            addr: self.addr,
-            reason: "connection closed".into(),
-        };
-        self.close_with(&err);
-    }
-
-    /// Closes the connection, failing every message in flight on it with `err`.
-    fn close_with(&mut self, err: &SendError) {
-        let Some(conn) = self.conn.take() else {
-            return;
-        };
-        InFlight::fail_all(&conn.in_flight, err, &self.shared.counters);
-        drop(conn);
     }
 
     async fn connect(&mut self) -> Result<(), SendError> {
@@ -516,7 +620,7 @@ impl<N: Net> Lane<N> {
         })
     }
 
-    /// Performs the handshake (docs/PROTOCOL.md §2.3) and starts the ACK reader.
+    /// Performs the handshake (docs/PROTOCOL.md §2.3).
     async fn open(&mut self, mut stream: N::TcpStream) -> std::io::Result<()> {
         let shared = &self.shared;
         let (seal, read_seal, leftover) = handshake::connect(
@@ -527,221 +631,20 @@ impl<N: Net> Lane<N> {
         )
         .await?;
         let (read, write) = tokio::io::split(stream);
-        let in_flight = Arc::new(Mutex::new(InFlight {
-            map: HashMap::new(),
-            deadlines: VecDeque::new(),
-            closed: None,
-        }));
-        let permits = Arc::new(Semaphore::new(self.shared.config.max_in_flight));
-        let reader = AckReader {
-            shared: self.shared.clone(),
-            addr: self.addr,
-            in_flight: in_flight.clone(),
-            permits: permits.clone(),
-            connected: self.connected.clone(),
-            seal: read_seal,
-        };
         self.connected.fetch_add(1, Relaxed);
         Counters::inc(&self.shared.counters.connections_out);
-        let reader = tokio::spawn(tracing::Instrument::instrument(
-            reader.run(read, leftover),
-            tracing::Span::current(),
-        ))
-        .abort_handle();
+        let now = Instant::now();
         self.conn = Some(Conn {
-            addr: self.addr,
-            counters: self.shared.counters.clone(),
+            read,
             write,
             seal,
-            in_flight,
-            permits,
-            opened: Instant::now(),
-            last_write: Instant::now(),
+            read_seal,
+            read_buf: leftover,
+            core: Outbound::new(shared.config.max_in_flight, shared.config.send_timeout),
+            opened: now,
+            last_write: now,
             messages: 0,
-            reader,
         });
         Ok(())
-    }
-}
-
-struct AckReader<N: Net> {
-    shared: Arc<Shared<N>>,
-    addr: SocketAddr,
-    in_flight: Arc<Mutex<InFlight>>,
-    permits: Arc<Semaphore>,
-    connected: Arc<AtomicUsize>,
-    seal: ReadSeal,
-}
-
-impl<N: Net> Drop for AckReader<N> {
-    fn drop(&mut self) {
-        self.connected.fetch_sub(1, Relaxed);
-        Counters::dec(&self.shared.counters.connections_out);
-    }
-}
-
-impl<N: Net> AckReader<N> {
-    async fn run(mut self, mut read: ReadHalf<N::TcpStream>, mut buf: BytesMut) {
-        buf.reserve(8 * 1024);
-        let send_timeout = self.shared.config.send_timeout;
-        let reason = loop {
-            let next_deadline = lock(&self.in_flight)
-                .deadlines
-                .front()
-                .map_or(Instant::now() + send_timeout, |(d, _)| *d);
-            tokio::select! {
-                r = read.read_buf(&mut buf) => match r {
-                    Ok(0) => break SendError::ConnectionLost { addr: self.addr, reason: "closed by peer".into() },
-                    Ok(_) => {
-                        if let Err(e) = self.drain(&mut buf) {
-                            break e;
-                        }
-                    }
-                    Err(e) => break SendError::ConnectionLost { addr: self.addr, reason: e.to_string() },
-                },
-                () = tokio::time::sleep_until(next_deadline) => {
-                    if self.expire() {
-                        break SendError::ConnectionLost {
-                            addr: self.addr,
-                            reason: format!("closed after an ACK timeout ({send_timeout:?})"),
-                        };
-                    }
-                }
-            }
-        };
-        self.permits.close();
-        if let SendError::ConnectionLost { reason: why, .. } = &reason {
-            self.shared.peer_event(crate::PeerEvent {
-                addr: self.addr,
-                member: None,
-                direction: crate::Direction::Outbound,
-                reason: why.clone(),
-            });
-        }
-        InFlight::fail_all(&self.in_flight, &reason, &self.shared.counters);
-    }
-
-    /// Fails messages past their deadline; true when any did (the connection is then closed).
-    fn expire(&self) -> bool {
-        let now = Instant::now();
-        let mut expired = Vec::new();
-        {
-            let mut table = lock(&self.in_flight);
-            while let Some(&(deadline, id)) = table.deadlines.front() {
-                if deadline > now {
-                    break;
-                }
-                table.deadlines.pop_front();
-                if let Some(entry) = table.map.remove(&id) {
-                    expired.push(entry);
-                }
-            }
-        }
-        let any = !expired.is_empty();
-        for (done, _permit, _) in expired {
-            Counters::inc(&self.shared.counters.ack_timeouts);
-            Counters::inc(&self.shared.counters.send_failures);
-            done(Err(SendError::Timeout {
-                addr: self.addr,
-                after: self.shared.config.send_timeout,
-            }));
-        }
-        any
-    }
-
-    fn drain(&mut self, buf: &mut BytesMut) -> Result<(), SendError> {
-        loop {
-            match self.seal.decode(&self.shared.codec, buf) {
-                Ok(None) => return Ok(()),
-                Ok(Some(Frame::Ack(ack))) => self.complete(&ack),
-                Ok(Some(other)) => {
-                    Counters::inc(&self.shared.counters.protocol_violations);
-                    return Err(SendError::ConnectionLost {
-                        addr: self.addr,
-                        reason: format!(
-                            "peer sent a {:?} frame on an outbound connection",
-                            other.kind()
-                        ),
-                    });
-                }
-                Err(e) => {
-                    self.shared.counters.malformed(e.kind_name());
-                    return Err(SendError::ConnectionLost {
-                        addr: self.addr,
-                        reason: format!("malformed ACK stream: {e}"),
-                    });
-                }
-            }
-        }
-    }
-
-    fn complete(&self, ack: &AckFrame) {
-        let counters = &self.shared.counters;
-        Counters::inc(&counters.ack_frames_received);
-        let mut done = Vec::new();
-        let mut unknown = 0u64;
-        {
-            let mut table = lock(&self.in_flight);
-            for range in &ack.acked {
-                let span = range.last.saturating_sub(range.first);
-                if span < table.map.len() as u64 {
-                    for id in range.first..=range.last {
-                        match table.map.remove(&id) {
-                            Some((d, _, at)) => done.push((d, None, at)),
-                            None => unknown += 1,
-                        }
-                    }
-                } else {
-                    // A huge range (or a bogus one) is matched against what is in flight, so
-                    // its size costs nothing.
-                    let ids: Vec<u64> = table
-                        .map
-                        .keys()
-                        .copied()
-                        .filter(|id| range.contains(*id))
-                        .collect();
-                    for id in ids {
-                        if let Some((d, _, at)) = table.map.remove(&id) {
-                            done.push((d, None, at));
-                        }
-                    }
-                }
-            }
-            for fail in &ack.failed {
-                match table.map.remove(&fail.msg_id) {
-                    Some((d, _, at)) => done.push((d, Some(fail.reason.clone()), at)),
-                    None => unknown += 1,
-                }
-            }
-            // ACKs mostly come in send order: drop the deadlines of completed messages from
-            // the front, so the queue stays as short as what is really in flight.
-            while let Some(&(_, id)) = table.deadlines.front() {
-                if table.map.contains_key(&id) {
-                    break;
-                }
-                table.deadlines.pop_front();
-            }
-        }
-        Counters::add(&counters.unknown_acks, unknown);
-        let now = Instant::now();
-        for (d, failure, written) in done {
-            counters
-                .ack_latency
-                .observe(now.saturating_duration_since(written));
-            match failure {
-                None => {
-                    Counters::inc(&counters.acked);
-                    d(Ok(Delivered::Acked));
-                }
-                Some(reason) => {
-                    Counters::inc(&counters.fail_acked);
-                    Counters::inc(&counters.send_failures);
-                    d(Err(SendError::FailAck {
-                        addr: self.addr,
-                        reason,
-                    }));
-                }
-            }
-        }
     }
 }

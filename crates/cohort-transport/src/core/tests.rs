@@ -1,0 +1,166 @@
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use cohort_wire::{AckFrame, AckRange, FailAck};
+use proptest::prelude::*;
+
+use super::{Outbound, Outcome};
+
+const TIMEOUT: Duration = Duration::from_millis(100);
+
+fn drain(o: &mut Outbound<u64>) -> Vec<(u64, Outcome)> {
+    std::iter::from_fn(|| o.poll_completed())
+        .map(|c| (c.token, c.outcome))
+        .collect()
+}
+
+#[test]
+fn acks_fail_acks_and_timeouts_complete_what_they_name() {
+    let t0 = Instant::now();
+    let mut o = Outbound::new(8, TIMEOUT);
+    for id in 1..=4 {
+        o.register(t0, id, id);
+    }
+    assert_eq!(o.room(), 4);
+    o.on_ack(
+        t0 + Duration::from_millis(5),
+        &AckFrame {
+            acked: vec![AckRange { first: 1, last: 2 }, AckRange::single(99)],
+            failed: vec![FailAck {
+                msg_id: 3,
+                reason: "boom".into(),
+            }],
+        },
+    );
+    assert_eq!(
+        drain(&mut o),
+        [
+            (1, Outcome::Acked),
+            (2, Outcome::Acked),
+            (3, Outcome::FailAck("boom".into()))
+        ]
+    );
+    assert_eq!(o.unknown_acks(), 1);
+    assert_eq!(o.poll_timeout(), Some(t0 + TIMEOUT));
+    assert!(!o.on_timeout(t0 + TIMEOUT - Duration::from_millis(1)));
+    assert!(o.on_timeout(t0 + TIMEOUT));
+    assert_eq!(drain(&mut o), [(4, Outcome::Timeout)]);
+    assert_eq!(o.poll_timeout(), None);
+}
+
+#[test]
+fn a_huge_range_costs_what_is_in_flight_and_close_fails_the_rest() {
+    let t0 = Instant::now();
+    let mut o = Outbound::new(8, TIMEOUT);
+    o.register(t0, 10, 10);
+    o.register(t0, 20, 20);
+    o.on_ack(t0, &AckFrame::from_ids(vec![]));
+    o.on_ack(
+        t0,
+        &AckFrame {
+            acked: vec![AckRange { first: 0, last: 15 }],
+            failed: vec![],
+        },
+    );
+    assert_eq!(drain(&mut o), [(10, Outcome::Acked)]);
+    o.close("closed by peer");
+    o.register(t0, 30, 30);
+    assert_eq!(
+        drain(&mut o),
+        [
+            (20, Outcome::Lost("closed by peer".into())),
+            (30, Outcome::Lost("closed by peer".into()))
+        ]
+    );
+    assert_eq!(o.room(), 0);
+}
+
+#[test]
+fn a_reused_id_loses_the_older_message() {
+    let t0 = Instant::now();
+    let mut o = Outbound::new(8, TIMEOUT);
+    o.register(t0, 1, 100);
+    o.register(t0, 1, 200);
+    assert_eq!(
+        drain(&mut o),
+        [(
+            100,
+            Outcome::Lost("message id reused while in flight".into())
+        )]
+    );
+    o.on_ack(t0, &AckFrame::from_ids(vec![1]));
+    assert_eq!(drain(&mut o), [(200, Outcome::Acked)]);
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Register(u8),
+    Ack(u8, u8),
+    Fail(u8),
+    Advance(u8),
+    Close,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => any::<u8>().prop_map(Op::Register),
+        3 => (any::<u8>(), any::<u8>()).prop_map(|(a, b)| Op::Ack(a.min(b), a.max(b))),
+        1 => any::<u8>().prop_map(Op::Fail),
+        2 => any::<u8>().prop_map(Op::Advance),
+        1 => Just(Op::Close),
+    ]
+}
+
+proptest! {
+    /// Any interleaving of sends, ACKs (in range, out of range, duplicated), FAIL_ACKs,
+    /// timeouts and a disconnect: every message completes exactly once, ACKed or failed, never
+    /// both; the table never holds more than its limit; nothing is left once closed.
+    #[test]
+    fn every_send_completes_exactly_once(ops in proptest::collection::vec(op(), 1..200)) {
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut o: Outbound<u64> = Outbound::new(16, TIMEOUT);
+        let mut next_token = 0u64;
+        let mut registered: BTreeMap<u64, u8> = BTreeMap::new();
+        let mut completed: BTreeMap<u64, Outcome> = BTreeMap::new();
+        let record = |o: &mut Outbound<u64>, completed: &mut BTreeMap<u64, Outcome>| {
+            while let Some(c) = o.poll_completed() {
+                prop_assert!(completed.insert(c.token, c.outcome).is_none(), "completed twice");
+            }
+            Ok(())
+        };
+        for op in ops {
+            match op {
+                Op::Register(id) => {
+                    if o.room() > 0 || o.is_closed() {
+                        next_token += 1;
+                        registered.insert(next_token, id);
+                        o.register(now, u64::from(id), next_token);
+                    }
+                }
+                Op::Ack(a, b) => o.on_ack(now, &AckFrame {
+                    acked: vec![AckRange { first: u64::from(a), last: u64::from(b) }],
+                    failed: vec![],
+                }),
+                Op::Fail(id) => o.on_ack(now, &AckFrame {
+                    acked: vec![],
+                    failed: vec![FailAck { msg_id: u64::from(id), reason: "x".into() }],
+                }),
+                Op::Advance(ms) => {
+                    now += Duration::from_millis(u64::from(ms));
+                    if o.poll_timeout().is_some_and(|d| d <= now) {
+                        o.on_timeout(now);
+                    }
+                }
+                Op::Close => o.close("gone"),
+            }
+            record(&mut o, &mut completed)?;
+            prop_assert!(o.len() <= 16);
+            prop_assert_eq!(o.len() + completed.len(), registered.len());
+        }
+        o.close("end");
+        record(&mut o, &mut completed)?;
+        prop_assert_eq!(completed.len(), registered.len());
+        prop_assert!(o.is_empty());
+    }
+}
