@@ -1,0 +1,365 @@
+//! `ChannelHandle`: what applications hold; it talks to the owner task through a bounded
+//! command queue.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use bytes::Bytes;
+use cohort_membership::{MembershipEvent, MembershipView};
+
+use cohort_wire::{Member, SendOptions, Services};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
+
+use crate::core::{Outbound, ProbeError, Suspicion, Ticket};
+use crate::listener::{ChannelListener, ClusterListener, ErrorHandler};
+use crate::receipt::{SendOutcome, SendReceipt, SendState};
+use crate::seams::{ChannelMembership, ChannelTransport};
+
+use super::config::{AsyncFullPolicy, ChannelConfig, ChannelError};
+use super::stats::{ChannelCounters, ChannelStats, Mode, ModeStats};
+
+pub(super) enum Command {
+    Send(Outbound, Arc<SendState>),
+    ProbeResult(usize, Member, Result<(), ProbeError>),
+    Suspect(Member, Suspicion),
+    Leave(oneshot::Sender<()>),
+    Stop(oneshot::Sender<()>),
+}
+
+pub(super) struct HandleShared {
+    pub(super) cmd: mpsc::Sender<Command>,
+    pub(super) ids: Arc<AtomicU64>,
+    pub(super) async_count: Arc<Semaphore>,
+    pub(super) async_bytes: Arc<Semaphore>,
+    pub(super) config: ChannelConfig,
+    pub(super) max_payload: u32,
+    pub(super) local: Member,
+    pub(super) membership: Option<Arc<dyn ChannelMembership>>,
+    pub(super) transport: Arc<dyn ChannelTransport>,
+    pub(super) view: Arc<RwLock<Vec<Member>>>,
+    pub(super) listeners: Arc<RwLock<Vec<Arc<dyn ChannelListener>>>>,
+    pub(super) cluster_listeners: Arc<[Arc<dyn ClusterListener>]>,
+    pub(super) member_tx: broadcast::Sender<MembershipEvent>,
+    pub(super) error_handler: Option<Arc<dyn ErrorHandler>>,
+    pub(super) running: Mutex<Services>,
+    pub(super) counters: Arc<ChannelCounters>,
+}
+
+/// A clonable front to a running channel. When the last handle the application holds is
+/// dropped, the channel stops as [`ChannelHandle::stop`]`(Services::DEFAULT)` would (in a task
+/// on the runtime it was started on): its task, delivery thread and sockets do not outlive it.
+#[derive(Clone)]
+pub struct ChannelHandle {
+    pub(super) shared: Arc<HandleShared>,
+    /// `None` in the channel's own copies (the delivery thread's), which must not keep it
+    /// running.
+    pub(super) _life: Option<Arc<Life>>,
+}
+
+/// Held by every application handle; the last one dropped stops the channel.
+pub(super) struct Life {
+    pub(super) shared: Arc<HandleShared>,
+    pub(super) rt: tokio::runtime::Handle,
+}
+
+impl Drop for Life {
+    fn drop(&mut self) {
+        if self.shared.running().is_empty() {
+            return;
+        }
+        let handle = ChannelHandle {
+            shared: self.shared.clone(),
+            _life: None,
+        };
+        tracing::debug!("every channel handle dropped; stopping the channel");
+        // On a runtime shutting down the task is dropped, and the channel's tasks with it.
+        drop(
+            self.rt
+                .spawn(async move { handle.stop(Services::DEFAULT).await }),
+        );
+    }
+}
+
+impl ChannelHandle {
+    /// A copy for the channel's own use, which does not keep the channel running.
+    pub(super) fn internal(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            _life: None,
+        }
+    }
+
+    /// Sends `payload` to `destinations` with `options`. Waits only for admission: with
+    /// ASYNCHRONOUS, until the bounded queue has room (backpressure); otherwise until the
+    /// channel task takes the message. The receipt resolves as the options promise.
+    pub async fn send(
+        &self,
+        destinations: &[Member],
+        payload: Bytes,
+        options: SendOptions,
+    ) -> Result<SendReceipt, ChannelError> {
+        let s = &self.shared;
+        if destinations.is_empty() {
+            return Err(ChannelError::NoDestinations);
+        }
+        if payload.len() > s.max_payload as usize {
+            return Err(ChannelError::TooLarge {
+                len: payload.len(),
+                max: s.max_payload,
+            });
+        }
+        if !s.running().contains(Services::SND_TX) {
+            return Err(ChannelError::NotStarted);
+        }
+        let msg_id = s.ids.fetch_add(1, Ordering::Relaxed) + 1;
+        let len = payload.len();
+        for l in s.cluster_listeners.iter() {
+            l.message_sent(destinations, &payload, options);
+        }
+        let (state, receipt) = if options.contains(SendOptions::ASYNCHRONOUS) {
+            let (count, bytes) = self.async_admit(payload.len()).await?;
+            let state = SendState::new(msg_id, None, Some((count, bytes)), s.error_handler.clone());
+            let receipt = SendReceipt::ready(SendOutcome {
+                msg_id,
+                queued: true,
+                results: Vec::new(),
+                lost: None,
+            });
+            (state, receipt)
+        } else {
+            let (tx, rx) = oneshot::channel();
+            (
+                SendState::new(msg_id, Some(tx), None, None),
+                SendReceipt::waiting(msg_id, rx),
+            )
+        };
+        let out = Outbound {
+            msg_id,
+            destinations: destinations.into(),
+            options,
+            seq: 0,
+            extensions: Vec::new(),
+            payload,
+            ticket: Ticket(msg_id),
+        };
+        s.cmd
+            .send(Command::Send(out, state))
+            .await
+            .map_err(|_| ChannelError::Stopped)?;
+        s.counters.sent.fetch_add(1, Ordering::Relaxed);
+        s.counters.count(options, len, true);
+        Ok(receipt)
+    }
+
+    /// Takes room in the ASYNCHRONOUS queue for one message of `len` bytes, as the policy says.
+    pub(super) async fn async_admit(
+        &self,
+        len: usize,
+    ) -> Result<
+        (
+            tokio::sync::OwnedSemaphorePermit,
+            Option<tokio::sync::OwnedSemaphorePermit>,
+        ),
+        ChannelError,
+    > {
+        let s = &self.shared;
+        let want = u32::try_from(len.min(s.config.async_queue_bytes)).unwrap_or(u32::MAX);
+        if s.config.async_full_policy == AsyncFullPolicy::Reject {
+            let full = || {
+                let st = self.stats();
+                ChannelError::QueueFull {
+                    messages: st.async_queued,
+                    bytes: st.async_queued_bytes,
+                }
+            };
+            let count = s
+                .async_count
+                .clone()
+                .try_acquire_owned()
+                .map_err(|e| match e {
+                    tokio::sync::TryAcquireError::Closed => ChannelError::Stopped,
+                    tokio::sync::TryAcquireError::NoPermits => full(),
+                })?;
+            let bytes =
+                if want == 0 {
+                    None
+                } else {
+                    Some(s.async_bytes.clone().try_acquire_many_owned(want).map_err(
+                        |e| match e {
+                            tokio::sync::TryAcquireError::Closed => ChannelError::Stopped,
+                            tokio::sync::TryAcquireError::NoPermits => full(),
+                        },
+                    )?)
+                };
+            return Ok((count, bytes));
+        }
+        let count = s
+            .async_count
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ChannelError::Stopped)?;
+        let bytes = if want == 0 {
+            None
+        } else {
+            Some(
+                s.async_bytes
+                    .clone()
+                    .acquire_many_owned(want)
+                    .await
+                    .map_err(|_| ChannelError::Stopped)?,
+            )
+        };
+        Ok((count, bytes))
+    }
+
+    /// Sends to every member in the current view except the local one. Fails with
+    /// [`ChannelError::NoDestinations`] when alone.
+    pub async fn send_all(
+        &self,
+        payload: Bytes,
+        options: SendOptions,
+    ) -> Result<SendReceipt, ChannelError> {
+        let members = self.members();
+        self.send(&members, payload, options).await
+    }
+
+    /// The members in view after the interceptors (a failure detector may keep a member
+    /// membership dropped; static members join it), the local one excluded, in the order they
+    /// joined.
+    pub fn members(&self) -> Vec<Member> {
+        self.shared
+            .view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The membership view (`None` when the channel runs without membership).
+    pub fn view(&self) -> Option<MembershipView> {
+        self.shared.membership.as_ref().map(|m| m.view())
+    }
+
+    /// The membership driver's counters (`None` when the channel runs without membership).
+    pub fn membership_stats(&self) -> Option<cohort_membership::MembershipStats> {
+        self.shared.membership.as_ref().map(|m| m.stats())
+    }
+
+    /// Membership events after the interceptors, from the moment of this call (read
+    /// [`ChannelHandle::view`] for the state before it; a membership listener given to the
+    /// builder sees every event from the start).
+    pub fn member_events(&self) -> broadcast::Receiver<MembershipEvent> {
+        self.shared.member_tx.subscribe()
+    }
+
+    /// The local member.
+    pub fn local(&self) -> &Member {
+        &self.shared.local
+    }
+
+    /// Adds a message listener while running.
+    pub fn add_listener(&self, listener: Arc<dyn ChannelListener>) {
+        self.shared
+            .listeners
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(listener);
+    }
+
+    /// True while an outbound connection to `member` is established.
+    pub fn is_connected(&self, member: &Member) -> bool {
+        self.shared
+            .transport
+            .is_connected(SocketAddr::new(member.addr, member.port))
+    }
+
+    /// The services running.
+    pub fn services(&self) -> Services {
+        self.shared.running()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ChannelStats {
+        let c = &self.shared.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ChannelStats {
+            sent: l(&c.sent),
+            received: l(&c.received),
+            delivered: l(&c.delivered),
+            listener_errors: l(&c.listener_errors),
+            no_listener: l(&c.no_listener),
+            encode_failures: l(&c.encode_failures),
+            multicast_malformed: l(&c.multicast_malformed),
+            membership_lagged: l(&c.membership_lagged),
+            control_dropped: l(&c.control_dropped),
+            untransformed_dropped: l(&c.untransformed_dropped),
+            suspicions_dropped: l(&c.suspicions_dropped),
+            async_queued: self.shared.config.async_queue_messages
+                - self.shared.async_count.available_permits(),
+            async_queued_bytes: self.shared.config.async_queue_bytes
+                - self.shared.async_bytes.available_permits(),
+            by_mode: Mode::ALL.map(|m| {
+                let c = &c.by_mode[m.index()];
+                ModeStats {
+                    sent: l(&c.sent),
+                    sent_bytes: l(&c.sent_bytes),
+                    received: l(&c.received),
+                    received_bytes: l(&c.received_bytes),
+                }
+            }),
+            transport: self.shared.transport.stats(),
+        }
+    }
+
+    /// Stops services in Tribes' stop order: with MBR_TX or MBR_RX, membership leaves
+    /// gracefully (a shutdown beacon: peers drop this member at once); with SND_TX, queued
+    /// ASYNCHRONOUS messages get `drain_timeout` to complete, then sends are refused; with
+    /// SND_RX or SND_TX the transport closes (its two halves stop together). `stop(DEFAULT)`
+    /// ends the channel.
+    pub async fn stop(&self, services: Services) {
+        let s = &self.shared;
+        let stopping = services.intersection(s.running());
+        if stopping.contains(Services::SND_TX) {
+            // Interceptors' last words (a static member's notice) while sending still works.
+            let (tx, rx) = oneshot::channel();
+            if s.cmd.send(Command::Leave(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        }
+        if stopping.intersects(Services::MBR_RX | Services::MBR_TX) {
+            if let Some(m) = &s.membership {
+                m.shutdown().await;
+            }
+        }
+        if stopping.contains(Services::SND_TX) {
+            let all = u32::try_from(s.config.async_queue_messages).unwrap_or(u32::MAX);
+            let _ =
+                tokio::time::timeout(s.config.drain_timeout, s.async_count.acquire_many(all)).await;
+        }
+        {
+            let mut running = s.running.lock().unwrap_or_else(PoisonError::into_inner);
+            *running = running.difference(stopping);
+        }
+        if stopping.intersects(Services::SND_RX | Services::SND_TX) {
+            s.transport.stop();
+        }
+        if s.running().is_empty() || services.contains(Services::DEFAULT) {
+            let (tx, rx) = oneshot::channel();
+            if s.cmd.send(Command::Stop(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        }
+    }
+
+    #[cfg(feature = "tower")]
+    pub(crate) fn async_permits(&self) -> Arc<Semaphore> {
+        self.shared.async_count.clone()
+    }
+}
+
+impl HandleShared {
+    pub(super) fn running(&self) -> Services {
+        *self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}

@@ -1,0 +1,22 @@
+//! `GroupChannel`: assembles transport, membership and pipeline, and runs them.
+//!
+//! - `config`: [`ChannelConfig`], [`ChannelError`], [`MembershipSetup`];
+//! - `builder`: [`GroupChannel`], [`ChannelBuilder`] (starts the owner task);
+//! - `handle`: [`ChannelHandle`], the application's side;
+//! - `owner`: the owner task, sole holder of the pipeline;
+//! - `delivery`: the delivery thread where listeners run;
+//! - `probes`: failure detectors' probes, carried out by the transport;
+//! - `stats`: [`ChannelStats`] and the per-mode counters.
+
+mod builder;
+mod config;
+mod delivery;
+mod handle;
+mod owner;
+mod probes;
+mod stats;
+
+pub use builder::{ChannelBuilder, CustomTransport, GroupChannel};
+pub use config::{AsyncFullPolicy, ChannelConfig, ChannelError, MembershipSetup};
+pub use handle::ChannelHandle;
+pub use stats::{ChannelStats, Mode, ModeStats};

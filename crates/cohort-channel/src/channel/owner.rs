@@ -1,0 +1,534 @@
+//! The owner task: the only holder of the pipeline; turns transport, multicast and
+//! membership input into pipeline input and carries out the pipeline's outputs.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use cohort_membership::{MembershipEvent, MembershipListener};
+use cohort_net::Net;
+use cohort_transport::{Delivered, Received};
+use cohort_wire::{
+    CohortCodec, DataFrame, DataHeader, Frame, FrameCodec, Member, MemberId, MemberKey, SendOptions,
+};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::core::{Acker, Inbound, Outbound, Output, Pipeline, Suspicion, Ticket, tags};
+use crate::listener::ChannelMessage;
+use crate::receipt::SendState;
+use crate::seams::{ChannelMembership, ChannelTransport};
+
+use super::delivery::Delivery;
+use super::handle::Command;
+use super::probes::{probe_test, run_probe};
+use super::stats::ChannelCounters;
+
+pub(super) struct Owner<N: Net> {
+    pub(super) net: N,
+    pub(super) pipeline: Pipeline,
+    pub(super) codec: CohortCodec,
+    pub(super) local: Member,
+    pub(super) transport: Arc<dyn ChannelTransport>,
+    pub(super) membership: Option<Arc<dyn ChannelMembership>>,
+    pub(super) tickets: HashMap<Ticket, Arc<SendState>>,
+    pub(super) delivery_tx: mpsc::Sender<Delivery>,
+    pub(super) member_tx: broadcast::Sender<MembershipEvent>,
+    pub(super) membership_listeners: Vec<Arc<dyn MembershipListener>>,
+    pub(super) cmd_self: mpsc::Sender<Command>,
+    pub(super) enc: BytesMut,
+    pub(super) heartbeat: Duration,
+    pub(super) counters: Arc<ChannelCounters>,
+    /// The members as the top of the pipeline reported them.
+    pub(super) view: Arc<RwLock<Vec<Member>>>,
+    /// While leaving: completions of the interceptors' last messages.
+    pub(super) leaving: Option<Vec<oneshot::Receiver<()>>>,
+    pub(super) ids: Arc<AtomicU64>,
+}
+
+/// How long `stop` waits for the interceptors' last messages to be delivered.
+pub(super) const LEAVE_TIMEOUT: Duration = Duration::from_millis(500);
+
+pub(super) async fn peer_event(
+    rx: &mut Option<mpsc::Receiver<cohort_transport::PeerEvent>>,
+) -> Option<cohort_transport::PeerEvent> {
+    match rx {
+        Some(r) => match r.recv().await {
+            Some(ev) => Some(ev),
+            None => {
+                *rx = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+pub(super) async fn member_event(
+    rx: &mut Option<broadcast::Receiver<MembershipEvent>>,
+) -> Result<MembershipEvent, broadcast::error::RecvError> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl<N: Net> Owner<N> {
+    pub(super) async fn run(
+        mut self,
+        mut cmd_rx: mpsc::Receiver<Command>,
+        mut inbound_rx: mpsc::Receiver<Received>,
+        mut mcast_rx: mpsc::Receiver<(Bytes, SocketAddr)>,
+        mut peer_rx: Option<mpsc::Receiver<cohort_transport::PeerEvent>>,
+    ) {
+        let now = self.now();
+        self.pipeline.start(now);
+        self.drain().await;
+        // Subscribe first, then read the view: nothing falls in between (duplicates are
+        // filtered below).
+        let mut events = self.membership.as_ref().map(|m| m.events());
+        // Keyed as the membership core keys members, (address, port, id): a beacon naming a
+        // known id from another address is another member, and its events must not be taken
+        // for repeats.
+        let mut last_lead: Option<Option<MemberKey>> = None;
+        let mut seen: std::collections::HashSet<MemberKey> = std::collections::HashSet::new();
+        // Members already in view when the channel started.
+        if let Some(m) = self.membership.clone() {
+            let now = self.now();
+            let view = m.view();
+            let lead = view.lead_member().cloned();
+            let local_is_lead = view.lead.as_ref() == Some(&view.local);
+            for vm in view.members.into_iter().filter(|vm| !vm.local) {
+                seen.insert(vm.member.key());
+                self.pipeline
+                    .member(now, MembershipEvent::MemberAdded(vm.member));
+            }
+            if lead.is_some() {
+                last_lead = Some(lead.as_ref().map(Member::key));
+                self.pipeline.member(
+                    now,
+                    MembershipEvent::LeadChanged {
+                        lead,
+                        local_is_lead,
+                    },
+                );
+            }
+            self.drain().await;
+        }
+        let mut next_heartbeat = Instant::now() + self.heartbeat;
+        loop {
+            let wake = self
+                .pipeline
+                .poll_timeout()
+                .map_or(next_heartbeat, |t| Instant::from_std(t).min(next_heartbeat));
+            tokio::select! {
+                cmd = cmd_rx.recv() => match cmd {
+                    Some(Command::Send(out, state)) => {
+                        let ticket = out.ticket;
+                        self.tickets.insert(ticket, state);
+                        let now = self.now();
+                        self.pipeline.send(now, out);
+                        self.drain().await;
+                        if let Some(state) = self.tickets.remove(&ticket) {
+                            state.done_one();
+                        }
+                    }
+                    Some(Command::ProbeResult(i, member, result)) => {
+                        let now = self.now();
+                        self.pipeline.probe_result(now, i, member, result);
+                    }
+                    Some(Command::Suspect(member, why)) => {
+                        let now = self.now();
+                        self.pipeline.suspect(now, &member, &why);
+                    }
+                    Some(Command::Leave(reply)) => {
+                        let now = self.now();
+                        self.leaving = Some(Vec::new());
+                        self.pipeline.stop(now);
+                        self.drain().await;
+                        let waits = self.leaving.take().unwrap_or_default();
+                        tokio::spawn(async move {
+                            let all = async { for w in waits { let _ = w.await; } };
+                            let _ = tokio::time::timeout(LEAVE_TIMEOUT, all).await;
+                            let _ = reply.send(());
+                        });
+                    }
+                    Some(Command::Stop(reply)) => {
+                        let _ = reply.send(());
+                        return;
+                    }
+                    None => return,
+                },
+                Some(r) = inbound_rx.recv() => self.on_received(r),
+                Some(ev) = peer_event(&mut peer_rx) => {
+                    // What the peer sent before its connection closed comes first (a leaving
+                    // notice must beat the suspicion its closing sockets raise).
+                    for _ in 0..inbound_rx.max_capacity() {
+                        let Ok(r) = inbound_rx.try_recv() else { break };
+                        self.on_received(r);
+                    }
+                    self.drain().await;
+                    let member = self.member_at(ev.addr, ev.member);
+                    if let Some(member) = member {
+                        let now = self.now();
+                        let why = match ev.direction {
+                            cohort_transport::Direction::Outbound => Suspicion::ConnectionLost(ev.reason),
+                            cohort_transport::Direction::Inbound => Suspicion::InboundClosed(ev.reason),
+                        };
+                        self.pipeline.suspect(now, &member, &why);
+                    }
+                }
+                Some((datagram, from)) = mcast_rx.recv() => {
+                    let mut buf = BytesMut::from(&datagram[..]);
+                    match self.codec.decode_frame(&mut buf) {
+                        Ok(Some(Frame::Data(data))) if buf.is_empty() && data.header.sender != self.local.id => {
+                            self.counters.received.fetch_add(1, Ordering::Relaxed);
+                            self.counters.count(data.header.options, data.payload.len(), false);
+                            let member = self.membership.as_ref().and_then(|m| {
+                                m.view().members.into_iter().find(|vm| vm.member.id == data.header.sender).map(|vm| Arc::new(vm.member))
+                            });
+                            let inbound = frame_to_inbound(data, member, from, None);
+                            let now = self.now();
+                        self.pipeline.receive(now, inbound);
+                        }
+                        Ok(Some(Frame::Data(_))) => {} // our own, looped back
+                        _ => { self.counters.multicast_malformed.fetch_add(1, Ordering::Relaxed); }
+                    }
+                }
+                ev = member_event(&mut events) => match ev {
+                    Ok(ev) => {
+                        // The view read at start may already hold what the stream repeats.
+                        let repeat = match &ev {
+                            MembershipEvent::LeadChanged { lead, .. } => {
+                                let key = lead.as_ref().map(Member::key);
+                                last_lead.replace(key) == Some(key)
+                            }
+                            MembershipEvent::MemberAdded(m) => !seen.insert(m.key()),
+                            MembershipEvent::MemberDisappeared { member, .. } => {
+                                seen.remove(&member.key());
+                                false
+                            }
+                            _ => false,
+                        };
+                        if !repeat {
+                            let now = self.now();
+                        self.pipeline.member(now, ev);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        self.counters.membership_lagged.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => events = None,
+                },
+                () = tokio::time::sleep_until(wake) => {
+                    let now = Instant::now();
+                    self.pipeline.handle_timeout(now.into_std());
+                    if now >= next_heartbeat {
+                        next_heartbeat = now + self.heartbeat;
+                        self.pipeline.heartbeat(now.into_std());
+                        if self.membership.is_some() {
+                            let view = self.view.read().unwrap_or_else(PoisonError::into_inner).clone();
+                            self.transport.retain(&|addr| {
+                                view.iter().any(|m| SocketAddr::new(m.addr, m.port) == addr)
+                            });
+                        }
+                    }
+                }
+            }
+            self.drain().await;
+        }
+    }
+
+    pub(super) async fn drain(&mut self) {
+        while let Some(output) = self.pipeline.poll_output() {
+            match output {
+                Output::Transmit(out) => self.transmit(out),
+                Output::Deliver(mut msg) => {
+                    if let Some(tag) = msg.extensions.iter().map(|e| e.tag).find(|t| {
+                        tags::is_control(*t)
+                            || matches!(*t, tags::FRAGMENT | tags::COMPRESSION | tags::ENCRYPTION)
+                    }) {
+                        let counter = if tags::is_control(tag) {
+                            &self.counters.control_dropped
+                        } else {
+                            &self.counters.untransformed_dropped
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(
+                            msg_id = msg.msg_id,
+                            tag,
+                            "message with an extension no interceptor handled; dropped"
+                        );
+                        if let Some(ack) = msg.ack.take() {
+                            if tags::is_control(tag) {
+                                ack.ack();
+                            } else {
+                                ack.fail(format!(
+                                    "no interceptor for extension {tag} on the receiver"
+                                ));
+                            }
+                        }
+                        continue;
+                    }
+                    let ack = msg.ack;
+                    let delivery = Delivery {
+                        msg: ChannelMessage {
+                            from: msg.from,
+                            member: msg.member,
+                            peer: msg.peer,
+                            msg_id: msg.msg_id,
+                            options: msg.options,
+                            timestamp_ms: msg.timestamp_ms,
+                            payload: msg.payload,
+                        },
+                        ack,
+                    };
+                    if let Err(e) = self.delivery_tx.try_send(delivery) {
+                        // Full: wait (the transport stops being read meanwhile).
+                        let (mpsc::error::TrySendError::Full(d)
+                        | mpsc::error::TrySendError::Closed(d)) = e;
+                        let _ = self.delivery_tx.send(d).await;
+                    }
+                }
+                Output::Member(ev) => {
+                    {
+                        let mut view = self.view.write().unwrap_or_else(PoisonError::into_inner);
+                        match &ev {
+                            MembershipEvent::MemberAdded(m)
+                                if !view.iter().any(|v| v.key() == m.key()) =>
+                            {
+                                view.push(m.clone());
+                            }
+                            MembershipEvent::MemberUpdated(m) => {
+                                if let Some(v) = view.iter_mut().find(|v| v.key() == m.key()) {
+                                    *v = m.clone();
+                                }
+                            }
+                            MembershipEvent::MemberDisappeared { member, .. } => {
+                                view.retain(|v| v.key() != member.key());
+                            }
+                            _ => {}
+                        }
+                    }
+                    if let MembershipEvent::MemberDisappeared { member, .. } = &ev {
+                        self.transport
+                            .disconnect(SocketAddr::new(member.addr, member.port));
+                    }
+                    for l in &self.membership_listeners {
+                        l.on_event(&ev);
+                    }
+                    let _ = self.member_tx.send(ev);
+                }
+                Output::Probe {
+                    interceptor,
+                    member,
+                    probe,
+                } => {
+                    let net = self.net.clone();
+                    let cmd = self.cmd_self.clone();
+                    let msg_id = self.ids.fetch_add(1, Ordering::Relaxed) + 1;
+                    let wall = self.net.wall_clock_ms();
+                    let test = match probe_test(&probe, msg_id, &self.local, wall, &self.codec) {
+                        Some(Ok(t)) => Some(t),
+                        Some(Err(_)) => {
+                            self.counters
+                                .encode_failures
+                                .fetch_add(1, Ordering::Relaxed);
+                            None
+                        }
+                        None => None,
+                    };
+                    let (codec, local) = (self.codec.clone(), self.local.clone());
+                    tokio::spawn(async move {
+                        let result = run_probe(&net, &codec, &local, &member, probe, test).await;
+                        let _ = cmd
+                            .send(Command::ProbeResult(interceptor, member, result))
+                            .await;
+                    });
+                }
+                Output::Disconnect(peer) => {
+                    let closed = self.transport.close_inbound(peer);
+                    tracing::debug!(%peer, closed, "inbound connection closed on an interceptor's request");
+                }
+                Output::MemberFailed { member, detail } => {
+                    if let Some(m) = self.membership.clone() {
+                        tokio::spawn(async move { m.report_failed(member.key(), detail).await });
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_received(&mut self, r: Received) {
+        self.counters.received.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .count(r.frame.header.options, r.frame.payload.len(), false);
+        let inbound = to_inbound(r);
+        let now = self.now();
+        self.pipeline.receive(now, inbound);
+    }
+
+    /// The wall-clock-stamped instant for the next pipeline input.
+    pub(super) fn now(&mut self) -> std::time::Instant {
+        self.pipeline.set_wall_clock_ms(self.net.wall_clock_ms());
+        Instant::now().into_std()
+    }
+
+    /// The member in the pipeline's view at `addr` (and with `id`, when known).
+    pub(super) fn member_at(&self, addr: SocketAddr, id: Option<MemberId>) -> Option<Member> {
+        self.view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|m| SocketAddr::new(m.addr, m.port) == addr && id.is_none_or(|id| id == m.id))
+            .cloned()
+    }
+
+    pub(super) fn transmit(&mut self, out: Outbound) {
+        let state = self.tickets.get(&out.ticket).cloned();
+        let frame = Frame::Data(DataFrame {
+            header: DataHeader {
+                msg_id: out.msg_id,
+                options: out.options,
+                sender: self.local.id,
+                timestamp_ms: self.net.wall_clock_ms(),
+                seq: out.seq,
+                extensions: out.extensions,
+            },
+            payload: out.payload,
+        });
+        if let Err(e) = self.codec.encode_frame(&frame, &mut self.enc) {
+            self.counters
+                .encode_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(msg_id = out.msg_id, error = %e, "cannot encode a frame; dropped");
+            return;
+        }
+        let bytes = self.enc.split().freeze();
+        if out.options.contains(SendOptions::MULTICAST) {
+            let Some(m) = self.membership.clone() else {
+                tracing::warn!(
+                    msg_id = out.msg_id,
+                    "MULTICAST send without membership; dropped"
+                );
+                return;
+            };
+            if let Some(state) = &state {
+                state.expect(out.destinations.len());
+            }
+            let dests = out.destinations;
+            tokio::spawn(async move {
+                let r = m.broadcast(bytes).await;
+                if let Some(state) = state {
+                    for d in dests.iter() {
+                        let result = match &r {
+                            Ok(()) => Ok(Delivered::Sent),
+                            Err(e) => Err(cohort_transport::SendError::Udp {
+                                addr: SocketAddr::new(d.addr, d.port),
+                                reason: format!("multicast: {e}"),
+                            }),
+                        };
+                        state.record(d.id, SocketAddr::new(d.addr, d.port), result);
+                    }
+                }
+            });
+            return;
+        }
+        if let Some(state) = &state {
+            state.expect(out.destinations.len());
+        }
+        for dest in out.destinations.iter() {
+            let watch = self.leaving.as_mut().map(|w| {
+                let (tx, rx) = oneshot::channel::<()>();
+                w.push(rx);
+                tx
+            });
+            let suspect = SuspectOnFailure {
+                cmd: self.cmd_self.clone(),
+                member: dest.clone(),
+                counters: self.counters.clone(),
+            };
+            let done: cohort_transport::Completion = match &state {
+                Some(state) => {
+                    let state = state.clone();
+                    let (id, addr) = (dest.id, SocketAddr::new(dest.addr, dest.port));
+                    Box::new(move |r| {
+                        suspect.check(&r);
+                        state.record(id, addr, r);
+                        drop(watch);
+                    })
+                }
+                None => Box::new(move |r| {
+                    suspect.check(&r);
+                    drop(watch);
+                }),
+            };
+            self.transport
+                .send(dest, bytes.clone(), out.msg_id, out.options, done);
+        }
+    }
+}
+
+/// Feeds a failed send back to the pipeline as a suspicion (IO failures and timeouts only: a
+/// FAIL_ACK or a full queue says nothing about the peer's health).
+pub(super) struct SuspectOnFailure {
+    pub(super) cmd: mpsc::Sender<Command>,
+    pub(super) member: Member,
+    pub(super) counters: Arc<ChannelCounters>,
+}
+
+impl SuspectOnFailure {
+    pub(super) fn check(self, r: &Result<Delivered, cohort_transport::SendError>) {
+        use cohort_transport::SendError as E;
+        let Err(e) = r else { return };
+        if !matches!(
+            e,
+            E::Connect { .. } | E::ConnectionLost { .. } | E::Timeout { .. }
+        ) {
+            return;
+        }
+        let why = Suspicion::SendFailed(e.to_string());
+        if self
+            .cmd
+            .try_send(Command::Suspect(self.member, why))
+            .is_err()
+        {
+            self.counters
+                .suspicions_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+pub(super) fn to_inbound(r: Received) -> Inbound {
+    let ack = r.ack.map(|token| {
+        Acker::new(move |result| match result {
+            Ok(()) => token.ack(),
+            Err(reason) => token.fail(&reason),
+        })
+    });
+    frame_to_inbound(r.frame, r.hello, r.peer, ack)
+}
+
+pub(super) fn frame_to_inbound(
+    data: DataFrame,
+    member: Option<Arc<Member>>,
+    peer: SocketAddr,
+    ack: Option<Acker>,
+) -> Inbound {
+    Inbound {
+        from: data.header.sender,
+        member,
+        peer,
+        msg_id: data.header.msg_id,
+        options: data.header.options,
+        seq: data.header.seq,
+        timestamp_ms: data.header.timestamp_ms,
+        extensions: data.header.extensions,
+        payload: data.payload,
+        ack,
+    }
+}
