@@ -310,6 +310,7 @@ impl ChannelBuilder {
             view,
             leaving: None,
             ids: handle.shared.ids.clone(),
+            tasks: tokio::task::JoinSet::new(),
         };
         tokio::spawn(owner.run(cmd_rx, inbound_rx, mcast_rx, peer_rx));
         Ok(handle)

@@ -47,6 +47,9 @@ pub(super) struct Owner<N: Net> {
     /// While leaving: completions of the interceptors' last messages.
     pub(super) leaving: Option<Vec<oneshot::Receiver<()>>>,
     pub(super) ids: Arc<AtomicU64>,
+    /// Every task the owner starts (probes, leave waits, failure reports, multicast sends):
+    /// aborted when the owner ends, by `stop()` or when the last handle is dropped.
+    pub(super) tasks: tokio::task::JoinSet<()>,
 }
 
 /// How long `stop` waits for the interceptors' last messages to be delivered.
@@ -120,11 +123,16 @@ impl<N: Net> Owner<N> {
         }
         let mut next_heartbeat = Instant::now() + self.heartbeat;
         loop {
+            // Reap finished tasks: the set holds only what still runs.
+            while self.tasks.try_join_next().is_some() {}
             let wake = self
                 .pipeline
                 .poll_timeout()
                 .map_or(next_heartbeat, |t| Instant::from_std(t).min(next_heartbeat));
             tokio::select! {
+                // Order matters: commands (a stop ends the loop at once), then view changes before
+                // the data of members they add, then connection events, then data, then timers.
+                biased;
                 cmd = cmd_rx.recv() => match cmd {
                     Some(Command::Send(out, state)) => {
                         let ticket = out.ticket;
@@ -150,7 +158,7 @@ impl<N: Net> Owner<N> {
                         self.pipeline.stop(now);
                         self.drain().await;
                         let waits = self.leaving.take().unwrap_or_default();
-                        tokio::spawn(async move {
+                        self.tasks.spawn(async move {
                             let all = async { for w in waits { let _ = w.await; } };
                             let _ = tokio::time::timeout(LEAVE_TIMEOUT, all).await;
                             let _ = reply.send(());
@@ -162,42 +170,6 @@ impl<N: Net> Owner<N> {
                     }
                     None => return,
                 },
-                Some(r) = inbound_rx.recv() => self.on_received(r),
-                Some(ev) = peer_event(&mut peer_rx) => {
-                    // What the peer sent before its connection closed comes first (a leaving
-                    // notice must beat the suspicion its closing sockets raise).
-                    for _ in 0..inbound_rx.max_capacity() {
-                        let Ok(r) = inbound_rx.try_recv() else { break };
-                        self.on_received(r);
-                    }
-                    self.drain().await;
-                    let member = self.member_at(ev.addr, ev.member);
-                    if let Some(member) = member {
-                        let now = self.now();
-                        let why = match ev.direction {
-                            cohort_transport::Direction::Outbound => Suspicion::ConnectionLost(ev.reason),
-                            cohort_transport::Direction::Inbound => Suspicion::InboundClosed(ev.reason),
-                        };
-                        self.pipeline.suspect(now, &member, &why);
-                    }
-                }
-                Some((datagram, from)) = mcast_rx.recv() => {
-                    let mut buf = BytesMut::from(&datagram[..]);
-                    match self.codec.decode_frame(&mut buf) {
-                        Ok(Some(Frame::Data(data))) if buf.is_empty() && data.header.sender != self.local.id => {
-                            self.counters.received.fetch_add(1, Ordering::Relaxed);
-                            self.counters.count(data.header.options, data.payload.len(), false);
-                            let member = self.membership.as_ref().and_then(|m| {
-                                m.view().members.into_iter().find(|vm| vm.member.id == data.header.sender).map(|vm| Arc::new(vm.member))
-                            });
-                            let inbound = frame_to_inbound(data, member, from, None);
-                            let now = self.now();
-                        self.pipeline.receive(now, inbound);
-                        }
-                        Ok(Some(Frame::Data(_))) => {} // our own, looped back
-                        _ => { self.counters.multicast_malformed.fetch_add(1, Ordering::Relaxed); }
-                    }
-                }
                 ev = member_event(&mut events) => match ev {
                     Ok(ev) => {
                         // The view read at start may already hold what the stream repeats.
@@ -223,6 +195,42 @@ impl<N: Net> Owner<N> {
                     }
                     Err(broadcast::error::RecvError::Closed) => events = None,
                 },
+                Some(ev) = peer_event(&mut peer_rx) => {
+                    // What the peer sent before its connection closed comes first (a leaving
+                    // notice must beat the suspicion its closing sockets raise).
+                    for _ in 0..inbound_rx.max_capacity() {
+                        let Ok(r) = inbound_rx.try_recv() else { break };
+                        self.on_received(r);
+                    }
+                    self.drain().await;
+                    let member = self.member_at(ev.addr, ev.member);
+                    if let Some(member) = member {
+                        let now = self.now();
+                        let why = match ev.direction {
+                            cohort_transport::Direction::Outbound => Suspicion::ConnectionLost(ev.reason),
+                            cohort_transport::Direction::Inbound => Suspicion::InboundClosed(ev.reason),
+                        };
+                        self.pipeline.suspect(now, &member, &why);
+                    }
+                }
+                Some(r) = inbound_rx.recv() => self.on_received(r),
+                Some((datagram, from)) = mcast_rx.recv() => {
+                    let mut buf = BytesMut::from(&datagram[..]);
+                    match self.codec.decode_frame(&mut buf) {
+                        Ok(Some(Frame::Data(data))) if buf.is_empty() && data.header.sender != self.local.id => {
+                            self.counters.received.fetch_add(1, Ordering::Relaxed);
+                            self.counters.count(data.header.options, data.payload.len(), false);
+                            let member = self.membership.as_ref().and_then(|m| {
+                                m.view().members.into_iter().find(|vm| vm.member.id == data.header.sender).map(|vm| Arc::new(vm.member))
+                            });
+                            let inbound = frame_to_inbound(data, member, from, None);
+                            let now = self.now();
+                        self.pipeline.receive(now, inbound);
+                        }
+                        Ok(Some(Frame::Data(_))) => {} // our own, looped back
+                        _ => { self.counters.multicast_malformed.fetch_add(1, Ordering::Relaxed); }
+                    }
+                }
                 () = tokio::time::sleep_until(wake) => {
                     let now = Instant::now();
                     self.pipeline.handle_timeout(now.into_std());
@@ -342,7 +350,7 @@ impl<N: Net> Owner<N> {
                         None => None,
                     };
                     let (codec, local) = (self.codec.clone(), self.local.clone());
-                    tokio::spawn(async move {
+                    self.tasks.spawn(async move {
                         let result = run_probe(&net, &codec, &local, &member, probe, test).await;
                         let _ = cmd
                             .send(Command::ProbeResult(interceptor, member, result))
@@ -355,7 +363,8 @@ impl<N: Net> Owner<N> {
                 }
                 Output::MemberFailed { member, detail } => {
                     if let Some(m) = self.membership.clone() {
-                        tokio::spawn(async move { m.report_failed(member.key(), detail).await });
+                        self.tasks
+                            .spawn(async move { m.report_failed(member.key(), detail).await });
                     }
                 }
             }
@@ -420,7 +429,7 @@ impl<N: Net> Owner<N> {
                 state.expect(out.destinations.len());
             }
             let dests = out.destinations;
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 let r = m.broadcast(bytes).await;
                 if let Some(state) = state {
                     for d in dests.iter() {
