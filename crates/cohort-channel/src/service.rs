@@ -23,8 +23,9 @@ pub struct SendRequest {
 }
 
 /// A [`ChannelHandle`] as a `tower_service::Service`: `poll_ready` waits for room in the
-/// ASYNCHRONOUS queue (message count), so tower's rate-limit, timeout and load-shed layers
-/// see the channel's backpressure.
+/// ASYNCHRONOUS queue (message count) and reserves it; the next `call` uses that place, so a
+/// ready service's ASYNCHRONOUS send never waits for queue room (only for its bytes). Tower's
+/// rate-limit, timeout and load-shed layers see the channel's backpressure.
 pub struct ChannelService {
     handle: ChannelHandle,
     ready: PollSemaphore,
@@ -63,12 +64,13 @@ impl tower_service::Service<SendRequest> for ChannelService {
     }
 
     fn call(&mut self, req: SendRequest) -> Self::Future {
-        // The readiness permit only proves there was room; the send takes its own.
-        drop(self.permit.take());
+        // The place poll_ready reserved goes with the message (and back, if it is not
+        // ASYNCHRONOUS).
+        let reserved = self.permit.take();
         let handle = self.handle.clone();
         Box::pin(async move {
             handle
-                .send(&req.destinations, req.payload, req.options)
+                .send_reserved(&req.destinations, req.payload, req.options, reserved)
                 .await
         })
     }

@@ -99,6 +99,19 @@ impl ChannelHandle {
         payload: Bytes,
         options: SendOptions,
     ) -> Result<SendReceipt, ChannelError> {
+        self.send_reserved(destinations, payload, options, None)
+            .await
+    }
+
+    /// [`ChannelHandle::send`] with a place in the ASYNCHRONOUS queue already taken (the tower
+    /// service takes it in `poll_ready`); a non-ASYNCHRONOUS send gives it back.
+    pub(crate) async fn send_reserved(
+        &self,
+        destinations: &[Member],
+        payload: Bytes,
+        options: SendOptions,
+        reserved: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<SendReceipt, ChannelError> {
         let s = &self.shared;
         if destinations.is_empty() {
             return Err(ChannelError::NoDestinations);
@@ -118,7 +131,7 @@ impl ChannelHandle {
             l.message_sent(destinations, &payload, options);
         }
         let (state, receipt) = if options.contains(SendOptions::ASYNCHRONOUS) {
-            let (count, bytes) = self.async_admit(payload.len()).await?;
+            let (count, bytes) = self.async_admit(payload.len(), reserved).await?;
             let state = SendState::new(msg_id, None, Some((count, bytes)), s.error_handler.clone());
             let receipt = SendReceipt::ready(SendOutcome {
                 msg_id,
@@ -152,10 +165,12 @@ impl ChannelHandle {
         Ok(receipt)
     }
 
-    /// Takes room in the ASYNCHRONOUS queue for one message of `len` bytes, as the policy says.
+    /// Takes room in the ASYNCHRONOUS queue for one message of `len` bytes, as the policy says
+    /// (the message's place may already be `reserved`).
     pub(super) async fn async_admit(
         &self,
         len: usize,
+        reserved: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<
         (
             tokio::sync::OwnedSemaphorePermit,
@@ -173,14 +188,17 @@ impl ChannelHandle {
                     bytes: st.async_queued_bytes,
                 }
             };
-            let count = s
-                .async_count
-                .clone()
-                .try_acquire_owned()
-                .map_err(|e| match e {
-                    tokio::sync::TryAcquireError::Closed => ChannelError::Stopped,
-                    tokio::sync::TryAcquireError::NoPermits => full(),
-                })?;
+            let count = match reserved {
+                Some(p) => p,
+                None => s
+                    .async_count
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|e| match e {
+                        tokio::sync::TryAcquireError::Closed => ChannelError::Stopped,
+                        tokio::sync::TryAcquireError::NoPermits => full(),
+                    })?,
+            };
             let bytes =
                 if want == 0 {
                     None
@@ -194,12 +212,15 @@ impl ChannelHandle {
                 };
             return Ok((count, bytes));
         }
-        let count = s
-            .async_count
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ChannelError::Stopped)?;
+        let count = match reserved {
+            Some(p) => p,
+            None => s
+                .async_count
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| ChannelError::Stopped)?,
+        };
         let bytes = if want == 0 {
             None
         } else {

@@ -118,3 +118,44 @@ async fn the_tower_service_sends() {
     a.stop(Services::DEFAULT).await;
     b.stop(Services::DEFAULT).await;
 }
+
+/// `poll_ready` reserves the place in the ASYNCHRONOUS queue that the `call` uses: with a
+/// queue of one message, a direct send made after `call` returned its future (and before the
+/// future runs) finds the queue full, and the call still goes out. (When `call` gave the place
+/// back and took a new one, the direct send won it and the call failed.)
+#[cfg(feature = "tower")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poll_ready_reserves_the_place_call_uses() {
+    use tower_service::Service;
+    let sink = collector();
+    let b = start(builder().listener(sink.clone())).await;
+    let a = start(builder().config(cohort_channel::ChannelConfig {
+        async_queue_messages: 1,
+        async_full_policy: cohort_channel::AsyncFullPolicy::Reject,
+        ..cohort_channel::ChannelConfig::default()
+    }))
+    .await;
+    let mut svc = a.clone().into_service();
+    std::future::poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    let call = svc.call(cohort_channel::SendRequest {
+        destinations: vec![b.local().clone()],
+        payload: Bytes::from_static(b"reserved"),
+        options: SendOptions::ASYNCHRONOUS,
+    });
+    let direct = a
+        .send(
+            &[b.local().clone()],
+            Bytes::from_static(b"direct"),
+            SendOptions::ASYNCHRONOUS,
+        )
+        .await;
+    assert!(
+        matches!(direct, Err(cohort_channel::ChannelError::QueueFull { .. })),
+        "the place was reserved: {direct:?}"
+    );
+    call.await.unwrap();
+    wait_for("the message", Duration::from_secs(5), || sink.len() == 1).await;
+    assert_eq!(sink.messages()[0].1, b"reserved");
+    a.stop(Services::DEFAULT).await;
+    b.stop(Services::DEFAULT).await;
+}
