@@ -36,7 +36,8 @@ pub enum SendError {
         /// Time left in the backoff.
         retry_in: Duration,
     },
-    /// The peer's queue holds `max_peer_queue_bytes` already.
+    /// The peer's queue (or the UDP socket's) holds `max_peer_queue_bytes` already; both
+    /// figures are bytes.
     #[error("queue to {addr} is full ({queued} bytes queued, limit {limit})")]
     QueueFull {
         /// The peer.
@@ -96,6 +97,14 @@ pub enum SendError {
         /// What is wrong.
         reason: String,
     },
+    /// `max_in_flight` messages already wait for their ACK on the UDP path.
+    #[error("{limit} messages to {addr} and others already wait for their ACK over UDP")]
+    InFlightFull {
+        /// The peer.
+        addr: SocketAddr,
+        /// The limit (`max_in_flight`).
+        limit: usize,
+    },
     /// The sending side is stopped.
     #[error("transport stopped")]
     Stopped,
@@ -114,6 +123,7 @@ impl SendError {
             Self::NoUdp { .. } => "no_udp",
             Self::Udp { .. } => "udp",
             Self::BadFrame { .. } => "bad_frame",
+            Self::InFlightFull { .. } => "in_flight_full",
             Self::Stopped => "stopped",
         }
     }

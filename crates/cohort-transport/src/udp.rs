@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -18,8 +19,8 @@ use crate::receiver::encode_acks;
 use crate::stats::Counters;
 use crate::{AckMsg, AckSink, AckToken, Completion, Delivered, Received, SendError, Shared, Via};
 
-/// Datagrams waiting for the socket task; a full queue fails the send at once.
-const UDP_QUEUE: usize = 8192;
+/// ACKs waiting for the socket task; beyond, an ACK is dropped (as a datagram would be).
+const UDP_ACK_QUEUE: usize = 8192;
 
 struct UdpOut {
     to: SocketAddr,
@@ -29,15 +30,22 @@ struct UdpOut {
     done: Completion,
 }
 
+/// The queue of datagrams to send: bounded in bytes by `max_peer_queue_bytes` (the same unit
+/// and limit as a TCP peer's queue); a send beyond it fails at once with `QueueFull`.
 pub(crate) struct UdpPath {
-    out: mpsc::Sender<UdpOut>,
+    out: mpsc::UnboundedSender<UdpOut>,
+    queued: Arc<AtomicUsize>,
 }
 
 pub(crate) fn start<N: Net>(shared: &Arc<Shared<N>>, socket: N::UdpSocket) {
-    let (out_tx, out_rx) = mpsc::channel(UDP_QUEUE);
-    let (ack_tx, ack_rx) = mpsc::channel(UDP_QUEUE);
-    let _ = shared.udp.set(UdpPath { out: out_tx });
-    tokio::spawn(run(shared.clone(), socket, out_rx, ack_tx, ack_rx));
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (ack_tx, ack_rx) = mpsc::channel(UDP_ACK_QUEUE);
+    let queued = Arc::new(AtomicUsize::new(0));
+    let _ = shared.udp.set(UdpPath {
+        out: out_tx,
+        queued: queued.clone(),
+    });
+    tokio::spawn(run(shared.clone(), socket, out_rx, queued, ack_tx, ack_rx));
 }
 
 pub(crate) fn send<N: Net>(
@@ -87,26 +95,32 @@ pub(crate) fn send<N: Net>(
         want_ack: options.contains(SendOptions::USE_ACK),
         done,
     };
-    if let Err(e) = path.out.try_send(out) {
-        let out = match e {
-            mpsc::error::TrySendError::Full(o) | mpsc::error::TrySendError::Closed(o) => o,
-        };
+    let len = out.frame.len();
+    let limit = shared.config.max_peer_queue_bytes;
+    let queued = path.queued.fetch_add(len, Relaxed);
+    if queued > 0 && queued + len > limit {
+        path.queued.fetch_sub(len, Relaxed);
         Counters::inc(&shared.counters.queue_full);
-        fail(
+        return fail(
             SendError::QueueFull {
                 addr,
-                queued: UDP_QUEUE,
-                limit: UDP_QUEUE,
+                queued,
+                limit,
             },
             out.done,
         );
+    }
+    if let Err(mpsc::error::SendError(out)) = path.out.send(out) {
+        path.queued.fetch_sub(len, Relaxed);
+        fail(SendError::Stopped, out.done);
     }
 }
 
 async fn run<N: Net>(
     shared: Arc<Shared<N>>,
     socket: N::UdpSocket,
-    mut out_rx: mpsc::Receiver<UdpOut>,
+    mut out_rx: mpsc::UnboundedReceiver<UdpOut>,
+    queued: Arc<AtomicUsize>,
     ack_tx: mpsc::Sender<(SocketAddr, AckMsg)>,
     mut ack_rx: mpsc::Receiver<(SocketAddr, AckMsg)>,
 ) {
@@ -123,10 +137,11 @@ async fn run<N: Net>(
             biased;
             () = crate::stopped(&mut stop) => break,
             Some(out) = out_rx.recv() => {
+                queued.fetch_sub(out.frame.len(), Relaxed);
                 if out.want_ack && lock().len() >= shared.config.max_in_flight {
                     Counters::inc(&counters.queue_full);
                     Counters::inc(&counters.send_failures);
-                    (out.done)(Err(SendError::QueueFull { addr: out.to, queued: shared.config.max_in_flight, limit: shared.config.max_in_flight }));
+                    (out.done)(Err(SendError::InFlightFull { addr: out.to, limit: shared.config.max_in_flight }));
                     continue;
                 }
                 match socket.send_to(&out.frame, out.to).await {

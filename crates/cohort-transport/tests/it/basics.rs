@@ -73,6 +73,37 @@ async fn udp_data_and_acks() {
     assert_eq!(a.handle.stats().connections_out, 0, "no TCP was used");
 }
 
+/// The UDP queue is bounded in bytes, like a TCP peer's: sends beyond `max_peer_queue_bytes`
+/// fail at once with `QueueFull` naming bytes.
+#[tokio::test]
+async fn the_udp_queue_is_bounded_in_bytes() {
+    let udp = |limit| cohort_transport::TransportConfig {
+        udp_port: Some(0),
+        max_peer_queue_bytes: limit,
+        ..config()
+    };
+    let b = node(2, udp(64 << 20)).await;
+    let a = node(1, udp(4096)).await;
+    // No await between the sends: the socket task takes nothing meanwhile.
+    let results: Vec<_> = (0..10)
+        .map(|i| send(&a, &b.member, 100 + i, SendOptions::UDP, &[7u8; 1000]))
+        .collect();
+    let mut full = 0;
+    for r in results {
+        match within(T, r).await.unwrap() {
+            Ok(_) => {}
+            Err(SendError::QueueFull { queued, limit, .. }) => {
+                assert_eq!(limit, 4096);
+                assert!(queued > 3000 && queued <= 4096, "bytes: {queued}");
+                full += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(full >= 5, "{full} refused");
+    assert_eq!(a.handle.stats().queue_full, full);
+}
+
 #[tokio::test]
 async fn stop_fails_queued_sends_and_refuses_new_ones() {
     let b = node(2, config()).await;
