@@ -1,7 +1,10 @@
 //! The codec traits and Cohort's own codec.
 //!
-//! Drivers talk to codecs through [`FrameCodec`] and [`BeaconCodec`], so that another wire
-//! format (a Tribes-compatible one, say) can be plugged in as its own crate.
+//! [`FrameCodec`] and [`BeaconCodec`] are the encode / decode half of a wire format. The
+//! drivers (transport, membership, channel) use [`CohortCodec`] itself: the handshake, the
+//! per-connection seals and the prefix checks before buffering are Cohort's format, not the
+//! traits'. A second wire format (a Tribes-compatible one, say) would need those drivers made
+//! generic over a richer trait; until one exists, the traits are not a swap point.
 
 use bytes::BytesMut;
 
