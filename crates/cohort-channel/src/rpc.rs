@@ -19,7 +19,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use cohort_wire::{Member, MemberId, SendOptions};
 use tokio::sync::oneshot;
 
-use crate::channel::{ChannelError, ChannelHandle};
+use crate::channel::{ChannelError, ChannelHandle, Claimed};
 use crate::listener::{ChannelListener, ChannelMessage, ListenerError};
 
 const MAGIC: &[u8; 4] = b"CRPC";
@@ -98,6 +98,33 @@ struct Inner {
     rt: tokio::runtime::Handle,
 }
 
+impl Inner {
+    /// A reply (or "no RPC channel") to one of this channel's calls.
+    fn on_reply(&self, msg: &ChannelMessage, env: &Envelope<'_>) {
+        let body = msg.payload.slice(env.body_at..);
+        let mut calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
+        match calls.get_mut(&env.id) {
+            Some(call) if call.done.is_some() => {
+                if env.kind == REPLY {
+                    call.replies.push(RpcResponse {
+                        from: msg.from,
+                        payload: body,
+                    });
+                } else {
+                    call.expected = call.expected.saturating_sub(1);
+                }
+                call.check();
+            }
+            _ => {
+                drop(calls);
+                if env.kind == REPLY {
+                    self.handler.left_over(msg.from, &body);
+                }
+            }
+        }
+    }
+}
+
 /// Request / response over a [`ChannelHandle`], keyed by an RPC id.
 #[derive(Clone)]
 pub struct RpcChannel {
@@ -136,6 +163,20 @@ impl RpcChannel {
             rt: tokio::runtime::Handle::current(),
         });
         channel.add_listener(Arc::new(Listener(Arc::downgrade(&inner))));
+        // Replies complete waiting calls on the owner task, without the listener thread.
+        let weak = Arc::downgrade(&inner);
+        channel.add_claim(Arc::new(move |msg: &ChannelMessage| {
+            let Some(inner) = weak.upgrade() else {
+                return Claimed::Gone;
+            };
+            match parse(&msg.payload) {
+                Some(env) if env.rpc_id == &inner.rpc_id[..] && env.kind != REQUEST => {
+                    inner.on_reply(msg, &env);
+                    Claimed::Yes
+                }
+                _ => Claimed::No,
+            }
+        }));
         Self { inner }
     }
 
@@ -285,28 +326,7 @@ impl ChannelListener for Listener {
                     });
                 }
             }
-            REPLY | NO_CHANNEL => {
-                let mut calls = inner.calls.lock().unwrap_or_else(PoisonError::into_inner);
-                match calls.get_mut(&env.id) {
-                    Some(call) if call.done.is_some() => {
-                        if env.kind == REPLY {
-                            call.replies.push(RpcResponse {
-                                from: msg.from,
-                                payload: body,
-                            });
-                        } else {
-                            call.expected = call.expected.saturating_sub(1);
-                        }
-                        call.check();
-                    }
-                    _ => {
-                        drop(calls);
-                        if env.kind == REPLY {
-                            inner.handler.left_over(msg.from, &body);
-                        }
-                    }
-                }
-            }
+            REPLY | NO_CHANNEL => inner.on_reply(msg, &env),
             _ => {}
         }
         Ok(())

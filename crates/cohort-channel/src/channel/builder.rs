@@ -258,6 +258,7 @@ impl ChannelBuilder {
         let listeners = Arc::new(RwLock::new(self.listeners));
         let cluster_listeners: Arc<[Arc<dyn ClusterListener>]> = self.cluster_listeners.into();
         let counters = Arc::new(ChannelCounters::default());
+        let claims = Arc::new(RwLock::new(Vec::new()));
         let shared = Arc::new(HandleShared {
             cmd: cmd_tx,
             ids,
@@ -275,6 +276,7 @@ impl ChannelBuilder {
             error_handler: self.error_handler,
             running: Mutex::new(services),
             counters: counters.clone(),
+            claims: claims.clone(),
         });
         let rt = tokio::runtime::Handle::current();
         let handle = ChannelHandle {
@@ -311,6 +313,7 @@ impl ChannelBuilder {
             leaving: None,
             ids: handle.shared.ids.clone(),
             tasks: tokio::task::JoinSet::new(),
+            claims,
         };
         tokio::spawn(owner.run(cmd_rx, inbound_rx, mcast_rx, peer_rx));
         Ok(handle)

@@ -12,7 +12,7 @@ use cohort_wire::{Member, SendOptions, Services};
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 
 use crate::core::{Outbound, ProbeError, Suspicion, Ticket};
-use crate::listener::{ChannelListener, ClusterListener, ErrorHandler};
+use crate::listener::{ChannelListener, ChannelMessage, ClusterListener, ErrorHandler};
 use crate::receipt::{SendOutcome, SendReceipt, SendState};
 use crate::seams::{ChannelMembership, ChannelTransport};
 
@@ -44,7 +44,24 @@ pub(super) struct HandleShared {
     pub(super) error_handler: Option<Arc<dyn ErrorHandler>>,
     pub(super) running: Mutex<Services>,
     pub(super) counters: Arc<ChannelCounters>,
+    /// Hooks the owner task asks before it hands a message to the delivery thread.
+    pub(super) claims: Arc<RwLock<Vec<Claim>>>,
 }
+
+/// What a [`Claim`] says of a message.
+pub(crate) enum Claimed {
+    /// Handled on the owner task; no listener sees it.
+    Yes,
+    /// Not this hook's; the next hook, then the listeners, get it.
+    No,
+    /// The hook's owner is gone: remove the hook.
+    Gone,
+}
+
+/// A hook on the owner task that may take a message before the listeners (the RPC channel's
+/// replies: completing a waiting call needs no listener thread). It must be quick and never
+/// block: it runs on the task that moves every message.
+pub(crate) type Claim = Arc<dyn Fn(&ChannelMessage) -> Claimed + Send + Sync>;
 
 /// A clonable front to a running channel. When the last handle the application holds is
 /// dropped, the channel stops as [`ChannelHandle::stop`]`(Services::DEFAULT)` would (in a task
@@ -277,6 +294,15 @@ impl ChannelHandle {
     /// The local member.
     pub fn local(&self) -> &Member {
         &self.shared.local
+    }
+
+    /// Installs a hook the owner task asks before the delivery thread (see [`Claim`]).
+    pub(crate) fn add_claim(&self, claim: Claim) {
+        self.shared
+            .claims
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(claim);
     }
 
     /// Adds a message listener while running.

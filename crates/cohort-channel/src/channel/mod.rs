@@ -19,4 +19,5 @@ mod stats;
 pub use builder::{ChannelBuilder, CustomTransport, GroupChannel};
 pub use config::{AsyncFullPolicy, ChannelConfig, ChannelError, MembershipSetup};
 pub use handle::ChannelHandle;
+pub(crate) use handle::Claimed;
 pub use stats::{ChannelStats, Mode, ModeStats};

@@ -23,7 +23,7 @@ use crate::receipt::SendState;
 use crate::seams::{ChannelMembership, ChannelTransport};
 
 use super::delivery::Delivery;
-use super::handle::Command;
+use super::handle::{Claim, Claimed, Command};
 use super::probes::{probe_test, run_probe};
 use super::stats::ChannelCounters;
 
@@ -50,6 +50,8 @@ pub(super) struct Owner<N: Net> {
     /// Every task the owner starts (probes, leave waits, failure reports, multicast sends):
     /// aborted when the owner ends, by `stop()` or when the last handle is dropped.
     pub(super) tasks: tokio::task::JoinSet<()>,
+    /// Hooks asked before the delivery thread (RPC replies).
+    pub(super) claims: Arc<RwLock<Vec<Claim>>>,
 }
 
 /// How long `stop` waits for the interceptors' last messages to be delivered.
@@ -282,18 +284,23 @@ impl<N: Net> Owner<N> {
                         continue;
                     }
                     let ack = msg.ack;
-                    let delivery = Delivery {
-                        msg: ChannelMessage {
-                            from: msg.from,
-                            member: msg.member,
-                            peer: msg.peer,
-                            msg_id: msg.msg_id,
-                            options: msg.options,
-                            timestamp_ms: msg.timestamp_ms,
-                            payload: msg.payload,
-                        },
-                        ack,
+                    let message = ChannelMessage {
+                        from: msg.from,
+                        member: msg.member,
+                        peer: msg.peer,
+                        msg_id: msg.msg_id,
+                        options: msg.options,
+                        timestamp_ms: msg.timestamp_ms,
+                        payload: msg.payload,
                     };
+                    if self.claim(&message) {
+                        self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                        if let Some(ack) = ack {
+                            ack.ack();
+                        }
+                        continue;
+                    }
+                    let delivery = Delivery { msg: message, ack };
                     if let Err(e) = self.delivery_tx.try_send(delivery) {
                         // Full: wait (the transport stops being read meanwhile).
                         let (mpsc::error::TrySendError::Full(d)
@@ -369,6 +376,31 @@ impl<N: Net> Owner<N> {
                 }
             }
         }
+    }
+
+    /// Asks the claim hooks; true when one took the message. Hooks whose owner is gone are
+    /// removed.
+    fn claim(&self, msg: &ChannelMessage) -> bool {
+        let claims = self.claims.read().unwrap_or_else(PoisonError::into_inner);
+        if claims.is_empty() {
+            return false;
+        }
+        let mut gone = false;
+        for c in claims.iter() {
+            match c(msg) {
+                Claimed::Yes => return true,
+                Claimed::No => {}
+                Claimed::Gone => gone = true,
+            }
+        }
+        drop(claims);
+        if gone {
+            self.claims
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|c| !matches!(c(msg), Claimed::Gone));
+        }
+        false
     }
 
     pub(super) fn on_received(&mut self, r: Received) {
