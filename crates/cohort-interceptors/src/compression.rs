@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use cohort_channel::{Cx, Inbound, Interceptor, Outbound, SendOptions, tags};
+use cohort_channel::{Cx, Inbound, Interceptor, Outbound, SendOptions, TagKind, tags};
 use cohort_wire::Extension;
 
 use crate::util::{Counter, bad, be_u64, check_flag, take_ext};
@@ -193,6 +193,10 @@ fn decompress(code: u8, data: &[u8], len: usize) -> Result<Vec<u8>, String> {
 impl Interceptor for Compression {
     fn name(&self) -> &'static str {
         "compression"
+    }
+
+    fn tags(&self) -> &'static [(u32, TagKind)] {
+        &[(tags::COMPRESSION, TagKind::Transform)]
     }
 
     fn on_send(&mut self, mut msg: Outbound, cx: &mut Cx<'_>) {

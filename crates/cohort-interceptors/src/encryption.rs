@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use bytes::{BufMut, Bytes, BytesMut};
-use cohort_channel::{Cx, Inbound, Interceptor, Outbound, SendOptions, tags};
+use cohort_channel::{Cx, Inbound, Interceptor, Outbound, SendOptions, TagKind, tags};
 use cohort_wire::{Extension, MemberId};
 use rand_core::RngCore;
 
@@ -424,6 +424,10 @@ impl Encryption {
 impl Interceptor for Encryption {
     fn name(&self) -> &'static str {
         "encryption"
+    }
+
+    fn tags(&self) -> &'static [(u32, TagKind)] {
+        &[(tags::ENCRYPTION, TagKind::Transform)]
     }
 
     fn option_mask(&self) -> SendOptions {

@@ -37,7 +37,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cohort_channel::{Cx, Inbound, Interceptor, ProbeError, ProbeRequest, Suspicion, tags};
+use cohort_channel::{
+    Cx, Inbound, Interceptor, ProbeError, ProbeRequest, Suspicion, TagKind, tags,
+};
 use cohort_membership::{DisappearReason, FailureEvidence, MembershipEvent};
 use cohort_wire::{Member, MemberKey};
 
@@ -277,6 +279,13 @@ impl TcpFailureDetector {
 impl Interceptor for TcpFailureDetector {
     fn name(&self) -> &'static str {
         "tcp_failure_detector"
+    }
+
+    fn tags(&self) -> &'static [(u32, TagKind)] {
+        &[
+            (tags::PROBE, TagKind::Control),
+            (tags::LEAVING, TagKind::Control),
+        ]
     }
 
     fn on_receive(&mut self, msg: Inbound, cx: &mut Cx<'_>) {

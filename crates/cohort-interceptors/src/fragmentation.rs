@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use cohort_channel::{Acker, Cx, Inbound, Interceptor, Outbound, tags};
+use cohort_channel::{Acker, Cx, Inbound, Interceptor, Outbound, TagKind, tags};
 use cohort_membership::MembershipEvent;
 use cohort_wire::{Extension, MemberId};
 
@@ -203,6 +203,10 @@ fn ext(orig: u64, index: u32, count: u32, total: u64) -> Extension {
 impl Interceptor for Fragmentation {
     fn name(&self) -> &'static str {
         "fragmentation"
+    }
+
+    fn tags(&self) -> &'static [(u32, TagKind)] {
+        &[(tags::FRAGMENT, TagKind::Transform)]
     }
 
     fn on_send(&mut self, msg: Outbound, cx: &mut Cx<'_>) {

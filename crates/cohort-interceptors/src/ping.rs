@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cohort_channel::{Cx, Inbound, Interceptor, tags};
+use cohort_channel::{Cx, Inbound, Interceptor, TagKind, tags};
 use cohort_membership::MembershipEvent;
 use cohort_wire::{Member, MemberKey, SendOptions};
 
@@ -112,6 +112,10 @@ impl TcpPing {
 impl Interceptor for TcpPing {
     fn name(&self) -> &'static str {
         "tcp_ping"
+    }
+
+    fn tags(&self) -> &'static [(u32, TagKind)] {
+        &[(tags::PING, TagKind::Control)]
     }
 
     fn on_start(&mut self, now: Instant, _cx: &mut Cx<'_>) {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cohort_channel::{Cx, Inbound, Interceptor, SendOptions, tags};
+use cohort_channel::{Cx, Inbound, Interceptor, SendOptions, TagKind, tags};
 use cohort_membership::{DisappearReason, FailureEvidence, MembershipEvent};
 use cohort_wire::{Member, MemberId};
 
@@ -217,6 +217,10 @@ impl StaticMembership {
 impl Interceptor for StaticMembership {
     fn name(&self) -> &'static str {
         "static_membership"
+    }
+
+    fn tags(&self) -> &'static [(u32, TagKind)] {
+        &[(tags::STATIC_NOTICE, TagKind::Control)]
     }
 
     fn on_start(&mut self, now: Instant, cx: &mut Cx<'_>) {

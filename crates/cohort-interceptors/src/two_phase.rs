@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cohort_channel::{Cx, Inbound, Interceptor, Outbound, SendOptions, tags};
+use cohort_channel::{Cx, Inbound, Interceptor, Outbound, SendOptions, TagKind, tags};
 use cohort_membership::MembershipEvent;
 use cohort_wire::{Extension, MemberId};
 
@@ -133,6 +133,10 @@ impl TwoPhaseCommit {
 impl Interceptor for TwoPhaseCommit {
     fn name(&self) -> &'static str {
         "two_phase_commit"
+    }
+
+    fn tags(&self) -> &'static [(u32, TagKind)] {
+        &[(tags::TWO_PHASE_COMMIT, TagKind::Control)]
     }
 
     fn option_mask(&self) -> SendOptions {

@@ -17,7 +17,7 @@ use cohort_wire::{
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::core::{Acker, Inbound, Outbound, Output, Pipeline, Suspicion, Ticket, tags};
+use crate::core::{Acker, Inbound, Outbound, Output, Pipeline, Suspicion, TagKind, Ticket};
 use crate::listener::ChannelMessage;
 use crate::receipt::SendState;
 use crate::seams::{ChannelMembership, ChannelTransport};
@@ -257,11 +257,14 @@ impl<N: Net> Owner<N> {
             match output {
                 Output::Transmit(out) => self.transmit(out),
                 Output::Deliver(mut msg) => {
-                    if let Some(tag) = msg.extensions.iter().map(|e| e.tag).find(|t| {
-                        tags::is_control(*t)
-                            || matches!(*t, tags::FRAGMENT | tags::COMPRESSION | tags::ENCRYPTION)
-                    }) {
-                        let counter = if tags::is_control(tag) {
+                    let pipeline = &self.pipeline;
+                    let held = msg
+                        .extensions
+                        .iter()
+                        .find_map(|e| pipeline.tag_kind(e.tag).map(|kind| (e.tag, kind)));
+                    if let Some((tag, kind)) = held {
+                        let control = kind == TagKind::Control;
+                        let counter = if control {
                             &self.counters.control_dropped
                         } else {
                             &self.counters.untransformed_dropped
@@ -273,7 +276,7 @@ impl<N: Net> Owner<N> {
                             "message with an extension no interceptor handled; dropped"
                         );
                         if let Some(ack) = msg.ack.take() {
-                            if tags::is_control(tag) {
+                            if control {
                                 ack.ack();
                             } else {
                                 ack.fail(format!(

@@ -286,10 +286,18 @@ pub mod tags {
     /// True for tags whose messages are consumed by interceptors; one that reaches the top of
     /// the stack (no interceptor there to consume it) is dropped, not delivered.
     pub fn is_control(tag: u32) -> bool {
-        matches!(
-            tag,
-            TWO_PHASE_COMMIT | PING | PROBE | STATIC_NOTICE | LEAVING
-        )
+        assigned_kind(tag) == Some(super::TagKind::Control)
+    }
+
+    /// The registry of the tags Cohort's interceptors own (docs/PROTOCOL.md §2.6), for a
+    /// message whose tag no interceptor of this stack declares.
+    pub fn assigned_kind(tag: u32) -> Option<super::TagKind> {
+        use super::TagKind::{Control, Transform};
+        match tag {
+            TWO_PHASE_COMMIT | PING | PROBE | STATIC_NOTICE | LEAVING => Some(Control),
+            FRAGMENT | COMPRESSION | ENCRYPTION => Some(Transform),
+            _ => None,
+        }
     }
 }
 
@@ -394,6 +402,13 @@ pub trait Interceptor: Send + 'static {
     /// Name, for logs and config.
     fn name(&self) -> &'static str;
 
+    /// The extension tags this interceptor owns and what a message still carrying one at the
+    /// top of the stack means ([`TagKind`]). The channel asks the pipeline, which asks the
+    /// interceptors, before it delivers a message. Default: none.
+    fn tags(&self) -> &'static [(u32, TagKind)] {
+        &[]
+    }
+
     /// Messages whose options do not contain all of these bits bypass this interceptor.
     /// Default: none (sees everything).
     fn option_mask(&self) -> SendOptions {
@@ -470,6 +485,18 @@ pub struct PipelineStats {
     pub work_dropped: u64,
 }
 
+/// What an extension tag still on a message at the top of the stack means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TagKind {
+    /// A control message that an interceptor consumes: with none to consume it here, it is
+    /// dropped (and ACKed: it was received; there is nothing to process).
+    Control,
+    /// A transformation (fragment, compressed, encrypted) that an interceptor must undo: with
+    /// none to undo it here the payload is not the application's, so it is dropped and
+    /// FAIL_ACKed (the stacks differ).
+    Transform,
+}
+
 /// An ordered stack of interceptors with a bounded work queue.
 pub struct Pipeline {
     stack: Vec<Box<dyn Interceptor>>,
@@ -479,6 +506,19 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// What `tag` means on a message at the top of the stack: as an interceptor of this stack
+    /// declares it ([`Interceptor::tags`]), else as Cohort's tag registry assigns it (a peer
+    /// may run an interceptor this stack lacks: its transformation must still not reach the
+    /// listeners), else nothing (application tags, and annotations such as order's).
+    pub fn tag_kind(&self, tag: u32) -> Option<TagKind> {
+        self.stack
+            .iter()
+            .flat_map(|i| i.tags().iter())
+            .find(|(t, _)| *t == tag)
+            .map(|(_, kind)| *kind)
+            .or_else(|| tags::assigned_kind(tag))
+    }
+
     /// A pipeline over `stack` (index 0 on top). At most `max_work` work items are pending
     /// within one input's dispatch. `ids` is the sender's message id counter, shared with
     /// whoever assigns ids to application messages (ids are the counter's value plus one).

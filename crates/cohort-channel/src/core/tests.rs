@@ -272,3 +272,32 @@ fn received_work_dropped_on_overflow_is_fail_acked() {
     assert_eq!(delivered + failed, 1000);
     assert!(failed > 0);
 }
+
+/// An interceptor of an application's own that owns a transforming tag.
+struct Scrambler;
+
+impl Interceptor for Scrambler {
+    fn name(&self) -> &'static str {
+        "scrambler"
+    }
+
+    fn tags(&self) -> &'static [(u32, TagKind)] {
+        &[(100, TagKind::Transform), (101, TagKind::Control)]
+    }
+}
+
+#[test]
+fn the_pipeline_asks_its_interceptors_what_a_tag_means() {
+    let p = Pipeline::new(vec![Box::new(Scrambler)], 16, Arc::new(AtomicU64::new(0)));
+    assert_eq!(p.tag_kind(100), Some(TagKind::Transform));
+    assert_eq!(p.tag_kind(101), Some(TagKind::Control));
+    // Cohort's own tags are known from the registry even when this stack lacks their
+    // interceptor (a peer's compression must not reach these listeners).
+    assert_eq!(p.tag_kind(tags::COMPRESSION), Some(TagKind::Transform));
+    assert_eq!(p.tag_kind(tags::PING), Some(TagKind::Control));
+    // Annotations and unknown application tags are delivered.
+    assert_eq!(p.tag_kind(tags::ORDER), None);
+    assert_eq!(p.tag_kind(200), None);
+    let empty = Pipeline::new(Vec::new(), 16, Arc::new(AtomicU64::new(0)));
+    assert_eq!(empty.tag_kind(100), None);
+}
