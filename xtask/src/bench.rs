@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail, ensure};
 use crate::harness::{self, NodeProc, Spawn};
 
 const SIZES: &[usize] = &[64, 1024, 65536];
-const MODES: &[&str] = &["async", "ack", "syncack"];
+const MODES: &[&str] = &["async", "ack", "syncack", "async-batch", "ack-batch"];
 const RAW_MODES: &[&str] = &["raw-tcp", "raw-tcp-write"];
 const BEGIN: &str = "<!-- results:begin (written by `cargo xtask bench`) -->";
 const END: &str = "<!-- results:end -->";
@@ -259,7 +259,7 @@ fn results_markdown(lines: &[Line]) -> String {
         let batched =
             find(lines, &[("mode", "batched"), ("size", &s)]).map(|l| l.num("msgs_per_s"));
         let write = find(lines, &[("mode", "write"), ("size", &s)]).map(|l| l.num("msgs_per_s"));
-        for mode in ["batched", "write", "async", "ack", "syncack"] {
+        for mode in ["batched", "write", "async", "ack", "syncack", "async-batch", "ack-batch"] {
             let Some(l) = find(lines, &[("test", "tput"), ("mode", mode), ("size", &s)]) else {
                 continue;
             };

@@ -27,6 +27,10 @@ pub enum Mode {
     Ack,
     /// USE_ACK | SYNCHRONIZED_ACK.
     SyncAck,
+    /// ASYNCHRONOUS through `send_many`, batches of [`BATCH`].
+    AsyncBatch,
+    /// USE_ACK through `send_many`, batches of [`BATCH`].
+    AckBatch,
     /// Plain TCP, no framing beyond a length prefix, written through a 256 KiB buffer.
     RawTcp,
     /// Plain TCP with one `write` per message (`TCP_NODELAY`).
@@ -40,16 +44,20 @@ impl Mode {
             "async" => Self::Async,
             "ack" => Self::Ack,
             "syncack" => Self::SyncAck,
+            "async-batch" => Self::AsyncBatch,
+            "ack-batch" => Self::AckBatch,
             "raw-tcp" => Self::RawTcp,
             "raw-tcp-write" => Self::RawTcpWrite,
-            _ => bail!("unknown mode {s:?} (async, ack, syncack, raw-tcp, raw-tcp-write)"),
+            _ => bail!(
+                "unknown mode {s:?} (async, ack, syncack, async-batch, ack-batch, raw-tcp, raw-tcp-write)"
+            ),
         })
     }
 
     fn options(self) -> SendOptions {
         match self {
-            Self::Async => SendOptions::ASYNCHRONOUS,
-            Self::Ack => SendOptions::USE_ACK,
+            Self::Async | Self::AsyncBatch => SendOptions::ASYNCHRONOUS,
+            Self::Ack | Self::AckBatch => SendOptions::USE_ACK,
             Self::SyncAck => SendOptions::USE_ACK | SendOptions::SYNCHRONIZED_ACK,
             Self::RawTcp | Self::RawTcpWrite => SendOptions::NONE,
         }
@@ -61,6 +69,8 @@ impl Mode {
             Self::Async => "async",
             Self::Ack => "ack",
             Self::SyncAck => "syncack",
+            Self::AsyncBatch => "async-batch",
+            Self::AckBatch => "ack-batch",
             Self::RawTcp => "batched",
             Self::RawTcpWrite => "write",
         }
@@ -70,6 +80,9 @@ impl Mode {
         matches!(self, Self::RawTcp | Self::RawTcpWrite)
     }
 }
+
+/// Messages per `send_many` call in the batch modes.
+pub const BATCH: u64 = 256;
 
 /// One measurement.
 #[derive(Clone, Debug)]
@@ -302,7 +315,25 @@ pub async fn run(mode: Mode, size: usize, count: u64) -> anyhow::Result<BenchRes
         // Receipts outstanding: the transport refuses more than `max_peer_queue_bytes` (64 MiB)
         // of unwritten frames per peer with QueueFull, so big messages get a smaller window.
         let window = (RECEIPT_WINDOW_BYTES / size).clamp(16, 8192);
-        for i in 0..count {
+        let batched = matches!(mode, Mode::AsyncBatch | Mode::AckBatch);
+        let mut i = 0;
+        while batched && i < count {
+            let n = BATCH.min(count - i);
+            let batch: Vec<Bytes> = (i..i + n)
+                .map(|k| {
+                    payload[..8].copy_from_slice(&k.to_be_bytes());
+                    Bytes::copy_from_slice(&payload)
+                })
+                .collect();
+            i += n;
+            receipts.push_back(ch.send_many(&to, batch, options).await?);
+            let in_batches = (window / usize::try_from(BATCH).unwrap_or(1)).max(2);
+            while receipts.len() > in_batches {
+                let o = receipts.pop_front().context("receipt")?.await;
+                bad += count_failures(&o, &mut first_error);
+            }
+        }
+        for i in (0..count).filter(|_| !batched) {
             payload[..8].copy_from_slice(&i.to_be_bytes());
             let r = ch
                 .send(&to, Bytes::copy_from_slice(&payload), options)

@@ -111,7 +111,8 @@ struct BenchArgs {
     /// What to measure.
     #[arg(long, value_enum, default_value_t = BenchTest::Tput)]
     test: BenchTest,
-    /// One mode (tput: async, ack, syncack, raw-tcp, raw-tcp-write; latency: rpc, raw-tcp).
+    /// One mode (tput: async, ack, syncack, async-batch, ack-batch, raw-tcp, raw-tcp-write;
+    /// latency: rpc, raw-tcp).
     /// Default: all of the test's modes.
     #[arg(long)]
     mode: Option<String>,
@@ -407,6 +408,8 @@ fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
                     Mode::Async,
                     Mode::Ack,
                     Mode::SyncAck,
+                    Mode::AsyncBatch,
+                    Mode::AckBatch,
                 ],
             };
             let count = args.count.unwrap_or(300_000);

@@ -135,6 +135,14 @@ pub enum ChannelError {
         /// Bytes queued.
         bytes: usize,
     },
+    /// A batch for [`crate::ChannelHandle::send_many`] is empty or larger than allowed.
+    #[error("a batch of {len} messages; 1 to {max} are accepted")]
+    BatchSize {
+        /// Messages in the batch.
+        len: usize,
+        /// The most accepted (`MAX_BATCH`, and for ASYNCHRONOUS `async_queue_messages`).
+        max: usize,
+    },
 }
 
 impl ChannelConfig {

@@ -18,6 +18,6 @@ mod stats;
 
 pub use builder::{ChannelBuilder, CustomTransport, GroupChannel};
 pub use config::{AsyncFullPolicy, ChannelConfig, ChannelError, MembershipSetup};
-pub use handle::ChannelHandle;
 pub(crate) use handle::Claimed;
+pub use handle::{ChannelHandle, MAX_BATCH};
 pub use stats::{ChannelStats, Mode, ModeStats};

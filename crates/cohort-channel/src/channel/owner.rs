@@ -146,6 +146,23 @@ impl<N: Net> Owner<N> {
                             state.done_one();
                         }
                     }
+                    Some(Command::SendBatch(outs, state)) => {
+                        // One pass for the whole batch: every message goes down the stack,
+                        // then the outputs are carried out together (the transport coalesces).
+                        let tickets: Vec<Ticket> = outs.iter().map(|o| o.ticket).collect();
+                        for t in &tickets {
+                            self.tickets.insert(*t, state.clone());
+                        }
+                        let now = self.now();
+                        for out in outs {
+                            self.pipeline.send(now, out);
+                        }
+                        self.drain().await;
+                        for t in &tickets {
+                            self.tickets.remove(t);
+                        }
+                        state.done_one();
+                    }
                     Some(Command::ProbeResult(i, member, result)) => {
                         let now = self.now();
                         self.pipeline.probe_result(now, i, member, result);

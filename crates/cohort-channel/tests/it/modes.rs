@@ -159,3 +159,58 @@ async fn poll_ready_reserves_the_place_call_uses() {
     a.stop(Services::DEFAULT).await;
     b.stop(Services::DEFAULT).await;
 }
+
+/// A batch: one receipt for every message and destination, delivered in order, in every mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_many_delivers_a_batch_in_order_with_one_receipt() {
+    let sink = collector();
+    let b = start(builder().listener(sink.clone())).await;
+    let a = start(builder()).await;
+    let to = [b.local().clone()];
+    let batch = |from: u32| -> Vec<Bytes> {
+        (from..from + 500)
+            .map(|i| Bytes::from(i.to_be_bytes().to_vec()))
+            .collect()
+    };
+    let outcome = a
+        .send_many(&to, batch(0), SendOptions::USE_ACK)
+        .await
+        .unwrap()
+        .await;
+    assert!(outcome.is_ok(), "{outcome:?}");
+    assert_eq!(outcome.results.len(), 500);
+    let outcome = a
+        .send_many(&to, batch(500), SendOptions::ASYNCHRONOUS)
+        .await
+        .unwrap()
+        .await;
+    assert!(outcome.queued);
+    let outcome = a
+        .send_many(
+            &to,
+            batch(1000),
+            SendOptions::USE_ACK | SendOptions::SYNCHRONIZED_ACK,
+        )
+        .await
+        .unwrap()
+        .await;
+    assert!(outcome.is_ok(), "{outcome:?}");
+    wait_for("all 1500", Duration::from_secs(20), || sink.len() == 1500).await;
+    let got: Vec<u32> = sink
+        .payloads()
+        .iter()
+        .map(|p| u32::from_be_bytes(p[..4].try_into().unwrap()))
+        .collect();
+    assert_eq!(got, (0..1500).collect::<Vec<_>>(), "in order, once each");
+    assert!(matches!(
+        a.send_many(&to, Vec::new(), SendOptions::USE_ACK).await,
+        Err(cohort_channel::ChannelError::BatchSize { len: 0, .. })
+    ));
+    let huge = vec![Bytes::from_static(b"x"); cohort_channel::MAX_BATCH + 1];
+    assert!(matches!(
+        a.send_many(&to, huge, SendOptions::USE_ACK).await,
+        Err(cohort_channel::ChannelError::BatchSize { .. })
+    ));
+    a.stop(Services::DEFAULT).await;
+    b.stop(Services::DEFAULT).await;
+}
