@@ -259,7 +259,15 @@ fn results_markdown(lines: &[Line]) -> String {
         let batched =
             find(lines, &[("mode", "batched"), ("size", &s)]).map(|l| l.num("msgs_per_s"));
         let write = find(lines, &[("mode", "write"), ("size", &s)]).map(|l| l.num("msgs_per_s"));
-        for mode in ["batched", "write", "async", "ack", "syncack", "async-batch", "ack-batch"] {
+        for mode in [
+            "batched",
+            "write",
+            "async",
+            "ack",
+            "syncack",
+            "async-batch",
+            "ack-batch",
+        ] {
             let Some(l) = find(lines, &[("test", "tput"), ("mode", mode), ("size", &s)]) else {
                 continue;
             };
