@@ -50,13 +50,13 @@ fn channel(c: &mut Criterion) {
             .transport(transport())
             .services(Services::SND_RX | Services::SND_TX)
             .listener(count.clone())
-            .start(TokioNet, &mut rand::thread_rng())
+            .start_with(TokioNet, &mut rand::thread_rng())
             .await
             .expect("receiver");
         let tx = GroupChannel::builder()
             .transport(transport())
             .services(Services::SND_RX | Services::SND_TX)
-            .start(TokioNet, &mut rand::thread_rng())
+            .start_with(TokioNet, &mut rand::thread_rng())
             .await
             .expect("sender");
         (tx, rx)

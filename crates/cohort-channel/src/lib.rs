@@ -44,12 +44,12 @@
 //!     .transport(transport.clone())
 //!     .services(no_membership)
 //!     .listener(Arc::new(Print))
-//!     .start(TokioNet, &mut rng)
+//!     .start_with(TokioNet, &mut rng)
 //!     .await?;
 //! let a = GroupChannel::builder()
 //!     .transport(transport)
 //!     .services(no_membership)
-//!     .start(TokioNet, &mut rng)
+//!     .start_with(TokioNet, &mut rng)
 //!     .await?;
 //! let sync_ack = SendOptions::USE_ACK | SendOptions::SYNCHRONIZED_ACK;
 //! let outcome = a.send(&[b.local().clone()], Bytes::from_static(b"hello"), sync_ack).await?.await;

@@ -56,6 +56,41 @@ impl SendOutcome {
     }
 }
 
+impl std::fmt::Display for SendOutcome {
+    /// `message 7: 1 of 3 destinations failed: 127.0.0.1:4001: no ACK within 3s`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(lost) = &self.lost {
+            return write!(f, "message {}: {lost}", self.msg_id);
+        }
+        if self.queued {
+            return write!(f, "message {}: queued", self.msg_id);
+        }
+        let failed: Vec<&MemberResult> = self.failures().collect();
+        if failed.is_empty() {
+            return write!(
+                f,
+                "message {}: {} destinations ok",
+                self.msg_id,
+                self.results.len()
+            );
+        }
+        write!(
+            f,
+            "message {}: {} of {} destinations failed",
+            self.msg_id,
+            failed.len(),
+            self.results.len()
+        )?;
+        for (i, r) in failed.iter().take(3).enumerate() {
+            let sep = if i == 0 { ": " } else { "; " };
+            if let Err(e) = &r.result {
+                write!(f, "{sep}{}: {e}", r.addr)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Resolves as the send options promise: when queued (ASYNCHRONOUS), when written (no ACK),
 /// when acknowledged (USE_ACK) or when processed (USE_ACK | SYNCHRONIZED_ACK). Never hangs:
 /// every destination completes or fails within the transport's `send_timeout` (plus connect

@@ -33,7 +33,7 @@ async fn start() -> cohort_channel::ChannelHandle {
         })
         .services(Services::from_bits_truncate(3))
         .config(ChannelConfig::default())
-        .start(TokioNet, &mut rand::thread_rng())
+        .start_with(TokioNet, &mut rand::thread_rng())
         .await
         .unwrap()
 }

@@ -107,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
                 .collect();
             builder = builder.multicast(None).static_peers(me, peers);
         }
-        let handle = builder.start(TokioNet, &mut rand::rngs::OsRng).await?;
+        let handle = builder.start_with(TokioNet, &mut rand::rngs::OsRng).await?;
         let mut events = handle.events();
         let tag = name.clone();
         tokio::spawn(async move {

@@ -149,9 +149,17 @@ impl MembershipBuilder {
         self
     }
 
+    /// Starts on real sockets ([`cohort_net::TokioNet`]) with the id drawn from the operating
+    /// system's generator; [`MembershipBuilder::start_with`] takes another network or
+    /// generator.
+    pub async fn start(self) -> Result<MembershipHandle, StartError> {
+        self.start_with(cohort_net::TokioNet, &mut rand_core::OsRng)
+            .await
+    }
+
     /// Opens the sockets, draws the local member id from `rng`, and spawns the driver task on
     /// the current tokio runtime.
-    pub async fn start<N: Net>(
+    pub async fn start_with<N: Net>(
         self,
         net: N,
         rng: &mut impl rand_core::RngCore,

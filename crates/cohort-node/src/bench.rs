@@ -210,7 +210,9 @@ async fn bare_channel(
     if let Some(l) = listener {
         builder = builder.listener(l);
     }
-    Ok(builder.start(TokioNet, &mut rand::thread_rng()).await?)
+    Ok(builder
+        .start_with(TokioNet, &mut rand::thread_rng())
+        .await?)
 }
 
 /// The sink as a destination: its address, and an id the sender need not know.

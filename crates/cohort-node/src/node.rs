@@ -190,7 +190,7 @@ pub async fn start(config: NodeConfig, events: &Events) -> anyhow::Result<Node> 
             node: node_name.clone(),
         }));
     }
-    let channel = builder.start(net, &mut rand::thread_rng()).await?;
+    let channel = builder.start_with(net, &mut rand::thread_rng()).await?;
     let traffic = (config.traffic_rate > 0).then(|| {
         Traffic::start(
             channel.clone(),

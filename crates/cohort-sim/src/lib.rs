@@ -218,7 +218,7 @@ impl Cluster {
                         data_addr: Some(SocketAddr::new(ip, 4000)),
                         ..LocalMemberConfig::default()
                     })
-                    .start(net, &mut rng)
+                    .start_with(net, &mut rng)
                     .await
                     .map_err(|e| Box::new(e) as Box<dyn std::error::Error>)?;
                 let mut views = handle.watch();

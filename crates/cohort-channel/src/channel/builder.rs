@@ -164,9 +164,22 @@ impl ChannelBuilder {
         self
     }
 
+    /// Starts the channel on real sockets ([`cohort_net::TokioNet`]) with ids drawn from the
+    /// operating system's generator: [`ChannelBuilder::start_with`] for everything else (a
+    /// simulated network, a seeded generator).
+    ///
+    /// A channel started this way has no interceptor unless given some: no failure detector
+    /// (members leave by shutdown or drop time only), unlike the `cohort` node, whose default
+    /// stack is `tcp_ping` and `tcp_failure_detector` (`cohort_interceptors::default_stack`).
+    pub async fn start(self) -> Result<ChannelHandle, ChannelError> {
+        self.start_with(cohort_net::TokioNet, &mut rand_core::OsRng)
+            .await
+    }
+
     /// Starts the services in Tribes' order (receiver, sender, membership receive, membership
-    /// broadcast) and spawns the channel task on the current tokio runtime.
-    pub async fn start<N: Net>(
+    /// broadcast) and spawns the channel task on the current tokio runtime, with `net` for
+    /// sockets and `rng` for the member id.
+    pub async fn start_with<N: Net>(
         self,
         net: N,
         rng: &mut impl rand_core::RngCore,
@@ -240,7 +253,7 @@ impl ChannelBuilder {
                 if let Some((bind, peers)) = self.membership.static_members.clone() {
                     builder = builder.static_peers(bind, peers);
                 }
-                Some(Arc::new(builder.start(net.clone(), rng).await?))
+                Some(Arc::new(builder.start_with(net.clone(), rng).await?))
             }
             None => None,
         };

@@ -135,6 +135,10 @@ pub enum ChannelError {
         /// Bytes queued.
         bytes: usize,
     },
+    /// [`crate::ChannelHandle::send_wait`]: the message went out, and some destination failed
+    /// (or it never left the pipeline); the outcome says which and why.
+    #[error("{0}")]
+    Delivery(Box<crate::SendOutcome>),
     /// A batch for [`crate::ChannelHandle::send_many`] is empty or larger than allowed.
     #[error("a batch of {len} messages; 1 to {max} are accepted")]
     BatchSize {

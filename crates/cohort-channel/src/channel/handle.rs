@@ -124,6 +124,32 @@ impl ChannelHandle {
             .await
     }
 
+    /// Sends and waits for the outcome, in one await: `Ok` when every destination succeeded
+    /// (acknowledged when the options ask for it, written otherwise, queued for
+    /// ASYNCHRONOUS), [`ChannelError::Delivery`] with the outcome when any failed.
+    /// [`ChannelHandle::send`] is the two-step form, for pipelining many sends.
+    ///
+    /// ```no_run
+    /// # async fn demo(ch: cohort_channel::ChannelHandle) -> Result<(), cohort_channel::ChannelError> {
+    /// use cohort_channel::SendOptions;
+    /// let outcome = ch.send_wait(&ch.members(), "hello".into(), SendOptions::USE_ACK).await?;
+    /// println!("{outcome}");
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_wait(
+        &self,
+        destinations: &[Member],
+        payload: Bytes,
+        options: SendOptions,
+    ) -> Result<SendOutcome, ChannelError> {
+        let outcome = self.send(destinations, payload, options).await?.await;
+        if outcome.is_ok() {
+            Ok(outcome)
+        } else {
+            Err(ChannelError::Delivery(Box::new(outcome)))
+        }
+    }
+
     /// [`ChannelHandle::send`] with a place in the ASYNCHRONOUS queue already taken (the tower
     /// service takes it in `poll_ready`); a non-ASYNCHRONOUS send gives it back.
     pub(crate) async fn send_reserved(

@@ -25,7 +25,9 @@ pub(crate) fn builder() -> ChannelBuilder {
 }
 
 pub(crate) async fn start(b: ChannelBuilder) -> ChannelHandle {
-    b.start(TokioNet, &mut rand::thread_rng()).await.unwrap()
+    b.start_with(TokioNet, &mut rand::thread_rng())
+        .await
+        .unwrap()
 }
 
 pub(crate) fn collector() -> Arc<Collect> {

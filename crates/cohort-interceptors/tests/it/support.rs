@@ -59,7 +59,10 @@ pub(crate) async fn node_with(
     for i in built.interceptors {
         b = b.interceptor(i);
     }
-    let ch = b.start(TokioNet, &mut rand::thread_rng()).await.unwrap();
+    let ch = b
+        .start_with(TokioNet, &mut rand::thread_rng())
+        .await
+        .unwrap();
     Node {
         ch,
         handles: built.handles,

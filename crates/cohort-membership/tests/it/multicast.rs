@@ -28,7 +28,7 @@ async fn start(
     }
     let mut rng = rand::rngs::StdRng::from_entropy();
     builder
-        .start(TokioNet, &mut rng)
+        .start_with(TokioNet, &mut rng)
         .await
         .expect("membership starts")
 }
@@ -144,7 +144,7 @@ async fn static_members_find_each_other_without_multicast() {
         .multicast(None)
         .static_peers(a_addr, vec![peer(b_addr)])
         .listener(recorder.clone())
-        .start(TokioNet, &mut rand::rngs::StdRng::from_entropy())
+        .start_with(TokioNet, &mut rand::rngs::StdRng::from_entropy())
         .await
         .unwrap();
     // A later start time (ms resolution) makes b the younger member, whatever the ids.
@@ -176,7 +176,7 @@ async fn a_receive_only_node_sees_the_cluster_but_is_not_seen() {
     let listener = Membership::builder(MembershipConfig::default())
         .multicast(Some(m))
         .services(cohort_wire::Services::MBR_RX)
-        .start(TokioNet, &mut rand::rngs::StdRng::from_entropy())
+        .start_with(TokioNet, &mut rand::rngs::StdRng::from_entropy())
         .await
         .unwrap();
     wait_view(&listener, Duration::from_secs(3), "the full node", |v| {

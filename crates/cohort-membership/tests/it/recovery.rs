@@ -88,7 +88,7 @@ async fn a_failing_socket_is_reopened_and_failed_reopens_are_retried_without_spi
     };
     let handle = Membership::builder(MembershipConfig::default())
         .multicast(Some(multicast))
-        .start(net.clone(), &mut rand::rngs::StdRng::seed_from_u64(1))
+        .start_with(net.clone(), &mut rand::rngs::StdRng::seed_from_u64(1))
         .await
         .unwrap();
     // 5 errors 10 ms apart, then 3 failed reopens 100 ms apart, then a good one (~350 ms),
@@ -122,7 +122,7 @@ async fn after_counter_failed_reopens_the_driver_slows_down_instead_of_giving_up
     };
     let handle = Membership::builder(MembershipConfig::default())
         .multicast(Some(multicast))
-        .start(net.clone(), &mut rand::rngs::StdRng::seed_from_u64(2))
+        .start_with(net.clone(), &mut rand::rngs::StdRng::seed_from_u64(2))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -54,7 +54,7 @@ fn scenario(seed: u64) -> Result<(), String> {
                 .transport(transport("b"))
                 .services(NO_MEMBERSHIP)
                 .listener(sink)
-                .start(TurmoilNet::new("b"), &mut rng)
+                .start_with(TurmoilNet::new("b"), &mut rng)
                 .await?;
             std::future::pending::<()>().await;
             Ok(())
@@ -67,7 +67,7 @@ fn scenario(seed: u64) -> Result<(), String> {
         let a = GroupChannel::builder()
             .transport(transport("a"))
             .services(NO_MEMBERSHIP)
-            .start(TurmoilNet::new("a"), &mut rng)
+            .start_with(TurmoilNet::new("a"), &mut rng)
             .await?;
         let b_ip = turmoil::lookup("b");
         let b = Member::new(MemberId::from_bytes([2; 16]), b_ip, 4000);

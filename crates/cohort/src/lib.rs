@@ -1,0 +1,86 @@
+//! Cohort: cluster group communication in the style of Apache Tomcat's Tribes. Members find
+//! each other (multicast beacons or a static list), talk over a channel whose send options are
+//! Tribes' bit flags (ACK, synchronized ACK, ASYNC, ...), and every message passes a stack of
+//! interceptors (failure detector, ordering, fragmentation, compression, encryption, ...).
+//!
+//! This crate is the one to depend on: it re-exports the `cohort-*` crates (each also usable
+//! on its own) and gathers what a program needs in [`prelude`]. Features: `interceptors` (on by
+//! default), `tower`, `serde`.
+//!
+//! A channel, a send that waits for its ACK in one await, and an RPC call, between two
+//! channels in one process (across processes it is the same code on each side):
+//!
+//! ```
+//! use std::{sync::Arc, time::Duration};
+//! use cohort::prelude::*;
+//!
+//! struct Echo;
+//! impl RpcHandler for Echo {
+//!     fn reply_request(&self, _from: &Member, request: &Bytes) -> Option<Bytes> {
+//!         Some(request.clone())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), ChannelError> {
+//! // Receiver and sender only (no membership): destinations are given explicitly here.
+//! let start = || {
+//!     GroupChannel::builder()
+//!         .transport(TransportConfig { port: 0, ..TransportConfig::default() })
+//!         .services(Services::SND_RX | Services::SND_TX)
+//!         .start()
+//! };
+//! let (a, b) = (start().await?, start().await?);
+//! let _echo = RpcChannel::new(&b, "echo", Arc::new(Echo), SendOptions::NONE);
+//! let to = [b.local().clone()];
+//!
+//! let outcome = a.send_wait(&to, "hello".into(), SendOptions::USE_ACK).await?;
+//! assert!(outcome.is_ok());
+//!
+//! let rpc = RpcChannel::new(&a, "echo", Arc::new(Echo), SendOptions::NONE);
+//! let replies = rpc
+//!     .call(&to, "ping".into(), ReplyMode::All, SendOptions::USE_ACK, Duration::from_secs(3))
+//!     .await?;
+//! assert_eq!(&replies[0].payload[..], b"ping");
+//! a.stop(Services::DEFAULT).await;
+//! b.stop(Services::DEFAULT).await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! `examples/` has programs that run across processes: `cargo run -p cohort --example chat`.
+//!
+//! A library channel starts with no interceptor unless given some, so no failure detector: a
+//! member leaves by shutdown or after the drop time. The `cohort` node starts with
+//! [`interceptors::default_stack`] (`tcp_ping`, `tcp_failure_detector`), which detects a
+//! killed process within milliseconds; give the same stack to a library channel with
+//! `interceptors::build_stack`.
+
+pub use cohort_channel as channel;
+#[cfg(feature = "interceptors")]
+pub use cohort_interceptors as interceptors;
+pub use cohort_membership as membership;
+pub use cohort_net as net;
+pub use cohort_transport as transport;
+pub use cohort_wire as wire;
+/// The random-number traits of the public API (`start_with` takes an `RngCore` of this
+/// version), so that a program need not match it.
+pub use rand_core;
+
+/// What most programs use, in one import.
+pub mod prelude {
+    pub use bytes::Bytes;
+    pub use cohort_channel::{
+        ChannelConfig, ChannelError, ChannelHandle, ChannelListener, ChannelMessage, GroupChannel,
+        ListenerError, MembershipSetup, ReplyMode, RpcChannel, RpcHandler, RpcResponse,
+        SendOutcome, SendReceipt,
+    };
+    #[cfg(feature = "interceptors")]
+    pub use cohort_interceptors::{InterceptorConfig, build_stack, default_stack};
+    pub use cohort_membership::{
+        Membership, MembershipConfig, MembershipEvent, MembershipHandle, MembershipListener,
+        MulticastConfig, StaticPeer,
+    };
+    pub use cohort_transport::TransportConfig;
+    pub use cohort_wire::{ClusterKey, KeyRing, Member, MemberId, SendOptions, Services};
+}
