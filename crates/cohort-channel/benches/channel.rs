@@ -100,8 +100,8 @@ fn channel(c: &mut Criterion) {
     }
     g.finish();
     rt.block_on(async {
-        tx.stop(Services::DEFAULT).await;
-        rx.stop(Services::DEFAULT).await;
+        tx.stop().await;
+        rx.stop().await;
     });
 }
 

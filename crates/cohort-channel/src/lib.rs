@@ -54,8 +54,8 @@
 //! let sync_ack = SendOptions::USE_ACK | SendOptions::SYNCHRONIZED_ACK;
 //! let outcome = a.send(&[b.local().clone()], Bytes::from_static(b"hello"), sync_ack).await?.await;
 //! assert!(outcome.is_ok(), "{outcome:?}");
-//! a.stop(Services::DEFAULT).await;
-//! b.stop(Services::DEFAULT).await;
+//! a.stop().await;
+//! b.stop().await;
 //! # Ok(())
 //! # }
 //! ```

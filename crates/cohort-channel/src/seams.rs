@@ -98,7 +98,7 @@ impl ChannelMembership for MembershipHandle {
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {
-        Box::pin(MembershipHandle::shutdown(self))
+        Box::pin(MembershipHandle::stop(self))
     }
 
     fn report_failed(&self, member: MemberKey, detail: String) -> BoxFuture<'_, ()> {

@@ -138,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
 
     println!("node-1 (the lead) leaves gracefully");
     let (_, lead) = nodes.remove(0);
-    lead.shutdown().await;
+    lead.stop().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     print_view(&nodes[1].0, &nodes[1].1.view());
 
@@ -157,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
     println!("dropped after {:?}", silent_at.elapsed());
     print_view(&nodes[0].0, &nodes[0].1.view());
     for (_, handle) in nodes {
-        handle.shutdown().await;
+        handle.stop().await;
     }
     Ok(())
 }

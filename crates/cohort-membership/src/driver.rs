@@ -322,7 +322,7 @@ impl MembershipHandle {
 
     /// Leaves gracefully: sends a shutdown beacon so that peers drop this member at once, then
     /// stops the driver. Returns once the beacon is sent. Dropping every handle does the same.
-    pub async fn shutdown(&self) {
+    pub async fn stop(&self) {
         let (tx, rx) = oneshot::channel();
         if self.cmd.send(Command::Shutdown(tx)).await.is_ok() {
             let _ = rx.await;

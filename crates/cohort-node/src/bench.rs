@@ -351,7 +351,7 @@ pub async fn run(mode: Mode, size: usize, count: u64) -> anyhow::Result<BenchRes
         for r in receipts {
             bad += count_failures(&r.await, &mut first_error);
         }
-        ch.stop(Services::DEFAULT).await;
+        ch.stop().await;
         // ASYNCHRONOUS failures surface through the channel's counters (read after the
         // drain in `stop`, which is when the last ones happen).
         bad += ch.stats().transport.send_failures;
@@ -544,7 +544,7 @@ pub async fn latency(api: Api, size: usize, count: u64) -> anyhow::Result<Latenc
                     other => bail!("RPC {i}: no echo within 5 s ({other:?})"),
                 }
             }
-            ch.stop(Services::DEFAULT).await;
+            ch.stop().await;
         }
     }
     rtt_us.sort_by(f64::total_cmp);

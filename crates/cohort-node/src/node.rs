@@ -7,7 +7,7 @@ use std::sync::Arc;
 use cohort_channel::{ChannelHandle, ChannelListener, ChannelMessage, GroupChannel, ListenerError};
 use cohort_membership::{DisappearReason, LocalMemberConfig, MembershipEvent, MembershipListener};
 use cohort_net::TokioNet;
-use cohort_wire::{Member, Services};
+use cohort_wire::Member;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -285,7 +285,7 @@ impl Node {
         if let Some(traffic) = &self.traffic {
             traffic.stop().await;
         }
-        self.channel.stop(Services::DEFAULT).await;
+        self.channel.stop().await;
         events.emit(json!({"event": "stopped", "node": self.channel.local().name}));
     }
 }

@@ -230,7 +230,7 @@ impl Cluster {
                         s.leave.contains(&spec.name)
                     };
                     if leave {
-                        handle.shutdown().await;
+                        handle.stop().await;
                         lock(&shared).views.remove(&spec.name);
                         return Ok(());
                     }

@@ -64,6 +64,6 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("({e})");
         }
     }
-    channel.stop(Services::DEFAULT).await;
+    channel.stop().await;
     Ok(())
 }

@@ -42,8 +42,8 @@
 //!     .call(&to, "ping".into(), ReplyMode::All, SendOptions::USE_ACK, Duration::from_secs(3))
 //!     .await?;
 //! assert_eq!(&replies[0].payload[..], b"ping");
-//! a.stop(Services::DEFAULT).await;
-//! b.stop(Services::DEFAULT).await;
+//! a.stop().await;
+//! b.stop().await;
 //! # Ok(())
 //! # }
 //! ```

@@ -68,7 +68,7 @@ pub(crate) type Claim = Arc<dyn Fn(&ChannelMessage) -> Claimed + Send + Sync>;
 pub const MAX_BATCH: usize = 4096;
 
 /// A clonable front to a running channel. When the last handle the application holds is
-/// dropped, the channel stops as [`ChannelHandle::stop`]`(Services::DEFAULT)` would (in a task
+/// dropped, the channel stops as [`ChannelHandle::stop`] would (in a task
 /// on the runtime it was started on): its task, delivery thread and sockets do not outlive it.
 #[derive(Clone)]
 pub struct ChannelHandle {
@@ -95,10 +95,7 @@ impl Drop for Life {
         };
         tracing::debug!("every channel handle dropped; stopping the channel");
         // On a runtime shutting down the task is dropped, and the channel's tasks with it.
-        drop(
-            self.rt
-                .spawn(async move { handle.stop(Services::DEFAULT).await }),
-        );
+        drop(self.rt.spawn(async move { handle.stop().await }));
     }
 }
 
@@ -480,7 +477,7 @@ impl ChannelHandle {
     /// Membership events after the interceptors, from the moment of this call (read
     /// [`ChannelHandle::view`] for the state before it; a membership listener given to the
     /// builder sees every event from the start).
-    pub fn member_events(&self) -> broadcast::Receiver<MembershipEvent> {
+    pub fn events(&self) -> broadcast::Receiver<MembershipEvent> {
         self.shared.member_tx.subscribe()
     }
 
@@ -552,12 +549,18 @@ impl ChannelHandle {
         }
     }
 
-    /// Stops services in Tribes' stop order: with MBR_TX or MBR_RX, membership leaves
-    /// gracefully (a shutdown beacon: peers drop this member at once); with SND_TX, queued
-    /// ASYNCHRONOUS messages get `drain_timeout` to complete, then sends are refused; with
-    /// SND_RX or SND_TX the transport closes (its two halves stop together). `stop(DEFAULT)`
-    /// ends the channel.
-    pub async fn stop(&self, services: Services) {
+    /// Stops the channel: membership leaves gracefully (a shutdown beacon: peers drop this
+    /// member at once), queued ASYNCHRONOUS messages get `drain_timeout` to complete, and the
+    /// transport closes. The same word as [`cohort_membership::MembershipHandle::stop`].
+    pub async fn stop(&self) {
+        self.stop_services(Services::DEFAULT).await;
+    }
+
+    /// Stops some services in Tribes' stop order: with MBR_TX or MBR_RX, membership leaves
+    /// gracefully; with SND_TX, queued ASYNCHRONOUS messages get `drain_timeout` to complete,
+    /// then sends are refused; with SND_RX or SND_TX the transport closes (its two halves stop
+    /// together). `stop_services(DEFAULT)` is [`ChannelHandle::stop`].
+    pub async fn stop_services(&self, services: Services) {
         let s = &self.shared;
         let stopping = services.intersection(s.running());
         if stopping.contains(Services::SND_TX) {

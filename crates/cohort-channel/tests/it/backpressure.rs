@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use cohort_channel::{ChannelConfig, ChannelListener, ChannelMessage, ListenerError};
 use cohort_transport::TransportConfig;
-use cohort_wire::{SendOptions, Services};
+use cohort_wire::SendOptions;
 
 use crate::support::*;
 
@@ -111,6 +111,6 @@ async fn a_slow_receiver_makes_async_sends_wait_with_bounded_memory() {
         !slow.disorder.load(Ordering::SeqCst),
         "per-sender order kept"
     );
-    a.stop(Services::DEFAULT).await;
-    b.stop(Services::DEFAULT).await;
+    a.stop().await;
+    b.stop().await;
 }

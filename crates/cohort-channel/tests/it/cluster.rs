@@ -157,6 +157,6 @@ async fn multicast_option_listeners_error_handler_and_heartbeat() {
         seen.heartbeats.load(Ordering::SeqCst) >= 2
     })
     .await;
-    a.stop(Services::DEFAULT).await;
-    b.stop(Services::DEFAULT).await;
+    a.stop().await;
+    b.stop().await;
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cohort_channel::{ChannelListener, ChannelMessage, Delivered, ListenerError, SendError};
 use cohort_transport::TransportConfig;
-use cohort_wire::{SendOptions, Services};
+use cohort_wire::SendOptions;
 
 use crate::support::*;
 
@@ -76,8 +76,8 @@ async fn sync_ack_returns_after_the_listener_ran_and_fail_ack_when_it_failed() {
         !slow.ran.load(Ordering::SeqCst),
         "acknowledged before processing"
     );
-    a.stop(Services::DEFAULT).await;
-    b.stop(Services::DEFAULT).await;
+    a.stop().await;
+    b.stop().await;
 }
 
 /// Never returns until released (a hung application), at most 20 s.
@@ -117,7 +117,7 @@ async fn a_killed_receiver_fails_pending_acked_sends_quickly() {
     let killed = Instant::now();
     let stop = tokio::spawn({
         let b = b.clone();
-        async move { b.stop(Services::DEFAULT).await }
+        async move { b.stop().await }
     });
     for r in receipts {
         let o = r.await;
@@ -133,7 +133,7 @@ async fn a_killed_receiver_fails_pending_acked_sends_quickly() {
     );
     release.release();
     stop.await.unwrap();
-    a.stop(Services::DEFAULT).await;
+    a.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,8 +170,8 @@ async fn a_hung_receiver_fails_acked_sends_at_the_send_timeout() {
     assert!(took >= timeout && took < timeout * 4, "{took:?}");
     assert!(a.stats().transport.ack_timeouts >= 1);
     release.release();
-    a.stop(Services::DEFAULT).await;
-    b.stop(Services::DEFAULT).await;
+    a.stop().await;
+    b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,6 +223,6 @@ async fn a_dead_member_does_not_block_the_others() {
         matches!(o.results[0].result, Err(SendError::PeerDown { .. })),
         "{o:?}"
     );
-    a.stop(Services::DEFAULT).await;
-    b.stop(Services::DEFAULT).await;
+    a.stop().await;
+    b.stop().await;
 }

@@ -93,6 +93,6 @@ async fn a_forged_beacon_reusing_a_members_id_reaches_the_listeners() {
         },
     )
     .await;
-    let _ = a.stop(Services::DEFAULT).await;
-    let _ = b.stop(Services::DEFAULT).await;
+    let _ = a.stop().await;
+    let _ = b.stop().await;
 }

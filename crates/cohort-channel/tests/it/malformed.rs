@@ -8,9 +8,7 @@ use bytes::Bytes;
 use bytes::BytesMut;
 use cohort_channel::Delivered;
 use cohort_transport::TransportConfig;
-use cohort_wire::{
-    CohortCodec, Frame, FrameCodec, Member, MemberId, SendOptions, Services, WireLimits,
-};
+use cohort_wire::{CohortCodec, Frame, FrameCodec, Member, MemberId, SendOptions, WireLimits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -95,8 +93,8 @@ async fn bad_frames_close_only_their_connection() {
     assert_eq!(stats.protocol_violations, 1, "{stats:?}");
     assert_eq!(stats.hello_timeouts, 2, "{stats:?}");
     wait_for("both messages", Duration::from_secs(5), || sink.len() == 2).await;
-    a.stop(Services::DEFAULT).await;
-    b.stop(Services::DEFAULT).await;
+    a.stop().await;
+    b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,5 +131,5 @@ async fn connections_beyond_the_limit_are_refused_and_counted() {
     s3.write_all(&hello(3)).await.unwrap();
     closed_by_peer(&mut s3).await;
     assert_eq!(b.stats().transport.connections_rejected, 1);
-    b.stop(Services::DEFAULT).await;
+    b.stop().await;
 }

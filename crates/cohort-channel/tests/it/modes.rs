@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use cohort_wire::{SendOptions, Services};
+use cohort_wire::SendOptions;
 
 use crate::support::*;
 
@@ -57,8 +57,8 @@ async fn run(options: SendOptions) {
             "ACKs are batched: {stats:?}"
         );
     }
-    a.stop(Services::DEFAULT).await;
-    b.stop(Services::DEFAULT).await;
+    a.stop().await;
+    b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,8 +115,8 @@ async fn the_tower_service_sends() {
         .unwrap();
     assert!(receipt.await.is_ok());
     wait_for("the message", Duration::from_secs(5), || sink.len() == 1).await;
-    a.stop(Services::DEFAULT).await;
-    b.stop(Services::DEFAULT).await;
+    a.stop().await;
+    b.stop().await;
 }
 
 /// `poll_ready` reserves the place in the ASYNCHRONOUS queue that the `call` uses: with a
@@ -156,8 +156,8 @@ async fn poll_ready_reserves_the_place_call_uses() {
     call.await.unwrap();
     wait_for("the message", Duration::from_secs(5), || sink.len() == 1).await;
     assert_eq!(sink.messages()[0].1, b"reserved");
-    a.stop(Services::DEFAULT).await;
-    b.stop(Services::DEFAULT).await;
+    a.stop().await;
+    b.stop().await;
 }
 
 /// A batch: one receipt for every message and destination, delivered in order, in every mode.
@@ -211,6 +211,6 @@ async fn send_many_delivers_a_batch_in_order_with_one_receipt() {
         a.send_many(&to, huge, SendOptions::USE_ACK).await,
         Err(cohort_channel::ChannelError::BatchSize { .. })
     ));
-    a.stop(Services::DEFAULT).await;
-    b.stop(Services::DEFAULT).await;
+    a.stop().await;
+    b.stop().await;
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cohort_channel::{ChannelHandle, ReplyMode, RpcChannel, RpcHandler};
-use cohort_wire::{Member, SendOptions, Services};
+use cohort_wire::{Member, SendOptions};
 
 use crate::support::*;
 
@@ -108,7 +108,7 @@ async fn reply_modes() {
         .unwrap();
     assert_eq!(r.len(), 1);
     for ch in [client, b, c, d] {
-        ch.stop(Services::DEFAULT).await;
+        ch.stop().await;
     }
 }
 
@@ -155,6 +155,6 @@ async fn members_without_the_rpc_channel_do_not_stall_and_timeouts_return_what_c
     assert_eq!(r.len(), 1, "the reply that came");
     assert!(took >= timeout && took < timeout * 3, "{took:?}");
     for ch in [client, b, plain, silent] {
-        ch.stop(Services::DEFAULT).await;
+        ch.stop().await;
     }
 }

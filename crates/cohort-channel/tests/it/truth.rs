@@ -28,8 +28,8 @@ async fn sync_ack_to_a_node_without_listeners_is_fail_acked() {
         other => panic!("expected FAIL_ACK, got {other:?}"),
     }
     assert_eq!(b.stats().no_listener, 1);
-    a.stop(cohort_wire::Services::DEFAULT).await;
-    b.stop(cohort_wire::Services::DEFAULT).await;
+    a.stop().await;
+    b.stop().await;
 }
 
 /// Drops every application message on its way down.
@@ -59,6 +59,6 @@ async fn an_outcome_without_results_is_not_ok() {
     assert!(o.lost.is_some(), "{o:?}");
     assert!(!o.is_ok(), "no result is not success");
     assert_eq!(sink.len(), 0);
-    a.stop(cohort_wire::Services::DEFAULT).await;
-    b.stop(cohort_wire::Services::DEFAULT).await;
+    a.stop().await;
+    b.stop().await;
 }

@@ -97,7 +97,7 @@ async fn a_dead_peer_is_failed_with_evidence_within_milliseconds() {
     assert!(!a.ch.members().iter().any(|m| m.id == b_id));
     let stats = a.handles.failure_detector.as_ref().unwrap().snapshot();
     assert_eq!(stats.confirmed, 1);
-    a.ch.stop(cohort_wire::Services::DEFAULT).await;
+    a.ch.stop().await;
 }
 
 /// Two live members ping each other; nothing is failed; a graceful stop is reported as a
@@ -123,7 +123,7 @@ async fn live_peers_stay_and_a_graceful_stop_is_a_shutdown() {
             .find(|e| matches!(e, MembershipEvent::MemberDisappeared { .. }))
             .is_none()
     );
-    b.ch.stop(cohort_wire::Services::DEFAULT).await;
+    b.ch.stop().await;
     let gone = |e: &MembershipEvent| matches!(e, MembershipEvent::MemberDisappeared { member, .. } if member.id == b_id);
     wait_for("b gone", Duration::from_secs(5), || {
         a.events.find(gone).is_some()
@@ -149,5 +149,5 @@ async fn live_peers_stay_and_a_graceful_stop_is_a_shutdown() {
             .confirmed,
         0
     );
-    a.ch.stop(cohort_wire::Services::DEFAULT).await;
+    a.ch.stop().await;
 }

@@ -16,7 +16,6 @@ use cohort_interceptors::throttle::ThrottleConfig;
 use cohort_interceptors::throughput::ThroughputConfig;
 use cohort_interceptors::two_phase::TwoPhaseCommitConfig;
 use cohort_membership::MembershipEvent;
-use cohort_wire::Services;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
@@ -164,7 +163,7 @@ async fn a_full_stack_delivers_everything_intact_and_in_order() {
             >= 1
     );
     for n in [&a, &b, &c] {
-        n.ch.stop(Services::DEFAULT).await;
+        n.ch.stop().await;
     }
 }
 
@@ -220,8 +219,8 @@ async fn domains_filter_and_throttles_disconnect() {
     assert_eq!(a.got.len() + failures, 40);
     assert!(a.ch.stats().transport.inbound_closed_on_request >= 1);
 
-    a.ch.stop(Services::DEFAULT).await;
-    b.ch.stop(Services::DEFAULT).await;
+    a.ch.stop().await;
+    b.ch.stop().await;
 }
 
 /// The coordinator is the oldest member on every node; its singleton duty runs only there,
@@ -281,7 +280,7 @@ async fn the_singleton_runs_on_the_coordinator_only_and_moves() {
     .await;
     let coordinator = view_of(&nodes[0]).unwrap().coordinator;
     assert_eq!(coordinator.id, nodes[0].ch.local().id);
-    nodes[0].ch.stop(Services::DEFAULT).await;
+    nodes[0].ch.stop().await;
     wait_for(
         "the singleton moved to node 1",
         Duration::from_secs(10),
@@ -298,7 +297,7 @@ async fn the_singleton_runs_on_the_coordinator_only_and_moves() {
     );
     stop.cancel();
     for n in &nodes[1..] {
-        n.ch.stop(Services::DEFAULT).await;
+        n.ch.stop().await;
     }
 }
 
@@ -340,6 +339,6 @@ async fn a_full_async_queue_rejects_with_the_reject_policy() {
     })
     .await;
     assert_eq!(a.handles.dispatch.as_ref().unwrap().messages(), ok as u64);
-    a.ch.stop(Services::DEFAULT).await;
-    b.ch.stop(Services::DEFAULT).await;
+    a.ch.stop().await;
+    b.ch.stop().await;
 }

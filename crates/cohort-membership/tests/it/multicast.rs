@@ -70,7 +70,7 @@ async fn three_multicast_services_converge_elect_one_lead_and_see_a_leave_at_onc
     let mut events = nodes[1].events();
     let leaving = nodes.remove(0);
     let left_at = Instant::now();
-    leaving.shutdown().await;
+    leaving.stop().await;
     for node in &nodes {
         wait_view(node, Duration::from_millis(500), "the leave", |v| {
             v.len() == 2
@@ -108,7 +108,7 @@ async fn three_multicast_services_converge_elect_one_lead_and_see_a_leave_at_onc
     })
     .await;
     for node in nodes {
-        node.shutdown().await;
+        node.stop().await;
     }
 }
 
@@ -152,9 +152,9 @@ async fn static_members_find_each_other_without_multicast() {
     let b = start(None, Some((b_addr, vec![peer(a_addr)])), 2).await;
     wait_view(&a, Duration::from_secs(3), "b", |v| v.len() == 2).await;
     wait_view(&b, Duration::from_secs(3), "a", |v| v.len() == 2).await;
-    b.shutdown().await;
+    b.stop().await;
     wait_view(&a, Duration::from_secs(1), "b's leave", |v| v.len() == 1).await;
-    a.shutdown().await;
+    a.stop().await;
     assert!(a.stats().beacons_accepted > 0);
     // The listener saw every change, in order: a leads alone, b joins (and, being younger,
     // leaves the lead with a), b leaves.
@@ -189,6 +189,6 @@ async fn a_receive_only_node_sees_the_cluster_but_is_not_seen() {
         1,
         "a node without MBR_TX must not be seen"
     );
-    listener.shutdown().await;
-    full.shutdown().await;
+    listener.stop().await;
+    full.stop().await;
 }

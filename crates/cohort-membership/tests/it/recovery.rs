@@ -101,7 +101,7 @@ async fn a_failing_socket_is_reopened_and_failed_reopens_are_retried_without_spi
     // Bounded attempts: one initial bind, three failures, then a success per recovery cycle.
     let binds = net.binds.load(Ordering::SeqCst);
     assert!((5..=8).contains(&binds), "{binds} binds");
-    handle.shutdown().await;
+    handle.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -132,5 +132,5 @@ async fn after_counter_failed_reopens_the_driver_slows_down_instead_of_giving_up
     // Then one every 10 s: still trying, not spinning.
     assert_eq!(net.binds.load(Ordering::SeqCst), 6);
     assert!(!handle.is_stopped());
-    handle.shutdown().await;
+    handle.stop().await;
 }

@@ -136,7 +136,7 @@ fn scenario(seed: u64) -> Result<(), String> {
             acked_in.lock().unwrap().push(n);
             n += 1;
         }
-        a.stop(Services::DEFAULT).await;
+        a.stop().await;
         Ok(())
     });
     sim.run().map_err(|e| format!("{e}"))?;
