@@ -61,10 +61,78 @@ pub struct RpcResponse {
     pub payload: Bytes,
 }
 
+/// How a call sends and waits. `CallOptions::default()`: every reply ([`ReplyMode::All`]),
+/// USE_ACK, 3 s.
+///
+/// ```
+/// use std::time::Duration;
+/// use cohort_channel::{CallOptions, ReplyMode};
+/// let first = CallOptions::default().mode(ReplyMode::First).timeout(Duration::from_millis(500));
+/// assert_eq!(first.mode, ReplyMode::First);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallOptions {
+    /// How many replies end the call.
+    pub mode: ReplyMode,
+    /// Options of the request (SYNCHRONIZED_ACK is removed: a synchronized ACK would wait on
+    /// the reply it carries).
+    pub send: SendOptions,
+    /// The call returns what came by then (not an error).
+    pub timeout: Duration,
+}
+
+impl Default for CallOptions {
+    fn default() -> Self {
+        Self {
+            mode: ReplyMode::All,
+            send: SendOptions::USE_ACK,
+            timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+impl CallOptions {
+    /// With this reply mode.
+    #[must_use]
+    pub fn mode(mut self, mode: ReplyMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// With this timeout.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// With these send options.
+    #[must_use]
+    pub fn send_options(mut self, send: SendOptions) -> Self {
+        self.send = send;
+        self
+    }
+}
+
+/// What a call gathered: the replies, and for every other destination why it gave none.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallResult {
+    /// The replies, in arrival order.
+    pub replies: Vec<RpcResponse>,
+    /// Destinations the request did not reach (the send failed), with the reason.
+    pub failed: Vec<(MemberId, String)>,
+    /// Destinations that answered that they run no RPC channel of this id.
+    pub no_channel: Vec<MemberId>,
+    /// Destinations that had not answered when the call ended (the timeout, or the reply
+    /// mode was satisfied first).
+    pub no_reply: Vec<MemberId>,
+}
+
 struct Call {
     mode: ReplyMode,
     expected: usize,
     replies: Vec<RpcResponse>,
+    no_channel: Vec<MemberId>,
     done: Option<oneshot::Sender<()>>,
 }
 
@@ -112,6 +180,7 @@ impl Inner {
                     });
                 } else {
                     call.expected = call.expected.saturating_sub(1);
+                    call.no_channel.push(msg.from);
                 }
                 call.check();
             }
@@ -162,7 +231,7 @@ impl RpcChannel {
             reply_options,
             rt: tokio::runtime::Handle::current(),
         });
-        channel.add_listener(Arc::new(Listener(Arc::downgrade(&inner))));
+        channel.add_rpc_listener(Arc::new(Listener(Arc::downgrade(&inner))));
         // Replies complete waiting calls on the owner task, without the listener thread.
         let weak = Arc::downgrade(&inner);
         channel.add_claim(Arc::new(move |msg: &ChannelMessage| {
@@ -180,17 +249,21 @@ impl RpcChannel {
         Self { inner }
     }
 
-    /// Sends `request` to `destinations` and collects replies until `mode` is satisfied or
-    /// `timeout` passes (then returns what came; not an error). SYNCHRONIZED_ACK is removed
-    /// from `options` (a synchronized ACK would wait on the reply it carries: deadlock).
+    /// Sends `request` to `destinations` and collects replies until the reply mode is
+    /// satisfied or the timeout passes; returns what came, and for every other destination
+    /// why it gave none ([`CallResult`]). An error only when the request could not be sent
+    /// at all.
     pub async fn call(
         &self,
         destinations: &[Member],
         request: Bytes,
-        mode: ReplyMode,
-        options: SendOptions,
-        timeout: Duration,
-    ) -> Result<Vec<RpcResponse>, ChannelError> {
+        how: CallOptions,
+    ) -> Result<CallResult, ChannelError> {
+        let CallOptions {
+            mode,
+            send: options,
+            timeout,
+        } = how;
         let inner = &self.inner;
         let deadline = tokio::time::Instant::now() + timeout;
         let id = inner.next.fetch_add(1, Ordering::Relaxed);
@@ -209,6 +282,7 @@ impl RpcChannel {
                     mode,
                     expected: destinations.len(),
                     replies: Vec::new(),
+                    no_channel: Vec::new(),
                     done: Some(tx),
                 },
             );
@@ -223,31 +297,57 @@ impl RpcChannel {
                 return Err(e);
             }
         };
+        let mut failed: Vec<(MemberId, String)> = Vec::new();
         if let Ok(outcome) = tokio::time::timeout_at(deadline, receipt).await {
             // Destinations that never got the request cannot answer.
-            let failed = outcome.failures().count();
+            for f in outcome.failures() {
+                if let Err(e) = &f.result {
+                    if !failed.iter().any(|(m, _)| *m == f.member) {
+                        failed.push((f.member, e.to_string()));
+                    }
+                }
+            }
             let mut calls = inner.calls.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(call) = calls.get_mut(&id) {
-                call.expected = call.expected.saturating_sub(failed);
+                call.expected = call.expected.saturating_sub(failed.len());
                 call.check();
             }
         }
-        if mode == ReplyMode::None {
-            // Fire and forget: replies, if any, are left-overs.
-            self.take(id);
-            return Ok(Vec::new());
+        if mode != ReplyMode::None {
+            let _ = tokio::time::timeout_at(deadline, rx).await;
         }
-        let _ = tokio::time::timeout_at(deadline, rx).await;
-        Ok(self.take(id))
+        let (replies, no_channel) = self.take(id);
+        let replies = if mode == ReplyMode::None {
+            // Fire and forget: replies, if any, are left-overs.
+            Vec::new()
+        } else {
+            replies
+        };
+        let answered = |m: &MemberId| {
+            replies.iter().any(|r| r.from == *m)
+                || no_channel.contains(m)
+                || failed.iter().any(|(f, _)| f == m)
+        };
+        let no_reply = destinations
+            .iter()
+            .map(|d| d.id)
+            .filter(|m| !answered(m))
+            .collect();
+        Ok(CallResult {
+            replies,
+            failed,
+            no_channel,
+            no_reply,
+        })
     }
 
-    fn take(&self, id: u64) -> Vec<RpcResponse> {
+    fn take(&self, id: u64) -> (Vec<RpcResponse>, Vec<MemberId>) {
         self.inner
             .calls
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id)
-            .map(|c| c.replies)
+            .map(|c| (c.replies, c.no_channel))
             .unwrap_or_default()
     }
 }
@@ -291,6 +391,12 @@ fn encode(kind: u8, rpc_id: &[u8], id: u64, body: &[u8]) -> Bytes {
 
 /// The "no RPC channel" answer to `payload` when it is an RPC request (the channel sends it
 /// when no listener accepted a request).
+/// True when `payload` is an RPC envelope: it goes to RPC channels, never to ordinary
+/// listeners.
+pub(crate) fn is_envelope(payload: &[u8]) -> bool {
+    parse(payload).is_some()
+}
+
 pub(crate) fn no_channel_reply(payload: &Bytes) -> Option<Bytes> {
     let env = parse(payload)?;
     (env.kind == REQUEST).then(|| encode(NO_CHANNEL, env.rpc_id, env.id, &[]))
@@ -370,6 +476,7 @@ mod tests {
                 };
                 n
             ],
+            no_channel: Vec::new(),
             done: None,
         };
         assert!(!call(ReplyMode::First, 3, 0).complete());

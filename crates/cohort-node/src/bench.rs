@@ -531,11 +531,14 @@ pub async fn latency(api: Api, size: usize, count: u64) -> anyhow::Result<Latenc
                     .call(
                         &to,
                         request.clone(),
-                        cohort_channel::ReplyMode::First,
-                        SendOptions::NONE,
-                        Duration::from_secs(5),
+                        cohort_channel::CallOptions {
+                            mode: cohort_channel::ReplyMode::First,
+                            send: SendOptions::NONE,
+                            timeout: Duration::from_secs(5),
+                        },
                     )
-                    .await?;
+                    .await?
+                    .replies;
                 if i >= WARM_UP {
                     rtt_us.push(t.elapsed().as_secs_f64() * 1e6);
                 }

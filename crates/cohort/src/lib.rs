@@ -11,7 +11,7 @@
 //! channels in one process (across processes it is the same code on each side):
 //!
 //! ```
-//! use std::{sync::Arc, time::Duration};
+//! use std::sync::Arc;
 //! use cohort::prelude::*;
 //!
 //! struct Echo;
@@ -38,10 +38,9 @@
 //! assert!(outcome.is_ok());
 //!
 //! let rpc = RpcChannel::new(&a, "echo", Arc::new(Echo), SendOptions::NONE);
-//! let replies = rpc
-//!     .call(&to, "ping".into(), ReplyMode::All, SendOptions::USE_ACK, Duration::from_secs(3))
-//!     .await?;
-//! assert_eq!(&replies[0].payload[..], b"ping");
+//! let answer = rpc.call(&to, "ping".into(), CallOptions::default()).await?;
+//! assert_eq!(&answer.replies[0].payload[..], b"ping");
+//! assert!(answer.failed.is_empty() && answer.no_reply.is_empty());
 //! a.stop().await;
 //! b.stop().await;
 //! # Ok(())

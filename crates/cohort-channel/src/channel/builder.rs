@@ -284,6 +284,7 @@ impl ChannelBuilder {
             transport: transport.clone(),
             view: view.clone(),
             listeners: listeners.clone(),
+            rpc_listeners: Arc::new(RwLock::new(Vec::new())),
             cluster_listeners: cluster_listeners.clone(),
             member_tx: member_tx.clone(),
             error_handler: self.error_handler,

@@ -34,11 +34,16 @@ pub(super) fn deliver(
         for l in shared.cluster_listeners.iter() {
             l.message_received(&msg);
         }
-        let listeners = shared
-            .listeners
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        // RPC envelopes go to the RPC channels only; everything else to the listeners.
+        let rpc = crate::rpc::is_envelope(&msg.payload);
+        let listeners = if rpc {
+            &shared.rpc_listeners
+        } else {
+            &shared.listeners
+        }
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
         let mut accepted = false;
         let mut failure = None;
         for l in &listeners {

@@ -40,6 +40,8 @@ pub(super) struct HandleShared {
     pub(super) transport: Arc<dyn ChannelTransport>,
     pub(super) view: Arc<RwLock<Vec<Member>>>,
     pub(super) listeners: Arc<RwLock<Vec<Arc<dyn ChannelListener>>>>,
+    /// The RPC channels' listeners: RPC envelopes go to these only.
+    pub(super) rpc_listeners: Arc<RwLock<Vec<Arc<dyn ChannelListener>>>>,
     pub(super) cluster_listeners: Arc<[Arc<dyn ClusterListener>]>,
     pub(super) member_tx: broadcast::Sender<MembershipEvent>,
     pub(super) error_handler: Option<Arc<dyn ErrorHandler>>,
@@ -495,7 +497,17 @@ impl ChannelHandle {
             .push(claim);
     }
 
-    /// Adds a message listener while running.
+    /// Adds an RPC channel's listener: RPC envelopes go to these, and only to these.
+    pub(crate) fn add_rpc_listener(&self, listener: Arc<dyn ChannelListener>) {
+        self.shared
+            .rpc_listeners
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(listener);
+    }
+
+    /// Adds a message listener while running. It never sees RPC traffic (an [`crate::RpcChannel`]
+    /// takes that).
     pub fn add_listener(&self, listener: Arc<dyn ChannelListener>) {
         self.shared
             .listeners

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cohort_channel::{ChannelHandle, ReplyMode, RpcChannel, RpcHandler};
+use cohort_channel::{CallOptions, ChannelHandle, ReplyMode, RpcChannel, RpcHandler};
 use cohort_wire::{Member, SendOptions};
 
 use crate::support::*;
@@ -63,38 +63,72 @@ async fn reply_modes() {
 
     let started = Instant::now();
     let r = rpc
-        .call(&all, Bytes::from_static(b"q"), ReplyMode::First, ack, t)
+        .call(
+            &all,
+            Bytes::from_static(b"q"),
+            CallOptions {
+                mode: ReplyMode::First,
+                send: ack,
+                timeout: t,
+            },
+        )
         .await
         .unwrap();
-    assert_eq!(r.len(), 1);
-    assert_eq!(&r[0].payload[..], b"qb");
+    assert_eq!(r.replies.len(), 1);
+    assert_eq!(&r.replies[0].payload[..], b"qb");
+    assert_eq!(r.no_reply.len(), 2, "c and d had not answered: {r:?}");
     assert!(
         started.elapsed() < Duration::from_millis(500),
         "first does not wait for c"
     );
 
     let r = rpc
-        .call(&all, Bytes::from_static(b"q"), ReplyMode::Majority, ack, t)
+        .call(
+            &all,
+            Bytes::from_static(b"q"),
+            CallOptions {
+                mode: ReplyMode::Majority,
+                send: ack,
+                timeout: t,
+            },
+        )
         .await
         .unwrap();
-    assert!(r.len() >= 2, "{r:?}");
+    assert!(r.replies.len() >= 2, "{r:?}");
 
     let started = Instant::now();
     let r = rpc
-        .call(&all, Bytes::from_static(b"q"), ReplyMode::All, ack, t)
+        .call(
+            &all,
+            Bytes::from_static(b"q"),
+            CallOptions {
+                mode: ReplyMode::All,
+                send: ack,
+                timeout: t,
+            },
+        )
         .await
         .unwrap();
-    let mut names: Vec<_> = r.iter().map(|x| x.payload.clone()).collect();
+    assert!(r.no_reply.is_empty() && r.failed.is_empty(), "{r:?}");
+    let mut names: Vec<_> = r.replies.iter().map(|x| x.payload.clone()).collect();
     names.sort();
     assert_eq!(names, [&b"qb"[..], b"qc", b"qd"]);
     assert!(started.elapsed() < t, "all completes without the timeout");
 
     let started = Instant::now();
     let r = rpc
-        .call(&all, Bytes::from_static(b"q"), ReplyMode::None, ack, t)
+        .call(
+            &all,
+            Bytes::from_static(b"q"),
+            CallOptions {
+                mode: ReplyMode::None,
+                send: ack,
+                timeout: t,
+            },
+        )
         .await
         .unwrap();
-    assert!(r.is_empty());
+    assert!(r.replies.is_empty());
     assert!(
         started.elapsed() < Duration::from_millis(500),
         "fire and forget"
@@ -103,10 +137,18 @@ async fn reply_modes() {
     // SYNCHRONIZED_ACK is stripped: no deadlock on a reply that waits for its own request.
     let sync = SendOptions::USE_ACK | SendOptions::SYNCHRONIZED_ACK;
     let r = rpc
-        .call(&all[..1], Bytes::from_static(b"q"), ReplyMode::All, sync, t)
+        .call(
+            &all[..1],
+            Bytes::from_static(b"q"),
+            CallOptions {
+                mode: ReplyMode::All,
+                send: sync,
+                timeout: t,
+            },
+        )
         .await
         .unwrap();
-    assert_eq!(r.len(), 1);
+    assert_eq!(r.replies.len(), 1);
     for ch in [client, b, c, d] {
         ch.stop().await;
     }
@@ -126,13 +168,12 @@ async fn members_without_the_rpc_channel_do_not_stall_and_timeouts_return_what_c
         .call(
             &[b.local().clone(), plain.local().clone()],
             Bytes::from_static(b"q"),
-            ReplyMode::All,
-            SendOptions::USE_ACK,
-            t,
+            CallOptions::default().timeout(t),
         )
         .await
         .unwrap();
-    assert_eq!(r.len(), 1);
+    assert_eq!(r.replies.len(), 1);
+    assert_eq!(r.no_channel, [plain.local().id], "{r:?}");
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "took {:?}",
@@ -145,16 +186,69 @@ async fn members_without_the_rpc_channel_do_not_stall_and_timeouts_return_what_c
         .call(
             &[b.local().clone(), silent.local().clone()],
             Bytes::from_static(b"q"),
-            ReplyMode::All,
-            SendOptions::USE_ACK,
-            timeout,
+            CallOptions::default().timeout(timeout),
         )
         .await
         .unwrap();
     let took = started.elapsed();
-    assert_eq!(r.len(), 1, "the reply that came");
+    assert_eq!(r.replies.len(), 1, "the reply that came");
+    assert_eq!(r.no_reply, [silent.local().id], "{r:?}");
     assert!(took >= timeout && took < timeout * 3, "{took:?}");
     for ch in [client, b, plain, silent] {
         ch.stop().await;
     }
+}
+
+/// RPC traffic goes to RPC channels only: an ordinary listener on either side sees none of it.
+/// A destination the request cannot reach is named in `failed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_traffic_never_reaches_ordinary_listeners_and_failures_are_named() {
+    let client_sink = collector();
+    let server_sink = collector();
+    let client = start(builder().listener(client_sink.clone())).await;
+    let server = start(builder().listener(server_sink.clone())).await;
+    let _rs = RpcChannel::new(
+        &server,
+        "svc",
+        Arc::new(Answer {
+            name: "s",
+            delay: Duration::ZERO,
+            silent: false,
+        }),
+        SendOptions::NONE,
+    );
+    let rpc = RpcChannel::new(&client, "svc", Arc::new(Nothing), SendOptions::NONE);
+    // A member whose receiver is gone: the request cannot reach it.
+    let gone = start(builder()).await;
+    let gone_member = gone.local().clone();
+    gone.stop().await;
+    let r = rpc
+        .call(
+            &[server.local().clone(), gone_member.clone()],
+            Bytes::from_static(b"q"),
+            CallOptions::default().timeout(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.replies.len(), 1, "{r:?}");
+    assert_eq!(r.failed.len(), 1, "{r:?}");
+    assert_eq!(r.failed[0].0, gone_member.id);
+    // Ordinary traffic still reaches the listener; RPC traffic never did.
+    let outcome = client
+        .send_wait(
+            &[server.local().clone()],
+            Bytes::from_static(b"plain"),
+            SendOptions::USE_ACK,
+        )
+        .await
+        .unwrap();
+    assert!(outcome.is_ok());
+    wait_for("the plain message", Duration::from_secs(5), || {
+        server_sink.len() == 1
+    })
+    .await;
+    assert_eq!(server_sink.payloads(), [b"plain".to_vec()]);
+    assert!(client_sink.is_empty(), "the reply reached a listener");
+    client.stop().await;
+    server.stop().await;
 }
