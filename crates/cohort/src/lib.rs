@@ -70,9 +70,9 @@ pub use rand_core;
 pub mod prelude {
     pub use bytes::Bytes;
     pub use cohort_channel::{
-        ChannelConfig, ChannelError, ChannelHandle, ChannelListener, ChannelMessage, GroupChannel,
-        ListenerError, MembershipSetup, ReplyMode, RpcChannel, RpcHandler, RpcResponse,
-        SendOutcome, SendReceipt,
+        CallOptions, CallResult, ChannelConfig, ChannelError, ChannelHandle, ChannelListener,
+        ChannelMessage, GroupChannel, ListenerError, MembershipSetup, ReplyMode, RpcChannel,
+        RpcHandler, RpcResponse, SendOutcome, SendReceipt,
     };
     #[cfg(feature = "interceptors")]
     pub use cohort_interceptors::{InterceptorConfig, build_stack, default_stack};
