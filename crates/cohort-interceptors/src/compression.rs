@@ -6,6 +6,7 @@
 //! Decompression is bounded: a message claiming more than `max_decompressed_bytes`, or
 //! inflating past its claimed length (a zip bomb), is dropped and counted (FAIL_ACK if asked).
 
+use crate::ConfigError;
 use std::io::{Read, Write};
 use std::sync::Arc;
 
@@ -78,7 +79,7 @@ impl Default for CompressionConfig {
 
 impl CompressionConfig {
     /// Checks every bound; the error names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         check_flag("option_flag", self.option_flag)?;
         match (self.algorithm, self.level) {
             (Algorithm::Gzip, Some(l)) if !(0..=9).contains(&l) => {

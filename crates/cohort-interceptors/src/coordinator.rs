@@ -10,6 +10,7 @@
 //! Until the first view is installed no node is coordinator, so a node starting alone waits
 //! `settle` before taking singleton duties, time for the others to be heard.
 
+use crate::ConfigError;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -52,7 +53,7 @@ impl Default for CoordinatorConfig {
 
 impl CoordinatorConfig {
     /// Checks every bound; the error names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.settle > Duration::from_secs(600) {
             return bad("settle_ms", "must be at most 600000");
         }

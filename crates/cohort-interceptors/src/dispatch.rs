@@ -8,6 +8,7 @@
 //! asynchronously. Per-destination order is kept: queued messages enter the pipeline in
 //! admission order and each peer's connection writes them in that order.
 
+use crate::ConfigError;
 use std::sync::Arc;
 
 use cohort_channel::{AsyncFullPolicy, ChannelConfig, Cx, Interceptor, Outbound, SendOptions};
@@ -57,7 +58,7 @@ impl Default for MessageDispatchConfig {
 
 impl MessageDispatchConfig {
     /// Checks every bound; the error names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_queue_bytes < 1024 || self.max_queue_bytes > u32::MAX as usize {
             return bad("max_queue_bytes", "must be between 1024 and 4294967295");
         }

@@ -3,6 +3,7 @@
 //! message's is its sender's (from the connection's hello, or the view). Messages whose sender
 //! is unknown are dropped too. This is grouping, not security: use `encryption` for that.
 
+use crate::ConfigError;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -54,8 +55,11 @@ impl DomainFilterConfig {
     }
 
     /// Checks every bound; the error names the key.
-    pub fn validate(&self) -> Result<(), String> {
-        self.bytes()?;
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.bytes().map_err(|e| ConfigError {
+            key: "domain".into(),
+            reason: e.trim_start_matches("domain: ").to_owned(),
+        })?;
         if self.log_interval == 0 {
             return bad("log_interval", "must be at least 1");
         }

@@ -15,8 +15,9 @@
 //!
 //! Rotation: every node holds every key in use; the first key (or `active`) encrypts, any
 //! key decrypts by id. Roll a new key out as a second key everywhere, then make it active
-//! ([`KeyRing::activate`] or a config change), then remove the old one.
+//! ([`EncryptionKeys::activate`] or a config change), then remove the old one.
 
+use crate::ConfigError;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -137,7 +138,7 @@ fn parse_key(hex: &str) -> Option<[u8; 32]> {
 
 impl EncryptionConfig {
     /// Checks every bound; the error names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.keys.is_empty() {
             return bad("keys", "at least one key is required");
         }
@@ -179,21 +180,21 @@ struct Ring {
 
 /// The key ring, shared between the interceptor and whoever rotates keys at run time.
 #[derive(Clone)]
-pub struct KeyRing(Arc<RwLock<Ring>>);
+pub struct EncryptionKeys(Arc<RwLock<Ring>>);
 
-impl std::fmt::Debug for KeyRing {
+impl std::fmt::Debug for EncryptionKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let r = self.0.read().unwrap_or_else(PoisonError::into_inner);
         write!(
             f,
-            "KeyRing {{ active: {}, ids: {:?} }}",
+            "EncryptionKeys {{ active: {}, ids: {:?} }}",
             r.active,
             r.keys.keys().collect::<Vec<_>>()
         )
     }
 }
 
-impl KeyRing {
+impl EncryptionKeys {
     /// Adds (or replaces) a key.
     pub fn add(&self, id: u32, key: [u8; 32]) {
         self.0
@@ -330,7 +331,7 @@ impl Window {
 /// The interceptor. See the module docs.
 pub struct Encryption {
     cfg: EncryptionConfig,
-    ring: KeyRing,
+    ring: EncryptionKeys,
     rng: Box<dyn RngCore + Send>,
     counter: u64,
     windows: HashMap<MemberId, Window>,
@@ -385,7 +386,7 @@ fn open(alg: u8, key: &[u8; 32], nonce: &[u8], msg: &[u8], aad: &[u8]) -> Option
 
 impl Encryption {
     /// An encryptor with `cfg` (validated) and `rng` for nonces. Fails if `cfg` is invalid.
-    pub fn new(cfg: EncryptionConfig, rng: Box<dyn RngCore + Send>) -> Result<Self, String> {
+    pub fn new(cfg: EncryptionConfig, rng: Box<dyn RngCore + Send>) -> Result<Self, ConfigError> {
         cfg.validate()?;
         let mut keys = BTreeMap::new();
         for k in &cfg.keys {
@@ -394,7 +395,7 @@ impl Encryption {
         let active = cfg.active.unwrap_or(cfg.keys[0].id);
         Ok(Self {
             cfg,
-            ring: KeyRing(Arc::new(RwLock::new(Ring { active, keys }))),
+            ring: EncryptionKeys(Arc::new(RwLock::new(Ring { active, keys }))),
             rng,
             counter: 0,
             windows: HashMap::new(),
@@ -403,7 +404,7 @@ impl Encryption {
     }
 
     /// The key ring (rotate keys at run time through it).
-    pub fn keys(&self) -> KeyRing {
+    pub fn keys(&self) -> EncryptionKeys {
         self.ring.clone()
     }
 
@@ -564,6 +565,24 @@ mod tests {
             ..Default::default()
         };
         Encryption::new(cfg, Box::new(rand::rngs::StdRng::seed_from_u64(7))).unwrap()
+    }
+
+    #[test]
+    fn a_bad_config_is_a_typed_error_naming_the_key() {
+        let cfg = EncryptionConfig {
+            keys: vec![KeyConfig {
+                id: 1,
+                key: "not hex".into(),
+            }],
+            ..Default::default()
+        };
+        let Err(err) = Encryption::new(cfg, Box::new(rand::rngs::StdRng::seed_from_u64(7))) else {
+            panic!("accepted");
+        };
+        assert_eq!(err.key, "keys[0].key");
+        assert!(err.reason.contains("64 hex digits"), "{err}");
+        let as_error: &dyn std::error::Error = &err;
+        assert_eq!(as_error.to_string(), format!("{}: {}", err.key, err.reason));
     }
 
     #[test]

@@ -33,6 +33,7 @@
 //! keeps it forever (§5.8). Only the process itself can send the ACK. A merely CPU-starved
 //! process answers within the read timeout and stays.
 
+use crate::ConfigError;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -119,7 +120,7 @@ impl Default for TcpFailureDetectorConfig {
 
 impl TcpFailureDetectorConfig {
     /// Checks every bound; the error names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.connect_timeout < Duration::from_millis(1) {
             return bad("connect_timeout_ms", "must be at least 1");
         }

@@ -11,6 +11,7 @@
 //! message older than `expire` is dropped too. Dropping fails the fragments' ACKs (FAIL_ACK),
 //! so a SYNC sender learns of it.
 
+use crate::ConfigError;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,7 +62,7 @@ impl Default for FragmentationConfig {
 
 impl FragmentationConfig {
     /// Checks every bound; the error names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_size < 64 {
             return bad("max_size", "must be at least 64");
         }

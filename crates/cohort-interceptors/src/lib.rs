@@ -72,3 +72,14 @@ pub use stack::{
     BuiltStack, InterceptorConfig, StackError, StackHandles, build_stack, default_stack,
     validate_stack,
 };
+
+/// An interceptor configuration value out of its bounds: which key, and why. Every
+/// `*Config::validate` and constructor returns it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct ConfigError {
+    /// The key, as in the node's `[[interceptor]]` table (`keys[0].key`, `max_size`, ...).
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}

@@ -12,6 +12,7 @@
 //! message (below the next expected number) is delivered at once, as Tribes does. A departing
 //! member's held messages are delivered and its counters reset.
 
+use crate::ConfigError;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,7 +71,7 @@ impl Default for OrderConfig {
 
 impl OrderConfig {
     /// Checks every bound; the error names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         check_flag("option_flag", self.option_flag)?;
         if self.expire < Duration::from_millis(1) {
             return bad("expire_ms", "must be at least 1");

@@ -6,6 +6,7 @@
 //! A ping is a message with extension [`tags::PING`], no payload and no options (no ACK);
 //! the receiving `TcpPing` consumes it, and a channel without one drops it at the top.
 
+use crate::ConfigError;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,7 +50,7 @@ impl Default for TcpPingConfig {
 
 impl TcpPingConfig {
     /// Checks every bound; the error names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.interval < Duration::from_millis(10) {
             return bad("interval_ms", "must be at least 10");
         }

@@ -2,6 +2,7 @@
 //! to the application), checked as a whole ([`validate_stack`]) and built into interceptors
 //! plus the handles to their stats and controls ([`build_stack`]).
 
+use crate::ConfigError;
 use std::sync::Arc;
 
 use cohort_channel::{ChannelConfig, Interceptor, SendOptions};
@@ -11,7 +12,7 @@ use crate::compression::{Compression, CompressionConfig, CompressionStats};
 use crate::coordinator::{Coordinator, CoordinatorConfig, CoordinatorHandle};
 use crate::dispatch::{DispatchStats, MessageDispatch, MessageDispatchConfig};
 use crate::domain::{DomainFilter, DomainFilterConfig, DomainStats};
-use crate::encryption::{Encryption, EncryptionConfig, EncryptionStats, KeyRing};
+use crate::encryption::{Encryption, EncryptionConfig, EncryptionKeys, EncryptionStats};
 use crate::failure_detector::{FailureDetectorStats, TcpFailureDetector, TcpFailureDetectorConfig};
 use crate::fragmentation::{Fragmentation, FragmentationConfig, FragmentationStats};
 use crate::order::{Order, OrderConfig, OrderStats};
@@ -79,7 +80,7 @@ impl InterceptorConfig {
     }
 
     /// This entry's own checks.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         match self {
             Self::TcpFailureDetector(c) => c.validate(),
             Self::TcpPing(c) => c.validate(),
@@ -130,7 +131,7 @@ pub fn validate_stack(stack: &[InterceptorConfig]) -> Result<(), StackError> {
     };
     let pos = |kind: &str| stack.iter().position(|c| c.kind() == kind);
     for (i, c) in stack.iter().enumerate() {
-        c.validate().map_err(|r| err(i, r))?;
+        c.validate().map_err(|r| err(i, r.to_string()))?;
         if let Some(j) = stack[..i].iter().position(|d| d.kind() == c.kind()) {
             let why = match c.kind() {
                 "tcp_failure_detector" => "a second failure detector: one must decide (two would probe twice and could disagree)".to_owned(),
@@ -188,7 +189,7 @@ pub struct StackHandles {
     /// Encryption counters.
     pub encryption: Option<Arc<EncryptionStats>>,
     /// The encryption key ring (rotation).
-    pub keys: Option<KeyRing>,
+    pub keys: Option<EncryptionKeys>,
     /// Domain filter counters.
     pub domain: Option<Arc<DomainStats>>,
     /// Static membership counters.
@@ -258,10 +259,10 @@ pub fn build_stack(
                 let mut seed = [0u8; 32];
                 rng.fill_bytes(&mut seed);
                 let nonces = Box::new(<rand::rngs::StdRng as rand::SeedableRng>::from_seed(seed));
-                let i = Encryption::new(c.clone(), nonces).map_err(|reason| StackError {
+                let i = Encryption::new(c.clone(), nonces).map_err(|e| StackError {
                     index,
                     kind: "encryption",
-                    reason,
+                    reason: e.to_string(),
                 })?;
                 h.encryption = Some(i.stats());
                 h.keys = Some(i.keys());

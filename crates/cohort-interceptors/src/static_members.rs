@@ -10,6 +10,7 @@
 //! added. Membership events about static members are absorbed (this list is authoritative);
 //! place a `tcp_failure_detector` above to drop static members that die.
 
+use crate::ConfigError;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,18 +70,21 @@ impl Default for StaticMembershipConfig {
 pub const MAX_STATIC_MEMBERS: usize = 1024;
 
 impl StaticMembershipConfig {
-    fn parsed(&self) -> Result<Vec<(SocketAddr, Option<MemberId>)>, String> {
+    fn parsed(&self) -> Result<Vec<(SocketAddr, Option<MemberId>)>, ConfigError> {
         let mut out = Vec::new();
         for (i, m) in self.members.iter().enumerate() {
-            let addr: SocketAddr = m
-                .address
-                .parse()
-                .map_err(|_| format!("members[{i}].address: {:?} is not ip:port", m.address))?;
+            let addr: SocketAddr = m.address.parse().map_err(|_| ConfigError {
+                key: format!("members[{i}].address"),
+                reason: format!("{:?} is not ip:port", m.address),
+            })?;
             if addr.port() == 0 {
                 return bad(&format!("members[{i}].address"), "port 0");
             }
             let id = match &m.id {
-                Some(t) => Some(t.parse().map_err(|e| format!("members[{i}].id: {e}"))?),
+                Some(t) => Some(t.parse().map_err(|e| ConfigError {
+                    key: format!("members[{i}].id"),
+                    reason: format!("{e}"),
+                })?),
                 None => None,
             };
             if out.iter().any(|(a, _)| *a == addr) {
@@ -95,7 +99,7 @@ impl StaticMembershipConfig {
     }
 
     /// Checks every bound; the error names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.members.is_empty() {
             return bad("members", "at least one member is required");
         }

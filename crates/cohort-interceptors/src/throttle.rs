@@ -10,6 +10,7 @@
 //! address, where `disc` acts as `drop`. Minutes are fixed windows from the connection's
 //! first message. Dropped messages fail their ACK (`throttled`), so a SYNC sender sees it.
 
+use crate::ConfigError;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -150,9 +151,12 @@ impl Default for ThrottleConfig {
 
 impl ThrottleConfig {
     /// Every rule, the spec's first.
-    pub fn all_rules(&self) -> Result<Vec<Rule>, String> {
+    pub fn all_rules(&self) -> Result<Vec<Rule>, ConfigError> {
         let mut rules = match &self.spec {
-            Some(s) => parse_spec(s).map_err(|e| format!("spec: {e}"))?,
+            Some(s) => parse_spec(s).map_err(|reason| ConfigError {
+                key: "spec".into(),
+                reason,
+            })?,
             None => Vec::new(),
         };
         rules.extend(self.rules.iter().copied());
@@ -160,7 +164,7 @@ impl ThrottleConfig {
     }
 
     /// Checks every bound; the error names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let rules = self.all_rules()?;
         if rules.is_empty() {
             return bad("rules", "no limits given (set spec or rules)");

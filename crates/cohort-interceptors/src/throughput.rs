@@ -2,6 +2,7 @@
 //! log line per interval when `log` is on). Tribes counts per 10,000 messages; a time interval
 //! gives rates that mean the same at any load.
 
+use crate::ConfigError;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -41,7 +42,7 @@ impl Default for ThroughputConfig {
 
 impl ThroughputConfig {
     /// Checks every bound; the error names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.interval < Duration::from_millis(100) {
             return bad("interval_ms", "must be at least 100");
         }

@@ -7,6 +7,7 @@
 //! sender's uncommitted messages are dropped. Both tables are bounded (`max_pending`, oldest
 //! dropped first).
 
+use crate::ConfigError;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,7 +58,7 @@ impl Default for TwoPhaseCommitConfig {
 
 impl TwoPhaseCommitConfig {
     /// Checks every bound; the error names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         check_flag("option_flag", self.option_flag)?;
         if self.expire < Duration::from_millis(1) {
             return bad("expire_ms", "must be at least 1");

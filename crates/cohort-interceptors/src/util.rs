@@ -1,6 +1,7 @@
 //! Small helpers shared by the interceptors: extension access, big-endian fields, stats cells,
 //! config parsing helpers.
 
+use crate::ConfigError;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
@@ -109,12 +110,15 @@ pub(crate) mod bits {
 }
 
 /// A config check failure: the key and what is wrong.
-pub(crate) fn bad<T>(key: &str, reason: impl Into<String>) -> Result<T, String> {
-    Err(format!("{key}: {}", reason.into()))
+pub(crate) fn bad<T>(key: &str, reason: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError {
+        key: key.to_owned(),
+        reason: reason.into(),
+    })
 }
 
 /// Checks that `flag` is a single interceptor bit (0x80 and up).
-pub(crate) fn check_flag(key: &str, flag: cohort_wire::SendOptions) -> Result<(), String> {
+pub(crate) fn check_flag(key: &str, flag: cohort_wire::SendOptions) -> Result<(), ConfigError> {
     let b = flag.bits();
     if b.count_ones() != 1 || b < cohort_wire::SendOptions::FIRST_INTERCEPTOR_BIT {
         return bad(
