@@ -79,7 +79,10 @@ pub use core::{
 };
 pub use listener::{ChannelListener, ChannelMessage, ClusterListener, ErrorHandler, ListenerError};
 pub use receipt::{MemberResult, SendOutcome, SendReceipt};
-pub use rpc::{CallOptions, CallResult, MAX_CALLS, ReplyMode, RpcChannel, RpcHandler, RpcResponse};
+pub use rpc::{
+    AsyncRpcHandler, CallOptions, CallResult, MAX_ASYNC_REQUESTS, MAX_CALLS, ReplyMode, RpcChannel,
+    RpcHandler, RpcResponse,
+};
 pub use seams::{BoxFuture, ChannelMembership, ChannelTransport};
 #[cfg(feature = "tower")]
 pub use service::{ChannelService, SendRequest};

@@ -159,7 +159,7 @@ impl Call {
 struct Inner {
     channel: ChannelHandle,
     rpc_id: Bytes,
-    handler: Arc<dyn RpcHandler>,
+    handler: Handler,
     calls: Mutex<HashMap<u64, Call>>,
     next: AtomicU64,
     reply_options: SendOptions,
@@ -187,7 +187,9 @@ impl Inner {
             _ => {
                 drop(calls);
                 if env.kind == REPLY {
-                    self.handler.left_over(msg.from, &body);
+                    if let Handler::Sync(h) = &self.handler {
+                        h.left_over(msg.from, &body);
+                    }
                 }
             }
         }
@@ -203,25 +205,81 @@ pub struct RpcChannel {
 /// Largest number of calls in flight per `RpcChannel`; more fail at once.
 pub const MAX_CALLS: usize = 65_536;
 
+/// Requests an asynchronous handler serves at once, per `RpcChannel`; the delivery thread
+/// waits for room beyond it (backpressure to the senders).
+pub const MAX_ASYNC_REQUESTS: usize = 1024;
+
+/// An RPC handler that answers asynchronously (a database read, a call to another service):
+/// each request runs as a task on the channel's runtime, at most [`MAX_ASYNC_REQUESTS`] at
+/// once.
+pub trait AsyncRpcHandler: Send + Sync + 'static {
+    /// Handles a request from `from`; `Some` is sent back as the reply.
+    fn reply_request(
+        &self,
+        from: Member,
+        request: Bytes,
+    ) -> crate::BoxFuture<'static, Option<Bytes>>;
+}
+
+enum Handler {
+    Sync(Arc<dyn RpcHandler>),
+    Async(Arc<dyn AsyncRpcHandler>, Arc<tokio::sync::Semaphore>),
+}
+
 impl RpcChannel {
-    /// Registers an RPC endpoint named `rpc_id` (1 to 255 bytes) on `channel`. Replies are
-    /// sent with `reply_options` (Tribes' default: 0, no ACK).
+    /// Registers an RPC endpoint named `rpc_id` (1 to 255 bytes) on `channel`, answered by a
+    /// synchronous `handler` on the channel's delivery thread (it may block, as Tribes'
+    /// handlers may). Replies are sent with `reply_options` (Tribes' default: 0, no ACK).
     ///
-    /// Must be called within a tokio runtime (replies are sent from it).
-    ///
-    /// # Panics
-    /// If `rpc_id` is empty or longer than 255 bytes, or outside a runtime.
+    /// Fails when `rpc_id` is not 1 to 255 bytes, or outside a tokio runtime (replies are
+    /// sent from it).
     pub fn new(
         channel: &ChannelHandle,
         rpc_id: impl Into<Bytes>,
         handler: Arc<dyn RpcHandler>,
         reply_options: SendOptions,
-    ) -> Self {
-        let rpc_id = rpc_id.into();
-        assert!(
-            (1..=255).contains(&rpc_id.len()),
-            "an RPC id is 1 to 255 bytes"
-        );
+    ) -> Result<Self, ChannelError> {
+        Self::with_handler(
+            channel,
+            rpc_id.into(),
+            Handler::Sync(handler),
+            reply_options,
+        )
+    }
+
+    /// [`RpcChannel::new`] with an asynchronous handler: each request runs as a task.
+    pub fn new_async(
+        channel: &ChannelHandle,
+        rpc_id: impl Into<Bytes>,
+        handler: Arc<dyn AsyncRpcHandler>,
+        reply_options: SendOptions,
+    ) -> Result<Self, ChannelError> {
+        let limit = Arc::new(tokio::sync::Semaphore::new(MAX_ASYNC_REQUESTS));
+        Self::with_handler(
+            channel,
+            rpc_id.into(),
+            Handler::Async(handler, limit),
+            reply_options,
+        )
+    }
+
+    fn with_handler(
+        channel: &ChannelHandle,
+        rpc_id: Bytes,
+        handler: Handler,
+        reply_options: SendOptions,
+    ) -> Result<Self, ChannelError> {
+        if !(1..=255).contains(&rpc_id.len()) {
+            return Err(ChannelError::Config {
+                key: "rpc_id",
+                reason: format!("{} bytes; an RPC id is 1 to 255 bytes", rpc_id.len()),
+            });
+        }
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| ChannelError::Config {
+            key: "rpc",
+            reason: "an RpcChannel is made within a tokio runtime (replies are sent from it)"
+                .into(),
+        })?;
         let inner = Arc::new(Inner {
             channel: channel.clone(),
             rpc_id,
@@ -229,7 +287,7 @@ impl RpcChannel {
             calls: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
             reply_options,
-            rt: tokio::runtime::Handle::current(),
+            rt,
         });
         channel.add_rpc_listener(Arc::new(Listener(Arc::downgrade(&inner))));
         // Replies complete waiting calls on the owner task, without the listener thread.
@@ -246,7 +304,7 @@ impl RpcChannel {
                 _ => Claimed::No,
             }
         }));
-        Self { inner }
+        Ok(Self { inner })
     }
 
     /// Sends `request` to `destinations` and collects replies until the reply mode is
@@ -423,13 +481,32 @@ impl ChannelListener for Listener {
                 let Some(from) = msg.member.clone() else {
                     return Err("RPC request from a sender with no member record".into());
                 };
-                if let Some(reply) = inner.handler.reply_request(&from, &body) {
-                    let envelope = encode(REPLY, &inner.rpc_id, env.id, &reply);
-                    let channel = inner.channel.clone();
-                    let options = inner.reply_options;
-                    inner.rt.spawn(async move {
-                        let _ = channel.send(&[(*from).clone()], envelope, options).await;
-                    });
+                let (rpc_id, id) = (inner.rpc_id.clone(), env.id);
+                let channel = inner.channel.clone();
+                let options = inner.reply_options;
+                match &inner.handler {
+                    Handler::Sync(h) => {
+                        if let Some(reply) = h.reply_request(&from, &body) {
+                            let envelope = encode(REPLY, &rpc_id, id, &reply);
+                            inner.rt.spawn(async move {
+                                let _ = channel.send(&[(*from).clone()], envelope, options).await;
+                            });
+                        }
+                    }
+                    Handler::Async(h, limit) => {
+                        // Backpressure: the delivery thread waits for a free slot.
+                        let Ok(slot) = inner.rt.block_on(limit.clone().acquire_owned()) else {
+                            return Ok(());
+                        };
+                        let answer = h.reply_request((*from).clone(), body);
+                        inner.rt.spawn(async move {
+                            if let Some(reply) = answer.await {
+                                let envelope = encode(REPLY, &rpc_id, id, &reply);
+                                let _ = channel.send(&[(*from).clone()], envelope, options).await;
+                            }
+                            drop(slot);
+                        });
+                    }
                 }
             }
             REPLY | NO_CHANNEL => inner.on_reply(msg, &env),

@@ -473,7 +473,7 @@ pub async fn echo_sink(raw: bool, out: &mut (dyn Write + Send)) -> anyhow::Resul
         }
     }
     let ch = bare_channel(None).await?;
-    let _rpc = cohort_channel::RpcChannel::new(&ch, RPC_ID, Arc::new(Echo), SendOptions::NONE);
+    let _rpc = cohort_channel::RpcChannel::new(&ch, RPC_ID, Arc::new(Echo), SendOptions::NONE)?;
     let local = ch.local();
     writeln!(out, "listening {}", SocketAddr::new(local.addr, local.port))?;
     out.flush()?;
@@ -522,7 +522,7 @@ pub async fn latency(api: Api, size: usize, count: u64) -> anyhow::Result<Latenc
             }
             let ch = bare_channel(None).await?;
             let rpc =
-                cohort_channel::RpcChannel::new(&ch, RPC_ID, Arc::new(Ignore), SendOptions::NONE);
+                cohort_channel::RpcChannel::new(&ch, RPC_ID, Arc::new(Ignore), SendOptions::NONE)?;
             let to = [sink_member(addr)];
             let request = Bytes::from(payload);
             for i in 0..WARM_UP + count {

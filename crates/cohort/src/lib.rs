@@ -31,13 +31,13 @@
 //!         .start()
 //! };
 //! let (a, b) = (start().await?, start().await?);
-//! let _echo = RpcChannel::new(&b, "echo", Arc::new(Echo), SendOptions::NONE);
+//! let _echo = RpcChannel::new(&b, "echo", Arc::new(Echo), SendOptions::NONE)?;
 //! let to = [b.local().clone()];
 //!
 //! let outcome = a.send_wait(&to, "hello".into(), SendOptions::USE_ACK).await?;
 //! assert!(outcome.is_ok());
 //!
-//! let rpc = RpcChannel::new(&a, "echo", Arc::new(Echo), SendOptions::NONE);
+//! let rpc = RpcChannel::new(&a, "echo", Arc::new(Echo), SendOptions::NONE)?;
 //! let answer = rpc.call(&to, "ping".into(), CallOptions::default()).await?;
 //! assert_eq!(&answer.replies[0].payload[..], b"ping");
 //! assert!(answer.failed.is_empty() && answer.no_reply.is_empty());
@@ -70,9 +70,9 @@ pub use rand_core;
 pub mod prelude {
     pub use bytes::Bytes;
     pub use cohort_channel::{
-        CallOptions, CallResult, ChannelConfig, ChannelError, ChannelHandle, ChannelListener,
-        ChannelMessage, GroupChannel, ListenerError, MembershipSetup, ReplyMode, RpcChannel,
-        RpcHandler, RpcResponse, SendOutcome, SendReceipt,
+        AsyncRpcHandler, BoxFuture, CallOptions, CallResult, ChannelConfig, ChannelError,
+        ChannelHandle, ChannelListener, ChannelMessage, GroupChannel, ListenerError,
+        MembershipSetup, ReplyMode, RpcChannel, RpcHandler, RpcResponse, SendOutcome, SendReceipt,
     };
     #[cfg(feature = "interceptors")]
     pub use cohort_interceptors::{InterceptorConfig, build_stack, default_stack};

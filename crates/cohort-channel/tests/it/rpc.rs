@@ -39,7 +39,8 @@ async fn server(name: &'static str, delay_ms: u64, silent: bool) -> (ChannelHand
             silent,
         }),
         SendOptions::NONE,
-    );
+    )
+    .unwrap();
     (ch, rpc)
 }
 
@@ -53,7 +54,7 @@ impl RpcHandler for Nothing {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reply_modes() {
     let client = start(builder()).await;
-    let rpc = RpcChannel::new(&client, "svc", Arc::new(Nothing), SendOptions::NONE);
+    let rpc = RpcChannel::new(&client, "svc", Arc::new(Nothing), SendOptions::NONE).unwrap();
     let (b, _rb) = server("b", 0, false).await;
     let (c, _rc) = server("c", 600, false).await;
     let (d, _rd) = server("d", 900, false).await;
@@ -157,7 +158,7 @@ async fn reply_modes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_without_the_rpc_channel_do_not_stall_and_timeouts_return_what_came() {
     let client = start(builder()).await;
-    let rpc = RpcChannel::new(&client, "svc", Arc::new(Nothing), SendOptions::NONE);
+    let rpc = RpcChannel::new(&client, "svc", Arc::new(Nothing), SendOptions::NONE).unwrap();
     let (b, _rb) = server("b", 0, false).await;
     let plain = start(builder()).await; // no RpcChannel: answers "no RPC channel"
     let (silent, _rs) = server("s", 0, true).await;
@@ -216,8 +217,9 @@ async fn rpc_traffic_never_reaches_ordinary_listeners_and_failures_are_named() {
             silent: false,
         }),
         SendOptions::NONE,
-    );
-    let rpc = RpcChannel::new(&client, "svc", Arc::new(Nothing), SendOptions::NONE);
+    )
+    .unwrap();
+    let rpc = RpcChannel::new(&client, "svc", Arc::new(Nothing), SendOptions::NONE).unwrap();
     // A member whose receiver is gone: the request cannot reach it.
     let gone = start(builder()).await;
     let gone_member = gone.local().clone();
@@ -249,6 +251,49 @@ async fn rpc_traffic_never_reaches_ordinary_listeners_and_failures_are_named() {
     .await;
     assert_eq!(server_sink.payloads(), [b"plain".to_vec()]);
     assert!(client_sink.is_empty(), "the reply reached a listener");
+    client.stop().await;
+    server.stop().await;
+}
+
+/// An asynchronous handler answers from a task (here after an await); a bad RPC id is an
+/// error, not a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_handlers_answer_and_bad_ids_are_errors() {
+    struct Later;
+    impl cohort_channel::AsyncRpcHandler for Later {
+        fn reply_request(
+            &self,
+            _from: Member,
+            request: Bytes,
+        ) -> cohort_channel::BoxFuture<'static, Option<Bytes>> {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let mut r = request.to_vec();
+                r.extend_from_slice(b"-later");
+                Some(r.into())
+            })
+        }
+    }
+    let client = start(builder()).await;
+    let server = start(builder()).await;
+    let _rs = RpcChannel::new_async(&server, "svc", Arc::new(Later), SendOptions::NONE).unwrap();
+    let rpc = RpcChannel::new(&client, "svc", Arc::new(Nothing), SendOptions::NONE).unwrap();
+    let r = rpc
+        .call(
+            &[server.local().clone()],
+            Bytes::from_static(b"q"),
+            CallOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.replies.len(), 1, "{r:?}");
+    assert_eq!(&r.replies[0].payload[..], b"q-later");
+    for bad in [Bytes::new(), Bytes::from(vec![b'x'; 256])] {
+        let err = RpcChannel::new(&client, bad, Arc::new(Nothing), SendOptions::NONE)
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("rpc_id"), "{err}");
+    }
     client.stop().await;
     server.stop().await;
 }
