@@ -75,7 +75,7 @@ pub use channel::{
 };
 pub use core::{
     Acker, Cx, Inbound, Interceptor, Outbound, Output, Pipeline, PipelineStats, ProbeError,
-    ProbeErrorKind, ProbeRequest, Suspicion, TagKind, Ticket, tags,
+    ProbeErrorKind, ProbeRequest, Suspicion, TagKind, Ticket, check_order, tags,
 };
 pub use listener::{ChannelListener, ChannelMessage, ClusterListener, ErrorHandler, ListenerError};
 pub use receipt::{MemberResult, SendOutcome, SendReceipt};

@@ -200,6 +200,10 @@ impl Interceptor for Compression {
         &[(tags::COMPRESSION, TagKind::Transform)]
     }
 
+    fn must_be_above(&self) -> &'static [(&'static str, &'static str)] {
+        &[("encryption", "encrypted bytes do not compress")]
+    }
+
     fn on_send(&mut self, mut msg: Outbound, cx: &mut Cx<'_>) {
         let len = msg.payload.len();
         if len <= self.cfg.min_size || len == 0 {

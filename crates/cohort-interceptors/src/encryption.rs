@@ -431,6 +431,13 @@ impl Interceptor for Encryption {
         &[(tags::ENCRYPTION, TagKind::Transform)]
     }
 
+    fn must_be_above(&self) -> &'static [(&'static str, &'static str)] {
+        &[(
+            "tcp_failure_detector",
+            "probes and pings must stay readable below the encryption, as in Tribes",
+        )]
+    }
+
     fn option_mask(&self) -> SendOptions {
         if self.cfg.secure_only {
             SendOptions::SECURE

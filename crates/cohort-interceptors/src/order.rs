@@ -222,6 +222,13 @@ impl Interceptor for Order {
         "order"
     }
 
+    fn must_be_above(&self) -> &'static [(&'static str, &'static str)] {
+        &[(
+            "fragmentation",
+            "fragments are reassembled before they are ordered",
+        )]
+    }
+
     fn option_mask(&self) -> SendOptions {
         self.cfg.option_flag
     }

@@ -185,6 +185,11 @@ impl ChannelBuilder {
         rng: &mut impl rand_core::RngCore,
     ) -> Result<ChannelHandle, ChannelError> {
         self.config.validate()?;
+        crate::core::check_order(&self.interceptors).map_err(|reason| ChannelError::Config {
+            key: "interceptors",
+            reason,
+        })?;
+
         if self.config.option_check {
             for (i, a) in self.interceptors.iter().enumerate() {
                 for b in &self.interceptors[i + 1..] {

@@ -409,6 +409,13 @@ pub trait Interceptor: Send + 'static {
         &[]
     }
 
+    /// Names of interceptors this one must sit above (nearer the application) when both are
+    /// in a stack, with the reason: compression above encryption (encrypted bytes do not
+    /// compress), for example. Checked by [`check_order`] however the stack was assembled.
+    fn must_be_above(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
+
     /// Messages whose options do not contain all of these bits bypass this interceptor.
     /// Default: none (sees everything).
     fn option_mask(&self) -> SendOptions {
@@ -483,6 +490,22 @@ pub struct PipelineStats {
     /// Work items dropped because the work queue was full (received messages among them get
     /// FAIL_ACK when one was asked for).
     pub work_dropped: u64,
+}
+
+/// Checks the order rules the interceptors of `stack` (index 0 on top) declare
+/// ([`Interceptor::must_be_above`]); the error names both and says why.
+pub fn check_order(stack: &[Box<dyn Interceptor>]) -> Result<(), String> {
+    for (p, upper) in stack.iter().enumerate() {
+        for (below, why) in upper.must_be_above() {
+            if let Some(q) = stack[..p].iter().position(|i| i.name() == *below) {
+                return Err(format!(
+                    "interceptor[{p}] ({}) must be above interceptor[{q}] ({below}): {why}",
+                    upper.name()
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What an extension tag still on a message at the top of the stack means.

@@ -342,3 +342,54 @@ async fn a_full_async_queue_rejects_with_the_reject_policy() {
     a.ch.stop().await;
     b.ch.stop().await;
 }
+
+/// Interceptors added to the builder one by one are held to the same order rules as a
+/// configured stack: encryption above compression is refused at start, naming both.
+#[tokio::test]
+async fn interceptors_added_one_by_one_are_checked_for_order() {
+    let key = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    let build = |c: InterceptorConfig| {
+        let mut channel = cohort_channel::ChannelConfig::default();
+        cohort_interceptors::build_stack(&[c], &mut channel, &mut rand::thread_rng())
+            .unwrap()
+            .interceptors
+            .pop()
+            .unwrap()
+    };
+    let compression = || {
+        build(InterceptorConfig::Compression(CompressionConfig {
+            algorithm: Algorithm::Zstd,
+            ..Default::default()
+        }))
+    };
+    let wrong = cohort_channel::GroupChannel::builder()
+        .transport(cohort_transport::TransportConfig {
+            port: 0,
+            ..Default::default()
+        })
+        .services(NO_MEMBERSHIP)
+        .interceptor(build(encryption(key)))
+        .interceptor(compression())
+        .start()
+        .await;
+    let Err(ChannelError::Config { key: what, reason }) = wrong else {
+        panic!("a wrong order started");
+    };
+    assert_eq!(what, "interceptors");
+    assert!(
+        reason.contains("compression") && reason.contains("encryption"),
+        "{reason}"
+    );
+    let right = cohort_channel::GroupChannel::builder()
+        .transport(cohort_transport::TransportConfig {
+            port: 0,
+            ..Default::default()
+        })
+        .services(NO_MEMBERSHIP)
+        .interceptor(compression())
+        .interceptor(build(encryption(key)))
+        .start()
+        .await
+        .unwrap();
+    right.stop().await;
+}
