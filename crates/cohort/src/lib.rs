@@ -47,7 +47,10 @@
 //! # }
 //! ```
 //!
-//! `examples/` has programs that run across processes: `cargo run -p cohort --example chat`.
+//! `examples/` has programs that run across processes (each compiled in CI): `chat` (membership
+//! and one-await sends), `cache_invalidation` (a SYNCHRONIZED_ACK broadcast and an RPC lookup),
+//! `secure_stack` (compression, encryption and the failure detector built from code, with
+//! cluster keys). Run one in two terminals: `cargo run -p cohort --example chat -- alice`.
 //!
 //! A library channel starts with no interceptor unless given some, so no failure detector: a
 //! member leaves by shutdown or after the drop time. The `cohort` node starts with
