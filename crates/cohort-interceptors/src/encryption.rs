@@ -68,6 +68,30 @@ pub struct KeyConfig {
     pub key: String,
 }
 
+impl KeyConfig {
+    /// A key from its 32 bytes (as from a secrets store), rather than hex text.
+    ///
+    /// ```
+    /// use cohort_interceptors::encryption::KeyConfig;
+    /// let k = KeyConfig::from_bytes(3, [0xab; 32]);
+    /// assert_eq!(k.id, 3);
+    /// assert_eq!(k.bytes(), Some([0xab; 32]));
+    /// ```
+    pub fn from_bytes(id: u32, key: [u8; 32]) -> Self {
+        use std::fmt::Write as _;
+        let mut hex = String::with_capacity(64);
+        for b in key {
+            let _ = write!(hex, "{b:02x}");
+        }
+        Self { id, key: hex }
+    }
+
+    /// The key's 32 bytes, when `key` is 64 hex digits.
+    pub fn bytes(&self) -> Option<[u8; 32]> {
+        parse_key(&self.key)
+    }
+}
+
 impl std::fmt::Debug for KeyConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "KeyConfig {{ id: {}, key: <redacted> }}", self.id)

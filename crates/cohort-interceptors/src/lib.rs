@@ -69,7 +69,7 @@ mod testing;
 
 pub use cohort_channel::Interceptor;
 pub use stack::{
-    BuiltStack, InterceptorConfig, StackError, StackHandles, build_stack, default_stack,
+    BuiltStack, InterceptorConfig, StackError, StackExt, StackHandles, build_stack, default_stack,
     validate_stack,
 };
 

@@ -317,6 +317,33 @@ pub fn default_stack() -> Vec<InterceptorConfig> {
     ]
 }
 
+/// `.stack(configs)` on a [`cohort_channel::ChannelBuilder`]: the configured interceptors,
+/// checked as a whole ([`validate_stack`]) and added top first, as the node does it.
+///
+/// ```
+/// use cohort_channel::GroupChannel;
+/// use cohort_interceptors::{StackExt, default_stack};
+/// let (builder, handles) = GroupChannel::builder().stack(&default_stack()).unwrap();
+/// assert!(handles.failure_detector.is_some());
+/// # drop(builder);
+/// ```
+pub trait StackExt: Sized {
+    /// Adds `configs` (top first) to the builder; returns it with the stack's stats and
+    /// controls. `message_dispatch` entries set the builder's ASYNCHRONOUS queue policy; the
+    /// encryption nonces are seeded from the operating system.
+    fn stack(self, configs: &[InterceptorConfig]) -> Result<(Self, StackHandles), StackError>;
+}
+
+impl StackExt for cohort_channel::ChannelBuilder {
+    fn stack(mut self, configs: &[InterceptorConfig]) -> Result<(Self, StackHandles), StackError> {
+        let built = build_stack(configs, self.config_mut(), &mut rand::rngs::OsRng)?;
+        for i in built.interceptors {
+            self = self.interceptor(i);
+        }
+        Ok((self, built.handles))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, Instant};

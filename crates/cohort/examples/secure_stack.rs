@@ -48,19 +48,17 @@ async fn main() -> anyhow::Result<()> {
             ..CompressionConfig::default()
         }),
         InterceptorConfig::Encryption(EncryptionConfig {
-            keys: vec![KeyConfig {
-                id: 1,
-                key: "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f".into(),
-            }],
+            // In production the 32 bytes come from a secrets store.
+            keys: vec![KeyConfig::from_bytes(
+                1,
+                *b"an example 32-byte secret key!!!",
+            )],
             ..EncryptionConfig::default()
         }),
     ];
     stack.extend(default_stack()); // tcp_ping, tcp_failure_detector
-    let mut config = ChannelConfig::default();
-    let built = build_stack(&stack, &mut config, &mut cohort::rand_core::OsRng)?;
     let cluster_key = ClusterKey::new(*b"an example cluster secret")?;
-    let mut builder = GroupChannel::builder()
-        .config(config)
+    let (builder, _handles) = GroupChannel::builder()
         .keys(KeyRing::new(vec![cluster_key])?)
         .transport(TransportConfig {
             port: 0,
@@ -75,10 +73,8 @@ async fn main() -> anyhow::Result<()> {
             static_members: None,
         })
         .listener(Arc::new(Print))
-        .membership_listener(Arc::new(Events));
-    for interceptor in built.interceptors {
-        builder = builder.interceptor(interceptor);
-    }
+        .membership_listener(Arc::new(Events))
+        .stack(&stack)?;
     let channel = builder.start().await?;
     println!("started as {}", channel.local().id);
     let mut tick = tokio::time::interval(Duration::from_secs(1));

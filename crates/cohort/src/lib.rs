@@ -78,7 +78,7 @@ pub mod prelude {
         MembershipSetup, ReplyMode, RpcChannel, RpcHandler, RpcResponse, SendOutcome, SendReceipt,
     };
     #[cfg(feature = "interceptors")]
-    pub use cohort_interceptors::{InterceptorConfig, build_stack, default_stack};
+    pub use cohort_interceptors::{InterceptorConfig, StackExt, build_stack, default_stack};
     pub use cohort_membership::{
         Membership, MembershipConfig, MembershipEvent, MembershipHandle, MembershipListener,
         MulticastConfig, StaticPeer,

@@ -79,6 +79,12 @@ impl ChannelBuilder {
         self
     }
 
+    /// The channel settings so far, to adjust in place (an interceptor stack's
+    /// `message_dispatch` entry sets the ASYNCHRONOUS queue policy this way).
+    pub fn config_mut(&mut self) -> &mut ChannelConfig {
+        &mut self.config
+    }
+
     /// Transport settings.
     #[must_use]
     pub fn transport(mut self, config: TransportConfig) -> Self {
