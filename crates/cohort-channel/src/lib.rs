@@ -71,7 +71,7 @@ mod service;
 
 pub use channel::{
     AsyncFullPolicy, ChannelBuilder, ChannelConfig, ChannelError, ChannelHandle, ChannelStats,
-    CustomTransport, GroupChannel, MAX_BATCH, MembershipSetup, Mode, ModeStats,
+    CustomTransport, GroupChannel, MAX_BATCH, MembershipSetup, Mode, ModeStats, ViewEvent,
 };
 pub use core::{
     Acker, Cx, Inbound, Interceptor, Outbound, Output, Pipeline, PipelineStats, ProbeError,

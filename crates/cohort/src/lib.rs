@@ -76,6 +76,7 @@ pub mod prelude {
         AsyncRpcHandler, BoxFuture, CallOptions, CallResult, ChannelConfig, ChannelError,
         ChannelHandle, ChannelListener, ChannelMessage, GroupChannel, ListenerError,
         MembershipSetup, ReplyMode, RpcChannel, RpcHandler, RpcResponse, SendOutcome, SendReceipt,
+        ViewEvent,
     };
     #[cfg(feature = "interceptors")]
     pub use cohort_interceptors::{InterceptorConfig, StackExt, build_stack, default_stack};

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use bytes::Bytes;
-use cohort_membership::{MembershipEvent, MembershipView};
+use cohort_membership::MembershipView;
 
 use cohort_wire::{Member, SendOptions, Services};
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
@@ -17,7 +17,7 @@ use crate::receipt::{SendOutcome, SendReceipt, SendState};
 use crate::seams::{ChannelMembership, ChannelTransport};
 
 use super::config::{AsyncFullPolicy, ChannelConfig, ChannelError};
-use super::stats::{ChannelCounters, ChannelStats, Mode, ModeStats};
+use super::stats::{ChannelCounters, ChannelStats, Mode, ModeStats, ViewEvent};
 
 pub(super) enum Command {
     Send(Outbound, Arc<SendState>),
@@ -43,7 +43,7 @@ pub(super) struct HandleShared {
     /// The RPC channels' listeners: RPC envelopes go to these only.
     pub(super) rpc_listeners: Arc<RwLock<Vec<Arc<dyn ChannelListener>>>>,
     pub(super) cluster_listeners: Arc<[Arc<dyn ClusterListener>]>,
-    pub(super) member_tx: broadcast::Sender<MembershipEvent>,
+    pub(super) member_tx: broadcast::Sender<ViewEvent>,
     pub(super) error_handler: Option<Arc<dyn ErrorHandler>>,
     pub(super) running: Mutex<Services>,
     pub(super) counters: Arc<ChannelCounters>,
@@ -476,10 +476,15 @@ impl ChannelHandle {
         self.shared.membership.as_ref().map(|m| m.stats())
     }
 
-    /// Membership events after the interceptors, from the moment of this call (read
-    /// [`ChannelHandle::view`] for the state before it; a membership listener given to the
-    /// builder sees every event from the start).
-    pub fn events(&self) -> broadcast::Receiver<MembershipEvent> {
+    /// Membership events after the interceptors, each with the view it produced, from the
+    /// moment of this call (read [`ChannelHandle::members`] for the state before it; a
+    /// membership listener given to the builder sees every event from the start).
+    ///
+    /// A node that just started sees itself as the lead until it hears of older members:
+    /// with multicast a joining node's beacon is answered at once, so that takes a round trip
+    /// (milliseconds on a LAN); with static members, up to one beacon `frequency`. Wait for
+    /// the `MemberAdded` events you expect (or a `frequency`) before acting on the lead.
+    pub fn events(&self) -> broadcast::Receiver<ViewEvent> {
         self.shared.member_tx.subscribe()
     }
 

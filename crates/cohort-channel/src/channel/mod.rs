@@ -20,4 +20,4 @@ pub use builder::{ChannelBuilder, CustomTransport, GroupChannel};
 pub use config::{AsyncFullPolicy, ChannelConfig, ChannelError, MembershipSetup};
 pub(crate) use handle::Claimed;
 pub use handle::{ChannelHandle, MAX_BATCH};
-pub use stats::{ChannelStats, Mode, ModeStats};
+pub use stats::{ChannelStats, Mode, ModeStats, ViewEvent};

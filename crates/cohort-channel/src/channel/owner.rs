@@ -25,7 +25,7 @@ use crate::seams::{ChannelMembership, ChannelTransport};
 use super::delivery::Delivery;
 use super::handle::{Claim, Claimed, Command};
 use super::probes::{probe_test, run_probe};
-use super::stats::ChannelCounters;
+use super::stats::{ChannelCounters, ViewEvent};
 
 pub(super) struct Owner<N: Net> {
     pub(super) net: N,
@@ -36,7 +36,7 @@ pub(super) struct Owner<N: Net> {
     pub(super) membership: Option<Arc<dyn ChannelMembership>>,
     pub(super) tickets: HashMap<Ticket, Arc<SendState>>,
     pub(super) delivery_tx: mpsc::Sender<Delivery>,
-    pub(super) member_tx: broadcast::Sender<MembershipEvent>,
+    pub(super) member_tx: broadcast::Sender<ViewEvent>,
     pub(super) membership_listeners: Vec<Arc<dyn MembershipListener>>,
     pub(super) cmd_self: mpsc::Sender<Command>,
     pub(super) enc: BytesMut,
@@ -329,7 +329,7 @@ impl<N: Net> Owner<N> {
                     }
                 }
                 Output::Member(ev) => {
-                    {
+                    let members: Arc<[Member]> = {
                         let mut view = self.view.write().unwrap_or_else(PoisonError::into_inner);
                         match &ev {
                             MembershipEvent::MemberAdded(m)
@@ -347,7 +347,8 @@ impl<N: Net> Owner<N> {
                             }
                             _ => {}
                         }
-                    }
+                        view.as_slice().into()
+                    };
                     if let MembershipEvent::MemberDisappeared { member, .. } = &ev {
                         self.transport
                             .disconnect(SocketAddr::new(member.addr, member.port));
@@ -355,7 +356,7 @@ impl<N: Net> Owner<N> {
                     for l in &self.membership_listeners {
                         l.on_event(&ev);
                     }
-                    let _ = self.member_tx.send(ev);
+                    let _ = self.member_tx.send(ViewEvent { event: ev, members });
                 }
                 Output::Probe {
                     interceptor,

@@ -96,3 +96,49 @@ async fn a_forged_beacon_reusing_a_members_id_reaches_the_listeners() {
     let _ = a.stop().await;
     let _ = b.stop().await;
 }
+
+/// Events carry the view they produced: the member an event adds is in its view, one it
+/// removes is not.
+#[tokio::test]
+async fn events_carry_the_view_they_produced() {
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let cluster = format!("views-{pa}");
+    let a = start(
+        builder()
+            .services(Services::DEFAULT)
+            .membership(setup(&cluster, pa, pb)),
+    )
+    .await;
+    let mut events = a.events();
+    let b = start(
+        builder()
+            .services(Services::DEFAULT)
+            .membership(setup(&cluster, pb, pa)),
+    )
+    .await;
+    let b_key = b.local().key();
+    let added = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let ev = events.recv().await.unwrap();
+            if matches!(&ev.event, MembershipEvent::MemberAdded(m) if m.key() == b_key) {
+                return ev;
+            }
+        }
+    })
+    .await
+    .expect("b added");
+    assert!(added.members.iter().any(|m| m.key() == b_key));
+    b.stop().await;
+    let gone = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let ev = events.recv().await.unwrap();
+            if matches!(&ev.event, MembershipEvent::MemberDisappeared { member, .. } if member.key() == b_key) {
+                return ev;
+            }
+        }
+    })
+    .await
+    .expect("b gone");
+    assert!(!gone.members.iter().any(|m| m.key() == b_key));
+    a.stop().await;
+}
