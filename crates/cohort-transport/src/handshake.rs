@@ -62,6 +62,24 @@ impl WriteSeal {
     }
 }
 
+impl WriteSeal {
+    /// `encoded` for this connection as parts to write in order, without copying its bytes
+    /// (a large frame): the frame itself (unkeyed), or its body and a 36-byte trailer (keyed).
+    pub(crate) fn parts(
+        &mut self,
+        codec: &CohortCodec,
+        encoded: &bytes::Bytes,
+    ) -> Result<(bytes::Bytes, Option<bytes::Bytes>), EncodeError> {
+        match &mut self.0 {
+            Some(s) => {
+                let (body, trailer) = codec.reseal_parts(encoded, s)?;
+                Ok((body, Some(bytes::Bytes::copy_from_slice(&trailer))))
+            }
+            None => Ok((encoded.clone(), None)),
+        }
+    }
+}
+
 /// The opening half of a connection: decodes frames plain (unkeyed) or sealed (keyed).
 pub(crate) struct ReadSeal(Option<Opener>);
 

@@ -13,7 +13,7 @@
 //! bounds them); a lane takes no more from its queue than its in-flight table has room for
 //! (`max_in_flight`), so a slow peer's backlog waits in the queue, counted, and then refused.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -30,6 +30,13 @@ use crate::core::{Outbound, Outcome};
 use crate::handshake::{self, ReadSeal, WriteSeal};
 use crate::stats::Counters;
 use crate::{Completion, Delivered, PeerState, SendError, Shared};
+
+/// Frames at least this large are written from their own bytes (vectored writes) instead of
+/// being copied into the write buffer.
+const VECTORED_MIN: usize = 16 * 1024;
+
+/// Most buffers handed to one vectored write (well under the kernel's `IOV_MAX`).
+const MAX_IO_SLICES: usize = 64;
 
 struct Outgoing {
     frame: Bytes,
@@ -467,13 +474,36 @@ impl<N: Net> Lane<N> {
         let now = Instant::now();
         let deadline = now + cfg.send_timeout;
         self.buf.clear();
+        // Small frames are copied into one buffer; large ones are written from their own
+        // bytes (vectored writes), so a big payload is never copied on its way out.
+        let mut parts: VecDeque<Bytes> = VecDeque::new();
+        let mut total = 0usize;
         let mut sent_only = Vec::new();
         let mut refused = Vec::new();
         let mut n_frames = 0u64;
         // Register the ACK-wanting messages before writing: an ACK can come back before the
         // write returns.
         for m in batch.drain(..) {
-            if let Err(e) = conn.seal.append(&shared.codec, &m.frame, &mut self.buf) {
+            let added = if m.frame.len() < VECTORED_MIN {
+                conn.seal.append(&shared.codec, &m.frame, &mut self.buf)
+            } else {
+                conn.seal
+                    .parts(&shared.codec, &m.frame)
+                    .map(|(body, trailer)| {
+                        if !self.buf.is_empty() {
+                            let small = self.buf.split().freeze();
+                            total += small.len();
+                            parts.push_back(small);
+                        }
+                        total += body.len();
+                        parts.push_back(body);
+                        if let Some(t) = trailer {
+                            total += t.len();
+                            parts.push_back(t);
+                        }
+                    })
+            };
+            if let Err(e) = added {
                 refused.push((m.done, e));
                 continue;
             }
@@ -491,13 +521,23 @@ impl<N: Net> Lane<N> {
                 reason: e.to_string(),
             }));
         }
+        if !self.buf.is_empty() {
+            let small = self.buf.split().freeze();
+            total += small.len();
+            parts.push_back(small);
+        }
         conn.messages += n_frames;
         conn.last_write = now;
         // Write, reading ACKs meanwhile.
         let mut off = 0;
         let failure: Option<SendError> = loop {
-            if off == self.buf.len() {
+            let Some(front) = parts.front() else {
                 break None;
+            };
+            if off == front.len() {
+                parts.pop_front();
+                off = 0;
+                continue;
             }
             let Some(conn) = self.conn.as_mut() else {
                 break Some(SendError::ConnectionLost {
@@ -512,14 +552,34 @@ impl<N: Net> Lane<N> {
                 ..
             } = conn;
             read_buf.reserve(8 * 1024);
+            let slices: Vec<std::io::IoSlice<'_>> = parts
+                .iter()
+                .take(MAX_IO_SLICES)
+                .enumerate()
+                .map(|(i, b)| std::io::IoSlice::new(if i == 0 { &b[off..] } else { &b[..] }))
+                .collect();
             tokio::select! {
                 biased;
-                w = write.write(&self.buf[off..]) => match w {
+                w = write.write_vectored(&slices) => match w {
                     Ok(0) => break Some(SendError::ConnectionLost {
                         addr: self.addr,
                         reason: "the connection accepts no more bytes".into(),
                     }),
-                    Ok(n) => off += n,
+                    Ok(mut n) => {
+                        // Advance over what was written, part by part.
+                        while n > 0 {
+                            let Some(front) = parts.front() else { break };
+                            let left = front.len() - off;
+                            if n >= left {
+                                n -= left;
+                                parts.pop_front();
+                                off = 0;
+                            } else {
+                                off += n;
+                                n = 0;
+                            }
+                        }
+                    }
                     Err(e) => break Some(SendError::ConnectionLost {
                         addr: self.addr,
                         reason: e.to_string(),
@@ -541,7 +601,7 @@ impl<N: Net> Lane<N> {
             None => {
                 Counters::inc(&counters.writes);
                 Counters::add(&counters.frames_sent, n_frames);
-                Counters::add(&counters.bytes_sent, self.buf.len() as u64);
+                Counters::add(&counters.bytes_sent, total as u64);
                 for done in sent_only {
                     done(Ok(Delivered::Sent));
                 }

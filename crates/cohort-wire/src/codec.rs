@@ -164,6 +164,23 @@ impl CohortCodec {
         )
     }
 
+    /// [`CohortCodec::reseal`] without copying the body: the body (a slice of `encoded`) and
+    /// the 36 bytes to write after it (connection tag and CRC). For large frames written with
+    /// vectored writes.
+    pub fn reseal_parts(
+        &self,
+        encoded: &bytes::Bytes,
+        sealer: &mut Sealer,
+    ) -> Result<(bytes::Bytes, [u8; crate::TAG_LEN + crate::CRC_LEN]), EncodeError> {
+        crate::frame::reseal_parts(
+            encoded,
+            MIN_PROTOCOL_VERSION,
+            PROTOCOL_VERSION,
+            &self.limits,
+            sealer,
+        )
+    }
+
     /// Decodes the next frame of a keyed connection after its hello: its tag must be the
     /// connection tag of the next frame in `opener`'s direction, else `BadAuth`.
     pub fn decode_frame_opened(

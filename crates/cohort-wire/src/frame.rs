@@ -442,6 +442,36 @@ pub(crate) fn reseal(
     Ok(())
 }
 
+/// Seals `encoded` for a connection without copying its body: returns the body (a slice of
+/// `encoded`) and the 36 bytes that follow it on the wire (the connection tag and the CRC).
+pub(crate) fn reseal_parts(
+    encoded: &Bytes,
+    min_version: u8,
+    max_version: u8,
+    limits: &WireLimits,
+    sealer: &mut Sealer,
+) -> Result<(Bytes, [u8; TAG_LEN + CRC_LEN]), EncodeError> {
+    let not_one_frame = || EncodeError::NotSealable {
+        len: encoded.len() as u64,
+    };
+    let prefix = peek_prefix(encoded, min_version, max_version, limits)
+        .ok()
+        .flatten()
+        .ok_or_else(not_one_frame)?;
+    if !prefix.is_authenticated() || prefix.total_len() != encoded.len() {
+        return Err(not_one_frame());
+    }
+    let body_end = encoded.len() - TAG_LEN - CRC_LEN;
+    let tag = sealer.next_tag(&encoded[body_end..body_end + TAG_LEN]);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&encoded[..body_end]);
+    crc.update(&tag);
+    let mut trailer = [0u8; TAG_LEN + CRC_LEN];
+    trailer[..TAG_LEN].copy_from_slice(&tag);
+    trailer[TAG_LEN..].copy_from_slice(&crc.finalize().to_be_bytes());
+    Ok((encoded.slice(..body_end), trailer))
+}
+
 /// What the fixed 16-byte prefix of a frame declares, checked against the limits: enough for a
 /// reader to decide whether the frame is acceptable before it buffers the frame's body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
