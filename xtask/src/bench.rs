@@ -1,6 +1,7 @@
 //! `cargo xtask bench [--mode async|ack|syncack] [--size BYTES] [--test tput|latency|idle]
 //! [--quick]`: throughput and latency between real `cohort` processes (release build), with
-//! plain TCP measured in the same run, printing DESIGN.md §4.2's `RESULT` lines. A run without
+//! plain TCP measured in the same run, printing `RESULT` lines (their fields are described in
+//! docs/BENCHMARKS.md). A run without
 //! filters rewrites the results part of docs/BENCHMARKS.md (between its `results:begin` and
 //! `results:end` markers; the analysis around them is kept).
 

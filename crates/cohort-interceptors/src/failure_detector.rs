@@ -1,5 +1,7 @@
 //! `TcpFailureDetector`: confirms a suspected failure over TCP before the application hears
-//! of it (Tribes' detector, `reference/tribes.md` §4.3), and turns a killed process's closed
+//! of it (as Tribes' `TcpFailureDetector` does: a member that stops sending heartbeats may
+//! only be slow, so a TCP connect, and optionally a message and its ACK, decide), and turns a
+//! killed process's closed
 //! sockets into a verdict within milliseconds.
 //!
 //! Inputs and what they lead to:

@@ -239,7 +239,7 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         .name
         .clone()
         .unwrap_or_else(|| cohort_net::Net::host_name(&cohort_net::TokioNet));
-    // Every line the node logs carries its name (DESIGN.md §3's tracing vocabulary).
+    // Every line the node logs carries its name (the `node` span of docs/OPERATIONS.md).
     let span = tracing::info_span!("node", node = %name);
     let _entered = span.enter();
     runtime_with(config.runtime_threads)?.block_on(async move {

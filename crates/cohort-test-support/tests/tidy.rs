@@ -1,4 +1,5 @@
-//! Tidy checks, run by plain `cargo test` (this crate is a default member): the rules of DESIGN.md §3 that a compiler cannot see.
+//! Tidy checks, run by plain `cargo test` (this crate is a default member): the project's
+//! rules that a compiler cannot see (docs/ARCHITECTURE.md lists them as invariants).
 
 use std::path::{Path, PathBuf};
 
@@ -202,4 +203,31 @@ fn only_the_simulation_crate_depends_on_turmoil() {
             dir.display()
         );
     }
+}
+
+/// Rustdoc and the repository's documents cite only what is in the repository: no
+/// `../shared/...`, no design or reference notes that a reader of the crate does not have.
+#[test]
+fn docs_cite_nothing_outside_the_repository() {
+    let outside = ["../shared", "reference/tribes.md", "reference/peers.md", "DESIGN.md §"];
+    let mut problems = Vec::new();
+    let mut files = Vec::new();
+    for dir in crate_dirs() {
+        rust_files(&dir.join("src"), &mut files);
+    }
+    for file in files {
+        let source = std::fs::read_to_string(&file).unwrap();
+        for (no, line) in source.lines().enumerate() {
+            let doc = line.trim_start();
+            if !(doc.starts_with("//!") || doc.starts_with("///")) {
+                continue;
+            }
+            for o in outside {
+                if doc.contains(o) {
+                    problems.push(format!("{}:{}: cites {o}", file.display(), no + 1));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
