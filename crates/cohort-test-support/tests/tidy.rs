@@ -209,7 +209,12 @@ fn only_the_simulation_crate_depends_on_turmoil() {
 /// `../shared/...`, no design or reference notes that a reader of the crate does not have.
 #[test]
 fn docs_cite_nothing_outside_the_repository() {
-    let outside = ["../shared", "reference/tribes.md", "reference/peers.md", "DESIGN.md §"];
+    let outside = [
+        "../shared",
+        "reference/tribes.md",
+        "reference/peers.md",
+        "DESIGN.md §",
+    ];
     let mut problems = Vec::new();
     let mut files = Vec::new();
     for dir in crate_dirs() {
