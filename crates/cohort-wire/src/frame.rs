@@ -411,16 +411,14 @@ pub(crate) fn encode_frame(
     Ok(())
 }
 
-/// Appends `encoded` (one whole frame signed with the cluster key) to `out`, its tag replaced by
-/// `sealer`'s connection tag and its CRC recomputed. On error `out` is unchanged.
-pub(crate) fn reseal(
+/// Where the body of `encoded` ends, when it is exactly one frame signed with the cluster key
+/// (what a connection's seal replaces follows it: the tag and the CRC).
+fn sealable_body_end(
     encoded: &[u8],
     min_version: u8,
     max_version: u8,
     limits: &WireLimits,
-    sealer: &mut Sealer,
-    out: &mut BytesMut,
-) -> Result<(), EncodeError> {
+) -> Result<usize, EncodeError> {
     let not_one_frame = || EncodeError::NotSealable {
         len: encoded.len() as u64,
     };
@@ -431,7 +429,20 @@ pub(crate) fn reseal(
     if !prefix.is_authenticated() || prefix.total_len() != encoded.len() {
         return Err(not_one_frame());
     }
-    let body_end = encoded.len() - TAG_LEN - CRC_LEN;
+    Ok(encoded.len() - TAG_LEN - CRC_LEN)
+}
+
+/// Appends `encoded` (one whole frame signed with the cluster key) to `out`, its tag replaced by
+/// `sealer`'s connection tag and its CRC recomputed. On error `out` is unchanged.
+pub(crate) fn reseal(
+    encoded: &[u8],
+    min_version: u8,
+    max_version: u8,
+    limits: &WireLimits,
+    sealer: &mut Sealer,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let body_end = sealable_body_end(encoded, min_version, max_version, limits)?;
     let tag = sealer.next_tag(&encoded[body_end..body_end + TAG_LEN]);
     let start = out.len();
     out.reserve(encoded.len());
@@ -451,17 +462,7 @@ pub(crate) fn reseal_parts(
     limits: &WireLimits,
     sealer: &mut Sealer,
 ) -> Result<(Bytes, [u8; TAG_LEN + CRC_LEN]), EncodeError> {
-    let not_one_frame = || EncodeError::NotSealable {
-        len: encoded.len() as u64,
-    };
-    let prefix = peek_prefix(encoded, min_version, max_version, limits)
-        .ok()
-        .flatten()
-        .ok_or_else(not_one_frame)?;
-    if !prefix.is_authenticated() || prefix.total_len() != encoded.len() {
-        return Err(not_one_frame());
-    }
-    let body_end = encoded.len() - TAG_LEN - CRC_LEN;
+    let body_end = sealable_body_end(encoded, min_version, max_version, limits)?;
     let tag = sealer.next_tag(&encoded[body_end..body_end + TAG_LEN]);
     let mut crc = crc32fast::Hasher::new();
     crc.update(&encoded[..body_end]);

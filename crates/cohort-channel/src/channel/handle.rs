@@ -224,61 +224,7 @@ impl ChannelHandle {
         ),
         ChannelError,
     > {
-        let s = &self.shared;
-        let want = u32::try_from(len.min(s.config.async_queue_bytes)).unwrap_or(u32::MAX);
-        if s.config.async_full_policy == AsyncFullPolicy::Reject {
-            let full = || {
-                let st = self.stats();
-                ChannelError::QueueFull {
-                    messages: st.async_queued,
-                    bytes: st.async_queued_bytes,
-                }
-            };
-            let count = match reserved {
-                Some(p) => p,
-                None => s
-                    .async_count
-                    .clone()
-                    .try_acquire_owned()
-                    .map_err(|e| match e {
-                        tokio::sync::TryAcquireError::Closed => ChannelError::Stopped,
-                        tokio::sync::TryAcquireError::NoPermits => full(),
-                    })?,
-            };
-            let bytes =
-                if want == 0 {
-                    None
-                } else {
-                    Some(s.async_bytes.clone().try_acquire_many_owned(want).map_err(
-                        |e| match e {
-                            tokio::sync::TryAcquireError::Closed => ChannelError::Stopped,
-                            tokio::sync::TryAcquireError::NoPermits => full(),
-                        },
-                    )?)
-                };
-            return Ok((count, bytes));
-        }
-        let count = match reserved {
-            Some(p) => p,
-            None => s
-                .async_count
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| ChannelError::Stopped)?,
-        };
-        let bytes = if want == 0 {
-            None
-        } else {
-            Some(
-                s.async_bytes
-                    .clone()
-                    .acquire_many_owned(want)
-                    .await
-                    .map_err(|_| ChannelError::Stopped)?,
-            )
-        };
-        Ok((count, bytes))
+        self.admit(1, len, reserved).await
     }
 
     /// Sends every payload of `payloads`, in order, to `destinations` with `options`, as one
@@ -338,7 +284,7 @@ impl ChannelHandle {
             }
         }
         let (state, receipt) = if asynchronous {
-            let permits = self.async_admit_many(n, total).await?;
+            let permits = self.admit(n, total, None).await?;
             let state = SendState::new(first, None, Some(permits), s.error_handler.clone());
             let receipt = SendReceipt::ready(SendOutcome {
                 msg_id: first,
@@ -380,11 +326,15 @@ impl ChannelHandle {
         Ok(receipt)
     }
 
-    /// Takes room in the ASYNCHRONOUS queue for `n` messages of `total` bytes at once.
-    async fn async_admit_many(
+    /// Takes room in the ASYNCHRONOUS queue for `n` messages of `total` bytes at once, as the
+    /// policy says: waits for it (`Block`), or fails at once when it is not there (`Reject`).
+    /// A place already `reserved` (by the tower service's `poll_ready`) stands for the first
+    /// message's.
+    async fn admit(
         &self,
         n: usize,
         total: usize,
+        reserved: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<
         (
             tokio::sync::OwnedSemaphorePermit,
@@ -393,8 +343,7 @@ impl ChannelHandle {
         ChannelError,
     > {
         let s = &self.shared;
-        let n = u32::try_from(n).unwrap_or(u32::MAX);
-        let want = u32::try_from(total.min(s.config.async_queue_bytes)).unwrap_or(u32::MAX);
+        let want_bytes = u32::try_from(total.min(s.config.async_queue_bytes)).unwrap_or(u32::MAX);
         let full = || {
             let st = self.stats();
             ChannelError::QueueFull {
@@ -406,40 +355,37 @@ impl ChannelHandle {
             tokio::sync::TryAcquireError::Closed => ChannelError::Stopped,
             tokio::sync::TryAcquireError::NoPermits => full(),
         };
-        if s.config.async_full_policy == AsyncFullPolicy::Reject {
-            let count = s
-                .async_count
-                .clone()
-                .try_acquire_many_owned(n)
-                .map_err(try_err)?;
-            let bytes = if want == 0 {
-                None
-            } else {
-                Some(
-                    s.async_bytes
-                        .clone()
-                        .try_acquire_many_owned(want)
-                        .map_err(try_err)?,
-                )
-            };
-            return Ok((count, bytes));
+        let reject = s.config.async_full_policy == AsyncFullPolicy::Reject;
+        let take = |sem: &Arc<Semaphore>, k: u32| {
+            let sem = sem.clone();
+            async move {
+                if reject {
+                    sem.try_acquire_many_owned(k).map_err(try_err)
+                } else {
+                    sem.acquire_many_owned(k)
+                        .await
+                        .map_err(|_| ChannelError::Stopped)
+                }
+            }
+        };
+        // The messages that still need a place (a reserved one stands for the first).
+        let extra = n.saturating_sub(usize::from(reserved.is_some()));
+        let mut count = reserved;
+        if extra > 0 {
+            let got = take(&s.async_count, u32::try_from(extra).unwrap_or(u32::MAX)).await?;
+            match &mut count {
+                Some(c) => c.merge(got),
+                None => count = Some(got),
+            }
         }
-        let count = s
-            .async_count
-            .clone()
-            .acquire_many_owned(n)
-            .await
-            .map_err(|_| ChannelError::Stopped)?;
-        let bytes = if want == 0 {
+        let count = count.ok_or(ChannelError::BatchSize {
+            len: 0,
+            max: MAX_BATCH,
+        })?;
+        let bytes = if want_bytes == 0 {
             None
         } else {
-            Some(
-                s.async_bytes
-                    .clone()
-                    .acquire_many_owned(want)
-                    .await
-                    .map_err(|_| ChannelError::Stopped)?,
-            )
+            Some(take(&s.async_bytes, want_bytes).await?)
         };
         Ok((count, bytes))
     }
