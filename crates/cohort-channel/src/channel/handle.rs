@@ -176,23 +176,9 @@ impl ChannelHandle {
         for l in s.cluster_listeners.iter() {
             l.message_sent(destinations, &payload, options);
         }
-        let (state, receipt) = if options.contains(SendOptions::ASYNCHRONOUS) {
-            let (count, bytes) = self.async_admit(payload.len(), reserved).await?;
-            let state = SendState::new(msg_id, None, Some((count, bytes)), s.error_handler.clone());
-            let receipt = SendReceipt::ready(SendOutcome {
-                msg_id,
-                queued: true,
-                results: Vec::new(),
-                lost: None,
-            });
-            (state, receipt)
-        } else {
-            let (tx, rx) = oneshot::channel();
-            (
-                SendState::new(msg_id, Some(tx), None, None),
-                SendReceipt::waiting(msg_id, rx),
-            )
-        };
+        let (state, receipt) = self
+            .tracking(msg_id, options, 1, payload.len(), reserved)
+            .await?;
         let out = Outbound {
             msg_id,
             destinations: destinations.into(),
@@ -211,20 +197,38 @@ impl ChannelHandle {
         Ok(receipt)
     }
 
-    /// Takes room in the ASYNCHRONOUS queue for one message of `len` bytes, as the policy says
-    /// (the message's place may already be `reserved`).
-    pub(super) async fn async_admit(
+    /// The state that collects a send's results and the receipt the caller gets: for
+    /// ASYNCHRONOUS, room for `n` messages of `total` bytes is admitted first and the receipt
+    /// is ready at once (results go to the error handler); otherwise the receipt waits.
+    async fn tracking(
         &self,
-        len: usize,
+        msg_id: u64,
+        options: SendOptions,
+        n: usize,
+        total: usize,
         reserved: Option<tokio::sync::OwnedSemaphorePermit>,
-    ) -> Result<
-        (
-            tokio::sync::OwnedSemaphorePermit,
-            Option<tokio::sync::OwnedSemaphorePermit>,
-        ),
-        ChannelError,
-    > {
-        self.admit(1, len, reserved).await
+    ) -> Result<(Arc<SendState>, SendReceipt), ChannelError> {
+        if options.contains(SendOptions::ASYNCHRONOUS) {
+            let permits = self.admit(n, total, reserved).await?;
+            let state = SendState::new(
+                msg_id,
+                None,
+                Some(permits),
+                self.shared.error_handler.clone(),
+            );
+            let receipt = SendReceipt::ready(SendOutcome {
+                msg_id,
+                queued: true,
+                results: Vec::new(),
+                lost: None,
+            });
+            return Ok((state, receipt));
+        }
+        let (tx, rx) = oneshot::channel();
+        Ok((
+            SendState::new(msg_id, Some(tx), None, None),
+            SendReceipt::waiting(msg_id, rx),
+        ))
     }
 
     /// Sends every payload of `payloads`, in order, to `destinations` with `options`, as one
@@ -283,23 +287,7 @@ impl ChannelHandle {
                 l.message_sent(destinations, p, options);
             }
         }
-        let (state, receipt) = if asynchronous {
-            let permits = self.admit(n, total, None).await?;
-            let state = SendState::new(first, None, Some(permits), s.error_handler.clone());
-            let receipt = SendReceipt::ready(SendOutcome {
-                msg_id: first,
-                queued: true,
-                results: Vec::new(),
-                lost: None,
-            });
-            (state, receipt)
-        } else {
-            let (tx, rx) = oneshot::channel();
-            (
-                SendState::new(first, Some(tx), None, None),
-                SendReceipt::waiting(first, rx),
-            )
-        };
+        let (state, receipt) = self.tracking(first, options, n, total, None).await?;
         let destinations: Arc<[Member]> = destinations.into();
         let outs: Vec<Outbound> = payloads
             .into_iter()
