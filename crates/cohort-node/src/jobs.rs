@@ -195,12 +195,6 @@ pub fn start(jobs: Vec<Job>, runner: Runner) -> tokio::task::JoinSet<()> {
     set
 }
 
-fn is_lead(channel: &ChannelHandle) -> bool {
-    channel
-        .view()
-        .is_none_or(|v| v.lead.as_ref() == Some(&v.local))
-}
-
 async fn schedule(job: Job, r: Arc<Runner>, started: tokio::time::Instant) {
     let mut running: Option<tokio::task::JoinHandle<()>> = None;
     loop {
@@ -210,7 +204,7 @@ async fn schedule(job: Job, r: Arc<Runner>, started: tokio::time::Instant) {
             return;
         };
         tokio::time::sleep(Duration::from_millis(at.saturating_sub(now))).await;
-        if started.elapsed() < r.settle || !is_lead(&r.channel) {
+        if started.elapsed() < r.settle || !r.channel.is_lead() {
             continue;
         }
         if running.as_ref().is_some_and(|h| !h.is_finished()) {

@@ -157,16 +157,16 @@ impl Collector for Snapshots {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let s = self.channel.stats();
         let t = &s.transport;
-        let members = self.channel.view().map_or(1, |v| v.members.len());
+        let view = self.channel.view();
+        let members = view.as_ref().map_or(1, |v| v.members.len());
         gauge(
             &mut enc,
             "members",
             "Members in this node's view, itself included",
             &[(&[], int(members))],
         )?;
-        let lead = self
-            .channel
-            .view()
+        let lead = view
+            .as_ref()
             .is_none_or(|v| v.lead.as_ref() == Some(&v.local));
         gauge(
             &mut enc,

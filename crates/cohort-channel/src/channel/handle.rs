@@ -17,7 +17,7 @@ use crate::receipt::{SendOutcome, SendReceipt, SendState};
 use crate::seams::{ChannelMembership, ChannelTransport};
 
 use super::config::{AsyncFullPolicy, ChannelConfig, ChannelError};
-use super::stats::{ChannelCounters, ChannelStats, Mode, ModeStats, ViewEvent};
+use super::stats::{ChannelCounters, ChannelStats, Mode, ModeStats};
 
 pub(super) enum Command {
     Send(Outbound, Arc<SendState>),
@@ -65,6 +65,16 @@ pub(crate) enum Claimed {
 /// replies: completing a waiting call needs no listener thread). It must be quick and never
 /// block: it runs on the task that moves every message.
 pub(crate) type Claim = Arc<dyn Fn(&ChannelMessage) -> Claimed + Send + Sync>;
+
+/// A membership event after the interceptors, with the members in view once it applied (the
+/// local one excluded), so a subscriber never pairs an event with an older or newer view.
+#[derive(Clone, Debug)]
+pub struct ViewEvent {
+    /// The event.
+    pub event: cohort_membership::MembershipEvent,
+    /// The view it produced.
+    pub members: std::sync::Arc<[cohort_wire::Member]>,
+}
 
 /// Most messages in one [`ChannelHandle::send_many`] batch.
 pub const MAX_BATCH: usize = 4096;
@@ -403,6 +413,12 @@ impl ChannelHandle {
     /// The membership view (`None` when the channel runs without membership).
     pub fn view(&self) -> Option<MembershipView> {
         self.shared.membership.as_ref().map(|m| m.view())
+    }
+
+    /// True when this node is the lead of its view (always, without membership).
+    pub fn is_lead(&self) -> bool {
+        self.view()
+            .is_none_or(|v| v.lead.as_ref() == Some(&v.local))
     }
 
     /// The membership driver's counters (`None` when the channel runs without membership).

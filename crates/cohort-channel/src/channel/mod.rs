@@ -19,5 +19,5 @@ mod stats;
 pub use builder::{ChannelBuilder, CustomTransport, GroupChannel};
 pub use config::{AsyncFullPolicy, ChannelConfig, ChannelError, MembershipSetup};
 pub(crate) use handle::Claimed;
-pub use handle::{ChannelHandle, MAX_BATCH};
-pub use stats::{ChannelStats, Mode, ModeStats, ViewEvent};
+pub use handle::{ChannelHandle, MAX_BATCH, ViewEvent};
+pub use stats::{ChannelStats, Mode, ModeStats};

@@ -23,9 +23,9 @@ use crate::receipt::SendState;
 use crate::seams::{ChannelMembership, ChannelTransport};
 
 use super::delivery::Delivery;
-use super::handle::{Claim, Claimed, Command};
+use super::handle::{Claim, Claimed, Command, ViewEvent};
 use super::probes::{probe_test, run_probe};
-use super::stats::{ChannelCounters, ViewEvent};
+use super::stats::ChannelCounters;
 
 pub(super) struct Owner<N: Net> {
     pub(super) net: N,
@@ -406,20 +406,21 @@ impl<N: Net> Owner<N> {
         if claims.is_empty() {
             return false;
         }
-        let mut gone = false;
-        for c in claims.iter() {
+        let mut gone = Vec::new();
+        for (i, c) in claims.iter().enumerate() {
             match c(msg) {
                 Claimed::Yes => return true,
                 Claimed::No => {}
-                Claimed::Gone => gone = true,
+                Claimed::Gone => gone.push(i),
             }
         }
         drop(claims);
-        if gone {
-            self.claims
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .retain(|c| !matches!(c(msg), Claimed::Gone));
+        if !gone.is_empty() {
+            // Hooks are only ever appended, so the indices still point at the same hooks.
+            let mut claims = self.claims.write().unwrap_or_else(PoisonError::into_inner);
+            for i in gone.into_iter().rev() {
+                claims.remove(i);
+            }
         }
         false
     }

@@ -29,16 +29,6 @@ pub(super) struct ModeCounters {
     pub(super) received_bytes: AtomicU64,
 }
 
-/// A membership event after the interceptors, with the members in view once it applied (the
-/// local one excluded), so a subscriber never pairs an event with an older or newer view.
-#[derive(Clone, Debug)]
-pub struct ViewEvent {
-    /// The event.
-    pub event: cohort_membership::MembershipEvent,
-    /// The view it produced.
-    pub members: std::sync::Arc<[cohort_wire::Member]>,
-}
-
 /// The delivery mode of a message, as operators count them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Mode {
