@@ -1,0 +1,791 @@
+//! The driver: one task owns a map's [`MapCore`]; the map's [`RpcChannel`] moves its messages.
+//!
+//! - Commands come in over a bounded queue (`inbound_queue`): calls of the map handle, and
+//!   messages from other members, which the RPC handler pushes from the channel's delivery
+//!   thread (it waits for room: backpressure to the senders).
+//! - The task never waits on the network: a local write returns its records to the caller,
+//!   which sends them itself (so SYNC_ACK writes pipeline, one per caller), and the core's own
+//!   requests (digests, hole fills, placement changes) run as tasks, at most
+//!   `max_background_requests` at once (past it they are skipped and counted; the next period
+//!   repeats them).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use cohort_channel::{
+    CallOptions, ChannelHandle, ReplyMode, RpcChannel, RpcHandler, SendOptions, ViewEvent,
+};
+use cohort_membership::MembershipEvent;
+use cohort_wire::{Member, MemberId};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
+
+use crate::config::MapConfig;
+use crate::core::{CoreEvent, CoreStats, Kind, Lookup, MapCore, Refused, Write};
+use crate::error::MapError;
+use crate::msg::{Msg, Record};
+
+/// A clock reading wall-clock milliseconds since the Unix epoch (the hybrid logical clock's
+/// physical part). Simulations pass their virtual clock.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    })
+}
+
+/// How a write reaches the other members.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Returns once the write is applied here and queued for the others (ASYNCHRONOUS).
+    #[default]
+    Async,
+    /// Returns once every holder's transport acknowledged receipt (USE_ACK).
+    Ack,
+    /// Returns once every holder applied it (a replicated map: every member; a lazy map: the
+    /// backups). SYNC_ACK writes from concurrent callers are in flight together.
+    SyncAck,
+}
+
+/// A map's counters: the core's, and the driver's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MapStats {
+    /// Entries, bytes, conflicts, repairs...
+    pub core: CoreStats,
+    /// State transfers this member completed (at start).
+    pub transfers: u64,
+    /// Entries received by those transfers.
+    pub transferred_entries: u64,
+    /// Messages from other members that did not decode (counted and dropped).
+    pub malformed: u64,
+    /// Background requests skipped because `max_background_requests` were in flight.
+    pub background_skipped: u64,
+}
+
+/// A write, resolved to member records, for the caller to send.
+pub(crate) struct Outgoing {
+    record: Record,
+    full: Vec<Member>,
+    proxies: Vec<Member>,
+}
+
+pub(crate) struct Answer {
+    lookup: Lookup,
+    from: Vec<Member>,
+    write: Option<Outgoing>,
+}
+
+type Reply<T> = oneshot::Sender<T>;
+
+pub(crate) enum Cmd {
+    Put(Bytes, Bytes, Reply<Result<Outgoing, Refused>>),
+    Remove(Bytes, Reply<Option<Outgoing>>),
+    Get(Bytes, Reply<Answer>),
+    Adopt(Record, Reply<(Option<Bytes>, Option<Outgoing>)>),
+    Scan(Option<Bytes>, usize, Reply<Vec<(Bytes, Bytes)>>),
+    Keys(Reply<Vec<Bytes>>),
+    Len(Reply<usize>),
+    Stats(Reply<CoreStats>),
+    Members(Reply<Vec<Member>>),
+    Inbound(Member, Msg, Option<Reply<Msg>>),
+    /// Answers to the core's own requests, or to the handle's hello.
+    Answers(Vec<(MemberId, Msg)>),
+    Known(Vec<Member>),
+    Gone(Vec<MemberId>),
+    AntiEntropy(MemberId),
+    Stop(Reply<()>),
+}
+
+#[derive(Default)]
+struct Counters {
+    transfers: AtomicU64,
+    transferred: AtomicU64,
+    malformed: AtomicU64,
+    skipped: AtomicU64,
+}
+
+/// The untyped map: encoded keys and values.
+pub(crate) struct RawMap {
+    cmd: mpsc::Sender<Cmd>,
+    rpc: RpcChannel,
+    channel: ChannelHandle,
+    cfg: MapConfig,
+    events: broadcast::Sender<CoreEvent>,
+    counters: Arc<Counters>,
+    name: String,
+}
+
+/// Longest map name, in bytes.
+pub const MAX_NAME: usize = 200;
+
+struct Handler {
+    /// Weak: the map's handles own the queue; when the last is dropped the task ends.
+    cmd: mpsc::WeakSender<Cmd>,
+    counters: Arc<Counters>,
+    name: String,
+}
+
+impl RpcHandler for Handler {
+    fn reply_request(&self, from: &Member, request: &Bytes) -> Option<Bytes> {
+        let msg = match Msg::decode(request) {
+            Ok(m) => m,
+            Err(e) => {
+                let n = self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                if n.is_power_of_two() {
+                    tracing::warn!(map = %self.name, member = %from.id, error = %e, count = n + 1, "malformed map message dropped");
+                }
+                return None;
+            }
+        };
+        let wants_answer = matches!(
+            msg,
+            Msg::Hello
+                | Msg::Update { sync: true, .. }
+                | Msg::Fetch { .. }
+                | Msg::StateReq { .. }
+                | Msg::Digest { .. }
+        );
+        let cmd = self.cmd.upgrade()?;
+        // The delivery thread waits for room: backpressure to the senders.
+        if !wants_answer {
+            let _ = cmd.blocking_send(Cmd::Inbound(from.clone(), msg, None));
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        cmd.blocking_send(Cmd::Inbound(from.clone(), msg, Some(tx)))
+            .ok()?;
+        rx.blocking_recv().ok().map(|m| m.encode())
+    }
+}
+
+struct Owner {
+    core: MapCore,
+    known: HashMap<MemberId, Member>,
+    channel: ChannelHandle,
+    rpc: RpcChannel,
+    cfg: MapConfig,
+    clock: Clock,
+    cmd: mpsc::WeakSender<Cmd>,
+    events: broadcast::Sender<CoreEvent>,
+    background: Arc<Semaphore>,
+    counters: Arc<Counters>,
+}
+
+impl RawMap {
+    pub(crate) async fn start(
+        channel: &ChannelHandle,
+        name: &str,
+        cfg: MapConfig,
+        kind: Kind,
+        clock: Clock,
+    ) -> Result<Self, MapError> {
+        cfg.validate()?;
+        if name.is_empty() || name.len() > MAX_NAME {
+            return Err(MapError::Config(crate::config::ConfigError {
+                key: "name",
+                reason: format!("{} bytes; a map name is 1 to {MAX_NAME} bytes", name.len()),
+            }));
+        }
+        let (cmd, rx) = mpsc::channel(cfg.inbound_queue);
+        let counters = Arc::new(Counters::default());
+        let rpc = RpcChannel::new(
+            channel,
+            format!("map/{name}"),
+            Arc::new(Handler {
+                cmd: cmd.downgrade(),
+                counters: counters.clone(),
+                name: name.into(),
+            }),
+            SendOptions::NONE,
+        )?;
+        let local = channel.local().clone();
+        let seed = local
+            .id
+            .as_bytes()
+            .iter()
+            .fold(0u64, |h, b| h.rotate_left(8) ^ u64::from(*b));
+        let (events, _) = broadcast::channel(cfg.event_buffer);
+        let owner = Owner {
+            core: MapCore::new(cfg.clone(), kind, local.id, seed),
+            known: HashMap::new(),
+            channel: channel.clone(),
+            rpc: rpc.clone(),
+            cfg: cfg.clone(),
+            clock,
+            cmd: cmd.downgrade(),
+            events: events.clone(),
+            background: Arc::new(Semaphore::new(cfg.max_background_requests)),
+            counters: counters.clone(),
+        };
+        let view = channel.events();
+        tokio::spawn(owner.run(rx, view));
+        let map = Self {
+            cmd,
+            rpc,
+            channel: channel.clone(),
+            cfg,
+            events,
+            counters,
+            name: name.into(),
+        };
+        map.join().await?;
+        Ok(map)
+    }
+
+    /// Says hello to every channel member, then pulls the whole map from one that answered.
+    async fn join(&self) -> Result<(), MapError> {
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.cfg.state_transfer_timeout;
+        let members = self.channel.members();
+        if members.is_empty() {
+            return Ok(());
+        }
+        self.send(Cmd::Known(members.clone())).await?;
+        let hello = self
+            .rpc
+            .call(
+                &members,
+                Msg::Hello.encode(),
+                CallOptions::default()
+                    .mode(ReplyMode::All)
+                    .timeout(self.cfg.rpc_timeout),
+            )
+            .await?;
+        let acks: Vec<(MemberId, Msg)> = hello
+            .replies
+            .iter()
+            .filter_map(|r| Msg::decode(&r.payload).ok().map(|m| (r.from, m)))
+            .collect();
+        self.send(Cmd::Answers(acks)).await?;
+        let mut suppliers = self.request(Cmd::Members).await?;
+        if suppliers.is_empty() {
+            return Ok(());
+        }
+        // The oldest member first: the most likely to hold everything.
+        suppliers.sort_by_key(Member::seniority);
+        let mut after: Option<Bytes> = None;
+        let mut entries = 0u64;
+        let mut failures = Vec::new();
+        let mut i = 0;
+        loop {
+            let supplier = &suppliers[i % suppliers.len()];
+            if tokio::time::Instant::now() >= deadline {
+                return Err(MapError::StateTransfer {
+                    map: self.name.clone(),
+                    reason: format!(
+                        "not complete within {:?} ({entries} entries received; {})",
+                        self.cfg.state_transfer_timeout,
+                        failures.join("; ")
+                    ),
+                });
+            }
+            let req = Msg::StateReq {
+                after: after.clone(),
+                max_bytes: u32::try_from(self.cfg.max_chunk_bytes).unwrap_or(u32::MAX),
+            };
+            let timeout = self
+                .cfg
+                .rpc_timeout
+                .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            let answer = self
+                .rpc
+                .call(
+                    std::slice::from_ref(supplier),
+                    req.encode(),
+                    CallOptions::default()
+                        .mode(ReplyMode::First)
+                        .timeout(timeout),
+                )
+                .await?;
+            let chunk = answer
+                .replies
+                .first()
+                .and_then(|r| Msg::decode(&r.payload).ok());
+            let Some(Msg::StateChunk { records, next }) = chunk else {
+                failures.push(format!("{} gave no chunk", supplier.id.short()));
+                failures.truncate(8);
+                i += 1;
+                continue;
+            };
+            entries += records.len() as u64;
+            // Applied before the next chunk is asked for: one chunk in memory at a time.
+            let (tx, rx) = oneshot::channel();
+            self.send(Cmd::Inbound(
+                supplier.clone(),
+                Msg::StateChunk {
+                    records,
+                    next: None,
+                },
+                Some(tx),
+            ))
+            .await?;
+            let _ = rx.await;
+            match next {
+                Some(k) => after = Some(k),
+                None => break,
+            }
+        }
+        let supplier = suppliers[i % suppliers.len()].id;
+        self.send(Cmd::AntiEntropy(supplier)).await?;
+        self.counters.transfers.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .transferred
+            .fetch_add(entries, Ordering::Relaxed);
+        tracing::debug!(map = %self.name, entries, elapsed_ms = started.elapsed().as_millis() as u64, "state transfer complete");
+        Ok(())
+    }
+
+    async fn send(&self, cmd: Cmd) -> Result<(), MapError> {
+        self.cmd.send(cmd).await.map_err(|_| MapError::Stopped)
+    }
+
+    async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> Cmd) -> Result<T, MapError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(make(tx)).await?;
+        rx.await.map_err(|_| MapError::Stopped)
+    }
+
+    pub(crate) async fn put(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        mode: WriteMode,
+    ) -> Result<(), MapError> {
+        let out = self.request(|tx| Cmd::Put(key, value, tx)).await??;
+        self.replicate(out, mode).await
+    }
+
+    pub(crate) async fn remove(&self, key: Bytes, mode: WriteMode) -> Result<bool, MapError> {
+        match self.request(|tx| Cmd::Remove(key, tx)).await? {
+            Some(out) => self.replicate(out, mode).await.map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    pub(crate) async fn get(&self, key: Bytes) -> Result<Option<Bytes>, MapError> {
+        let answer = self.request(|tx| Cmd::Get(key.clone(), tx)).await?;
+        if let Some(w) = answer.write {
+            self.replicate(w, WriteMode::Async).await?;
+        }
+        match answer.lookup {
+            Lookup::Value(v) => Ok(Some(v)),
+            Lookup::Absent => Ok(None),
+            Lookup::Remote(_) => self.fetch(key, answer.from).await,
+        }
+    }
+
+    /// A proxy's read: ask the holders (all at once, the first answer wins), then take the
+    /// entry over.
+    async fn fetch(&self, key: Bytes, mut from: Vec<Member>) -> Result<Option<Bytes>, MapError> {
+        for _ in 0..3 {
+            if from.is_empty() {
+                break;
+            }
+            let answer = self
+                .rpc
+                .call(
+                    &from,
+                    Msg::Fetch { key: key.clone() }.encode(),
+                    CallOptions::default()
+                        .mode(ReplyMode::All)
+                        .timeout(self.cfg.rpc_timeout),
+                )
+                .await?;
+            let records: Vec<Record> = answer
+                .replies
+                .iter()
+                .filter_map(|r| match Msg::decode(&r.payload) {
+                    Ok(Msg::Fetched { record: Some(r) }) => Some(r),
+                    _ => None,
+                })
+                .collect();
+            // The newest copy any holder has.
+            let best = records
+                .iter()
+                .filter(|r| r.value.is_some() || r.removed)
+                .max_by_key(|r| (r.version, r.placed))
+                .cloned();
+            if let Some(record) = best {
+                let (value, write) = self.request(|tx| Cmd::Adopt(record, tx)).await?;
+                if let Some(w) = write {
+                    self.replicate(w, WriteMode::Async).await?;
+                }
+                return Ok(value);
+            }
+            // Nobody asked holds it any more: follow the newest placement they know.
+            let Some(newer) = records.iter().max_by_key(|r| (r.version, r.placed)) else {
+                break;
+            };
+            let holders: Vec<MemberId> = std::iter::once(newer.primary)
+                .chain(newer.backups.iter().copied())
+                .map(MemberId::from_bytes)
+                .collect();
+            let known = self.request(Cmd::Members).await?;
+            let next: Vec<Member> = known
+                .into_iter()
+                .filter(|m| holders.contains(&m.id) && !from.iter().any(|f| f.id == m.id))
+                .collect();
+            from = next;
+        }
+        Err(MapError::Unavailable {
+            map: self.name.clone(),
+            reason: "no holder of the entry answered with its value".into(),
+        })
+    }
+
+    /// Sends a local write as `mode` asks.
+    async fn replicate(&self, out: Outgoing, mode: WriteMode) -> Result<(), MapError> {
+        if !out.proxies.is_empty() {
+            let body = Msg::Update {
+                sync: false,
+                records: vec![out.record.without_value()],
+            }
+            .encode();
+            self.one_way(&out.proxies, body).await?;
+        }
+        if out.full.is_empty() {
+            return Ok(());
+        }
+        let sync = mode == WriteMode::SyncAck;
+        let body = Msg::Update {
+            sync,
+            records: vec![out.record],
+        }
+        .encode();
+        let how = CallOptions::default().timeout(self.cfg.rpc_timeout);
+        let result = match mode {
+            WriteMode::Async => return self.one_way(&out.full, body).await,
+            WriteMode::Ack => {
+                self.rpc
+                    .call(
+                        &out.full,
+                        body,
+                        how.mode(ReplyMode::None).send_options(SendOptions::USE_ACK),
+                    )
+                    .await?
+            }
+            WriteMode::SyncAck => {
+                self.rpc
+                    .call(&out.full, body, how.mode(ReplyMode::All))
+                    .await?
+            }
+        };
+        let mut missing: Vec<(MemberId, String)> = result.failed;
+        if sync {
+            for r in &result.replies {
+                match Msg::decode(&r.payload) {
+                    Ok(Msg::Applied { error: None }) => {}
+                    Ok(Msg::Applied { error: Some(e) }) => missing.push((r.from, e)),
+                    _ => missing.push((r.from, "an unexpected answer".into())),
+                }
+            }
+            missing.extend(
+                result
+                    .no_reply
+                    .iter()
+                    .map(|m| (*m, format!("no answer within {:?}", self.cfg.rpc_timeout))),
+            );
+        }
+        if !result.no_channel.is_empty() {
+            // They stopped the map: no longer members.
+            self.send(Cmd::Gone(result.no_channel)).await?;
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(MapError::NotApplied {
+                map: self.name.clone(),
+                members: missing,
+            })
+        }
+    }
+
+    async fn one_way(&self, to: &[Member], body: Bytes) -> Result<(), MapError> {
+        self.rpc
+            .call(
+                to,
+                body,
+                CallOptions::default()
+                    .mode(ReplyMode::None)
+                    .send_options(SendOptions::ASYNCHRONOUS),
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn scan(
+        &self,
+        after: Option<Bytes>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>, MapError> {
+        self.request(|tx| Cmd::Scan(after, limit, tx)).await
+    }
+
+    pub(crate) async fn keys(&self) -> Result<Vec<Bytes>, MapError> {
+        self.request(Cmd::Keys).await
+    }
+
+    pub(crate) async fn len(&self) -> Result<usize, MapError> {
+        self.request(Cmd::Len).await
+    }
+
+    pub(crate) async fn members(&self) -> Result<Vec<Member>, MapError> {
+        self.request(Cmd::Members).await
+    }
+
+    pub(crate) async fn stats(&self) -> Result<MapStats, MapError> {
+        let core = self.request(Cmd::Stats).await?;
+        let c = &self.counters;
+        Ok(MapStats {
+            core,
+            transfers: c.transfers.load(Ordering::Relaxed),
+            transferred_entries: c.transferred.load(Ordering::Relaxed),
+            malformed: c.malformed.load(Ordering::Relaxed),
+            background_skipped: c.skipped.load(Ordering::Relaxed),
+        })
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<CoreEvent> {
+        self.events.subscribe()
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) async fn stop(&self) {
+        let _ = self.request(Cmd::Stop).await;
+    }
+}
+
+impl Owner {
+    async fn run(mut self, mut rx: mpsc::Receiver<Cmd>, mut view: broadcast::Receiver<ViewEvent>) {
+        let mut stopping = None;
+        loop {
+            let now = (self.clock)();
+            let due = self.core.poll_timeout();
+            let wait = Duration::from_millis(due.saturating_sub(now));
+            tokio::select! {
+                biased;
+                cmd = rx.recv() => match cmd {
+                    Some(Cmd::Stop(reply)) => {
+                        stopping = Some(reply);
+                        break;
+                    }
+                    Some(cmd) => self.handle(cmd),
+                    None => break,
+                },
+                event = view.recv() => match event {
+                    Ok(e) => self.on_view(&e),
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.resync_view(),
+                    Err(broadcast::error::RecvError::Closed) => {
+                        // The channel stopped; keep serving local calls.
+                        view = broadcast::channel(1).1;
+                    }
+                },
+                () = tokio::time::sleep(wait) => {
+                    let now = (self.clock)();
+                    if self.channel.view().is_some() {
+                        self.resync_view();
+                    }
+                    self.core.handle_timeout(now);
+                }
+            }
+            self.flush();
+        }
+        // Leaving: tell the others at once rather than let them wait for the view.
+        let members: Vec<Member> = self.core.members().filter_map(|m| self.known.get(&m).cloned()).collect();
+        if !members.is_empty() {
+            let _ = self
+                .rpc
+                .call(
+                    &members,
+                    Msg::Bye.encode(),
+                    CallOptions::default()
+                        .mode(ReplyMode::None)
+                        .send_options(SendOptions::ASYNCHRONOUS),
+                )
+                .await;
+        }
+        if let Some(reply) = stopping {
+            let _ = reply.send(());
+        }
+    }
+
+    fn outgoing(&self, w: Write) -> Outgoing {
+        let resolve = |ids: &[MemberId]| -> Vec<Member> {
+            ids.iter().filter_map(|m| self.known.get(m).cloned()).collect()
+        };
+        Outgoing {
+            full: resolve(&w.full),
+            proxies: resolve(&w.proxies),
+            record: w.record,
+        }
+    }
+
+    fn handle(&mut self, cmd: Cmd) {
+        let now = (self.clock)();
+        self.core.set_events(self.events.receiver_count() > 0);
+        match cmd {
+            Cmd::Put(k, v, reply) => {
+                let r = self.core.put(now, k, v).map(|w| self.outgoing(w));
+                let _ = reply.send(r);
+            }
+            Cmd::Remove(k, reply) => {
+                let r = self.core.remove(now, k).map(|w| self.outgoing(w));
+                let _ = reply.send(r);
+            }
+            Cmd::Get(k, reply) => {
+                let (lookup, write) = self.core.get(now, &k);
+                let from = match &lookup {
+                    Lookup::Remote(ids) => ids.iter().filter_map(|m| self.known.get(m).cloned()).collect(),
+                    _ => Vec::new(),
+                };
+                let write = write.map(|w| self.outgoing(w));
+                let _ = reply.send(Answer {
+                    lookup,
+                    from,
+                    write,
+                });
+            }
+            Cmd::Adopt(record, reply) => {
+                let (v, w) = self.core.adopt(now, record);
+                let _ = reply.send((v, w.map(|w| self.outgoing(w))));
+            }
+            Cmd::Scan(after, limit, reply) => {
+                let _ = reply.send(self.core.scan(after.as_deref(), limit));
+            }
+            Cmd::Keys(reply) => {
+                let keys = self
+                    .core
+                    .dump()
+                    .into_iter()
+                    .filter(|(_, _, removed, _)| !removed)
+                    .map(|(k, ..)| k)
+                    .collect();
+                let _ = reply.send(keys);
+            }
+            Cmd::Len(reply) => {
+                let _ = reply.send(self.core.len());
+            }
+            Cmd::Stats(reply) => {
+                let _ = reply.send(self.core.stats());
+            }
+            Cmd::Members(reply) => {
+                let members = self
+                    .core
+                    .members()
+                    .filter_map(|m| self.known.get(&m).cloned())
+                    .collect();
+                let _ = reply.send(members);
+            }
+            Cmd::Inbound(from, msg, reply) => {
+                let id = from.id;
+                self.known.insert(id, from);
+                let answer = self.core.handle_message(now, id, msg);
+                if let (Some(reply), Some(answer)) = (reply, answer) {
+                    let _ = reply.send(answer);
+                }
+            }
+            Cmd::Answers(answers) => {
+                for (from, msg) in answers {
+                    let _ = self.core.handle_message(now, from, msg);
+                }
+            }
+            Cmd::Known(members) => {
+                for m in members {
+                    self.known.insert(m.id, m);
+                }
+            }
+            Cmd::Gone(ids) => {
+                for id in ids {
+                    self.core.handle_member_down(now, id);
+                }
+            }
+            Cmd::AntiEntropy(with) => self.core.start_anti_entropy(Some(with)),
+            Cmd::Stop(_) => {}
+        }
+    }
+
+    fn on_view(&mut self, e: &ViewEvent) {
+        let now = (self.clock)();
+        match &e.event {
+            MembershipEvent::MemberAdded(m) | MembershipEvent::MemberUpdated(m) => {
+                self.known.insert(m.id, m.clone());
+                if matches!(e.event, MembershipEvent::MemberAdded(_)) {
+                    // It may run this map: ask (its own hello may have raced ours).
+                    self.background(vec![m.clone()], Msg::Hello, true);
+                }
+            }
+            MembershipEvent::MemberDisappeared { member, .. } => {
+                self.core.handle_member_down(now, member.id);
+            }
+            _ => {}
+        }
+    }
+
+    /// Map members the channel no longer sees are gone (a missed or lagged view event).
+    fn resync_view(&mut self) {
+        let now = (self.clock)();
+        let view: Vec<MemberId> = self.channel.members().iter().map(|m| m.id).collect();
+        let gone: Vec<MemberId> = self.core.members().filter(|m| !view.contains(m)).collect();
+        for id in gone {
+            self.core.handle_member_down(now, id);
+        }
+    }
+
+    /// Sends what the core queued, and hands changes to subscribers.
+    fn flush(&mut self) {
+        while let Some(t) = self.core.poll_transmit() {
+            let to: Vec<Member> = t.to.iter().filter_map(|m| self.known.get(m).cloned()).collect();
+            if !to.is_empty() {
+                self.background(to, t.msg, t.request);
+            }
+        }
+        while let Some(e) = self.core.poll_event() {
+            let _ = self.events.send(e);
+        }
+    }
+
+    /// Sends `msg` from a task of its own; a request's answers come back as commands.
+    fn background(&self, to: Vec<Member>, msg: Msg, request: bool) {
+        let Ok(permit) = self.background.clone().try_acquire_owned() else {
+            self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let rpc = self.rpc.clone();
+        let Some(cmd) = self.cmd.upgrade() else {
+            return;
+        };
+        let timeout = self.cfg.rpc_timeout;
+        tokio::spawn(async move {
+            let how = if request {
+                CallOptions::default()
+                    .mode(ReplyMode::All)
+                    .timeout(timeout)
+            } else {
+                CallOptions::default()
+                    .mode(ReplyMode::None)
+                    .send_options(SendOptions::ASYNCHRONOUS)
+            };
+            if let Ok(result) = rpc.call(&to, msg.encode(), how).await {
+                let answers: Vec<(MemberId, Msg)> = result
+                    .replies
+                    .iter()
+                    .filter_map(|r| Msg::decode(&r.payload).ok().map(|m| (r.from, m)))
+                    .collect();
+                if !answers.is_empty() {
+                    let _ = cmd.send(Cmd::Answers(answers)).await;
+                }
+            }
+            drop(permit);
+        });
+    }
+}

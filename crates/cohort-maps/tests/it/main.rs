@@ -1,0 +1,5 @@
+//! Maps on real channels over loopback sockets.
+
+mod lazy;
+mod replicated;
+mod support;
