@@ -758,7 +758,7 @@ impl MapCore {
             }
             Msg::Applied { .. } => None,
             Msg::Fetch { key } => Some(Msg::Fetched {
-                record: self.record_for(&key, from),
+                record: self.fetch_answer(&key),
             }),
             Msg::Fetched { record } => {
                 // A hole being filled (adopting is the driver's, through `adopt`).
@@ -811,13 +811,6 @@ impl MapCore {
                 self.stats.repairs += 1;
             }
         }
-    }
-
-    /// The entry `key` as `to` should receive it: with its value only when `to` holds it (or
-    /// in a replicated map).
-    fn record_for(&self, key: &[u8], to: MemberId) -> Option<Record> {
-        let e = self.entries.get(key)?;
-        Some(self.record_of(key, e, to))
     }
 
     fn record_of(&self, key: &[u8], e: &Entry, to: MemberId) -> Record {

@@ -1,0 +1,92 @@
+use std::time::Duration;
+
+use cohort_maps::{LazyReplicatedMap, WriteMode};
+use cohort_wire::MemberId;
+
+use crate::support::*;
+
+type Map = LazyReplicatedMap<String, String>;
+
+async fn maps(channels: &[cohort_channel::ChannelHandle], name: &str) -> Vec<Map> {
+    let mut out = Vec::new();
+    for c in channels {
+        out.push(Map::builder(c, name).start().await.unwrap());
+    }
+    out
+}
+
+/// How many of `maps` hold `key`'s value (not a proxy).
+async fn holders(maps: &[Map], key: &str) -> usize {
+    let mut n = 0;
+    for m in maps {
+        if m.entries().await.unwrap().iter().any(|(k, _)| k == key) {
+            n += 1;
+        }
+    }
+    n
+}
+
+async fn wait_holders(maps: &[Map], key: &str, want: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = holders(maps, key).await;
+        if n == want {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{key}: {n} holders, want {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_lives_on_two_members_and_a_proxy_read_moves_it() {
+    let ch = cluster(4).await;
+    let m = maps(&ch, "sessions").await;
+    m[0].put_with("s1".into(), "cart".into(), WriteMode::SyncAck).await.unwrap();
+    // Primary and one backup hold it; the other two hold proxies.
+    assert_eq!(holders(&m, "s1").await, 2);
+    for map in &m {
+        assert_eq!(map.len().await.unwrap(), 1, "a proxy counts as a known entry");
+    }
+    // Find a proxy and read there: it fetches, and becomes the primary.
+    let mut proxy = None;
+    for (i, map) in m.iter().enumerate() {
+        if map.entries().await.unwrap().is_empty() {
+            proxy = Some(i);
+        }
+    }
+    let p = proxy.expect("some member holds only a proxy");
+    assert_eq!(m[p].get(&"s1".into()).await.unwrap().as_deref(), Some("cart"));
+    assert!(m[p].entries().await.unwrap().iter().any(|(k, _)| k == "s1"));
+    assert_eq!(m[p].stats().await.unwrap().core.promotions, 1);
+    wait_holders(&m, "s1", 2).await;
+    for c in &ch {
+        c.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_are_restored_when_a_holder_leaves_and_sync_writes_survive_it() {
+    let ch = cluster(4).await;
+    let m = maps(&ch, "backup").await;
+    for i in 0..200 {
+        m[i % 4]
+            .put_with(format!("k{i}"), format!("v{i}"), WriteMode::SyncAck)
+            .await
+            .unwrap();
+    }
+    // Member 0 leaves: every entry it held is restored to two copies among the three left.
+    let gone: MemberId = ch[0].local().id;
+    ch[0].stop().await;
+    let rest = &m[1..];
+    for i in (0..200).step_by(7) {
+        wait_holders(rest, &format!("k{i}"), 2).await;
+    }
+    for i in 0..200 {
+        let v = rest[i % 3].get(&format!("k{i}")).await.unwrap();
+        assert_eq!(v, Some(format!("v{i}")), "k{i} lost after {gone} left");
+    }
+    for c in &ch[1..] {
+        c.stop().await;
+    }
+}
