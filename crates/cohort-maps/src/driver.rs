@@ -88,7 +88,7 @@ pub(crate) enum Cmd {
     Put(Bytes, Bytes, Reply<Result<Outgoing, Refused>>),
     Remove(Bytes, Reply<Option<Outgoing>>),
     Get(Bytes, Reply<Answer>),
-    Adopt(Record, Reply<(Option<Bytes>, Option<Outgoing>)>),
+    Adopt(Record, Reply<Option<(Option<Bytes>, Option<Outgoing>)>>),
     Scan(Option<Bytes>, usize, Reply<Vec<(Bytes, Bytes)>>),
     Keys(Reply<Vec<Bytes>>),
     Len(Reply<usize>),
@@ -121,6 +121,9 @@ pub(crate) struct RawMap {
     counters: Arc<Counters>,
     name: String,
 }
+
+/// Reads of a lazy entry that keeps moving before one gives up.
+const MAX_READ_ROUNDS: usize = 4;
 
 /// Longest map name, in bytes.
 pub const MAX_NAME: usize = 200;
@@ -175,6 +178,10 @@ struct Owner {
     cmd: mpsc::WeakSender<Cmd>,
     events: broadcast::Sender<CoreEvent>,
     background: Arc<Semaphore>,
+    /// The core's messages waiting for a request slot (`max_background_requests` in flight).
+    /// Records (placement changes, repairs) wait here, never dropped; a digest is skipped
+    /// when this many already wait. Bounded by what the core holds.
+    pending: std::collections::VecDeque<(Vec<Member>, Msg, bool)>,
     counters: Arc<Counters>,
 }
 
@@ -222,6 +229,7 @@ impl RawMap {
             cmd: cmd.downgrade(),
             events: events.clone(),
             background: Arc::new(Semaphore::new(cfg.max_background_requests)),
+            pending: std::collections::VecDeque::new(),
             counters: counters.clone(),
         };
         let view = channel.events();
@@ -370,21 +378,38 @@ impl RawMap {
     }
 
     pub(crate) async fn get(&self, key: Bytes) -> Result<Option<Bytes>, MapError> {
-        let answer = self.request(|tx| Cmd::Get(key.clone(), tx)).await?;
-        if let Some(w) = answer.write {
-            self.replicate(w, WriteMode::Async).await?;
+        // A lazy entry can move while it is fetched (another member read it): read again,
+        // a few times, from where it went.
+        for _ in 0..MAX_READ_ROUNDS {
+            let answer = self.request(|tx| Cmd::Get(key.clone(), tx)).await?;
+            if let Some(w) = answer.write {
+                self.replicate(w, WriteMode::Async).await?;
+            }
+            let fetched = match answer.lookup {
+                Lookup::Value(v) => return Ok(Some(v)),
+                Lookup::Absent => return Ok(None),
+                Lookup::Remote(_) => self.fetch(key.clone(), answer.from, false).await?,
+                Lookup::Unknown(_) => self.fetch(key.clone(), answer.from, true).await?,
+            };
+            if let Some(value) = fetched {
+                return Ok(value);
+            }
         }
-        match answer.lookup {
-            Lookup::Value(v) => Ok(Some(v)),
-            Lookup::Absent => Ok(None),
-            Lookup::Remote(_) => self.fetch(key, answer.from).await,
-        }
+        Err(MapError::Unavailable {
+            map: self.name.clone(),
+            reason: format!("the entry moved {MAX_READ_ROUNDS} times while it was read"),
+        })
     }
 
-    /// A proxy's read: ask the holders (all at once, the first answer wins), then take the
-    /// entry over.
-    async fn fetch(&self, key: Bytes, mut from: Vec<Member>) -> Result<Option<Bytes>, MapError> {
-        for _ in 0..3 {
+    /// A proxy's read: ask the holders (all at once; the newest copy wins), then take the
+    /// entry over. `None` when it moved meanwhile.
+    async fn fetch(
+        &self,
+        key: Bytes,
+        mut from: Vec<Member>,
+        miss: bool,
+    ) -> Result<Option<Option<Bytes>>, MapError> {
+        for round in 0..3 {
             if from.is_empty() {
                 break;
             }
@@ -413,14 +438,20 @@ impl RawMap {
                 .max_by_key(|r| (r.version, r.placed))
                 .cloned();
             if let Some(record) = best {
-                let (value, write) = self.request(|tx| Cmd::Adopt(record, tx)).await?;
+                let Some((value, write)) = self.request(|tx| Cmd::Adopt(record, tx)).await? else {
+                    return Ok(None);
+                };
                 if let Some(w) = write {
                     self.replicate(w, WriteMode::Async).await?;
                 }
-                return Ok(value);
+                return Ok(Some(value));
             }
             // Nobody asked holds it any more: follow the newest placement they know.
             let Some(newer) = records.iter().max_by_key(|r| (r.version, r.placed)) else {
+                if miss && round == 0 && answer.replies.len() == from.len() {
+                    // Every member answered that it knows nothing of the key.
+                    return Ok(Some(None));
+                }
                 break;
             };
             let holders: Vec<MemberId> = std::iter::once(newer.primary)
@@ -590,6 +621,11 @@ impl Owner {
                         view = broadcast::channel(1).1;
                     }
                 },
+                permit = self.background.clone().acquire_owned(), if !self.pending.is_empty() => {
+                    if let (Ok(permit), Some((to, msg, request))) = (permit, self.pending.pop_front()) {
+                        self.spawn_request(permit, to, msg, request);
+                    }
+                }
                 () = tokio::time::sleep(wait) => {
                     let now = (self.clock)();
                     if self.channel.view().is_some() {
@@ -645,7 +681,7 @@ impl Owner {
             Cmd::Get(k, reply) => {
                 let (lookup, write) = self.core.get(now, &k);
                 let from = match &lookup {
-                    Lookup::Remote(ids) => ids.iter().filter_map(|m| self.known.get(m).cloned()).collect(),
+                    Lookup::Remote(ids) | Lookup::Unknown(ids) => ids.iter().filter_map(|m| self.known.get(m).cloned()).collect(),
                     _ => Vec::new(),
                 };
                 let write = write.map(|w| self.outgoing(w));
@@ -656,8 +692,11 @@ impl Owner {
                 });
             }
             Cmd::Adopt(record, reply) => {
-                let (v, w) = self.core.adopt(now, record);
-                let _ = reply.send((v, w.map(|w| self.outgoing(w))));
+                let r = self
+                    .core
+                    .adopt(now, record)
+                    .map(|(v, w)| (v, w.map(|w| self.outgoing(w))));
+                let _ = reply.send(r);
             }
             Cmd::Scan(after, limit, reply) => {
                 let _ = reply.send(self.core.scan(after.as_deref(), limit));
@@ -754,12 +793,31 @@ impl Owner {
         }
     }
 
-    /// Sends `msg` from a task of its own; a request's answers come back as commands.
-    fn background(&self, to: Vec<Member>, msg: Msg, request: bool) {
-        let Ok(permit) = self.background.clone().try_acquire_owned() else {
-            self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+    /// Sends `msg` from a task of its own when a request slot is free, else queues it; a
+    /// request's answers come back as commands.
+    fn background(&mut self, to: Vec<Member>, msg: Msg, request: bool) {
+        let droppable = matches!(msg, Msg::Digest { .. } | Msg::Hello | Msg::Fetch { .. });
+        if !self.pending.is_empty() {
+            if droppable && self.pending.len() >= self.cfg.max_background_requests {
+                self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.pending.push_back((to, msg, request));
+            }
             return;
-        };
+        }
+        match self.background.clone().try_acquire_owned() {
+            Ok(permit) => self.spawn_request(permit, to, msg, request),
+            Err(_) => self.pending.push_back((to, msg, request)),
+        }
+    }
+
+    fn spawn_request(
+        &self,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        to: Vec<Member>,
+        msg: Msg,
+        request: bool,
+    ) {
         let rpc = self.rpc.clone();
         let Some(cmd) = self.cmd.upgrade() else {
             return;

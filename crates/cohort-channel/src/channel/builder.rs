@@ -227,6 +227,9 @@ impl ChannelBuilder {
                         self.transport.bind,
                         self.transport.port.max(1),
                     ));
+                    // An address given to advertise wins over the bound one (a receiver
+                    // bound to 0.0.0.0 is reached through a routable address).
+                    let addr = self.local.data_addr.unwrap_or(addr);
                     let mut local = Member::new(MemberId::random(rng), addr.ip(), addr.port());
                     local.udp_port = bound.udp_port();
                     local.cluster.clone_from(&self.membership.config.cluster);

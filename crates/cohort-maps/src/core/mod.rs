@@ -97,6 +97,9 @@ pub enum Lookup {
     /// Only a proxy is here: fetch from these members (primary first), then call
     /// [`MapCore::adopt`].
     Remote(Vec<MemberId>),
+    /// A lazy map knows nothing of the key here: ask these members (every other one); absent
+    /// when none holds it.
+    Unknown(Vec<MemberId>),
 }
 
 /// Why a write was refused.
@@ -317,6 +320,11 @@ impl MapCore {
     /// its user), which this returns as a write to send.
     pub fn get(&mut self, now_ms: u64, key: &[u8]) -> (Lookup, Option<Write>) {
         let Some(e) = self.entries.get(key) else {
+            if self.kind == Kind::Lazy && !self.members.is_empty() {
+                // Not even a proxy here (this member joined late, or a proxy message was
+                // lost): ask the others rather than report a held entry absent.
+                return (Lookup::Unknown(self.members.iter().copied().collect()), None);
+            }
             return (Lookup::Absent, None);
         };
         if e.removed {
@@ -413,13 +421,19 @@ impl MapCore {
     /// A proxy fetched `record` from a holder: this member takes the entry over as primary
     /// (as Tribes' lazy map does) and returns the value and what to send. When a newer
     /// version arrived here meanwhile, that one is returned instead.
-    pub fn adopt(&mut self, now_ms: u64, record: Record) -> (Option<Bytes>, Option<Write>) {
+    ///
+    /// `None` when the entry moved here meanwhile (a newer placement names other holders):
+    /// read again.
+    pub fn adopt(&mut self, now_ms: u64, record: Record) -> Option<(Option<Bytes>, Option<Write>)> {
         if record.removed || record.value.is_none() {
-            return (self.value_of(&record.key), None);
+            return Some((self.value_of(&record.key), None));
         }
         if let Some(e) = self.entries.get(&record.key) {
             if e.stamp() > (record.version, record.placed) {
-                return (self.value_of(&record.key), None);
+                if !e.removed && e.value.is_none() {
+                    return None;
+                }
+                return Some((self.value_of(&record.key), None));
             }
         }
         self.hlc.observe(record.placed.hlc.max(record.version.hlc));
@@ -438,10 +452,10 @@ impl MapCore {
         let value = moved.value.clone();
         if self.install(now_ms, moved.clone(), Origin::Local).is_err() {
             // Full here: answer the read, leave the entry where it lives.
-            return (value, None);
+            return Some((value, None));
         }
         self.stats.promotions += 1;
-        (value, Some(self.write_of(moved)))
+        Some((value, Some(self.write_of(moved))))
     }
 
     fn value_of(&self, key: &[u8]) -> Option<Bytes> {
@@ -900,6 +914,9 @@ impl MapCore {
         if member == self.local || !self.members.insert(member) {
             return;
         }
+        // A new member, or one back from a partition: compare at once rather than wait for
+        // the period (bounded: one chunk of records answers a digest).
+        self.start_anti_entropy(Some(member));
         if self.kind == Kind::Lazy {
             // Entries primaried here that lack backups get them now.
             let short: Vec<Bytes> = self
@@ -913,6 +930,7 @@ impl MapCore {
             for key in short {
                 self.replace(now_ms, &key);
             }
+            self.coalesce();
         }
     }
 
@@ -958,6 +976,7 @@ impl MapCore {
                 }
             }
         }
+        self.coalesce();
     }
 
     /// A primary re-places an entry whose backups changed, and tells everyone.
@@ -1082,6 +1101,56 @@ impl MapCore {
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.out.pop_front()
+    }
+
+    /// Regroups the queued one-way updates (a placement change touches many entries) into one
+    /// message per destination and chunk, instead of one per entry and destination set.
+    fn coalesce(&mut self) {
+        let mut per: BTreeMap<MemberId, Vec<Record>> = BTreeMap::new();
+        let mut rest = VecDeque::new();
+        for t in self.out.drain(..) {
+            match t.msg {
+                Msg::Update {
+                    sync: false,
+                    records,
+                } if !t.request => {
+                    for to in t.to {
+                        per.entry(to).or_default().extend(records.iter().cloned());
+                    }
+                }
+                msg => rest.push_back(Transmit { msg, ..t }),
+            }
+        }
+        for (to, records) in per {
+            let mut batch = Vec::new();
+            let mut size = 0;
+            for r in records {
+                size += r.weight();
+                batch.push(r);
+                if size >= self.cfg.max_chunk_bytes {
+                    size = 0;
+                    self.out.push_back(Transmit {
+                        to: vec![to],
+                        msg: Msg::Update {
+                            sync: false,
+                            records: std::mem::take(&mut batch),
+                        },
+                        request: false,
+                    });
+                }
+            }
+            if !batch.is_empty() {
+                self.out.push_back(Transmit {
+                    to: vec![to],
+                    msg: Msg::Update {
+                        sync: false,
+                        records: batch,
+                    },
+                    request: false,
+                });
+            }
+        }
+        self.out.extend(rest);
     }
 
     /// The next change for subscribers.

@@ -375,7 +375,7 @@ fn a_proxy_read_fetches_and_takes_the_entry_over() {
     };
     assert_eq!(from[0], id(1), "primary first");
     let record = net.core(1).fetch_answer(b"k").unwrap();
-    let (value, write) = net.core(proxy).adopt(T0 + 6, record);
+    let (value, write) = net.core(proxy).adopt(T0 + 6, record).unwrap();
     assert_eq!(value.as_deref(), Some(&b"v"[..]));
     net.send_write(id(proxy), write.unwrap(), false);
     net.quiesce();

@@ -3,6 +3,7 @@
 //! command that replays it.
 
 mod channel;
+mod maps;
 
 use std::time::Duration;
 
