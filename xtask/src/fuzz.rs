@@ -11,7 +11,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
-const TARGETS: [&str; 2] = ["frame_stream", "beacon"];
+const TARGETS: [&str; 3] = ["frame_stream", "beacon", "map_message"];
 
 fn has_nightly() -> bool {
     Command::new("cargo")

@@ -123,7 +123,7 @@ pub(crate) struct RawMap {
 }
 
 /// Reads of a lazy entry that keeps moving before one gives up.
-const MAX_READ_ROUNDS: usize = 4;
+const MAX_READ_ROUNDS: usize = 6;
 
 /// Longest map name, in bytes.
 pub const MAX_NAME: usize = 200;
@@ -141,7 +141,7 @@ impl RpcHandler for Handler {
             Ok(m) => m,
             Err(e) => {
                 let n = self.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                if n.is_power_of_two() {
+                if (n + 1).is_power_of_two() {
                     tracing::warn!(map = %self.name, member = %from.id, error = %e, count = n + 1, "malformed map message dropped");
                 }
                 return None;
@@ -380,7 +380,11 @@ impl RawMap {
     pub(crate) async fn get(&self, key: Bytes) -> Result<Option<Bytes>, MapError> {
         // A lazy entry can move while it is fetched (another member read it): read again,
         // a few times, from where it went.
-        for _ in 0..MAX_READ_ROUNDS {
+        for round in 0..MAX_READ_ROUNDS {
+            if round > 0 {
+                // Let a move in flight land.
+                tokio::time::sleep(Duration::from_millis(5 << round)).await;
+            }
             let answer = self.request(|tx| Cmd::Get(key.clone(), tx)).await?;
             if let Some(w) = answer.write {
                 self.replicate(w, WriteMode::Async).await?;
@@ -397,78 +401,77 @@ impl RawMap {
         }
         Err(MapError::Unavailable {
             map: self.name.clone(),
-            reason: format!("the entry moved {MAX_READ_ROUNDS} times while it was read"),
+            reason: format!(
+                "no holder gave the value in {MAX_READ_ROUNDS} rounds (it kept moving, or its \
+                 holders did not answer within rpc_timeout)"
+            ),
         })
     }
 
     /// A proxy's read: ask the holders (all at once; the newest copy wins), then take the
-    /// entry over. `None` when it moved meanwhile.
+    /// entry over. `None` when no answer settled it (the entry moved, a holder did not
+    /// answer): what the answers said of its placement is applied here, and the caller reads
+    /// again.
     async fn fetch(
         &self,
         key: Bytes,
-        mut from: Vec<Member>,
+        from: Vec<Member>,
         miss: bool,
     ) -> Result<Option<Option<Bytes>>, MapError> {
-        for round in 0..3 {
-            if from.is_empty() {
-                break;
-            }
-            let answer = self
-                .rpc
-                .call(
-                    &from,
-                    Msg::Fetch { key: key.clone() }.encode(),
-                    CallOptions::default()
-                        .mode(ReplyMode::All)
-                        .timeout(self.cfg.rpc_timeout),
-                )
-                .await?;
-            let records: Vec<Record> = answer
-                .replies
-                .iter()
-                .filter_map(|r| match Msg::decode(&r.payload) {
-                    Ok(Msg::Fetched { record: Some(r) }) => Some(r),
-                    _ => None,
-                })
-                .collect();
-            // The newest copy any holder has.
-            let best = records
-                .iter()
-                .filter(|r| r.value.is_some() || r.removed)
-                .max_by_key(|r| (r.version, r.placed))
-                .cloned();
-            if let Some(record) = best {
-                let Some((value, write)) = self.request(|tx| Cmd::Adopt(record, tx)).await? else {
-                    return Ok(None);
-                };
-                if let Some(w) = write {
-                    self.replicate(w, WriteMode::Async).await?;
-                }
-                return Ok(Some(value));
-            }
-            // Nobody asked holds it any more: follow the newest placement they know.
-            let Some(newer) = records.iter().max_by_key(|r| (r.version, r.placed)) else {
-                if miss && round == 0 && answer.replies.len() == from.len() {
-                    // Every member answered that it knows nothing of the key.
-                    return Ok(Some(None));
-                }
-                break;
-            };
-            let holders: Vec<MemberId> = std::iter::once(newer.primary)
-                .chain(newer.backups.iter().copied())
-                .map(MemberId::from_bytes)
-                .collect();
-            let known = self.request(Cmd::Members).await?;
-            let next: Vec<Member> = known
-                .into_iter()
-                .filter(|m| holders.contains(&m.id) && !from.iter().any(|f| f.id == m.id))
-                .collect();
-            from = next;
+        if from.is_empty() {
+            return Ok(None);
         }
-        Err(MapError::Unavailable {
-            map: self.name.clone(),
-            reason: "no holder of the entry answered with its value".into(),
-        })
+        let answer = self
+            .rpc
+            .call(
+                &from,
+                Msg::Fetch { key: key.clone() }.encode(),
+                CallOptions::default()
+                    .mode(ReplyMode::All)
+                    .timeout(self.cfg.rpc_timeout),
+            )
+            .await?;
+        let mut records: Vec<(MemberId, Record)> = Vec::new();
+        for r in &answer.replies {
+            if let Ok(Msg::Fetched { record: Some(rec) }) = Msg::decode(&r.payload) {
+                records.push((r.from, rec));
+            }
+        }
+        // The newest copy any holder has.
+        let best = records
+            .iter()
+            .map(|(_, r)| r)
+            .filter(|r| r.value.is_some() || r.removed)
+            .max_by_key(|r| (r.version, r.placed))
+            .cloned();
+        if let Some(record) = best {
+            let Some((value, write)) = self.request(|tx| Cmd::Adopt(record, tx)).await? else {
+                return Ok(None);
+            };
+            if let Some(w) = write {
+                self.replicate(w, WriteMode::Async).await?;
+            }
+            return Ok(Some(value));
+        }
+        if records.is_empty() && miss && answer.replies.len() == from.len() {
+            // Every member answered that it knows nothing of the key.
+            return Ok(Some(None));
+        }
+        // Nobody asked holds it (any more): learn where they say it lives, and read again.
+        let placements = records
+            .into_iter()
+            .map(|(from, r)| {
+                (
+                    from,
+                    Msg::Update {
+                        sync: false,
+                        records: vec![r],
+                    },
+                )
+            })
+            .collect();
+        self.send(Cmd::Answers(placements)).await?;
+        Ok(None)
     }
 
     /// Sends a local write as `mode` asks.

@@ -20,20 +20,46 @@
 //! node):
 //!
 //! ```
-//! use cohort_channel::{GroupChannel, ChannelHandle};
 //! use cohort_maps::{ReplicatedMap, WriteMode};
-//! use cohort_membership::{MembershipConfig, StaticPeer};
-//! # use cohort_channel::MembershipSetup;
+//! # use std::time::Duration;
+//! # use cohort_channel::{ChannelHandle, GroupChannel, MembershipSetup};
+//! # use cohort_membership::{MembershipConfig, StaticPeer};
 //! # use cohort_transport::TransportConfig;
+//! # async fn node(cluster: &str, me: u16, peer: u16) -> ChannelHandle {
+//! #     GroupChannel::builder()
+//! #         .transport(TransportConfig { port: 0, ..TransportConfig::default() })
+//! #         .membership(MembershipSetup {
+//! #             config: MembershipConfig {
+//! #                 cluster: cluster.into(),
+//! #                 frequency: Duration::from_millis(100),
+//! #                 ..MembershipConfig::default()
+//! #             },
+//! #             multicast: None,
+//! #             static_members: Some((
+//! #                 ([127, 0, 0, 1], me).into(),
+//! #                 vec![format!("127.0.0.1:{peer}").parse::<StaticPeer>().unwrap()],
+//! #             )),
+//! #         })
+//! #         .start()
+//! #         .await
+//! #         .unwrap()
+//! # }
 //! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # let (a, b) = cohort_maps::doc_pair().await?;
-//! // `a` and `b` are channels that see each other (membership on).
+//! # async fn main() -> Result<(), cohort_maps::MapError> {
+//! # let port = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+//! # let (pa, pb) = (port(), port());
+//! # let cluster = format!("doc-{pa}");
+//! # let (a, b) = (node(&cluster, pa, pb).await, node(&cluster, pb, pa).await);
+//! # while a.members().is_empty() || b.members().is_empty() {
+//! #     tokio::time::sleep(Duration::from_millis(20)).await;
+//! # }
+//! // `a` and `b` are channels with membership that see each other.
 //! let on_a: ReplicatedMap<String, u32> = ReplicatedMap::builder(&a, "counts").start().await?;
 //! let on_b: ReplicatedMap<String, u32> = ReplicatedMap::builder(&b, "counts").start().await?;
 //! on_a.put_with("x".into(), 1, WriteMode::SyncAck).await?; // applied on b when it returns
 //! assert_eq!(on_b.get(&"x".to_string()).await?, Some(1));
-//! # on_a.stop().await; on_b.stop().await; a.stop().await; b.stop().await;
+//! # a.stop().await;
+//! # b.stop().await;
 //! # Ok(()) }
 //! ```
 
@@ -42,6 +68,7 @@ pub mod config;
 pub mod core;
 mod driver;
 mod error;
+pub mod fuzz;
 mod map;
 pub mod msg;
 mod version;
