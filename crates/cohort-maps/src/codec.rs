@@ -20,7 +20,7 @@ pub trait Codec<T>: Send + Sync + 'static {
 ///
 /// ```
 /// use cohort_maps::{Codec, Postcard};
-/// let bytes = Postcard.encode(&("id", 7u32)).unwrap();
+/// let bytes = Postcard.encode(&("id".to_string(), 7u32)).unwrap();
 /// assert_eq!(bytes.len(), 4, "a length, two bytes, a varint");
 /// let back: (String, u32) = Postcard.decode(&bytes).unwrap();
 /// assert_eq!(back, ("id".to_string(), 7));

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -86,6 +86,9 @@ type Reply<T> = oneshot::Sender<T>;
 
 pub(crate) enum Cmd {
     Put(Bytes, Bytes, Reply<Result<Outgoing, Refused>>),
+    /// An ASYNC put whose room (one entry, key and value bytes) the caller already claimed:
+    /// the task applies it and sends it with the other writes of the same burst.
+    PutAsync(Bytes, Bytes),
     Remove(Bytes, Reply<Option<Outgoing>>),
     Get(Bytes, Reply<Answer>),
     Adopt(Record, Reply<Option<(Option<Bytes>, Option<Outgoing>)>>),
@@ -111,15 +114,77 @@ struct Counters {
     skipped: AtomicU64,
 }
 
+/// Room left under `max_entries` and `max_bytes`, shared by the callers and the task: an
+/// ASYNC put claims its entry and bytes here before it is queued (so it cannot be refused
+/// once it returned), and the task takes what each of its own core calls may add, then gives
+/// back what was not used. It never goes below zero for long: a claim that would is undone
+/// and the put takes the exact path through the task.
+struct Room {
+    entries: AtomicI64,
+    bytes: AtomicI64,
+}
+
+fn as_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl Room {
+    fn claim(&self, entries: i64, bytes: i64) -> bool {
+        if self.entries.fetch_sub(entries, Ordering::AcqRel) < entries {
+            self.entries.fetch_add(entries, Ordering::AcqRel);
+            return false;
+        }
+        if self.bytes.fetch_sub(bytes, Ordering::AcqRel) < bytes {
+            self.bytes.fetch_add(bytes, Ordering::AcqRel);
+            self.entries.fetch_add(entries, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Takes up to `want` of `of`; returns what it took.
+    fn take(of: &AtomicI64, want: i64) -> i64 {
+        let mut taken = 0;
+        let _ = of.fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
+            taken = r.clamp(0, want.max(0));
+            Some(r - taken)
+        });
+        taken
+    }
+}
+
 /// The untyped map: encoded keys and values.
 pub(crate) struct RawMap {
+    /// Calls of the handles (the task stops reading it while its sends are backed up).
     cmd: mpsc::Sender<Cmd>,
+    /// Messages from other members and answers to the task's requests (always read). Kept
+    /// here so that the queue lives as long as a handle does.
+    _inbound: mpsc::Sender<Cmd>,
+    room: Arc<Room>,
     rpc: RpcChannel,
     channel: ChannelHandle,
     cfg: MapConfig,
     events: broadcast::Sender<CoreEvent>,
     counters: Arc<Counters>,
     name: String,
+}
+
+/// Commands taken per wake-up after the first (their ASYNC writes leave in one message).
+const BURST: usize = 256;
+
+/// What a message may add to the map: one entry per record, and its bytes.
+fn need_of(msg: &Msg) -> (i64, i64) {
+    let records: &[Record] = match msg {
+        Msg::Update { records, .. }
+        | Msg::StateChunk { records, .. }
+        | Msg::DigestReply { records, .. } => records,
+        Msg::Fetched { record: Some(r) } => std::slice::from_ref(r),
+        _ => &[],
+    };
+    (
+        as_i64(records.len()),
+        as_i64(records.iter().map(Record::weight).sum()),
+    )
 }
 
 /// Reads of a lazy entry that keeps moving before one gives up.
@@ -175,7 +240,12 @@ struct Owner {
     rpc: RpcChannel,
     cfg: MapConfig,
     clock: Clock,
+    /// For answers of background requests: the inbound queue.
     cmd: mpsc::WeakSender<Cmd>,
+    room: Arc<Room>,
+    /// ASYNC writes of the current burst, by destination set and whether they carry values.
+    batch: HashMap<(Vec<MemberId>, bool), Vec<Record>>,
+    batch_bytes: usize,
     events: broadcast::Sender<CoreEvent>,
     background: Arc<Semaphore>,
     /// The core's messages waiting for a request slot (`max_background_requests` in flight).
@@ -201,12 +271,17 @@ impl RawMap {
             }));
         }
         let (cmd, rx) = mpsc::channel(cfg.inbound_queue);
+        let (inbound, inbound_rx) = mpsc::channel(cfg.inbound_queue);
         let counters = Arc::new(Counters::default());
+        let room = Arc::new(Room {
+            entries: AtomicI64::new(as_i64(cfg.max_entries)),
+            bytes: AtomicI64::new(as_i64(cfg.max_bytes)),
+        });
         let rpc = RpcChannel::new(
             channel,
             format!("map/{name}"),
             Arc::new(Handler {
-                cmd: cmd.downgrade(),
+                cmd: inbound.downgrade(),
                 counters: counters.clone(),
                 name: name.into(),
             }),
@@ -226,16 +301,21 @@ impl RawMap {
             rpc: rpc.clone(),
             cfg: cfg.clone(),
             clock,
-            cmd: cmd.downgrade(),
+            cmd: inbound.downgrade(),
+            room: room.clone(),
+            batch: HashMap::new(),
+            batch_bytes: 0,
             events: events.clone(),
             background: Arc::new(Semaphore::new(cfg.max_background_requests)),
             pending: std::collections::VecDeque::new(),
             counters: counters.clone(),
         };
         let view = channel.events();
-        tokio::spawn(owner.run(rx, view));
+        tokio::spawn(owner.run(rx, inbound_rx, view));
         let map = Self {
             cmd,
+            _inbound: inbound,
+            room,
             rpc,
             channel: channel.clone(),
             cfg,
@@ -366,6 +446,27 @@ impl RawMap {
         value: Bytes,
         mode: WriteMode,
     ) -> Result<(), MapError> {
+        if mode == WriteMode::Async {
+            let too_large = |what, len: usize, limit, max: usize| {
+                (len > max).then_some(Refused::TooLarge {
+                    what,
+                    len,
+                    limit,
+                    max,
+                })
+            };
+            if let Some(e) = too_large("key", key.len(), "max_key_bytes", self.cfg.max_key_bytes)
+                .or_else(|| {
+                    too_large("value", value.len(), "max_value_bytes", self.cfg.max_value_bytes)
+                })
+            {
+                return Err(e.into());
+            }
+            if self.room.claim(1, as_i64(key.len() + value.len())) {
+                return self.send(Cmd::PutAsync(key, value)).await;
+            }
+            // Near a limit: the exact path, where the task decides.
+        }
         let out = self.request(|tx| Cmd::Put(key, value, tx)).await??;
         self.replicate(out, mode).await
     }
@@ -600,20 +701,53 @@ impl RawMap {
 }
 
 impl Owner {
-    async fn run(mut self, mut rx: mpsc::Receiver<Cmd>, mut view: broadcast::Receiver<ViewEvent>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Cmd>,
+        mut inbound: mpsc::Receiver<Cmd>,
+        mut view: broadcast::Receiver<ViewEvent>,
+    ) {
         let mut stopping = None;
         loop {
             let now = (self.clock)();
             let due = self.core.poll_timeout();
             let wait = Duration::from_millis(due.saturating_sub(now));
+            // Local calls wait while the task's own sends are backed up (backpressure to the
+            // writers); messages from other members are always taken.
+            let backed_up = self.pending.len() >= self.cfg.max_background_requests;
             tokio::select! {
                 biased;
-                cmd = rx.recv() => match cmd {
+                Some(cmd) = inbound.recv() => {
+                    self.handle(cmd);
+                    for _ in 0..BURST {
+                        match inbound.try_recv() {
+                            Ok(cmd) => self.handle(cmd),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                cmd = rx.recv(), if !backed_up => match cmd {
                     Some(Cmd::Stop(reply)) => {
                         stopping = Some(reply);
                         break;
                     }
-                    Some(cmd) => self.handle(cmd),
+                    Some(cmd) => {
+                        self.handle(cmd);
+                        // Take the rest of the burst, so its ASYNC writes leave together.
+                        for _ in 0..BURST {
+                            match rx.try_recv() {
+                                Ok(Cmd::Stop(reply)) => {
+                                    stopping = Some(reply);
+                                    break;
+                                }
+                                Ok(cmd) => self.handle(cmd),
+                                Err(_) => break,
+                            }
+                        }
+                        if stopping.is_some() {
+                            break;
+                        }
+                    }
                     None => break,
                 },
                 event = view.recv() => match event {
@@ -634,11 +768,12 @@ impl Owner {
                     if self.channel.view().is_some() {
                         self.resync_view();
                     }
-                    self.core.handle_timeout(now);
+                    self.budgeted((0, 0), (0, 0), |core| core.handle_timeout(now));
                 }
             }
             self.flush();
         }
+        self.flush();
         // Leaving: tell the others at once rather than let them wait for the view.
         let members: Vec<Member> = self.core.members().filter_map(|m| self.known.get(&m).cloned()).collect();
         if !members.is_empty() {
@@ -658,6 +793,28 @@ impl Owner {
         }
     }
 
+    /// Adds an ASYNC write to the burst's messages; a burst past `max_chunk_bytes` leaves at
+    /// once.
+    fn batch_write(&mut self, w: Write) {
+        let mut full = w.full;
+        full.sort();
+        let mut proxies = w.proxies;
+        proxies.sort();
+        self.batch_bytes += w.record.weight();
+        if !proxies.is_empty() {
+            self.batch
+                .entry((proxies, false))
+                .or_default()
+                .push(w.record.without_value());
+        }
+        if !full.is_empty() {
+            self.batch.entry((full, true)).or_default().push(w.record);
+        }
+        if self.batch_bytes >= self.cfg.max_chunk_bytes {
+            self.flush();
+        }
+    }
+
     fn outgoing(&self, w: Write) -> Outgoing {
         let resolve = |ids: &[MemberId]| -> Vec<Member> {
             ids.iter().filter_map(|m| self.known.get(m).cloned()).collect()
@@ -669,20 +826,67 @@ impl Owner {
         }
     }
 
+    /// Runs `f` on the core with a budget: `claimed` (room a caller already took) and up to
+    /// `take` more from the shared room; gives back what the call did not add.
+    fn budgeted<T>(
+        &mut self,
+        claimed: (i64, i64),
+        take: (i64, i64),
+        f: impl FnOnce(&mut MapCore) -> T,
+    ) -> T {
+        let extra = (
+            Room::take(&self.room.entries, take.0),
+            Room::take(&self.room.bytes, take.1),
+        );
+        let budget = (claimed.0 + extra.0, claimed.1 + extra.1);
+        let before = self.core.stats();
+        self.core.set_budget(Some((
+            usize::try_from(budget.0).unwrap_or(0),
+            usize::try_from(budget.1).unwrap_or(0),
+        )));
+        let out = f(&mut self.core);
+        self.core.set_budget(None);
+        let after = self.core.stats();
+        let added = (
+            as_i64(after.entries) - as_i64(before.entries),
+            as_i64(after.bytes) - as_i64(before.bytes),
+        );
+        self.room.entries.fetch_add(budget.0 - added.0, Ordering::AcqRel);
+        self.room.bytes.fetch_add(budget.1 - added.1, Ordering::AcqRel);
+        out
+    }
+
     fn handle(&mut self, cmd: Cmd) {
         let now = (self.clock)();
         self.core.set_events(self.events.receiver_count() > 0);
         match cmd {
+            Cmd::PutAsync(k, v) => {
+                let claimed = (1, as_i64(k.len() + v.len()));
+                match self.budgeted(claimed, (0, 0), |core| core.put(now, k, v)) {
+                    Ok(w) => self.batch_write(w),
+                    // Cannot happen: the room was claimed and the sizes checked. Counted if
+                    // it ever does.
+                    Err(e) => {
+                        self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %e, "a claimed ASYNC put was refused");
+                    }
+                }
+            }
             Cmd::Put(k, v, reply) => {
-                let r = self.core.put(now, k, v).map(|w| self.outgoing(w));
+                let need = (1, as_i64(k.len() + v.len()));
+                let r = self
+                    .budgeted((0, 0), need, |core| core.put(now, k, v))
+                    .map(|w| self.outgoing(w));
                 let _ = reply.send(r);
             }
             Cmd::Remove(k, reply) => {
-                let r = self.core.remove(now, k).map(|w| self.outgoing(w));
+                let r = self
+                    .budgeted((0, 0), (0, 0), |core| core.remove(now, k))
+                    .map(|w| self.outgoing(w));
                 let _ = reply.send(r);
             }
             Cmd::Get(k, reply) => {
-                let (lookup, write) = self.core.get(now, &k);
+                let (lookup, write) = self.budgeted((0, 0), (0, 0), |core| core.get(now, &k));
                 let from = match &lookup {
                     Lookup::Remote(ids) | Lookup::Unknown(ids) => ids.iter().filter_map(|m| self.known.get(m).cloned()).collect(),
                     _ => Vec::new(),
@@ -695,9 +899,9 @@ impl Owner {
                 });
             }
             Cmd::Adopt(record, reply) => {
+                let need = (1, as_i64(record.weight()));
                 let r = self
-                    .core
-                    .adopt(now, record)
+                    .budgeted((0, 0), need, |core| core.adopt(now, record))
                     .map(|(v, w)| (v, w.map(|w| self.outgoing(w))));
                 let _ = reply.send(r);
             }
@@ -731,14 +935,16 @@ impl Owner {
             Cmd::Inbound(from, msg, reply) => {
                 let id = from.id;
                 self.known.insert(id, from);
-                let answer = self.core.handle_message(now, id, msg);
+                let need = need_of(&msg);
+                let answer = self.budgeted((0, 0), need, |core| core.handle_message(now, id, msg));
                 if let (Some(reply), Some(answer)) = (reply, answer) {
                     let _ = reply.send(answer);
                 }
             }
             Cmd::Answers(answers) => {
                 for (from, msg) in answers {
-                    let _ = self.core.handle_message(now, from, msg);
+                    let need = need_of(&msg);
+                    let _ = self.budgeted((0, 0), need, |core| core.handle_message(now, from, msg));
                 }
             }
             Cmd::Known(members) => {
@@ -748,7 +954,7 @@ impl Owner {
             }
             Cmd::Gone(ids) => {
                 for id in ids {
-                    self.core.handle_member_down(now, id);
+                    self.budgeted((0, 0), (0, 0), |core| core.handle_member_down(now, id));
                 }
             }
             Cmd::AntiEntropy(with) => self.core.start_anti_entropy(Some(with)),
@@ -767,7 +973,8 @@ impl Owner {
                 }
             }
             MembershipEvent::MemberDisappeared { member, .. } => {
-                self.core.handle_member_down(now, member.id);
+                let id = member.id;
+                self.budgeted((0, 0), (0, 0), |core| core.handle_member_down(now, id));
             }
             _ => {}
         }
@@ -779,12 +986,20 @@ impl Owner {
         let view: Vec<MemberId> = self.channel.members().iter().map(|m| m.id).collect();
         let gone: Vec<MemberId> = self.core.members().filter(|m| !view.contains(m)).collect();
         for id in gone {
-            self.core.handle_member_down(now, id);
+            self.budgeted((0, 0), (0, 0), |core| core.handle_member_down(now, id));
         }
     }
 
     /// Sends what the core queued, and hands changes to subscribers.
     fn flush(&mut self) {
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        for ((ids, _), records) in batch {
+            let to: Vec<Member> = ids.iter().filter_map(|m| self.known.get(m).cloned()).collect();
+            if !to.is_empty() {
+                self.background(to, Msg::Update { sync: false, records }, false);
+            }
+        }
         while let Some(t) = self.core.poll_transmit() {
             let to: Vec<Member> = t.to.iter().filter_map(|m| self.known.get(m).cloned()).collect();
             if !to.is_empty() {

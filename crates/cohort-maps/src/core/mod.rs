@@ -212,6 +212,9 @@ pub struct MapCore {
     holes: BTreeSet<Bytes>,
     next_anti_entropy: u64,
     rng: u64,
+    /// Entries and bytes the next calls may add, when the driver shares the limits with
+    /// callers that claimed room before their writes reached the core (see the driver).
+    budget: Option<(usize, usize)>,
 }
 
 /// Most holes fetched per timeout.
@@ -272,7 +275,20 @@ impl MapCore {
             holes: BTreeSet::new(),
             next_anti_entropy: 0,
             rng: seed | 1,
+            budget: None,
         }
+    }
+
+    /// Lets the calls that follow add at most `entries` live entries and `bytes` bytes (on
+    /// top of `max_entries` and `max_bytes`); `None` lifts it. [`MapCore::budget`] tells what
+    /// is left.
+    pub fn set_budget(&mut self, budget: Option<(usize, usize)>) {
+        self.budget = budget;
+    }
+
+    /// What is left of the budget.
+    pub fn budget(&self) -> Option<(usize, usize)> {
+        self.budget
     }
 
     /// Whether changes are queued for [`MapCore::poll_event`] (off while nobody listens).
@@ -624,25 +640,36 @@ impl MapCore {
         let old_bytes = old.and_then(|o| o.value.as_ref()).map_or(0, Bytes::len);
         let new_bytes = value.as_ref().map_or(0, Bytes::len);
         let adds_entry = value.is_some() && !old.is_some_and(Entry::live);
-        if adds_entry && self.stats.entries >= self.cfg.max_entries {
+        // Bytes held: key and value of a live entry, the key of a proxy, nothing for a
+        // tombstone.
+        let old_weight = old.map_or(0, |o| if o.removed { 0 } else { rec.key.len() + old_bytes });
+        let new_weight = if rec.removed { 0 } else { rec.key.len() + new_bytes };
+        let grows = new_weight.saturating_sub(old_weight);
+        let over_entries = adds_entry
+            && (self.stats.entries >= self.cfg.max_entries
+                || self.budget.is_some_and(|(e, _)| e == 0));
+        let over_bytes = grows > 0
+            && (self.stats.bytes + grows > self.cfg.max_bytes
+                || self.budget.is_some_and(|(_, b)| grows > b));
+        if over_entries || over_bytes {
             if origin == Origin::Remote {
                 self.stats.rejected += 1;
             }
-            return Err(Refused::Full {
-                limit: "max_entries",
-                max: self.cfg.max_entries,
+            return Err(if over_entries {
+                Refused::Full {
+                    limit: "max_entries",
+                    max: self.cfg.max_entries,
+                }
+            } else {
+                Refused::Full {
+                    limit: "max_bytes",
+                    max: self.cfg.max_bytes,
+                }
             });
         }
-        if self.stats.bytes - old_bytes + new_bytes + rec.key.len() > self.cfg.max_bytes
-            && new_bytes > old_bytes
-        {
-            if origin == Origin::Remote {
-                self.stats.rejected += 1;
-            }
-            return Err(Refused::Full {
-                limit: "max_bytes",
-                max: self.cfg.max_bytes,
-            });
+        if let Some((e, b)) = &mut self.budget {
+            *e -= usize::from(adds_entry);
+            *b -= grows;
         }
         if origin == Origin::Remote {
             if let Some(o) = old {
