@@ -112,9 +112,12 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     }
     if let Some(t) = &test {
         ensure!(
-            ["tput", "latency", "idle"].contains(&t.as_str()),
-            "--test is tput, latency or idle"
+            ["tput", "latency", "idle", "map"].contains(&t.as_str()),
+            "--test is tput, latency, idle or map"
         );
+    }
+    if test.as_deref() == Some("map") {
+        return map_bench(quick);
     }
     if size.is_some_and(|s| s < 8) {
         bail!("--size must be at least 8 (the sequence number)");
@@ -181,6 +184,44 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         eprintln!("bench: filtered run; docs/BENCHMARKS.md is only rewritten by a full run");
     }
     Ok(())
+}
+
+/// `--test map`: the maps' benchmark program (in-process channels on loopback sockets), with
+/// plain TCP at the same value sizes measured in the same run.
+fn map_bench(quick: bool) -> Result<()> {
+    let exe = harness::build_cohort(true)?;
+    for size in [100usize, 10 * 1024] {
+        let n = if quick { 20_000 } else { 200_000 }.to_string();
+        cohort_bench(
+            &exe,
+            &[
+                "--test".into(),
+                "tput".into(),
+                "--mode".into(),
+                "raw-tcp".into(),
+                "--size".into(),
+                size.to_string(),
+                "--count".into(),
+                n,
+            ],
+        )?;
+    }
+    let mut cmd = crate::cargo();
+    cmd.args([
+        "run",
+        "--locked",
+        "--release",
+        "-q",
+        "-p",
+        "cohort-maps",
+        "--example",
+        "map_bench",
+        "--",
+    ]);
+    if quick {
+        cmd.arg("--quick");
+    }
+    crate::run_cmd(&mut cmd)
 }
 
 /// Resident size (KiB) of a node that has been a member of a two-node cluster, doing nothing

@@ -39,9 +39,9 @@ commands:
   cluster down        stop the recorded nodes (SIGTERM, by PID)
   scenario NAME|all   real-process fault scenarios: discovery, crash, pause, lead-failover,
                       graceful-leave, messaging, foreign-cluster, partition (needs root)
-  bench [--mode async|ack|syncack] [--size BYTES] [--test tput|latency] [--quick]
+  bench [--mode async|ack|syncack] [--size BYTES] [--test tput|latency|idle|map] [--quick]
                       throughput and latency between processes beside plain TCP; a full run
-                      (no filter) rewrites docs/BENCHMARKS.md
+                      (no filter) rewrites docs/BENCHMARKS.md; `--test map`: the maps
 ";
 
 fn main() -> ExitCode {

@@ -161,6 +161,7 @@ pub(crate) struct RawMap {
     /// here so that the queue lives as long as a handle does.
     _inbound: mpsc::Sender<Cmd>,
     room: Arc<Room>,
+    kind: Kind,
     rpc: RpcChannel,
     channel: ChannelHandle,
     cfg: MapConfig,
@@ -316,6 +317,7 @@ impl RawMap {
             cmd,
             _inbound: inbound,
             room,
+            kind,
             rpc,
             channel: channel.clone(),
             cfg,
@@ -426,7 +428,7 @@ impl RawMap {
         self.counters
             .transferred
             .fetch_add(entries, Ordering::Relaxed);
-        tracing::debug!(map = %self.name, entries, elapsed_ms = started.elapsed().as_millis() as u64, "state transfer complete");
+        tracing::debug!(map = %self.name, entries, elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), "state transfer complete");
         Ok(())
     }
 
@@ -457,7 +459,12 @@ impl RawMap {
             };
             if let Some(e) = too_large("key", key.len(), "max_key_bytes", self.cfg.max_key_bytes)
                 .or_else(|| {
-                    too_large("value", value.len(), "max_value_bytes", self.cfg.max_value_bytes)
+                    too_large(
+                        "value",
+                        value.len(),
+                        "max_value_bytes",
+                        self.cfg.max_value_bytes,
+                    )
                 })
             {
                 return Err(e.into());
@@ -585,6 +592,24 @@ impl RawMap {
             .encode();
             self.one_way(&out.proxies, body).await?;
         }
+        let sync = mode == WriteMode::SyncAck;
+        // A lazy write asked to be durable that has fewer holders than `backup_count` + 1
+        // (too few members run the map) says so, after the holders there are applied it.
+        let short = (sync && self.kind == Kind::Lazy && !out.record.removed)
+            .then_some(out.record.backups.len())
+            .filter(|n| *n < self.cfg.backup_count);
+        let result = self.send_full(out, mode).await;
+        match (result, short) {
+            (Ok(()), Some(backups)) => Err(MapError::TooFewCopies {
+                map: self.name.clone(),
+                copies: backups + 1,
+                wanted: self.cfg.backup_count + 1,
+            }),
+            (r, _) => r,
+        }
+    }
+
+    async fn send_full(&self, out: Outgoing, mode: WriteMode) -> Result<(), MapError> {
         if out.full.is_empty() {
             return Ok(());
         }
@@ -775,7 +800,11 @@ impl Owner {
         }
         self.flush();
         // Leaving: tell the others at once rather than let them wait for the view.
-        let members: Vec<Member> = self.core.members().filter_map(|m| self.known.get(&m).cloned()).collect();
+        let members: Vec<Member> = self
+            .core
+            .members()
+            .filter_map(|m| self.known.get(&m).cloned())
+            .collect();
         if !members.is_empty() {
             let _ = self
                 .rpc
@@ -817,7 +846,9 @@ impl Owner {
 
     fn outgoing(&self, w: Write) -> Outgoing {
         let resolve = |ids: &[MemberId]| -> Vec<Member> {
-            ids.iter().filter_map(|m| self.known.get(m).cloned()).collect()
+            ids.iter()
+                .filter_map(|m| self.known.get(m).cloned())
+                .collect()
         };
         Outgoing {
             full: resolve(&w.full),
@@ -851,8 +882,12 @@ impl Owner {
             as_i64(after.entries) - as_i64(before.entries),
             as_i64(after.bytes) - as_i64(before.bytes),
         );
-        self.room.entries.fetch_add(budget.0 - added.0, Ordering::AcqRel);
-        self.room.bytes.fetch_add(budget.1 - added.1, Ordering::AcqRel);
+        self.room
+            .entries
+            .fetch_add(budget.0 - added.0, Ordering::AcqRel);
+        self.room
+            .bytes
+            .fetch_add(budget.1 - added.1, Ordering::AcqRel);
         out
     }
 
@@ -888,7 +923,10 @@ impl Owner {
             Cmd::Get(k, reply) => {
                 let (lookup, write) = self.budgeted((0, 0), (0, 0), |core| core.get(now, &k));
                 let from = match &lookup {
-                    Lookup::Remote(ids) | Lookup::Unknown(ids) => ids.iter().filter_map(|m| self.known.get(m).cloned()).collect(),
+                    Lookup::Remote(ids) | Lookup::Unknown(ids) => ids
+                        .iter()
+                        .filter_map(|m| self.known.get(m).cloned())
+                        .collect(),
                     _ => Vec::new(),
                 };
                 let write = write.map(|w| self.outgoing(w));
@@ -995,13 +1033,26 @@ impl Owner {
         let batch = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
         for ((ids, _), records) in batch {
-            let to: Vec<Member> = ids.iter().filter_map(|m| self.known.get(m).cloned()).collect();
+            let to: Vec<Member> = ids
+                .iter()
+                .filter_map(|m| self.known.get(m).cloned())
+                .collect();
             if !to.is_empty() {
-                self.background(to, Msg::Update { sync: false, records }, false);
+                self.background(
+                    to,
+                    Msg::Update {
+                        sync: false,
+                        records,
+                    },
+                    false,
+                );
             }
         }
         while let Some(t) = self.core.poll_transmit() {
-            let to: Vec<Member> = t.to.iter().filter_map(|m| self.known.get(m).cloned()).collect();
+            let to: Vec<Member> =
+                t.to.iter()
+                    .filter_map(|m| self.known.get(m).cloned())
+                    .collect();
             if !to.is_empty() {
                 self.background(to, t.msg, t.request);
             }
@@ -1043,9 +1094,7 @@ impl Owner {
         let timeout = self.cfg.rpc_timeout;
         tokio::spawn(async move {
             let how = if request {
-                CallOptions::default()
-                    .mode(ReplyMode::All)
-                    .timeout(timeout)
+                CallOptions::default().mode(ReplyMode::All).timeout(timeout)
             } else {
                 CallOptions::default()
                     .mode(ReplyMode::None)

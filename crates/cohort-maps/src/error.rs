@@ -36,6 +36,20 @@ pub enum MapError {
         /// Who, and why.
         members: Vec<(MemberId, String)>,
     },
+    /// A lazy map's SYNC_ACK write is applied, but on fewer members than `backup_count` + 1
+    /// (fewer run the map): it would not survive `backup_count` failures yet. The map adds
+    /// copies when members join.
+    #[error(
+        "map `{map}`: write held by {copies} members, {wanted} wanted (too few members run the map)"
+    )]
+    TooFewCopies {
+        /// The map.
+        map: String,
+        /// Members holding it.
+        copies: usize,
+        /// `backup_count` + 1.
+        wanted: usize,
+    },
     /// The state transfer at start did not complete.
     #[error("map `{map}`: state transfer failed: {reason}")]
     StateTransfer {

@@ -20,7 +20,11 @@ pub fn map_message(data: &[u8]) {
         let peer = MemberId::from_bytes([2; 16]);
         let mut core = MapCore::new(MapConfig::default(), kind, local, 7);
         core.handle_member_up(now, peer);
-        let _ = core.put(now, bytes::Bytes::from_static(b"k"), bytes::Bytes::from_static(b"v"));
+        let _ = core.put(
+            now,
+            bytes::Bytes::from_static(b"k"),
+            bytes::Bytes::from_static(b"v"),
+        );
         let _ = core.handle_message(now, peer, msg.clone());
         let _ = core.handle_message(now, MemberId::from_bytes([3; 16]), msg.clone());
         core.handle_member_down(now, peer);

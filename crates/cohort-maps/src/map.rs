@@ -51,7 +51,7 @@ pub type LazyReplicatedMap<K, V, C = Postcard> = Map<K, V, C, Lazy>;
 pub struct Map<K, V, C, F> {
     raw: Arc<RawMap>,
     codec: Arc<C>,
-    _types: PhantomData<fn(K, V, F) -> (K, V)>,
+    _types: PhantomData<Types<K, V, F>>,
 }
 
 impl<K, V, C, F> Clone for Map<K, V, C, F> {
@@ -63,6 +63,10 @@ impl<K, V, C, F> Clone for Map<K, V, C, F> {
         }
     }
 }
+
+/// The types a map handles, for `PhantomData` (a function type: `Map` is `Send + Sync`
+/// whatever `K` and `V` are, as it holds none of them).
+type Types<K, V, F> = fn(K, V, F) -> (K, V);
 
 /// Starts a map: [`Map::builder`].
 pub struct MapBuilder<K, V, C, F> {
@@ -107,7 +111,8 @@ where
     /// `max_chunk_bytes` while live writes keep arriving. Fails with
     /// [`MapError::StateTransfer`] when that takes longer than `state_transfer_timeout`.
     pub async fn start(self) -> Result<Map<K, V, C, F>, MapError> {
-        let raw = RawMap::start(&self.channel, &self.name, self.config, F::KIND, self.clock).await?;
+        let raw =
+            RawMap::start(&self.channel, &self.name, self.config, F::KIND, self.clock).await?;
         Ok(Map {
             raw: Arc::new(raw),
             codec: Arc::new(self.codec),

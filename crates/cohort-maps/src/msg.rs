@@ -202,7 +202,11 @@ mod tests {
                 removed,
                 primary: node,
                 backups: vec![node; nb],
-                value: if removed { None } else { value.map(Bytes::from) },
+                value: if removed {
+                    None
+                } else {
+                    value.map(Bytes::from)
+                },
             })
     }
 
@@ -229,12 +233,19 @@ mod tests {
 
     #[test]
     fn limits_are_checked_after_decoding() {
-        let short = Msg::Digest { buckets: vec![0; 3] }.encode();
+        let short = Msg::Digest {
+            buckets: vec![0; 3],
+        }
+        .encode();
         assert_eq!(
             Msg::decode(&short),
             Err(DecodeError::Limit("a digest has 256 buckets"))
         );
-        let want = Msg::DigestReply { records: vec![], want: vec![256] }.encode();
+        let want = Msg::DigestReply {
+            records: vec![],
+            want: vec![256],
+        }
+        .encode();
         assert!(matches!(Msg::decode(&want), Err(DecodeError::Limit(_))));
         assert_eq!(Msg::decode(b"XX\x01"), Err(DecodeError::Magic));
         let huge_len = [b'C', b'M', 1, 3, 0, 0xff, 0xff, 0xff, 0xff, 0x0f];

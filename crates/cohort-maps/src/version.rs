@@ -18,7 +18,9 @@ pub(crate) const LOGICAL_BITS: u32 = 16;
 /// assert!(a < b, "same clock: the larger id wins");
 /// assert!(Version::new(6 << 16, MemberId::from_bytes([0; 16])) > b);
 /// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Version {
     /// Hybrid logical clock: wall-clock milliseconds in the high bits, a counter in the low 16.
     pub hlc: u64,

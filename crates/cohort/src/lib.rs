@@ -4,8 +4,8 @@
 //! interceptors (failure detector, ordering, fragmentation, compression, encryption, ...).
 //!
 //! This crate is the one to depend on: it re-exports the `cohort-*` crates (each also usable
-//! on its own) and gathers what a program needs in [`prelude`]. Features: `interceptors` (on by
-//! default), `tower`, `serde`.
+//! on its own) and gathers what a program needs in [`prelude`]. Features: `interceptors` and
+//! `maps` (replicated maps, [`maps`]) on by default, `tower`, `serde`.
 //!
 //! A channel, a send that waits for its ACK in one await, and an RPC call, between two
 //! channels in one process (across processes it is the same code on each side):
@@ -61,6 +61,8 @@
 pub use cohort_channel as channel;
 #[cfg(feature = "interceptors")]
 pub use cohort_interceptors as interceptors;
+#[cfg(feature = "maps")]
+pub use cohort_maps as maps;
 pub use cohort_membership as membership;
 pub use cohort_net as net;
 pub use cohort_transport as transport;
@@ -80,6 +82,8 @@ pub mod prelude {
     };
     #[cfg(feature = "interceptors")]
     pub use cohort_interceptors::{InterceptorConfig, StackExt, build_stack, default_stack};
+    #[cfg(feature = "maps")]
+    pub use cohort_maps::{LazyReplicatedMap, MapConfig, MapError, ReplicatedMap, WriteMode};
     pub use cohort_membership::{
         Membership, MembershipConfig, MembershipEvent, MembershipHandle, MembershipListener,
         MulticastConfig, StaticPeer,

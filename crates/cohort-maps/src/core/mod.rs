@@ -220,6 +220,10 @@ pub struct MapCore {
 /// Most holes fetched per timeout.
 const HOLES_PER_TICK: usize = 64;
 
+fn ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn fnv(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
@@ -234,7 +238,7 @@ fn mix(mut x: u64) -> u64 {
 }
 
 fn bucket_of(key: &[u8]) -> usize {
-    (mix(fnv(key)) >> 56) as usize
+    usize::from((mix(fnv(key)) >> 56) as u8)
 }
 
 fn entry_hash(key: &[u8], version: Version, placed: Version, removed: bool) -> u64 {
@@ -339,7 +343,10 @@ impl MapCore {
             if self.kind == Kind::Lazy && !self.members.is_empty() {
                 // Not even a proxy here (this member joined late, or a proxy message was
                 // lost): ask the others rather than report a held entry absent.
-                return (Lookup::Unknown(self.members.iter().copied().collect()), None);
+                return (
+                    Lookup::Unknown(self.members.iter().copied().collect()),
+                    None,
+                );
             }
             return (Lookup::Absent, None);
         };
@@ -367,7 +374,7 @@ impl MapCore {
 
     /// Live entries (value held here), in key order, from after `after`, at most `limit`.
     pub fn scan(&self, after: Option<&[u8]>, limit: usize) -> Vec<(Bytes, Bytes)> {
-        let start = after.map_or(Bound::Unbounded, |k| Bound::Excluded(k));
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         self.entries
             .range::<[u8], _>((start, Bound::Unbounded))
             .filter(|(_, e)| !e.removed)
@@ -583,17 +590,32 @@ impl MapCore {
                 if old_stamp == new_stamp
                     && old.value.is_none()
                     && !old.removed
-                    && rec.value.is_some()
                     && old.holds(self.local)
                 {
-                    let e = self.entries.get_mut(&rec.key).expect("checked");
-                    let v = rec.value.expect("checked");
-                    self.stats.bytes += v.len();
-                    self.stats.proxies -= 1;
-                    self.stats.entries += 1;
-                    e.value = Some(v);
-                    self.holes.remove(&rec.key);
-                    return Ok(true);
+                    if let Some(v) = rec.value {
+                        let len = v.len();
+                        let full = self.stats.entries >= self.cfg.max_entries
+                            || self.stats.bytes + len > self.cfg.max_bytes
+                            || self.budget.is_some_and(|(e, b)| e == 0 || b < len);
+                        if full {
+                            self.stats.rejected += 1;
+                            return Err(Refused::Full {
+                                limit: "max_entries",
+                                max: self.cfg.max_entries,
+                            });
+                        }
+                        if let Some((e, b)) = &mut self.budget {
+                            *e -= 1;
+                            *b -= len;
+                        }
+                        let e = self.entries.get_mut(&rec.key).expect("checked");
+                        self.stats.bytes += len;
+                        self.stats.proxies -= 1;
+                        self.stats.entries += 1;
+                        e.value = Some(v);
+                        self.holes.remove(&rec.key);
+                        return Ok(true);
+                    }
                 }
                 if rec.version < old_stamp.0 {
                     self.stats.conflicts += 1;
@@ -602,7 +624,7 @@ impl MapCore {
             }
         }
         if origin == Origin::Remote {
-            let max_ahead = (self.cfg.max_clock_skew.as_millis() as u64) << LOGICAL_BITS;
+            let max_ahead = ms(self.cfg.max_clock_skew).saturating_mul(1 << LOGICAL_BITS);
             let limit = (now_ms << LOGICAL_BITS).saturating_add(max_ahead);
             for v in [rec.version, rec.placed] {
                 if v.hlc > limit {
@@ -612,9 +634,10 @@ impl MapCore {
                     });
                 }
             }
-            self.check_sizes(&rec.key, rec.value.as_ref()).inspect_err(|_| {
-                self.stats.rejected += 1;
-            })?;
+            self.check_sizes(&rec.key, rec.value.as_ref())
+                .inspect_err(|_| {
+                    self.stats.rejected += 1;
+                })?;
             self.hlc.observe(rec.placed.hlc.max(rec.version.hlc));
         }
         let primary = MemberId::from_bytes(rec.primary);
@@ -626,24 +649,35 @@ impl MapCore {
         } else {
             match self.kind {
                 Kind::Replicated => rec.value.clone(),
-                Kind::Lazy if holds => rec
-                    .value
-                    .clone()
-                    .or_else(|| same_version.then(|| old.and_then(|o| o.value.clone())).flatten()),
+                Kind::Lazy if holds => rec.value.clone().or_else(|| {
+                    same_version
+                        .then(|| old.and_then(|o| o.value.clone()))
+                        .flatten()
+                }),
                 Kind::Lazy => None,
             }
         };
         // An expired removal: forget the key outright rather than keep the tombstone.
-        let expired = rec.removed
-            && now_ms.saturating_sub(rec.version.millis()) > self.cfg.tombstone_ttl.as_millis() as u64;
+        let expired =
+            rec.removed && now_ms.saturating_sub(rec.version.millis()) > ms(self.cfg.tombstone_ttl);
         let was_live = old.is_some_and(|o| !o.removed);
         let old_bytes = old.and_then(|o| o.value.as_ref()).map_or(0, Bytes::len);
         let new_bytes = value.as_ref().map_or(0, Bytes::len);
         let adds_entry = value.is_some() && !old.is_some_and(Entry::live);
         // Bytes held: key and value of a live entry, the key of a proxy, nothing for a
         // tombstone.
-        let old_weight = old.map_or(0, |o| if o.removed { 0 } else { rec.key.len() + old_bytes });
-        let new_weight = if rec.removed { 0 } else { rec.key.len() + new_bytes };
+        let old_weight = old.map_or(0, |o| {
+            if o.removed {
+                0
+            } else {
+                rec.key.len() + old_bytes
+            }
+        });
+        let new_weight = if rec.removed {
+            0
+        } else {
+            rec.key.len() + new_bytes
+        };
         let grows = new_weight.saturating_sub(old_weight);
         let over_entries = adds_entry
             && (self.stats.entries >= self.cfg.max_entries
@@ -822,7 +856,7 @@ impl MapCore {
             Msg::Digest { buckets } => {
                 let want: Vec<u16> = (0..BUCKETS)
                     .filter(|b| buckets[*b] != self.digests[*b])
-                    .map(|b| b as u16)
+                    .filter_map(|b| u16::try_from(b).ok())
                     .collect();
                 let records = self.records_in(&want, from);
                 Some(Msg::DigestReply { records, want })
@@ -914,7 +948,7 @@ impl MapCore {
         to: MemberId,
     ) -> (Vec<Record>, Option<Bytes>) {
         let max_bytes = max_bytes.clamp(1, self.cfg.max_chunk_bytes);
-        let start = after.map_or(Bound::Unbounded, |k| Bound::Excluded(k));
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         let mut out = Vec::new();
         let mut size = 0;
         let mut range = self.entries.range::<[u8], _>((start, Bound::Unbounded));
@@ -1068,7 +1102,7 @@ impl MapCore {
     /// Runs periodic work due at `now_ms`: expires tombstones, asks holders for missing
     /// copies, and starts a digest exchange with one random member.
     pub fn handle_timeout(&mut self, now_ms: u64) {
-        let ttl = self.cfg.tombstone_ttl.as_millis() as u64;
+        let ttl = ms(self.cfg.tombstone_ttl);
         while let Some((hlc, key)) = self.graves.first().cloned() {
             if now_ms.saturating_sub(hlc >> LOGICAL_BITS) <= ttl {
                 break;
@@ -1082,7 +1116,7 @@ impl MapCore {
         if now_ms < self.next_anti_entropy {
             return;
         }
-        let interval = self.cfg.anti_entropy_interval.as_millis() as u64;
+        let interval = ms(self.cfg.anti_entropy_interval);
         // Jitter of up to a quarter period, so members do not compare in lockstep.
         let jitter = self.next_random() % (interval / 4 + 1);
         self.next_anti_entropy = now_ms + interval - interval / 8 + jitter;
@@ -1110,7 +1144,11 @@ impl MapCore {
             let n = self.members.len() as u64;
             (n > 0).then(|| {
                 let i = self.next_random() % n;
-                *self.members.iter().nth(i as usize).expect("in range")
+                *self
+                    .members
+                    .iter()
+                    .nth(usize::try_from(i).unwrap_or(0))
+                    .expect("in range")
             })
         });
         if let Some(p) = partner {

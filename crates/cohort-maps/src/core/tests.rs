@@ -15,6 +15,8 @@ fn b(s: &str) -> Bytes {
 
 const T0: u64 = 1_700_000_000_000;
 
+type Dump = Vec<(Bytes, Version, bool, Option<Bytes>)>;
+
 /// Cores wired through explicit message queues: the test decides what arrives when.
 struct Net {
     cores: BTreeMap<MemberId, MapCore>,
@@ -24,7 +26,7 @@ struct Net {
 }
 
 impl Net {
-    fn new(n: u8, kind: Kind, cfg: MapConfig) -> Self {
+    fn new(n: u8, kind: Kind, cfg: &MapConfig) -> Self {
         let mut cores = BTreeMap::new();
         for i in 1..=n {
             cores.insert(id(i), MapCore::new(cfg.clone(), kind, id(i), u64::from(i)));
@@ -143,17 +145,21 @@ impl Net {
         }
     }
 
-    fn dumps(&self) -> Vec<Vec<(Bytes, Version, bool, Option<Bytes>)>> {
+    fn dumps(&self) -> Vec<Dump> {
         self.cores.values().map(MapCore::dump).collect()
     }
 
     fn crash(&mut self, n: u8) {
         self.cores.remove(&id(n));
-        self.pending.retain(|(f, t, _, _)| *f != id(n) && *t != id(n));
+        self.pending
+            .retain(|(f, t, _, _)| *f != id(n) && *t != id(n));
         let now = self.now;
         let ids: Vec<MemberId> = self.cores.keys().copied().collect();
         for m in ids {
-            self.cores.get_mut(&m).unwrap().handle_member_down(now, id(n));
+            self.cores
+                .get_mut(&m)
+                .unwrap()
+                .handle_member_down(now, id(n));
             self.drain(m);
         }
     }
@@ -161,7 +167,7 @@ impl Net {
 
 #[test]
 fn concurrent_writes_resolve_the_same_way_everywhere() {
-    let mut net = Net::new(3, Kind::Replicated, MapConfig::default());
+    let mut net = Net::new(3, Kind::Replicated, &MapConfig::default());
     net.put(1, "k", "from-1");
     net.put(2, "k", "from-2");
     net.put(3, "k", "from-3");
@@ -179,7 +185,7 @@ fn concurrent_writes_resolve_the_same_way_everywhere() {
 
 #[test]
 fn a_removal_wins_over_an_older_write_arriving_late() {
-    let mut net = Net::new(2, Kind::Replicated, MapConfig::default());
+    let mut net = Net::new(2, Kind::Replicated, &MapConfig::default());
     net.put(1, "k", "v");
     let write = net.pending.remove(0);
     net.remove(1, "k");
@@ -208,7 +214,10 @@ fn tombstones_expire_after_their_horizon_and_the_oldest_go_first_when_full() {
     }
     let s = core.stats();
     assert_eq!((s.tombstones, s.tombstones_dropped), (2, 1));
-    assert!(core.dump().iter().all(|(k, ..)| &k[..] != b"a"), "oldest dropped");
+    assert!(
+        core.dump().iter().all(|(k, ..)| &k[..] != b"a"),
+        "oldest dropped"
+    );
     core.handle_timeout(T0 + 5_000);
     assert_eq!(core.stats().tombstones, 2, "within the horizon");
     core.handle_timeout(T0 + 10_013);
@@ -305,8 +314,12 @@ fn a_joiner_gets_the_map_in_bounded_chunks() {
     };
     let mut old = MapCore::new(cfg.clone(), Kind::Replicated, id(1), 1);
     for i in 0..500 {
-        old.put(T0, Bytes::from(format!("key-{i:04}")), Bytes::from(vec![7u8; 50]))
-            .unwrap();
+        old.put(
+            T0,
+            Bytes::from(format!("key-{i:04}")),
+            Bytes::from(vec![7u8; 50]),
+        )
+        .unwrap();
     }
     let mut new = MapCore::new(cfg, Kind::Replicated, id(2), 2);
     let mut after: Option<Bytes> = None;
@@ -329,7 +342,7 @@ fn a_joiner_gets_the_map_in_bounded_chunks() {
 
 #[test]
 fn anti_entropy_repairs_a_missed_message() {
-    let mut net = Net::new(3, Kind::Replicated, MapConfig::default());
+    let mut net = Net::new(3, Kind::Replicated, &MapConfig::default());
     net.put(1, "a", "1");
     net.put(2, "b", "2");
     // Lose every message.
@@ -343,7 +356,7 @@ fn anti_entropy_repairs_a_missed_message() {
 
 #[test]
 fn lazy_put_places_one_backup_and_proxies_elsewhere() {
-    let mut net = Net::new(4, Kind::Lazy, MapConfig::default());
+    let mut net = Net::new(4, Kind::Lazy, &MapConfig::default());
     net.put(1, "k", "v");
     net.quiesce();
     let (primary, backups) = net.core(1).placement(b"k").unwrap();
@@ -358,17 +371,22 @@ fn lazy_put_places_one_backup_and_proxies_elsewhere() {
     assert_eq!(holders, 2, "primary and one backup hold the value");
     // Every member computes the same placement.
     for n in 2..=4 {
-        assert_eq!(net.core(n).placement(b"k").unwrap(), (primary, backups.clone()));
+        assert_eq!(
+            net.core(n).placement(b"k").unwrap(),
+            (primary, backups.clone())
+        );
     }
 }
 
 #[test]
 fn a_proxy_read_fetches_and_takes_the_entry_over() {
-    let mut net = Net::new(3, Kind::Lazy, MapConfig::default());
+    let mut net = Net::new(3, Kind::Lazy, &MapConfig::default());
     net.put(1, "k", "v");
     net.quiesce();
     let (_, backups) = net.core(1).placement(b"k").unwrap();
-    let proxy = (1..=3).find(|n| id(*n) != id(1) && !backups.contains(&id(*n))).unwrap();
+    let proxy = (1..=3)
+        .find(|n| id(*n) != id(1) && !backups.contains(&id(*n)))
+        .unwrap();
     let (lookup, _) = net.core(proxy).get(T0 + 5, b"k");
     let Lookup::Remote(from) = lookup else {
         panic!("a proxy has no value: {lookup:?}")
@@ -383,12 +401,15 @@ fn a_proxy_read_fetches_and_takes_the_entry_over() {
         assert_eq!(net.core(n).placement(b"k").unwrap().0, id(proxy));
     }
     let holders: usize = (1..=3).map(|n| net.core(n).stats().entries).sum();
-    assert_eq!(holders, 2, "the old primary dropped or kept a copy as backup");
+    assert_eq!(
+        holders, 2,
+        "the old primary dropped or kept a copy as backup"
+    );
 }
 
 #[test]
 fn when_the_primary_dies_its_backup_takes_over_and_restores_a_copy() {
-    let mut net = Net::new(4, Kind::Lazy, MapConfig::default());
+    let mut net = Net::new(4, Kind::Lazy, &MapConfig::default());
     for i in 0..50 {
         net.put(1, &format!("k{i}"), "v");
     }
@@ -401,14 +422,20 @@ fn when_the_primary_dies_its_backup_takes_over_and_restores_a_copy() {
         let mut placements = Vec::new();
         for n in 2..=4 {
             placements.push(net.core(n).placement(key.as_bytes()).unwrap());
-            if let Some((_, _, _, Some(_))) =
-                net.core(n).dump().into_iter().find(|(k, ..)| &k[..] == key.as_bytes())
+            if let Some((_, _, _, Some(_))) = net
+                .core(n)
+                .dump()
+                .into_iter()
+                .find(|(k, ..)| &k[..] == key.as_bytes())
             {
                 copies += 1;
             }
         }
         assert_eq!(copies, 2, "{key}: primary and backup restored");
-        assert!(placements.windows(2).all(|w| w[0] == w[1]), "{key}: {placements:?}");
+        assert!(
+            placements.windows(2).all(|w| w[0] == w[1]),
+            "{key}: {placements:?}"
+        );
         assert_ne!(placements[0].0, id(1));
     }
 }
@@ -439,7 +466,7 @@ proptest! {
     #[test]
     fn replicated_maps_converge_whatever_the_interleaving(ops in proptest::collection::vec(op(), 1..80)) {
         for lossy in [false, true] {
-            let mut net = Net::new(3, Kind::Replicated, MapConfig::default());
+            let mut net = Net::new(3, Kind::Replicated, &MapConfig::default());
             for op in &ops {
                 match op {
                     Op::Put(n, k, v) => net.put(*n, &format!("k{k}"), &format!("v{v}")),
@@ -471,7 +498,7 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..60),
         victim in 1u8..=3,
     ) {
-        let mut net = Net::new(3, Kind::Lazy, MapConfig::default());
+        let mut net = Net::new(3, Kind::Lazy, &MapConfig::default());
         for op in &ops {
             match op {
                 Op::Put(n, k, v) => net.put(*n, &format!("k{k}"), &format!("v{v}")),

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use cohort_maps::msg::{BUCKETS, Msg, Record};
 use cohort_maps::Version;
+use cohort_maps::msg::{BUCKETS, Msg, Record};
 use proptest::prelude::*;
 
 fn dir() -> PathBuf {
@@ -13,7 +13,10 @@ fn dir() -> PathBuf {
 }
 
 fn seeds() -> Vec<Msg> {
-    let v = Version { hlc: 1_700_000_000_000 << 16, node: [2; 16] };
+    let v = Version {
+        hlc: 1_700_000_000_000 << 16,
+        node: [2; 16],
+    };
     let rec = |removed: bool, value: Option<&'static [u8]>| Record {
         key: Bytes::from_static(b"k"),
         version: v,
@@ -27,14 +30,34 @@ fn seeds() -> Vec<Msg> {
         Msg::Hello,
         Msg::HelloAck,
         Msg::Bye,
-        Msg::Update { sync: true, records: vec![rec(false, Some(b"v")), rec(true, None)] },
-        Msg::Applied { error: Some("full".into()) },
-        Msg::Fetch { key: Bytes::from_static(b"k") },
-        Msg::Fetched { record: Some(rec(false, None)) },
-        Msg::StateReq { after: Some(Bytes::from_static(b"a")), max_bytes: 1024 },
-        Msg::StateChunk { records: vec![rec(false, Some(b"v"))], next: None },
-        Msg::Digest { buckets: vec![7; BUCKETS] },
-        Msg::DigestReply { records: vec![rec(false, Some(b"v"))], want: vec![0, 3, 255] },
+        Msg::Update {
+            sync: true,
+            records: vec![rec(false, Some(b"v")), rec(true, None)],
+        },
+        Msg::Applied {
+            error: Some("full".into()),
+        },
+        Msg::Fetch {
+            key: Bytes::from_static(b"k"),
+        },
+        Msg::Fetched {
+            record: Some(rec(false, None)),
+        },
+        Msg::StateReq {
+            after: Some(Bytes::from_static(b"a")),
+            max_bytes: 1024,
+        },
+        Msg::StateChunk {
+            records: vec![rec(false, Some(b"v"))],
+            next: None,
+        },
+        Msg::Digest {
+            buckets: vec![7; BUCKETS],
+        },
+        Msg::DigestReply {
+            records: vec![rec(false, Some(b"v"))],
+            want: vec![0, 3, 255],
+        },
     ]
 }
 
@@ -52,7 +75,10 @@ fn map_message_corpus() {
         cohort_maps::fuzz::map_message(&data);
         count += 1;
     }
-    assert!(count >= seeds().len(), "corpus missing (COHORT_WRITE_CORPUS=1 writes the seeds)");
+    assert!(
+        count >= seeds().len(),
+        "corpus missing (COHORT_WRITE_CORPUS=1 writes the seeds)"
+    );
 }
 
 proptest! {

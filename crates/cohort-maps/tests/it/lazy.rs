@@ -33,7 +33,10 @@ async fn wait_holders(maps: &[Map], key: &str, want: usize) {
         if n == want {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{key}: {n} holders, want {want}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{key}: {n} holders, want {want}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -42,11 +45,17 @@ async fn wait_holders(maps: &[Map], key: &str, want: usize) {
 async fn a_value_lives_on_two_members_and_a_proxy_read_moves_it() {
     let ch = cluster(4).await;
     let m = maps(&ch, "sessions").await;
-    m[0].put_with("s1".into(), "cart".into(), WriteMode::SyncAck).await.unwrap();
+    m[0].put_with("s1".into(), "cart".into(), WriteMode::SyncAck)
+        .await
+        .unwrap();
     // Primary and one backup hold it; the other two hold proxies.
     assert_eq!(holders(&m, "s1").await, 2);
     for map in &m {
-        assert_eq!(map.len().await.unwrap(), 1, "a proxy counts as a known entry");
+        assert_eq!(
+            map.len().await.unwrap(),
+            1,
+            "a proxy counts as a known entry"
+        );
     }
     // Find a proxy and read there: it fetches, and becomes the primary.
     let mut proxy = None;
@@ -56,7 +65,10 @@ async fn a_value_lives_on_two_members_and_a_proxy_read_moves_it() {
         }
     }
     let p = proxy.expect("some member holds only a proxy");
-    assert_eq!(m[p].get(&"s1".into()).await.unwrap().as_deref(), Some("cart"));
+    assert_eq!(
+        m[p].get(&"s1".into()).await.unwrap().as_deref(),
+        Some("cart")
+    );
     assert!(m[p].entries().await.unwrap().iter().any(|(k, _)| k == "s1"));
     assert_eq!(m[p].stats().await.unwrap().core.promotions, 1);
     wait_holders(&m, "s1", 2).await;
@@ -87,6 +99,38 @@ async fn copies_are_restored_when_a_holder_leaves_and_sync_writes_survive_it() {
         assert_eq!(v, Some(format!("v{i}")), "k{i} lost after {gone} left");
     }
     for c in &ch[1..] {
+        c.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_write_with_too_few_members_says_so_and_gains_a_copy_when_one_joins() {
+    let ch = cluster(2).await;
+    let alone = Map::builder(&ch[0], "grow").start().await.unwrap();
+    let err = alone
+        .put_with("k".into(), "v".into(), WriteMode::SyncAck)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            cohort_maps::MapError::TooFewCopies {
+                copies: 1,
+                wanted: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Applied here all the same, and copied once a second member runs the map.
+    assert_eq!(alone.get(&"k".into()).await.unwrap().as_deref(), Some("v"));
+    let second = Map::builder(&ch[1], "grow").start().await.unwrap();
+    wait_holders(&[alone.clone(), second.clone()], "k", 2).await;
+    alone
+        .put_with("k2".into(), "v".into(), WriteMode::SyncAck)
+        .await
+        .unwrap();
+    for c in &ch {
         c.stop().await;
     }
 }

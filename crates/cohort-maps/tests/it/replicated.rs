@@ -28,15 +28,24 @@ async fn writes_removals_and_events_reach_every_member() {
         assert_eq!(n, 2, "every map sees the two others");
     }
     let mut events = m[2].events();
-    m[0].put_with("a".into(), 1, WriteMode::SyncAck).await.unwrap();
+    m[0].put_with("a".into(), 1, WriteMode::SyncAck)
+        .await
+        .unwrap();
     // SYNC_ACK: applied on every member when put returns.
     for map in &m {
         assert_eq!(map.get(&"a".into()).await.unwrap(), Some(1));
     }
     let e = events.recv().await.unwrap();
-    assert_eq!((e.key.as_str(), e.change, e.origin, e.value), ("a", Change::Added, Origin::Remote, Some(1)));
+    assert_eq!(
+        (e.key.as_str(), e.change, e.origin, e.value),
+        ("a", Change::Added, Origin::Remote, Some(1))
+    );
     m[1].put_with("a".into(), 2, WriteMode::Ack).await.unwrap();
-    assert!(m[1].remove_with(&"a".into(), WriteMode::SyncAck).await.unwrap());
+    assert!(
+        m[1].remove_with(&"a".into(), WriteMode::SyncAck)
+            .await
+            .unwrap()
+    );
     for map in &m {
         assert_eq!(map.get(&"a".into()).await.unwrap(), None);
     }
@@ -62,7 +71,11 @@ async fn wait_until_equal(m: &[Map], len: usize) {
         if same {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "maps never converged: {} entries on the first", first.len());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "maps never converged: {} entries on the first",
+            first.len()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -93,8 +106,16 @@ async fn concurrent_writes_to_one_key_converge_to_one_value() {
 async fn a_joiner_receives_100_000_entries_while_writes_continue() {
     let ch = cluster(3).await;
     let config = MapConfig::default();
-    let a = Map::builder(&ch[0], "big").config(config.clone()).start().await.unwrap();
-    let b = Map::builder(&ch[1], "big").config(config.clone()).start().await.unwrap();
+    let a = Map::builder(&ch[0], "big")
+        .config(config.clone())
+        .start()
+        .await
+        .unwrap();
+    let b = Map::builder(&ch[1], "big")
+        .config(config.clone())
+        .start()
+        .await
+        .unwrap();
     const N: u64 = 100_000;
     for i in 0..N {
         a.put(format!("key-{i:06}"), i).await.unwrap();
@@ -108,8 +129,14 @@ async fn a_joiner_receives_100_000_entries_while_writes_continue() {
             tokio::spawn(async move {
                 for i in 0..2_000u64 {
                     // Overwrites across the whole key range, and new keys.
-                    let key = if i % 2 == 0 { format!("key-{:06}", (i * 37 + w as u64) % N) } else { format!("new-{w}-{i}") };
-                    map.put_with(key, 1_000_000 + i, WriteMode::Async).await.unwrap();
+                    let key = if i % 2 == 0 {
+                        format!("key-{:06}", (i * 37 + w as u64) % N)
+                    } else {
+                        format!("new-{w}-{i}")
+                    };
+                    map.put_with(key, 1_000_000 + i, WriteMode::Async)
+                        .await
+                        .unwrap();
                     if i % 100 == 0 {
                         tokio::task::yield_now().await;
                     }
@@ -118,7 +145,11 @@ async fn a_joiner_receives_100_000_entries_while_writes_continue() {
         })
         .collect();
     let started = std::time::Instant::now();
-    let c = Map::builder(&ch[2], "big").config(config).start().await.unwrap();
+    let c = Map::builder(&ch[2], "big")
+        .config(config)
+        .start()
+        .await
+        .unwrap();
     let took = started.elapsed();
     for w in writers {
         w.await.unwrap();
@@ -141,14 +172,21 @@ async fn limits_fail_the_caller_and_a_full_member_is_named_to_a_sync_writer() {
         ..MapConfig::default()
     };
     let a = Map::builder(&ch[0], "limits").start().await.unwrap();
-    let b = Map::builder(&ch[1], "limits").config(small).start().await.unwrap();
+    let b = Map::builder(&ch[1], "limits")
+        .config(small)
+        .start()
+        .await
+        .unwrap();
     b.put("b1".into(), 1).await.unwrap();
     b.put("b2".into(), 2).await.unwrap();
     let err = b.put("b3".into(), 3).await.unwrap_err();
     assert!(matches!(err, MapError::Refused(_)), "{err}");
     assert!(err.to_string().contains("max_entries"), "{err}");
     wait_for_len(&a, 2).await;
-    let err = a.put_with("a1".into(), 1, WriteMode::SyncAck).await.unwrap_err();
+    let err = a
+        .put_with("a1".into(), 1, WriteMode::SyncAck)
+        .await
+        .unwrap_err();
     let MapError::NotApplied { members, .. } = &err else {
         panic!("{err}")
     };
@@ -157,7 +195,10 @@ async fn limits_fail_the_caller_and_a_full_member_is_named_to_a_sync_writer() {
     assert_eq!(b.stats().await.unwrap().core.rejected, 1);
     // A value above max_value_bytes never leaves.
     let big: ReplicatedMap<String, Vec<u8>> = ReplicatedMap::builder(&ch[0], "big-values")
-        .config(MapConfig { max_value_bytes: 100, ..MapConfig::default() })
+        .config(MapConfig {
+            max_value_bytes: 100,
+            ..MapConfig::default()
+        })
         .start()
         .await
         .unwrap();
@@ -182,7 +223,11 @@ async fn maps_are_separate_by_name_and_a_member_without_the_map_is_not_a_member(
     let a = Map::builder(&ch[0], "one").start().await.unwrap();
     let b = Map::builder(&ch[1], "one").start().await.unwrap();
     let other = Map::builder(&ch[2], "two").start().await.unwrap();
-    assert_eq!(a.members().await.unwrap().len(), 1, "ch[2] does not run `one`");
+    assert_eq!(
+        a.members().await.unwrap().len(),
+        1,
+        "ch[2] does not run `one`"
+    );
     assert!(other.members().await.unwrap().is_empty());
     a.put_with("k".into(), 1, WriteMode::SyncAck).await.unwrap();
     assert_eq!(b.get(&"k".into()).await.unwrap(), Some(1));

@@ -18,9 +18,11 @@ pub(crate) async fn cluster(n: usize) -> Vec<ChannelHandle> {
         let peers: Vec<u16> = ports.iter().copied().filter(|p| p != port).collect();
         out.push(node(&name, *port, &peers).await);
     }
-    wait_for("every channel sees every other", Duration::from_secs(10), || {
-        out.iter().all(|c| c.members().len() == n - 1)
-    })
+    wait_for(
+        "every channel sees every other",
+        Duration::from_secs(10),
+        || out.iter().all(|c| c.members().len() == n - 1),
+    )
     .await;
     out
 }

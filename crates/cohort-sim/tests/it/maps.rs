@@ -69,7 +69,13 @@ fn name_seed(name: &str) -> u64 {
 
 /// Adds a host that runs a channel and a map of flavour `F`, writing at random until told to
 /// be quiet, publishing what it holds.
-fn host<F: Flavor>(sim: &mut turmoil::Sim<'static>, name: &'static str, seed: u64, world: Arc<Mutex<World>>, lazy: bool) {
+fn host<F: Flavor>(
+    sim: &mut turmoil::Sim<'static>,
+    name: &'static str,
+    seed: u64,
+    world: Arc<Mutex<World>>,
+    lazy: bool,
+) {
     let incarnations = Arc::new(Mutex::new(0u64));
     sim.host(name, move || {
         let world = world.clone();
@@ -80,7 +86,8 @@ fn host<F: Flavor>(sim: &mut turmoil::Sim<'static>, name: &'static str, seed: u6
                 *i += 1;
                 *i
             };
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ name_seed(name) ^ inc.rotate_left(32));
+            let mut rng =
+                rand::rngs::StdRng::seed_from_u64(seed ^ name_seed(name) ^ inc.rotate_left(32));
             let ip = turmoil::lookup(name);
             let channel = GroupChannel::builder()
                 .transport(TransportConfig {
@@ -154,9 +161,16 @@ fn host<F: Flavor>(sim: &mut turmoil::Sim<'static>, name: &'static str, seed: u6
                     let (key, value) = if lazy {
                         (format!("{name}-{inc}-{i}"), format!("v{i}"))
                     } else {
-                        (format!("k{}", rng.gen_range(0..20)), format!("{name}-{inc}-{i}"))
+                        (
+                            format!("k{}", rng.gen_range(0..20)),
+                            format!("{name}-{inc}-{i}"),
+                        )
                     };
-                    let mode = if lazy || rng.gen_bool(0.3) { WriteMode::SyncAck } else { WriteMode::Async };
+                    let mode = if lazy || rng.gen_bool(0.3) {
+                        WriteMode::SyncAck
+                    } else {
+                        WriteMode::Async
+                    };
                     let result = if !lazy && rng.gen_bool(0.15) {
                         map.remove_with(&key, mode).await.map(|_| ())
                     } else {
@@ -174,10 +188,19 @@ fn host<F: Flavor>(sim: &mut turmoil::Sim<'static>, name: &'static str, seed: u6
                 }
                 if let (Ok(m), Ok(s)) = (map.members().await, map.stats().await) {
                     let names: Vec<String> = m.iter().map(|m| m.name.clone()).collect();
-                    lock(&world).stats.insert(name.into(), format!("view {} map {names:?} {s:?} channel {:?}", channel.members().len(), channel.stats()));
+                    lock(&world).stats.insert(
+                        name.into(),
+                        format!(
+                            "view {} map {names:?} {s:?} channel {:?}",
+                            channel.members().len(),
+                            channel.stats()
+                        ),
+                    );
                 }
                 if let Ok(entries) = map.entries().await {
-                    lock(&world).held.insert(name.into(), (inc, entries.into_iter().collect()));
+                    lock(&world)
+                        .held
+                        .insert(name.into(), (inc, entries.into_iter().collect()));
                 }
                 let pause = rng.gen_range(20..120);
                 tokio::time::sleep(Duration::from_millis(pause)).await;
@@ -199,7 +222,8 @@ fn sim(seed: u64) -> turmoil::Sim<'static> {
 fn run_for(sim: &mut turmoil::Sim<'static>, d: Duration, seed: u64) -> Result<(), String> {
     let end = sim.elapsed() + d;
     while sim.elapsed() < end {
-        sim.step().map_err(|e| format!("simulation failed (seed {seed}): {e}"))?;
+        sim.step()
+            .map_err(|e| format!("simulation failed (seed {seed}): {e}"))?;
     }
     Ok(())
 }
@@ -261,7 +285,10 @@ fn replicated(seed: u64) -> Result<(), String> {
         {
             let w = lock(&world);
             let maps: Vec<&BTreeMap<String, String>> = w.held.values().map(|(_, m)| m).collect();
-            if maps.len() == HOSTS.len() && maps.windows(2).all(|p| p[0] == p[1]) && !maps[0].is_empty() {
+            if maps.len() == HOSTS.len()
+                && maps.windows(2).all(|p| p[0] == p[1])
+                && !maps[0].is_empty()
+            {
                 if w.writes < 50 {
                     return Err(format!("only {} writes (seed {seed})", w.writes));
                 }
@@ -270,13 +297,18 @@ fn replicated(seed: u64) -> Result<(), String> {
         }
         if sim.elapsed() - started > Duration::from_secs(30) {
             let w = lock(&world);
-            let sizes: Vec<String> = w.held.iter().map(|(h, (i, m))| format!("{h}#{i}: {} entries", m.len())).collect();
+            let sizes: Vec<String> = w
+                .held
+                .iter()
+                .map(|(h, (i, m))| format!("{h}#{i}: {} entries", m.len()))
+                .collect();
             return Err(format!(
                 "no convergence 30 s after the faults {faults:?} (seed {seed}): {sizes:?}; start errors {:?}; {:#?}",
                 w.start_errors, w.stats
             ));
         }
-        sim.step().map_err(|e| format!("simulation failed (seed {seed}): {e}"))?;
+        sim.step()
+            .map_err(|e| format!("simulation failed (seed {seed}): {e}"))?;
     }
 }
 
@@ -313,7 +345,12 @@ fn lazy(seed: u64) -> Result<(), String> {
                         .take(10)
                         .map(|line| {
                             let key = line.split(' ').nth(1).unwrap_or_default();
-                            let on: Vec<&String> = w.held.iter().filter(|(_, (_, m))| m.contains_key(key)).map(|(h, _)| h).collect();
+                            let on: Vec<&String> = w
+                                .held
+                                .iter()
+                                .filter(|(_, (_, m))| m.contains_key(key))
+                                .map(|(h, _)| h)
+                                .collect();
                             format!("{line} (held by {on:?})")
                         })
                         .collect();
@@ -323,7 +360,10 @@ fn lazy(seed: u64) -> Result<(), String> {
                     ));
                 }
                 if w.acked.len() < 50 {
-                    return Err(format!("only {} acknowledged writes (seed {seed})", w.acked.len()));
+                    return Err(format!(
+                        "only {} acknowledged writes (seed {seed})",
+                        w.acked.len()
+                    ));
                 }
                 return Ok(());
             }
@@ -335,16 +375,23 @@ fn lazy(seed: u64) -> Result<(), String> {
                 w.reads_done, w.start_errors
             ));
         }
-        sim.step().map_err(|e| format!("simulation failed (seed {seed}): {e}"))?;
+        sim.step()
+            .map_err(|e| format!("simulation failed (seed {seed}): {e}"))?;
     }
 }
 
 #[test]
 fn replicated_maps_converge_after_partitions_crashes_and_restarts() {
-    run_seeded("replicated_maps_converge_after_partitions_crashes_and_restarts", replicated);
+    run_seeded(
+        "replicated_maps_converge_after_partitions_crashes_and_restarts",
+        replicated,
+    );
 }
 
 #[test]
 fn lazy_maps_lose_no_sync_acknowledged_write_to_one_crash_at_a_time() {
-    run_seeded("lazy_maps_lose_no_sync_acknowledged_write_to_one_crash_at_a_time", lazy);
+    run_seeded(
+        "lazy_maps_lose_no_sync_acknowledged_write_to_one_crash_at_a_time",
+        lazy,
+    );
 }
