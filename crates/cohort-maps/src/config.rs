@@ -6,7 +6,7 @@ use std::time::Duration;
 /// hundred thousand entries of up to a few KiB.
 ///
 /// Every limit has a policy: a local write past `max_entries`, `max_bytes` or `max_value_bytes`
-/// fails with [`crate::MapError::Full`] or [`crate::MapError::TooLarge`] (the caller learns it;
+/// fails with [`crate::MapError::Refused`] naming the limit (the caller learns it;
 /// nothing is dropped silently). A remote write past them is refused, counted
 /// (`stats.rejected`) and, for a SYNC_ACK writer, answered with the reason, so the writer's
 /// `put` fails naming this member.
