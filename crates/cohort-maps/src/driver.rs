@@ -1018,7 +1018,8 @@ impl Owner {
         }
     }
 
-    /// Map members the channel no longer sees are gone (a missed or lagged view event).
+    /// Map members the channel no longer sees are gone (a missed or lagged view event); member
+    /// records neither the map nor the channel knows are forgotten (bounded by the view).
     fn resync_view(&mut self) {
         let now = (self.clock)();
         let view: Vec<MemberId> = self.channel.members().iter().map(|m| m.id).collect();
@@ -1026,6 +1027,9 @@ impl Owner {
         for id in gone {
             self.budgeted((0, 0), (0, 0), |core| core.handle_member_down(now, id));
         }
+        let members: std::collections::BTreeSet<MemberId> = self.core.members().collect();
+        self.known
+            .retain(|id, _| view.contains(id) || members.contains(id));
     }
 
     /// Sends what the core queued, and hands changes to subscribers.

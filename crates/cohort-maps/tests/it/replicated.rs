@@ -244,3 +244,106 @@ async fn maps_are_separate_by_name_and_a_member_without_the_map_is_not_a_member(
         c.stop().await;
     }
 }
+
+struct Nothing;
+
+impl cohort_channel::RpcHandler for Nothing {
+    fn reply_request(&self, _: &cohort_wire::Member, _: &bytes::Bytes) -> Option<bytes::Bytes> {
+        None
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_under_a_maps_rpc_id_is_counted_and_dropped() {
+    let ch = cluster(2).await;
+    let a = Map::builder(&ch[0], "target").start().await.unwrap();
+    // Another member speaks under the map's RPC id without running a map.
+    let rogue = cohort_channel::RpcChannel::new(
+        &ch[1],
+        "map/target",
+        std::sync::Arc::new(Nothing),
+        cohort_wire::SendOptions::NONE,
+    )
+    .unwrap();
+    let to = [ch[0].local().clone()];
+    let bodies: [&[u8]; 5] = [
+        b"",
+        b"CM",
+        b"CM\x01\xff\xff\xff\xff\xff",
+        b"CM\x01\x03\x00\xff\xff\xff\xff\x0f",
+        b"not a map message at all",
+    ];
+    for _ in 0..200 {
+        for body in bodies {
+            let call = rogue
+                .call(
+                    &to,
+                    bytes::Bytes::from_static(body),
+                    cohort_channel::CallOptions::default()
+                        .mode(cohort_channel::ReplyMode::None)
+                        .send_options(cohort_wire::SendOptions::ASYNCHRONOUS),
+                )
+                .await;
+            call.unwrap();
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while a.stats().await.unwrap().malformed < 1000 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            a.stats().await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The map still works, and took nothing from the garbage.
+    a.put_with("k".into(), 1, WriteMode::SyncAck).await.unwrap();
+    assert_eq!(a.len().await.unwrap(), 1);
+    for c in &ch {
+        c.stop().await;
+    }
+}
+
+/// Says it runs the map, then never serves its state.
+struct Mute;
+
+impl cohort_channel::RpcHandler for Mute {
+    fn reply_request(
+        &self,
+        _: &cohort_wire::Member,
+        request: &bytes::Bytes,
+    ) -> Option<bytes::Bytes> {
+        match cohort_maps::msg::Msg::decode(request) {
+            Ok(cohort_maps::msg::Msg::Hello) => Some(cohort_maps::msg::Msg::HelloAck.encode()),
+            _ => None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_transfer_that_never_completes_fails_start_with_a_clear_error() {
+    let ch = cluster(2).await;
+    let _mute = cohort_channel::RpcChannel::new(
+        &ch[1],
+        "map/stuck",
+        std::sync::Arc::new(Mute),
+        cohort_wire::SendOptions::NONE,
+    )
+    .unwrap();
+    let config = MapConfig {
+        rpc_timeout: Duration::from_millis(200),
+        state_transfer_timeout: Duration::from_millis(1000),
+        ..MapConfig::default()
+    };
+    let started = std::time::Instant::now();
+    let err = match Map::builder(&ch[0], "stuck").config(config).start().await {
+        Err(e) => e,
+        Ok(_) => panic!("started without the state"),
+    };
+    assert!(matches!(err, MapError::StateTransfer { .. }), "{err}");
+    assert!(err.to_string().contains("gave no chunk"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    for c in &ch {
+        c.stop().await;
+    }
+}
