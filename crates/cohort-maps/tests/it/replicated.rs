@@ -336,9 +336,8 @@ async fn a_state_transfer_that_never_completes_fails_start_with_a_clear_error() 
         ..MapConfig::default()
     };
     let started = std::time::Instant::now();
-    let err = match Map::builder(&ch[0], "stuck").config(config).start().await {
-        Err(e) => e,
-        Ok(_) => panic!("started without the state"),
+    let Err(err) = Map::builder(&ch[0], "stuck").config(config).start().await else {
+        panic!("started without the state")
     };
     assert!(matches!(err, MapError::StateTransfer { .. }), "{err}");
     assert!(err.to_string().contains("gave no chunk"), "{err}");
