@@ -242,6 +242,7 @@ fn idle_rss(exe: &std::path::Path) -> Result<u64> {
             config: &config,
             dir: &dir,
             args: &[],
+            command: &["node"],
             netns: None,
         })
     };

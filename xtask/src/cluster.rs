@@ -108,6 +108,7 @@ fn up(n: usize, config: Option<&Path>) -> Result<()> {
             config: &config,
             dir: &dir,
             args: &[],
+            command: &["node"],
             netns: None,
         })?;
         eprintln!(

@@ -87,8 +87,15 @@ pub(crate) fn runs(pid: u32, exe: &Path) -> bool {
     std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == exe)
 }
 
-/// A free UDP port on loopback (bound and released; the kernel hands out ephemeral ports in
+/// A free TCP port on loopback (bound and released; the kernel hands out ephemeral ports in
 /// turn, so a reuse within one run is unlikely).
+pub(crate) fn free_tcp_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A free UDP port on loopback (as [`free_tcp_port`]).
 pub(crate) fn free_udp_port() -> Result<u16> {
     Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
         .local_addr()?
@@ -140,7 +147,9 @@ pub(crate) struct Spawn<'a> {
     pub(crate) config: &'a str,
     /// Where its files go.
     pub(crate) dir: &'a Path,
-    /// Extra `cohort node` arguments.
+    /// The subcommand before the options (`["node"]` for `cohort`; none for an app).
+    pub(crate) command: &'a [&'a str],
+    /// Extra arguments after `--config` and `--name`.
     pub(crate) args: &'a [&'a str],
     /// Run inside this network namespace (`ip netns exec`).
     pub(crate) netns: Option<&'a str>,
@@ -186,7 +195,7 @@ impl NodeProc {
             }
             None => Command::new(s.exe),
         };
-        cmd.arg("node")
+        cmd.args(s.command)
             .arg("--config")
             .arg(&config_path)
             .args(["--name", s.name])

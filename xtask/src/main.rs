@@ -24,6 +24,7 @@ mod fuzz;
 mod harness;
 mod netns;
 mod scenario;
+mod session;
 
 const USAGE: &str = "\
 usage: cargo xtask <command>
@@ -38,7 +39,8 @@ commands:
   cluster status      what runs, with each node's view size
   cluster down        stop the recorded nodes (SIGTERM, by PID)
   scenario NAME|all   real-process fault scenarios: discovery, crash, pause, lead-failover,
-                      graceful-leave, messaging, foreign-cluster, partition (needs root)
+                      graceful-leave, messaging, foreign-cluster, partition (needs root),
+                      session-delta, session-backup (the counter app through SIGKILL)
   bench [--mode async|ack|syncack] [--size BYTES] [--test tput|latency|idle|map] [--quick]
                       throughput and latency between processes beside plain TCP; a full run
                       (no filter) rewrites docs/BENCHMARKS.md; `--test map`: the maps

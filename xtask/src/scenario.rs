@@ -28,6 +28,8 @@ pub(crate) const ALL: &[&str] = &[
     "messaging",
     "foreign-cluster",
     "partition",
+    "session-delta",
+    "session-backup",
 ];
 
 /// Membership defaults the scenarios run with (the node's defaults).
@@ -38,6 +40,13 @@ const READ_TEST: Duration = Duration::from_millis(5000);
 const VIEW_TIMEOUT: Duration = Duration::from_secs(20);
 /// Deadline for a failure to be noticed: drop time, read test, and slack.
 const DETECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A session scenario: counter apps on this scenario's cluster (crate::session).
+fn session(ctx: &Ctx, manager: &str) -> Result<Outcome> {
+    let exe = crate::session::build_counter()?;
+    let config = ctx.config("", "");
+    crate::session::scenario(&exe, &ctx.dir, &config, manager).map(Outcome::Pass)
+}
 
 /// What a scenario reports: a pass with figures, or a skip with the reason.
 enum Outcome {
@@ -72,6 +81,8 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             "messaging" => messaging(&mut ctx),
             "foreign-cluster" => foreign_cluster(&mut ctx),
             "partition" => partition(&mut ctx),
+            "session-delta" => session(&ctx, "delta"),
+            "session-backup" => session(&ctx, "backup"),
             _ => unreachable!("checked above"),
         };
         let secs = started.elapsed().as_secs_f64();
@@ -128,6 +139,7 @@ impl Ctx {
             config,
             dir: &self.dir,
             args,
+            command: &["node"],
             netns: None,
         })
     }
@@ -679,6 +691,7 @@ fn partition(ctx: &mut Ctx) -> Result<Outcome> {
             config: &config,
             dir: &ctx.dir,
             args: &[],
+            command: &["node"],
             netns: Some(net.node_ns(i)),
         })?);
     }

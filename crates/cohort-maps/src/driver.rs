@@ -93,6 +93,9 @@ pub(crate) enum Cmd {
     Get(Bytes, Reply<Answer>),
     Adopt(Record, Reply<Option<(Option<Bytes>, Option<Outgoing>)>>),
     Scan(Option<Bytes>, usize, Reply<Vec<(Bytes, Bytes)>>),
+    ScanPrefix(Bytes, Reply<Vec<(Bytes, Bytes)>>),
+    /// Writes (`Some`) and removals (`None`), applied all or none.
+    Batch(Vec<(Bytes, Option<Bytes>)>, Reply<Result<Vec<Outgoing>, Refused>>),
     Keys(Reply<Vec<Bytes>>),
     Len(Reply<usize>),
     Stats(Reply<CoreStats>),
@@ -584,58 +587,89 @@ impl RawMap {
 
     /// Sends a local write as `mode` asks.
     async fn replicate(&self, out: Outgoing, mode: WriteMode) -> Result<(), MapError> {
-        if !out.proxies.is_empty() {
-            let body = Msg::Update {
-                sync: false,
-                records: vec![out.record.without_value()],
-            }
-            .encode();
-            self.one_way(&out.proxies, body).await?;
-        }
+        self.replicate_all(vec![out], mode).await
+    }
+
+    /// Sends local writes as `mode` asks: one message per set of destinations, so a batch
+    /// travels as one message in a replicated map.
+    async fn replicate_all(&self, outs: Vec<Outgoing>, mode: WriteMode) -> Result<(), MapError> {
         let sync = mode == WriteMode::SyncAck;
         // A lazy write asked to be durable that has fewer holders than `backup_count` + 1
         // (too few members run the map) says so, after the holders there are applied it.
-        let short = (sync && self.kind == Kind::Lazy && !out.record.removed)
-            .then_some(out.record.backups.len())
-            .filter(|n| *n < self.cfg.backup_count);
-        let result = self.send_full(out, mode).await;
-        match (result, short) {
-            (Ok(()), Some(backups)) => Err(MapError::TooFewCopies {
+        let short = outs
+            .iter()
+            .filter(|o| sync && self.kind == Kind::Lazy && !o.record.removed)
+            .map(|o| o.record.backups.len())
+            .filter(|n| *n < self.cfg.backup_count)
+            .min();
+        type Groups = HashMap<Vec<MemberId>, (Vec<Member>, Vec<Record>)>;
+        let (mut full, mut proxies): (Groups, Groups) = (HashMap::new(), HashMap::new());
+        for o in outs {
+            if !o.proxies.is_empty() {
+                let key = o.proxies.iter().map(|m| m.id).collect();
+                let g = proxies.entry(key).or_insert_with(|| (o.proxies.clone(), Vec::new()));
+                g.1.push(o.record.without_value());
+            }
+            if !o.full.is_empty() {
+                let key = o.full.iter().map(|m| m.id).collect();
+                let g = full.entry(key).or_insert_with(|| (o.full.clone(), Vec::new()));
+                g.1.push(o.record);
+            }
+        }
+        for (to, records) in proxies.into_values() {
+            let body = Msg::Update {
+                sync: false,
+                records,
+            }
+            .encode();
+            self.one_way(&to, body).await?;
+        }
+        let mut missing = Vec::new();
+        for (to, records) in full.into_values() {
+            missing.extend(self.send_full(&to, records, mode).await?);
+        }
+        if !missing.is_empty() {
+            return Err(MapError::NotApplied {
+                map: self.name.clone(),
+                members: missing,
+            });
+        }
+        match short {
+            Some(backups) => Err(MapError::TooFewCopies {
                 map: self.name.clone(),
                 copies: backups + 1,
                 wanted: self.cfg.backup_count + 1,
             }),
-            (r, _) => r,
+            None => Ok(()),
         }
     }
 
-    async fn send_full(&self, out: Outgoing, mode: WriteMode) -> Result<(), MapError> {
-        if out.full.is_empty() {
-            return Ok(());
-        }
+    /// Sends records to the members that hold their values; the members that did not take
+    /// them as `mode` asks, and why.
+    async fn send_full(
+        &self,
+        to: &[Member],
+        records: Vec<Record>,
+        mode: WriteMode,
+    ) -> Result<Vec<(MemberId, String)>, MapError> {
         let sync = mode == WriteMode::SyncAck;
-        let body = Msg::Update {
-            sync,
-            records: vec![out.record],
-        }
-        .encode();
+        let body = Msg::Update { sync, records }.encode();
         let how = CallOptions::default().timeout(self.cfg.rpc_timeout);
         let result = match mode {
-            WriteMode::Async => return self.one_way(&out.full, body).await,
+            WriteMode::Async => {
+                self.one_way(to, body).await?;
+                return Ok(Vec::new());
+            }
             WriteMode::Ack => {
                 self.rpc
                     .call(
-                        &out.full,
+                        to,
                         body,
                         how.mode(ReplyMode::None).send_options(SendOptions::USE_ACK),
                     )
                     .await?
             }
-            WriteMode::SyncAck => {
-                self.rpc
-                    .call(&out.full, body, how.mode(ReplyMode::All))
-                    .await?
-            }
+            WriteMode::SyncAck => self.rpc.call(to, body, how.mode(ReplyMode::All)).await?,
         };
         let mut missing: Vec<(MemberId, String)> = result.failed;
         if sync {
@@ -657,14 +691,26 @@ impl RawMap {
             // They stopped the map: no longer members.
             self.send(Cmd::Gone(result.no_channel)).await?;
         }
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(MapError::NotApplied {
-                map: self.name.clone(),
-                members: missing,
-            })
+        Ok(missing)
+    }
+
+    /// Applies writes (`Some` value) and removals (`None`) here, all or none (a batch past a
+    /// limit is refused whole), and sends them together as `mode` asks.
+    pub(crate) async fn write_batch(
+        &self,
+        ops: Vec<(Bytes, Option<Bytes>)>,
+        mode: WriteMode,
+    ) -> Result<(), MapError> {
+        if ops.is_empty() {
+            return Ok(());
         }
+        let outs = self.request(|tx| Cmd::Batch(ops, tx)).await??;
+        self.replicate_all(outs, mode).await
+    }
+
+    /// Entries held here whose key starts with `prefix`, in key order.
+    pub(crate) async fn scan_prefix(&self, prefix: Bytes) -> Result<Vec<(Bytes, Bytes)>, MapError> {
+        self.request(|tx| Cmd::ScanPrefix(prefix, tx)).await
     }
 
     async fn one_way(&self, to: &[Member], body: Bytes) -> Result<(), MapError> {
@@ -844,6 +890,44 @@ impl Owner {
         }
     }
 
+    /// A batch: the room for every write is taken first, so none is refused half-way.
+    fn batch(&mut self, now: u64, ops: Vec<(Bytes, Option<Bytes>)>) -> Result<Vec<Outgoing>, Refused> {
+        let cfg = &self.cfg;
+        for (k, v) in &ops {
+            let too_large = |what, len: usize, limit, max: usize| {
+                (len > max).then_some(Refused::TooLarge { what, len, limit, max })
+            };
+            if let Some(e) = too_large("key", k.len(), "max_key_bytes", cfg.max_key_bytes).or_else(|| {
+                v.as_ref().and_then(|v| too_large("value", v.len(), "max_value_bytes", cfg.max_value_bytes))
+            }) {
+                return Err(e);
+            }
+        }
+        let puts = ops.iter().filter(|(_, v)| v.is_some()).count();
+        let bytes: usize = ops.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Bytes::len)).sum();
+        let need = (as_i64(puts), as_i64(bytes));
+        let claimed = (Room::take(&self.room.entries, need.0), Room::take(&self.room.bytes, need.1));
+        if claimed != need {
+            self.room.entries.fetch_add(claimed.0, Ordering::AcqRel);
+            self.room.bytes.fetch_add(claimed.1, Ordering::AcqRel);
+            return Err(Refused::Full {
+                limit: if claimed.0 < need.0 { "max_entries" } else { "max_bytes" },
+                max: if claimed.0 < need.0 { cfg.max_entries } else { cfg.max_bytes },
+            });
+        }
+        let writes = self.budgeted(claimed, (0, 0), |core| {
+            let mut writes = Vec::new();
+            for (k, v) in ops {
+                match v {
+                    Some(v) => writes.push(core.put(now, k, v)?),
+                    None => writes.extend(core.remove(now, k)),
+                }
+            }
+            Ok(writes)
+        })?;
+        Ok(writes.into_iter().map(|w| self.outgoing(w)).collect())
+    }
+
     fn outgoing(&self, w: Write) -> Outgoing {
         let resolve = |ids: &[MemberId]| -> Vec<Member> {
             ids.iter()
@@ -941,6 +1025,13 @@ impl Owner {
                 let r = self
                     .budgeted((0, 0), need, |core| core.adopt(now, record))
                     .map(|(v, w)| (v, w.map(|w| self.outgoing(w))));
+                let _ = reply.send(r);
+            }
+            Cmd::ScanPrefix(prefix, reply) => {
+                let _ = reply.send(self.core.scan_prefix(&prefix));
+            }
+            Cmd::Batch(ops, reply) => {
+                let r = self.batch(now, ops);
                 let _ = reply.send(r);
             }
             Cmd::Scan(after, limit, reply) => {

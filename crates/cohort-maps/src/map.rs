@@ -251,6 +251,36 @@ where
         self.raw.remove(k, mode).await
     }
 
+    /// Writes (`Some` value) and removals (`None`) together: applied here all or none (past
+    /// a limit the whole batch is refused), then sent as one message per set of destinations
+    /// (one message in a replicated map), as `mode` asks.
+    pub async fn write_batch(&self, ops: Vec<(K, Option<V>)>, mode: WriteMode) -> Result<(), MapError> {
+        let mut raw = Vec::with_capacity(ops.len());
+        for (k, v) in ops {
+            let k = Codec::<K>::encode(&*self.codec, &k)?;
+            let v = match v {
+                Some(v) => Some(Codec::<V>::encode(&*self.codec, &v)?),
+                None => None,
+            };
+            raw.push((k, v));
+        }
+        self.raw.write_batch(raw, mode).await
+    }
+
+    /// Entries held here whose encoded key starts with `prefix` (with [`crate::Raw`] keys: the
+    /// key's own bytes), in key order.
+    pub async fn entries_with_prefix(&self, prefix: &[u8]) -> Result<Vec<(K, V)>, MapError> {
+        let page = self.raw.scan_prefix(Bytes::copy_from_slice(prefix)).await?;
+        let mut out = Vec::with_capacity(page.len());
+        for (k, v) in page {
+            out.push((
+                Codec::<K>::decode(&*self.codec, &k)?,
+                Codec::<V>::decode(&*self.codec, &v)?,
+            ));
+        }
+        Ok(out)
+    }
+
     /// Live entries known here (a lazy map counts its proxies).
     pub async fn len(&self) -> Result<usize, MapError> {
         self.raw.len().await

@@ -146,11 +146,20 @@ pub struct Node {
     /// The node's own counters (also on `/metrics`).
     pub metrics: Arc<NodeMetrics>,
     ready: Arc<std::sync::atomic::AtomicBool>,
+    ready_line: Value,
     jobs: tokio::task::JoinSet<()>,
 }
 
 /// Starts a node and emits `ready`.
 pub async fn start(config: NodeConfig, events: &Events) -> anyhow::Result<Node> {
+    let node = start_deferred(config, events).await?;
+    node.announce(events, serde_json::Map::new());
+    Ok(node)
+}
+
+/// Starts a node without emitting `ready`: an application on the node (an HTTP server)
+/// announces it with [`Node::announce`] once it serves too.
+pub async fn start_deferred(config: NodeConfig, events: &Events) -> anyhow::Result<Node> {
     let net = TokioNet;
     let node_name = config
         .name
@@ -214,7 +223,7 @@ pub async fn start(config: NodeConfig, events: &Events) -> anyhow::Result<Node> 
     };
     let admin = admin_server.as_ref().map(|a| a.addr);
     let local = channel.local();
-    events.emit(json!({
+    let ready_line = json!({
         "event": "ready",
         "node": node_name,
         "id": local.id.to_string(),
@@ -225,8 +234,7 @@ pub async fn start(config: NodeConfig, events: &Events) -> anyhow::Result<Node> 
         "services": config.services.bits(),
         "multicast": config.membership.multicast.as_ref().map(|m| format!("{}:{}", m.group, m.port)),
         "pid": std::process::id(),
-    }));
-    ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
     let jobs = crate::jobs::start(
         config.jobs.clone(),
         crate::jobs::Runner {
@@ -266,11 +274,22 @@ pub async fn start(config: NodeConfig, events: &Events) -> anyhow::Result<Node> 
         traffic,
         metrics: node_metrics,
         ready,
+        ready_line,
         jobs,
     })
 }
 
 impl Node {
+    /// Emits the `ready` line, with `extra` fields, and reports ready on `/readyz`.
+    pub fn announce(&self, events: &Events, extra: serde_json::Map<String, Value>) {
+        let mut line = self.ready_line.clone();
+        if let Value::Object(o) = &mut line {
+            o.extend(extra);
+        }
+        events.emit(line);
+        self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Leaves gracefully (a shutdown beacon: peers drop this member at once) and emits
     /// `stopped`.
     pub async fn stop(mut self, events: &Events) {

@@ -383,6 +383,16 @@ impl MapCore {
             .collect()
     }
 
+    /// Live entries (value held here) whose key starts with `prefix`, in key order.
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Vec<(Bytes, Bytes)> {
+        self.entries
+            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(_, e)| !e.removed)
+            .filter_map(|(k, e)| e.value.as_ref().map(|v| (k.clone(), v.clone())))
+            .collect()
+    }
+
     /// Keys of every live entry known here, proxies included.
     pub fn len(&self) -> usize {
         self.stats.entries + self.stats.proxies
