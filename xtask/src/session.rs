@@ -120,7 +120,13 @@ pub(crate) struct App {
     pub(crate) http: SocketAddr,
 }
 
-pub(crate) fn start_app(exe: &Path, dir: &Path, name: &str, config: &str, manager: &str) -> Result<App> {
+pub(crate) fn start_app(
+    exe: &Path,
+    dir: &Path,
+    name: &str,
+    config: &str,
+    manager: &str,
+) -> Result<App> {
     let port = harness::free_tcp_port()?;
     let http = format!("127.0.0.1:{port}");
     let node = NodeProc::start(&Spawn {
@@ -165,7 +171,11 @@ pub(crate) fn scenario(exe: &Path, dir: &Path, config: &str, manager: &str) -> R
     for _ in 0..10 {
         client.count(apps[0].http).context("a request on a")?;
     }
-    ensure!(client.last == 10 && client.lost == 0, "count {} on a", client.last);
+    ensure!(
+        client.last == 10 && client.lost == 0,
+        "count {} on a",
+        client.last
+    );
     // SIGKILL `a`: the next request, on `b`, must count 11.
     let killed = Instant::now();
     harness::signal(apps[0].node.pid, "KILL")?;
@@ -189,14 +199,28 @@ pub(crate) fn scenario(exe: &Path, dir: &Path, config: &str, manager: &str) -> R
     }
     // SIGTERM `b` (graceful); `c` carries on.
     harness::signal(apps[1].node.pid, "TERM")?;
-    apps[1].node.wait(0, "stopped", Duration::from_secs(20), |v| v["event"] == "stopped")?;
+    apps[1]
+        .node
+        .wait(0, "stopped", Duration::from_secs(20), |v| {
+            v["event"] == "stopped"
+        })?;
     client.count(apps[2].http).context("on c after b left")?;
-    ensure!(client.last == 17 && client.lost == 0, "after b's SIGTERM, c answered {}", client.last);
+    ensure!(
+        client.last == 17 && client.lost == 0,
+        "after b's SIGTERM, c answered {}",
+        client.last
+    );
     // A new member (a restart of `a`) receives the session by state transfer (delta) or as
     // a proxy it fetches (backup) and serves it.
     apps.push(start_app(exe, dir, "a2", config, manager)?);
-    client.count(apps[3].http).context("on the restarted member")?;
-    ensure!(client.last == 18 && client.lost == 0, "the restarted member answered {}", client.last);
+    client
+        .count(apps[3].http)
+        .context("on the restarted member")?;
+    ensure!(
+        client.last == 18 && client.lost == 0,
+        "the restarted member answered {}",
+        client.last
+    );
     // Fifty clients over `c`, `a2` and a fresh `d`; `c` is killed half-way.
     apps.push(start_app(exe, dir, "d", config, manager)?);
     let live = [apps[2].http, apps[3].http, apps[4].http];
@@ -216,7 +240,10 @@ pub(crate) fn scenario(exe: &Path, dir: &Path, config: &str, manager: &str) -> R
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(c);
+            clients
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(c);
         }));
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -224,14 +251,18 @@ pub(crate) fn scenario(exe: &Path, dir: &Path, config: &str, manager: &str) -> R
     for t in threads {
         let _ = t.join();
     }
-    let clients = clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let clients = clients
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let lost_sessions = clients.iter().filter(|c| c.lost > 0).count();
     let failed: u64 = clients.iter().map(|c| c.failed).sum();
     let unanswered: u64 = clients.iter().map(|c| c.unanswered).sum();
     let short = clients.iter().filter(|c| c.last < rounds as u64).count();
     for app in &mut apps[3..] {
         harness::signal(app.node.pid, "TERM")?;
-        app.node.wait(0, "stopped", Duration::from_secs(20), |v| v["event"] == "stopped")?;
+        app.node.wait(0, "stopped", Duration::from_secs(20), |v| {
+            v["event"] == "stopped"
+        })?;
     }
     if lost_sessions > 0 {
         bail!("{lost_sessions} of 50 sessions lost an answered increment (SYNC_ACK promises none)");

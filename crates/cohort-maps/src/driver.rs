@@ -95,7 +95,10 @@ pub(crate) enum Cmd {
     Scan(Option<Bytes>, usize, Reply<Vec<(Bytes, Bytes)>>),
     ScanPrefix(Bytes, Reply<Vec<(Bytes, Bytes)>>),
     /// Writes (`Some`) and removals (`None`), applied all or none.
-    Batch(Vec<(Bytes, Option<Bytes>)>, Reply<Result<Vec<Outgoing>, Refused>>),
+    Batch(
+        Vec<(Bytes, Option<Bytes>)>,
+        Reply<Result<Vec<Outgoing>, Refused>>,
+    ),
     Keys(Reply<Vec<Bytes>>),
     Len(Reply<usize>),
     Stats(Reply<CoreStats>),
@@ -607,12 +610,16 @@ impl RawMap {
         for o in outs {
             if !o.proxies.is_empty() {
                 let key = o.proxies.iter().map(|m| m.id).collect();
-                let g = proxies.entry(key).or_insert_with(|| (o.proxies.clone(), Vec::new()));
+                let g = proxies
+                    .entry(key)
+                    .or_insert_with(|| (o.proxies.clone(), Vec::new()));
                 g.1.push(o.record.without_value());
             }
             if !o.full.is_empty() {
                 let key = o.full.iter().map(|m| m.id).collect();
-                let g = full.entry(key).or_insert_with(|| (o.full.clone(), Vec::new()));
+                let g = full
+                    .entry(key)
+                    .or_insert_with(|| (o.full.clone(), Vec::new()));
                 g.1.push(o.record);
             }
         }
@@ -891,28 +898,55 @@ impl Owner {
     }
 
     /// A batch: the room for every write is taken first, so none is refused half-way.
-    fn batch(&mut self, now: u64, ops: Vec<(Bytes, Option<Bytes>)>) -> Result<Vec<Outgoing>, Refused> {
+    fn batch(
+        &mut self,
+        now: u64,
+        ops: Vec<(Bytes, Option<Bytes>)>,
+    ) -> Result<Vec<Outgoing>, Refused> {
         let cfg = &self.cfg;
         for (k, v) in &ops {
             let too_large = |what, len: usize, limit, max: usize| {
-                (len > max).then_some(Refused::TooLarge { what, len, limit, max })
+                (len > max).then_some(Refused::TooLarge {
+                    what,
+                    len,
+                    limit,
+                    max,
+                })
             };
-            if let Some(e) = too_large("key", k.len(), "max_key_bytes", cfg.max_key_bytes).or_else(|| {
-                v.as_ref().and_then(|v| too_large("value", v.len(), "max_value_bytes", cfg.max_value_bytes))
-            }) {
+            if let Some(e) =
+                too_large("key", k.len(), "max_key_bytes", cfg.max_key_bytes).or_else(|| {
+                    v.as_ref().and_then(|v| {
+                        too_large("value", v.len(), "max_value_bytes", cfg.max_value_bytes)
+                    })
+                })
+            {
                 return Err(e);
             }
         }
         let puts = ops.iter().filter(|(_, v)| v.is_some()).count();
-        let bytes: usize = ops.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Bytes::len)).sum();
+        let bytes: usize = ops
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Bytes::len))
+            .sum();
         let need = (as_i64(puts), as_i64(bytes));
-        let claimed = (Room::take(&self.room.entries, need.0), Room::take(&self.room.bytes, need.1));
+        let claimed = (
+            Room::take(&self.room.entries, need.0),
+            Room::take(&self.room.bytes, need.1),
+        );
         if claimed != need {
             self.room.entries.fetch_add(claimed.0, Ordering::AcqRel);
             self.room.bytes.fetch_add(claimed.1, Ordering::AcqRel);
             return Err(Refused::Full {
-                limit: if claimed.0 < need.0 { "max_entries" } else { "max_bytes" },
-                max: if claimed.0 < need.0 { cfg.max_entries } else { cfg.max_bytes },
+                limit: if claimed.0 < need.0 {
+                    "max_entries"
+                } else {
+                    "max_bytes"
+                },
+                max: if claimed.0 < need.0 {
+                    cfg.max_entries
+                } else {
+                    cfg.max_bytes
+                },
             });
         }
         let writes = self.budgeted(claimed, (0, 0), |core| {

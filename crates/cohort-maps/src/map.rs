@@ -254,7 +254,11 @@ where
     /// Writes (`Some` value) and removals (`None`) together: applied here all or none (past
     /// a limit the whole batch is refused), then sent as one message per set of destinations
     /// (one message in a replicated map), as `mode` asks.
-    pub async fn write_batch(&self, ops: Vec<(K, Option<V>)>, mode: WriteMode) -> Result<(), MapError> {
+    pub async fn write_batch(
+        &self,
+        ops: Vec<(K, Option<V>)>,
+        mode: WriteMode,
+    ) -> Result<(), MapError> {
         let mut raw = Vec::with_capacity(ops.len());
         for (k, v) in ops {
             let k = Codec::<K>::encode(&*self.codec, &k)?;

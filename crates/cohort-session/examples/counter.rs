@@ -74,7 +74,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.http))?;
     let mut extra = serde_json::Map::new();
     extra.insert("http".into(), json!(listener.local_addr()?.to_string()));
-    extra.insert("manager".into(), json!(format!("{:?}", args.manager).to_lowercase()));
+    extra.insert(
+        "manager".into(),
+        json!(format!("{:?}", args.manager).to_lowercase()),
+    );
     node.announce(&events, extra);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown())
@@ -107,7 +110,10 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("counter: {e}");

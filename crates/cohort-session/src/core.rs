@@ -146,7 +146,11 @@ mod tests {
             (attribute_key(other, "x"), Bytes::from_static(b"1")),
         ];
         entries.sort();
-        let mine: Vec<_> = entries.iter().filter(|(k, _)| k.starts_with(id.as_bytes())).cloned().collect();
+        let mine: Vec<_> = entries
+            .iter()
+            .filter(|(k, _)| k.starts_with(id.as_bytes()))
+            .cloned()
+            .collect();
         assert_eq!(mine.len(), 3);
         let s = assemble(id, &mine).unwrap();
         assert_eq!(s.meta, meta(5));
@@ -170,7 +174,10 @@ mod tests {
         let mut b = AccessBatch::new(2);
         let a = SessionId::from_bytes([1; 16]);
         assert!(!b.touch(a, meta(5)));
-        assert!(!b.touch(a, meta(3)), "an older access does not replace a newer");
+        assert!(
+            !b.touch(a, meta(3)),
+            "an older access does not replace a newer"
+        );
         assert!(b.touch(SessionId::from_bytes([2; 16]), meta(1)));
         let mut got = b.take();
         got.sort_by_key(|(id, _)| *id);

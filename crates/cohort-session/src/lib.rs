@@ -10,6 +10,9 @@
 //!   times, expire idle sessions everywhere, and keep a sticky load balancer's route suffix
 //!   true after a failover.
 //!
+//! - With feature `tower-sessions`, [`CohortStore`] is a `tower_sessions::SessionStore`
+//!   over either manager, for apps that already use tower-sessions.
+//!
 //! docs/SESSIONS.md states what each manager promises and the tests that check it. The
 //! `counter` example is an axum app on the full stack (`cargo run -p cohort-session --example
 //! counter -- --http 127.0.0.1:8080 --name a`).
@@ -38,6 +41,8 @@ pub mod core;
 mod layer;
 mod manager;
 mod model;
+#[cfg(feature = "tower-sessions")]
+mod store;
 
 pub use layer::{COOKIE_NAME, Filter, Session, SessionLayer, SessionService};
 pub use manager::{
@@ -45,3 +50,5 @@ pub use manager::{
     SessionStats,
 };
 pub use model::{BadSessionId, Changes, Meta, SessionData, SessionId};
+#[cfg(feature = "tower-sessions")]
+pub use store::{CohortStore, MAX_REMEMBERED};

@@ -347,11 +347,13 @@ impl SessionManager {
                 core::assemble(id, &entries)
             }
             Store::Backup(map) => match map.get(&Bytes::copy_from_slice(id.as_bytes())).await? {
-                Some(v) => postcard::from_bytes::<Stored>(&v).ok().map(|s| SessionData {
-                    id,
-                    meta: s.meta,
-                    attributes: s.attributes,
-                }),
+                Some(v) => postcard::from_bytes::<Stored>(&v)
+                    .ok()
+                    .map(|s| SessionData {
+                        id,
+                        meta: s.meta,
+                        attributes: s.attributes,
+                    }),
                 None => None,
             },
         };
@@ -367,11 +369,7 @@ impl SessionManager {
         changes: &Changes,
         created: bool,
     ) -> Result<(), SessionError> {
-        let size: usize = data
-            .attributes
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum();
+        let size: usize = data.attributes.iter().map(|(k, v)| k.len() + v.len()).sum();
         if size > self.inner.cfg.max_session_bytes {
             return Err(SessionError::TooLarge {
                 size,
@@ -588,7 +586,9 @@ async fn expire(inner: &Inner) -> Result<usize, SessionError> {
                 return Ok(0);
             }
             for (k, v) in map.entries().await? {
-                if let (Some(id), Ok(meta)) = (core::parse_meta_key(&k), postcard::from_bytes::<Meta>(&v)) {
+                if let (Some(id), Ok(meta)) =
+                    (core::parse_meta_key(&k), postcard::from_bytes::<Meta>(&v))
+                {
                     if core::is_expired(&meta, now, grace) {
                         gone.push(id);
                     }
@@ -597,7 +597,10 @@ async fn expire(inner: &Inner) -> Result<usize, SessionError> {
         }
         Store::Backup(map) => {
             for (k, v) in map.entries().await? {
-                if let (Ok(id), Ok(s)) = (<[u8; 16]>::try_from(&k[..]), postcard::from_bytes::<Stored>(&v)) {
+                if let (Ok(id), Ok(s)) = (
+                    <[u8; 16]>::try_from(&k[..]),
+                    postcard::from_bytes::<Stored>(&v),
+                ) {
                     if core::is_expired(&s.meta, now, grace) {
                         gone.push(SessionId::from_bytes(id));
                     }

@@ -133,7 +133,10 @@ impl Changes {
 
     /// The bytes the change carries (names and values).
     pub fn size(&self) -> usize {
-        self.set.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        self.set
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
             + self.removed.iter().map(String::len).sum::<usize>()
     }
 }

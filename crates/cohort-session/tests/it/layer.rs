@@ -51,20 +51,34 @@ async fn backup_sessions_are_served_anywhere_and_survive_their_member() {
 async fn concurrent_requests_to_one_session_on_one_member_lose_no_increment() {
     let ch = cluster(2).await;
     let apps = apps(&ch, ManagerKind::Delta, &SessionConfig::default()).await;
-    let cookie = get_path(&apps[0].router, "/count", None).await.set_cookie.unwrap();
+    let cookie = get_path(&apps[0].router, "/count", None)
+        .await
+        .set_cookie
+        .unwrap();
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let r = apps[0].router.clone();
         let c = cookie.clone();
-        tasks.push(tokio::spawn(async move { get_path(&r, "/count", Some(&c)).await.body["count"].as_u64() }));
+        tasks.push(tokio::spawn(async move {
+            get_path(&r, "/count", Some(&c)).await.body["count"].as_u64()
+        }));
     }
     let mut seen = Vec::new();
     for t in tasks {
         seen.push(t.await.unwrap().unwrap());
     }
     seen.sort_unstable();
-    assert_eq!(seen, (2..=21).collect::<Vec<u64>>(), "serialised: every request saw the one before");
-    assert_eq!(get_path(&apps[1].router, "/count", Some(&cookie)).await.body["count"], 22);
+    assert_eq!(
+        seen,
+        (2..=21).collect::<Vec<u64>>(),
+        "serialised: every request saw the one before"
+    );
+    assert_eq!(
+        get_path(&apps[1].router, "/count", Some(&cookie))
+            .await
+            .body["count"],
+        22
+    );
     for c in &ch {
         c.stop().await;
     }
@@ -82,25 +96,48 @@ async fn idle_sessions_expire_everywhere_and_used_ones_do_not() {
     };
     let apps = apps(&ch, ManagerKind::Delta, &cfg).await;
     let mut events = apps[1].manager.events();
-    let idle = get_path(&apps[0].router, "/count", None).await.set_cookie.unwrap();
-    let used = get_path(&apps[0].router, "/count", None).await.set_cookie.unwrap();
+    let idle = get_path(&apps[0].router, "/count", None)
+        .await
+        .set_cookie
+        .unwrap();
+    let used = get_path(&apps[0].router, "/count", None)
+        .await
+        .set_cookie
+        .unwrap();
     // `used` is read (not changed) on the other member: only its access time travels.
     let until = tokio::time::Instant::now() + Duration::from_millis(2500);
     while tokio::time::Instant::now() < until {
-        assert_eq!(get_path(&apps[1].router, "/peek", Some(&used)).await.body["new"], false);
+        assert_eq!(
+            get_path(&apps[1].router, "/peek", Some(&used)).await.body["new"],
+            false
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for app in &apps {
-        assert_eq!(get_path(&app.router, "/peek", Some(&idle)).await.body["new"], true, "idle session gone");
-        assert_eq!(get_path(&app.router, "/peek", Some(&used)).await.body["count"], 1, "used session kept");
+        assert_eq!(
+            get_path(&app.router, "/peek", Some(&idle)).await.body["new"],
+            true,
+            "idle session gone"
+        );
+        assert_eq!(
+            get_path(&app.router, "/peek", Some(&used)).await.body["count"],
+            1,
+            "used session kept"
+        );
     }
     let idle_id: cohort_session::SessionId = idle.split('.').next().unwrap().parse().unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let e = tokio::time::timeout_at(deadline, events.recv()).await.expect("a destroyed event").unwrap();
+        let e = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .expect("a destroyed event")
+            .unwrap();
         if let SessionEvent::Destroyed { id, reason } = e {
             if id == idle_id {
-                assert!(matches!(reason, DestroyReason::Expired | DestroyReason::Replicated));
+                assert!(matches!(
+                    reason,
+                    DestroyReason::Expired | DestroyReason::Replicated
+                ));
                 break;
             }
         }
@@ -130,11 +167,17 @@ async fn a_1_mib_session_replicates_with_both_managers() {
 async fn logout_invalidates_everywhere_and_filtered_requests_get_no_session() {
     let ch = cluster(2).await;
     let apps = apps(&ch, ManagerKind::Backup, &SessionConfig::default()).await;
-    let cookie = get_path(&apps[0].router, "/count", None).await.set_cookie.unwrap();
+    let cookie = get_path(&apps[0].router, "/count", None)
+        .await
+        .set_cookie
+        .unwrap();
     let out = get_path(&apps[1].router, "/logout", Some(&cookie)).await;
     assert_eq!(out.set_cookie.as_deref(), Some(""), "the cookie is cleared");
     for app in &apps {
-        assert_eq!(get_path(&app.router, "/peek", Some(&cookie)).await.body["new"], true);
+        assert_eq!(
+            get_path(&app.router, "/peek", Some(&cookie)).await.body["new"],
+            true
+        );
     }
     let js = get_path(&apps[0].router, "/static/app.js", Some(&cookie)).await;
     assert_eq!(js.status, 200);

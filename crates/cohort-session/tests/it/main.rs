@@ -5,4 +5,6 @@
 #![allow(clippy::cast_possible_truncation)]
 
 mod layer;
+#[cfg(feature = "tower-sessions")]
+mod store;
 mod support;

@@ -51,9 +51,11 @@ pub(crate) async fn cluster(n: usize) -> Vec<ChannelHandle> {
                 .unwrap(),
         );
     }
-    wait_for("every channel sees every other", Duration::from_secs(10), || {
-        out.iter().all(|c| c.members().len() == n - 1)
-    })
+    wait_for(
+        "every channel sees every other",
+        Duration::from_secs(10),
+        || out.iter().all(|c| c.members().len() == n - 1),
+    )
     .await;
     out
 }
@@ -86,7 +88,11 @@ pub(crate) struct App {
     pub(crate) manager: SessionManager,
 }
 
-pub(crate) async fn apps(channels: &[ChannelHandle], kind: ManagerKind, cfg: &SessionConfig) -> Vec<App> {
+pub(crate) async fn apps(
+    channels: &[ChannelHandle],
+    kind: ManagerKind,
+    cfg: &SessionConfig,
+) -> Vec<App> {
     let mut out = Vec::new();
     for (i, ch) in channels.iter().enumerate() {
         let manager = SessionManager::start(ch, kind, cfg.clone()).await.unwrap();
@@ -123,7 +129,9 @@ pub(crate) async fn get_path(app: &Router, path: &str, cookie: Option<&str>) -> 
         req = req.header("cookie", format!("{}={c}", cohort_session::COOKIE_NAME));
     }
     let req = req.body(Body::empty()).unwrap();
-    std::future::poll_fn(|cx| <Router as Service<Request<Body>>>::poll_ready(&mut svc, cx)).await.unwrap();
+    std::future::poll_fn(|cx| <Router as Service<Request<Body>>>::poll_ready(&mut svc, cx))
+        .await
+        .unwrap();
     let res = svc.call(req).await.unwrap();
     let status = res.status().as_u16();
     let set_cookie = res
@@ -133,8 +141,11 @@ pub(crate) async fn get_path(app: &Router, path: &str, cookie: Option<&str>) -> 
         .and_then(|v| v.split(';').next())
         .and_then(|kv| kv.split_once('='))
         .map(|(_, v)| v.to_owned());
-    let bytes = axum::body::to_bytes(res.into_body(), 64 << 20).await.unwrap();
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    let bytes = axum::body::to_bytes(res.into_body(), 64 << 20)
+        .await
+        .unwrap();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     Answer {
         status,
         body,
