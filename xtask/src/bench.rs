@@ -112,12 +112,15 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     }
     if let Some(t) = &test {
         ensure!(
-            ["tput", "latency", "idle", "map"].contains(&t.as_str()),
-            "--test is tput, latency, idle or map"
+            ["tput", "latency", "idle", "map", "session"].contains(&t.as_str()),
+            "--test is tput, latency, idle, map or session"
         );
     }
     if test.as_deref() == Some("map") {
         return map_bench(quick);
+    }
+    if test.as_deref() == Some("session") {
+        return crate::session::bench(quick);
     }
     if size.is_some_and(|s| s < 8) {
         bail!("--size must be at least 8 (the sequence number)");

@@ -41,9 +41,9 @@ commands:
   scenario NAME|all   real-process fault scenarios: discovery, crash, pause, lead-failover,
                       graceful-leave, messaging, foreign-cluster, partition (needs root),
                       session-delta, session-backup (the counter app through SIGKILL)
-  bench [--mode async|ack|syncack] [--size BYTES] [--test tput|latency|idle|map] [--quick]
+  bench [--mode async|ack|syncack] [--size BYTES] [--test tput|latency|idle|map|session] [--quick]
                       throughput and latency between processes beside plain TCP; a full run
-                      (no filter) rewrites docs/BENCHMARKS.md; `--test map`: the maps
+                      (no filter) rewrites docs/BENCHMARKS.md; `--test map|session`: the state layer
 ";
 
 fn main() -> ExitCode {

@@ -273,3 +273,179 @@ pub(crate) fn scenario(exe: &Path, dir: &Path, config: &str, manager: &str) -> R
         takeover.as_secs_f64() * 1e3
     ))
 }
+
+/// One keep-alive HTTP/1.1 connection (the benchmark's client).
+struct Conn {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    fn open(addr: SocketAddr) -> Result<Self> {
+        let s = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)?;
+        s.set_read_timeout(Some(HTTP_TIMEOUT))?;
+        s.set_nodelay(true)?;
+        Ok(Self { s, buf: Vec::new() })
+    }
+
+    /// `GET path`; the status and the session cookie set, if any.
+    fn get(&mut self, path: &str, cookie: Option<&str>) -> Result<(u16, Option<String>)> {
+        let cookie = cookie.map_or(String::new(), |c| format!("Cookie: {COOKIE}={c}\r\n"));
+        write!(self.s, "GET {path} HTTP/1.1\r\nHost: bench\r\n{cookie}\r\n")?;
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(p) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p;
+            }
+            let n = self.s.read(&mut chunk)?;
+            ensure!(n > 0, "connection closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .context("no status")?;
+        let mut len = 0usize;
+        let mut set = None;
+        for l in head.lines() {
+            if let Some((k, v)) = l.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().unwrap_or(0);
+                } else if k.eq_ignore_ascii_case("set-cookie") {
+                    set = v
+                        .trim()
+                        .split(';')
+                        .next()
+                        .and_then(|kv| kv.split_once('='))
+                        .map(|(_, v)| v.to_owned());
+                }
+            }
+        }
+        let total = head_end + 4 + len;
+        while self.buf.len() < total {
+            let n = self.s.read(&mut chunk)?;
+            ensure!(n > 0, "connection closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        self.buf.drain(..total);
+        Ok((status, set))
+    }
+}
+
+fn bench_config(cluster: &str, port: u16) -> String {
+    format!(
+        "[membership]\ncluster = \"{cluster}\"\n\n[membership.multicast]\nport = {port}\n\n\
+         [transport]\nport = 0\n\n[admin]\nport = 0\n"
+    )
+}
+
+/// Requests/s and latency of `/count` on `addr` from `clients` keep-alive clients, each with
+/// its own session.
+fn load(addr: SocketAddr, clients: usize, secs: f64) -> Result<(u64, f64, f64, f64)> {
+    let stop = Instant::now() + Duration::from_secs_f64(secs);
+    let mut threads = Vec::new();
+    for _ in 0..clients {
+        threads.push(std::thread::spawn(move || -> Result<Vec<f64>> {
+            let mut conn = Conn::open(addr)?;
+            let (_, cookie) = conn.get("/count", None)?;
+            let cookie = cookie.context("no cookie")?;
+            let mut us = Vec::new();
+            while Instant::now() < stop {
+                let t = Instant::now();
+                let (status, _) = conn.get("/count", Some(&cookie))?;
+                ensure!(status == 200, "status {status}");
+                us.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            Ok(us)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in threads {
+        all.extend(t.join().map_err(|_| anyhow::anyhow!("a client panicked"))??);
+    }
+    all.sort_by(f64::total_cmp);
+    ensure!(!all.is_empty(), "no request completed");
+    let pct = |p: usize| all[(all.len() - 1) * p / 1000];
+    Ok((all.len() as u64, all.len() as f64 / secs, pct(500), pct(990)))
+}
+
+/// `cargo xtask bench --test session`: the counter app's requests/s and latency with
+/// replication to two other members against a single member, the time from a member's
+/// SIGKILL to a session's first answer elsewhere, and state transfer of sessions.
+pub(crate) fn bench(quick: bool) -> Result<()> {
+    crate::run_cmd(crate::cargo().args([
+        "build",
+        "--locked",
+        "--release",
+        "-p",
+        "cohort-session",
+        "--example",
+        "counter",
+    ]))?;
+    let exe = harness::target_dir().join("release/examples/counter");
+    let dir = harness::target_dir().join("cohort-bench-session");
+    let _ = std::fs::remove_dir_all(&dir);
+    let secs = if quick { 2.0 } else { 5.0 };
+    let clients: usize = std::env::var("COHORT_BENCH_CLIENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    for (label, manager, members) in [
+        ("single-member", "delta", 1usize),
+        ("delta", "delta", 3),
+        ("backup", "backup", 3),
+    ] {
+        let cluster = format!("bench-session-{label}-{}", std::process::id());
+        let config = bench_config(&cluster, harness::free_udp_port()?);
+        let mut apps = Vec::new();
+        for i in 0..members {
+            apps.push(start_app(&exe, &dir, &format!("{label}{i}"), &config, manager)?);
+        }
+        wait_views(&mut apps, members - 1)?;
+        let (n, rps, p50, p99) = load(apps[0].http, clients, secs)?;
+        println!(
+            "RESULT impl=cohort test=session manager={label} members={members} clients={clients} secs={secs} requests={n} req_per_s={rps:.0} p50_us={p50:.0} p99_us={p99:.0}"
+        );
+        if members == 3 {
+            // Failover: a session made on the first member, which is killed; the time until
+            // the second answers for it.
+            let mut c = Client::default();
+            c.count(apps[0].http).context("a first request")?;
+            let killed = Instant::now();
+            harness::signal(apps[0].node.pid, "KILL")?;
+            let mut took = None;
+            while killed.elapsed() < Duration::from_secs(20) {
+                if c.count(apps[1].http).is_some() {
+                    took = Some(killed.elapsed());
+                    break;
+                }
+            }
+            let took = took.context("no failover")?;
+            ensure!(c.lost == 0 && c.last == 2, "the session lost its count");
+            println!(
+                "RESULT impl=cohort test=session op=failover manager={manager} members=3 takeover_ms={:.1}",
+                took.as_secs_f64() * 1e3
+            );
+        }
+        for app in &mut apps {
+            let _ = harness::signal(app.node.pid, "TERM");
+        }
+    }
+    let mut cmd = crate::cargo();
+    cmd.args([
+        "run",
+        "--locked",
+        "--release",
+        "-q",
+        "-p",
+        "cohort-session",
+        "--example",
+        "session_bench",
+    ]);
+    if quick {
+        cmd.args(["--", "--sessions", "2000"]);
+    }
+    crate::run_cmd(&mut cmd)
+}

@@ -107,6 +107,11 @@ pub(crate) enum Cmd {
     /// Answers to the core's own requests, or to the handle's hello.
     Answers(Vec<(MemberId, Msg)>),
     Known(Vec<Member>),
+    /// SYNC_ACK records for these members (all of them holders): sent with the group's next
+    /// message; the answer is who did not apply them.
+    GroupCommit(Vec<Member>, Vec<Record>, Reply<Vec<(MemberId, String)>>),
+    /// The group's message was answered: the next may leave.
+    GroupDone(Vec<MemberId>),
     Gone(Vec<MemberId>),
     AntiEntropy(MemberId),
     Stop(Reply<()>),
@@ -174,6 +179,44 @@ pub(crate) struct RawMap {
     events: broadcast::Sender<CoreEvent>,
     counters: Arc<Counters>,
     name: String,
+}
+
+/// The members that did not take a write, and why: failed sends, and for SYNC_ACK refusals
+/// and silence.
+fn missing_of(
+    result: &cohort_channel::CallResult,
+    sync: bool,
+    timeout: Duration,
+) -> Vec<(MemberId, String)> {
+    let mut missing = result.failed.clone();
+    if sync {
+        for r in &result.replies {
+            match Msg::decode(&r.payload) {
+                Ok(Msg::Applied { error: None }) => {}
+                Ok(Msg::Applied { error: Some(e) }) => missing.push((r.from, e)),
+                _ => missing.push((r.from, "an unexpected answer".into())),
+            }
+        }
+        missing.extend(
+            result
+                .no_reply
+                .iter()
+                .map(|m| (*m, format!("no answer within {timeout:?}"))),
+        );
+    }
+    missing
+}
+
+/// SYNC_ACK writes to one set of members, grouped: while one message is in flight to them,
+/// the writes that follow wait and leave together in the next (group commit: one message per
+/// round trip instead of one per write).
+#[derive(Default)]
+struct Group {
+    members: Vec<Member>,
+    /// Records waiting, with the number each waiter added.
+    pending: Vec<Record>,
+    waiters: Vec<(usize, Reply<Vec<(MemberId, String)>>)>,
+    in_flight: bool,
 }
 
 /// Commands taken per wake-up after the first (their ASYNC writes leave in one message).
@@ -250,6 +293,8 @@ struct Owner {
     /// For answers of background requests: the inbound queue.
     cmd: mpsc::WeakSender<Cmd>,
     room: Arc<Room>,
+    /// SYNC_ACK writes, grouped by their destinations.
+    groups: HashMap<Vec<MemberId>, Group>,
     /// ASYNC writes of the current burst, by destination set and whether they carry values.
     batch: HashMap<(Vec<MemberId>, bool), Vec<Record>>,
     batch_bytes: usize,
@@ -311,6 +356,7 @@ impl RawMap {
             cmd: inbound.downgrade(),
             room: room.clone(),
             batch: HashMap::new(),
+            groups: HashMap::new(),
             batch_bytes: 0,
             events: events.clone(),
             background: Arc::new(Semaphore::new(cfg.max_background_requests)),
@@ -633,7 +679,14 @@ impl RawMap {
         }
         let mut missing = Vec::new();
         for (to, records) in full.into_values() {
-            missing.extend(self.send_full(&to, records, mode).await?);
+            if sync {
+                let got = self
+                    .request(|tx| Cmd::GroupCommit(to, records, tx))
+                    .await?;
+                missing.extend(got);
+            } else {
+                missing.extend(self.send_full(&to, records, mode).await?);
+            }
         }
         if !missing.is_empty() {
             return Err(MapError::NotApplied {
@@ -678,22 +731,7 @@ impl RawMap {
             }
             WriteMode::SyncAck => self.rpc.call(to, body, how.mode(ReplyMode::All)).await?,
         };
-        let mut missing: Vec<(MemberId, String)> = result.failed;
-        if sync {
-            for r in &result.replies {
-                match Msg::decode(&r.payload) {
-                    Ok(Msg::Applied { error: None }) => {}
-                    Ok(Msg::Applied { error: Some(e) }) => missing.push((r.from, e)),
-                    _ => missing.push((r.from, "an unexpected answer".into())),
-                }
-            }
-            missing.extend(
-                result
-                    .no_reply
-                    .iter()
-                    .map(|m| (*m, format!("no answer within {:?}", self.cfg.rpc_timeout))),
-            );
-        }
+        let missing = missing_of(&result, sync, self.cfg.rpc_timeout);
         if !result.no_channel.is_empty() {
             // They stopped the map: no longer members.
             self.send(Cmd::Gone(result.no_channel)).await?;
@@ -1110,6 +1148,22 @@ impl Owner {
                     let _ = self.budgeted((0, 0), need, |core| core.handle_message(now, from, msg));
                 }
             }
+            Cmd::GroupCommit(members, records, reply) => {
+                let mut key: Vec<MemberId> = members.iter().map(|m| m.id).collect();
+                key.sort();
+                let g = self.groups.entry(key).or_default();
+                g.members = members;
+                g.waiters.push((records.len(), reply));
+                g.pending.extend(records);
+            }
+            Cmd::GroupDone(key) => {
+                if let Some(g) = self.groups.get_mut(&key) {
+                    g.in_flight = false;
+                    if g.pending.is_empty() {
+                        self.groups.remove(&key);
+                    }
+                }
+            }
             Cmd::Known(members) => {
                 for m in members {
                     self.known.insert(m.id, m);
@@ -1159,6 +1213,7 @@ impl Owner {
 
     /// Sends what the core queued, and hands changes to subscribers.
     fn flush(&mut self) {
+        self.dispatch_groups();
         let batch = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
         for ((ids, _), records) in batch {
@@ -1188,6 +1243,63 @@ impl Owner {
         }
         while let Some(e) = self.core.poll_event() {
             let _ = self.events.send(e);
+        }
+    }
+
+    /// Sends each idle group's waiting records as one SYNC_ACK message (up to about
+    /// `max_chunk_bytes`, whole waiters at a time), and answers its waiters when it returns.
+    fn dispatch_groups(&mut self) {
+        let Some(done) = self.cmd.upgrade() else {
+            return;
+        };
+        for (key, g) in &mut self.groups {
+            if g.in_flight || g.waiters.is_empty() {
+                continue;
+            }
+            let mut take = 0;
+            let mut records = 0;
+            let mut size = 0;
+            for (n, _) in &g.waiters {
+                if take > 0 && size >= self.cfg.max_chunk_bytes {
+                    break;
+                }
+                size += g.pending[records..records + n].iter().map(Record::weight).sum::<usize>();
+                records += n;
+                take += 1;
+            }
+            let waiters: Vec<_> = g.waiters.drain(..take).map(|(_, w)| w).collect();
+            let batch: Vec<Record> = g.pending.drain(..records).collect();
+            g.in_flight = true;
+            let (rpc, to, key, timeout, done) = (
+                self.rpc.clone(),
+                g.members.clone(),
+                key.clone(),
+                self.cfg.rpc_timeout,
+                done.clone(),
+            );
+            tokio::spawn(async move {
+                let body = Msg::Update {
+                    sync: true,
+                    records: batch,
+                }
+                .encode();
+                let how = CallOptions::default()
+                    .mode(ReplyMode::All)
+                    .timeout(timeout);
+                let missing = match rpc.call(&to, body, how).await {
+                    Ok(result) => {
+                        if !result.no_channel.is_empty() {
+                            let _ = done.send(Cmd::Gone(result.no_channel.clone())).await;
+                        }
+                        missing_of(&result, true, timeout)
+                    }
+                    Err(e) => to.iter().map(|m| (m.id, format!("not sent: {e}"))).collect(),
+                };
+                for w in waiters {
+                    let _ = w.send(missing.clone());
+                }
+                let _ = done.send(Cmd::GroupDone(key)).await;
+            });
         }
     }
 
