@@ -363,12 +363,20 @@ fn load(addr: SocketAddr, clients: usize, secs: f64) -> Result<(u64, f64, f64, f
     }
     let mut all = Vec::new();
     for t in threads {
-        all.extend(t.join().map_err(|_| anyhow::anyhow!("a client panicked"))??);
+        all.extend(
+            t.join()
+                .map_err(|_| anyhow::anyhow!("a client panicked"))??,
+        );
     }
     all.sort_by(f64::total_cmp);
     ensure!(!all.is_empty(), "no request completed");
     let pct = |p: usize| all[(all.len() - 1) * p / 1000];
-    Ok((all.len() as u64, all.len() as f64 / secs, pct(500), pct(990)))
+    Ok((
+        all.len() as u64,
+        all.len() as f64 / secs,
+        pct(500),
+        pct(990),
+    ))
 }
 
 /// `cargo xtask bench --test session`: the counter app's requests/s and latency with
@@ -401,7 +409,13 @@ pub(crate) fn bench(quick: bool) -> Result<()> {
         let config = bench_config(&cluster, harness::free_udp_port()?);
         let mut apps = Vec::new();
         for i in 0..members {
-            apps.push(start_app(&exe, &dir, &format!("{label}{i}"), &config, manager)?);
+            apps.push(start_app(
+                &exe,
+                &dir,
+                &format!("{label}{i}"),
+                &config,
+                manager,
+            )?);
         }
         wait_views(&mut apps, members - 1)?;
         let (n, rps, p50, p99) = load(apps[0].http, clients, secs)?;

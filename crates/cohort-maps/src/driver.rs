@@ -680,9 +680,7 @@ impl RawMap {
         let mut missing = Vec::new();
         for (to, records) in full.into_values() {
             if sync {
-                let got = self
-                    .request(|tx| Cmd::GroupCommit(to, records, tx))
-                    .await?;
+                let got = self.request(|tx| Cmd::GroupCommit(to, records, tx)).await?;
                 missing.extend(got);
             } else {
                 missing.extend(self.send_full(&to, records, mode).await?);
@@ -1263,7 +1261,10 @@ impl Owner {
                 if take > 0 && size >= self.cfg.max_chunk_bytes {
                     break;
                 }
-                size += g.pending[records..records + n].iter().map(Record::weight).sum::<usize>();
+                size += g.pending[records..records + n]
+                    .iter()
+                    .map(Record::weight)
+                    .sum::<usize>();
                 records += n;
                 take += 1;
             }
@@ -1283,9 +1284,7 @@ impl Owner {
                     records: batch,
                 }
                 .encode();
-                let how = CallOptions::default()
-                    .mode(ReplyMode::All)
-                    .timeout(timeout);
+                let how = CallOptions::default().mode(ReplyMode::All).timeout(timeout);
                 let missing = match rpc.call(&to, body, how).await {
                     Ok(result) => {
                         if !result.no_channel.is_empty() {
@@ -1293,7 +1292,10 @@ impl Owner {
                         }
                         missing_of(&result, true, timeout)
                     }
-                    Err(e) => to.iter().map(|m| (m.id, format!("not sent: {e}"))).collect(),
+                    Err(e) => to
+                        .iter()
+                        .map(|m| (m.id, format!("not sent: {e}")))
+                        .collect(),
                 };
                 for w in waiters {
                     let _ = w.send(missing.clone());

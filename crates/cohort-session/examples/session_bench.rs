@@ -21,7 +21,11 @@ use cohort_transport::TransportConfig;
 
 async fn cluster(n: usize) -> Result<Vec<ChannelHandle>> {
     let ports: Vec<u16> = (0..n)
-        .map(|_| Ok(std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port()))
+        .map(|_| {
+            Ok(std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?
+                .local_addr()?
+                .port())
+        })
         .collect::<Result<_>>()?;
     let mut out = Vec::new();
     for port in &ports {
@@ -33,7 +37,10 @@ async fn cluster(n: usize) -> Result<Vec<ChannelHandle>> {
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         out.push(
             GroupChannel::builder()
-                .transport(TransportConfig { port: 0, ..TransportConfig::default() })
+                .transport(TransportConfig {
+                    port: 0,
+                    ..TransportConfig::default()
+                })
                 .membership(MembershipSetup {
                     config: MembershipConfig {
                         cluster: format!("session-bench-{}", ports[0]),
@@ -49,7 +56,10 @@ async fn cluster(n: usize) -> Result<Vec<ChannelHandle>> {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while !out.iter().all(|c| c.members().len() == n - 1) {
-        ensure!(Instant::now() < deadline, "the channels never saw each other");
+        ensure!(
+            Instant::now() < deadline,
+            "the channels never saw each other"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(out)
@@ -74,10 +84,17 @@ async fn main() -> Result<()> {
             let mut id = [0u8; 16];
             id[..8].copy_from_slice(&i.to_be_bytes());
             let attributes: BTreeMap<String, Bytes> = [("data".to_string(), value.clone())].into();
-            let changes = Changes { set: attributes.clone(), ..Changes::default() };
+            let changes = Changes {
+                set: attributes.clone(),
+                ..Changes::default()
+            };
             let data = SessionData {
                 id: SessionId::from_bytes(id),
-                meta: Meta { created_ms: now, last_access_ms: now, max_inactive_ms: 1_800_000 },
+                meta: Meta {
+                    created_ms: now,
+                    last_access_ms: now,
+                    max_inactive_ms: 1_800_000,
+                },
                 attributes,
             };
             a.commit(&data, &changes, true).await?;

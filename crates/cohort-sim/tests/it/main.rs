@@ -4,6 +4,7 @@
 
 mod channel;
 mod maps;
+mod sessions;
 
 use std::time::Duration;
 

@@ -54,14 +54,49 @@ fn map_config() -> MapConfig {
     }
 }
 
-fn sim_clock() -> cohort_maps::Clock {
+pub(crate) fn sim_clock() -> cohort_maps::Clock {
     Arc::new(|| {
         SIM_EPOCH_MS
             + u64::try_from(turmoil::sim_elapsed().unwrap_or_default().as_millis()).unwrap_or(0)
     })
 }
 
-fn name_seed(name: &str) -> u64 {
+/// A channel with multicast membership on the simulated host `name` (the state layer's
+/// simulations share it).
+pub(crate) async fn sim_channel(
+    name: &str,
+    rng: &mut rand::rngs::StdRng,
+) -> Result<cohort_channel::ChannelHandle, Box<dyn std::error::Error>> {
+    let ip = turmoil::lookup(name);
+    Ok(GroupChannel::builder()
+        .transport(TransportConfig {
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: 4000,
+            send_timeout: Duration::from_millis(1000),
+            connect_timeout: Duration::from_millis(500),
+            ..TransportConfig::default()
+        })
+        .local(LocalMemberConfig {
+            name: Some(name.into()),
+            data_addr: Some(SocketAddr::new(ip, 4000)),
+            ..LocalMemberConfig::default()
+        })
+        .membership(MembershipSetup {
+            config: MembershipConfig {
+                cluster: "state-sim".into(),
+                frequency: Duration::from_millis(200),
+                drop_time: Duration::from_millis(1500),
+                ..MembershipConfig::default()
+            },
+            multicast: Some(MulticastConfig::default()),
+            static_members: None,
+        })
+        .services(Services::DEFAULT)
+        .start_with(TurmoilNet::new(name), rng)
+        .await?)
+}
+
+pub(crate) fn name_seed(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
@@ -88,33 +123,7 @@ fn host<F: Flavor>(
             };
             let mut rng =
                 rand::rngs::StdRng::seed_from_u64(seed ^ name_seed(name) ^ inc.rotate_left(32));
-            let ip = turmoil::lookup(name);
-            let channel = GroupChannel::builder()
-                .transport(TransportConfig {
-                    bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                    port: 4000,
-                    send_timeout: Duration::from_millis(1000),
-                    connect_timeout: Duration::from_millis(500),
-                    ..TransportConfig::default()
-                })
-                .local(LocalMemberConfig {
-                    name: Some(name.into()),
-                    data_addr: Some(SocketAddr::new(ip, 4000)),
-                    ..LocalMemberConfig::default()
-                })
-                .membership(MembershipSetup {
-                    config: MembershipConfig {
-                        cluster: "maps-sim".into(),
-                        frequency: Duration::from_millis(200),
-                        drop_time: Duration::from_millis(1500),
-                        ..MembershipConfig::default()
-                    },
-                    multicast: Some(MulticastConfig::default()),
-                    static_members: None,
-                })
-                .services(Services::DEFAULT)
-                .start_with(TurmoilNet::new(name), &mut rng)
-                .await?;
+            let channel = sim_channel(name, &mut rng).await?;
             // Let the view fill before joining the map.
             tokio::time::sleep(Duration::from_millis(800)).await;
             let mut map = None;
@@ -209,7 +218,7 @@ fn host<F: Flavor>(
     });
 }
 
-fn sim(seed: u64) -> turmoil::Sim<'static> {
+pub(crate) fn sim(seed: u64) -> turmoil::Sim<'static> {
     turmoil::Builder::new()
         .rng_seed(seed)
         .tick_duration(Duration::from_millis(1))
@@ -219,7 +228,11 @@ fn sim(seed: u64) -> turmoil::Sim<'static> {
         .build()
 }
 
-fn run_for(sim: &mut turmoil::Sim<'static>, d: Duration, seed: u64) -> Result<(), String> {
+pub(crate) fn run_for(
+    sim: &mut turmoil::Sim<'static>,
+    d: Duration,
+    seed: u64,
+) -> Result<(), String> {
     let end = sim.elapsed() + d;
     while sim.elapsed() < end {
         sim.step()
