@@ -109,7 +109,7 @@ pub(crate) enum Cmd {
     Known(Vec<Member>),
     /// SYNC_ACK records for these members (all of them holders): sent with the group's next
     /// message; the answer is who did not apply them.
-    GroupCommit(Vec<Member>, Vec<Record>, Reply<Vec<(MemberId, String)>>),
+    GroupCommit(Vec<Member>, Vec<Record>, Reply<Missing>),
     /// The group's message was answered: the next may leave.
     GroupDone(Vec<MemberId>),
     Gone(Vec<MemberId>),
@@ -207,6 +207,9 @@ fn missing_of(
     missing
 }
 
+/// Members that did not take a write, and why.
+type Missing = Vec<(MemberId, String)>;
+
 /// SYNC_ACK writes to one set of members, grouped: while one message is in flight to them,
 /// the writes that follow wait and leave together in the next (group commit: one message per
 /// round trip instead of one per write).
@@ -215,7 +218,7 @@ struct Group {
     members: Vec<Member>,
     /// Records waiting, with the number each waiter added.
     pending: Vec<Record>,
-    waiters: Vec<(usize, Reply<Vec<(MemberId, String)>>)>,
+    waiters: Vec<(usize, Reply<Missing>)>,
     in_flight: bool,
 }
 

@@ -244,8 +244,10 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let _entered = span.enter();
     runtime_with(config.runtime_threads)?.block_on(async move {
         let (events, writer) = Events::start(std::io::stdout());
+        // Handlers first: a SIGTERM right after the `ready` line must still be graceful.
+        let shutdown = shutdown_signal()?;
         let node = node::start(config, &events).await?;
-        shutdown_signal().await?;
+        shutdown.await;
         node.stop(&events).await;
         drop(events);
         let _ = writer.await;
@@ -253,18 +255,24 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     })
 }
 
-async fn shutdown_signal() -> anyhow::Result<()> {
+/// Installs the SIGTERM and SIGINT handlers now; the future ends at the first signal.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            r = tokio::signal::ctrl_c() => r?,
-        }
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
-    tokio::signal::ctrl_c().await?;
-    Ok(())
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 fn run_status(args: &StatusArgs) -> anyhow::Result<()> {

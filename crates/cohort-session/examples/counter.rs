@@ -61,6 +61,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     config.name = Some(args.name.clone());
     let (events, writer) = Events::start(std::io::stdout());
+    // Handlers first: a SIGTERM right after the `ready` line must still be graceful.
+    let shutdown = shutdown()?;
     let node = node::start_deferred(config, &events).await?;
     let manager = SessionManager::start(&node.channel, args.manager, SessionConfig::default())
         .await
@@ -80,7 +82,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     node.announce(&events, extra);
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown())
+        .with_graceful_shutdown(shutdown)
         .await?;
     manager.stop().await;
     node.stop(&events).await;
@@ -89,19 +91,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+/// Installs the SIGTERM and SIGINT handlers now; the future ends at the first signal.
+fn shutdown() -> anyhow::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
+    })
 }
 
 fn main() -> ExitCode {

@@ -139,7 +139,7 @@ mod tests {
     fn a_session_is_one_range_of_keys_and_assembles_back() {
         let id = SessionId::from_bytes([7; 16]);
         let other = SessionId::from_bytes([8; 16]);
-        let mut entries = vec![
+        let mut entries = [
             (meta_key(id), encode_meta(&meta(5))),
             (attribute_key(id, "cart"), Bytes::from_static(b"[1,2]")),
             (attribute_key(id, ""), Bytes::from_static(b"0")),
