@@ -224,6 +224,32 @@ pub(crate) fn scenario(exe: &Path, dir: &Path, config: &str, manager: &str) -> R
         "the restarted member answered {}",
         client.last
     );
+    // Ten requests of this session at once on one member run one after another
+    // (docs/SESSIONS.md): each sees the one before.
+    let cookie = client.cookie.clone().context("a cookie")?;
+    let addr = apps[3].http;
+    let parallel: Vec<_> = (0..10)
+        .map(|_| {
+            let cookie = cookie.clone();
+            std::thread::spawn(move || {
+                get(addr, "/count", Some(&cookie)).map(|r| r.body["count"].as_u64())
+            })
+        })
+        .collect();
+    let mut counts = Vec::new();
+    for t in parallel {
+        let n = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client panicked"))??
+            .context("no count")?;
+        counts.push(n);
+    }
+    counts.sort_unstable();
+    ensure!(
+        counts == (19..=28).collect::<Vec<u64>>(),
+        "parallel requests of one session answered {counts:?}"
+    );
+    client.last = 28;
     // Fifty clients over `c`, `a2` and a fresh `d`; `c` is killed half-way.
     apps.push(start_app(exe, dir, "d", config, manager)?);
     let live = [apps[2].http, apps[3].http, apps[4].http];

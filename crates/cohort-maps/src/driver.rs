@@ -524,9 +524,14 @@ impl RawMap {
             {
                 return Err(e.into());
             }
+            // Room in the queue first, then the claim, with no await between: a caller that
+            // gives up while waiting for the queue holds no claim.
+            let slot = self.cmd.reserve().await.map_err(|_| MapError::Stopped)?;
             if self.room.claim(1, as_i64(key.len() + value.len())) {
-                return self.send(Cmd::PutAsync(key, value)).await;
+                slot.send(Cmd::PutAsync(key, value));
+                return Ok(());
             }
+            drop(slot);
             // Near a limit: the exact path, where the task decides.
         }
         let out = self.request(|tx| Cmd::Put(key, value, tx)).await??;
@@ -890,7 +895,24 @@ impl Owner {
             }
             self.flush();
         }
+        // Leaving: what was accepted before the stop still goes out. Calls queued behind the
+        // stop are handled, then every waiting message is sent (waiting for request slots).
+        rx.close();
+        while let Ok(cmd) = rx.try_recv() {
+            match cmd {
+                Cmd::Stop(reply) => {
+                    let _ = reply.send(());
+                }
+                cmd => self.handle(cmd),
+            }
+        }
         self.flush();
+        while let Some((to, msg, request)) = self.pending.pop_front() {
+            let Ok(permit) = self.background.clone().acquire_owned().await else {
+                break;
+            };
+            self.spawn_request(permit, to, msg, request);
+        }
         // Leaving: tell the others at once rather than let them wait for the view.
         let members: Vec<Member> = self
             .core
@@ -1210,6 +1232,20 @@ impl Owner {
         let members: std::collections::BTreeSet<MemberId> = self.core.members().collect();
         self.known
             .retain(|id, _| view.contains(id) || members.contains(id));
+        // Channel members not (yet) in the map: ask again, in case a hello or its answer was
+        // lost (those without the map answer "no RPC channel").
+        let strangers: Vec<Member> = self
+            .channel
+            .members()
+            .into_iter()
+            .filter(|m| !members.contains(&m.id))
+            .collect();
+        if !strangers.is_empty() {
+            for m in &strangers {
+                self.known.insert(m.id, m.clone());
+            }
+            self.background(strangers, Msg::Hello, true);
+        }
     }
 
     /// Sends what the core queued, and hands changes to subscribers.
@@ -1311,7 +1347,13 @@ impl Owner {
     /// Sends `msg` from a task of its own when a request slot is free, else queues it; a
     /// request's answers come back as commands.
     fn background(&mut self, to: Vec<Member>, msg: Msg, request: bool) {
-        let droppable = matches!(msg, Msg::Digest { .. } | Msg::Hello | Msg::Fetch { .. });
+        // Anti-entropy repeats every period: its messages (a digest, the repair half of an
+        // exchange, which a peer can ask for unprompted) give way under pressure; records of
+        // writes and placement changes never do.
+        let droppable = matches!(
+            msg,
+            Msg::Digest { .. } | Msg::DigestReply { .. } | Msg::Hello | Msg::Fetch { .. }
+        );
         if !self.pending.is_empty() {
             if droppable && self.pending.len() >= self.cfg.max_background_requests {
                 self.counters.skipped.fetch_add(1, Ordering::Relaxed);

@@ -7,10 +7,10 @@
 //! route suffix when the session now lives on this member (after a failover, as Tomcat's
 //! `JvmRouteBinderValve`; the id stays, so nothing is lost).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use axum::body::Body;
@@ -40,31 +40,9 @@ struct Shared {
     secure: bool,
     fail_on_replication_error: bool,
     filter: Option<Filter>,
-    locks: Mutex<HashMap<SessionId, Weak<tokio::sync::Mutex<()>>>>,
 }
 
-/// Most per-session locks kept before the unused ones are swept.
-const LOCK_SWEEP: usize = 4096;
-
 impl Shared {
-    async fn lock(&self, id: SessionId) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = {
-            let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
-            if locks.len() >= LOCK_SWEEP {
-                locks.retain(|_, w| w.strong_count() > 0);
-            }
-            match locks.get(&id).and_then(Weak::upgrade) {
-                Some(l) => l,
-                None => {
-                    let l = Arc::new(tokio::sync::Mutex::new(()));
-                    locks.insert(id, Arc::downgrade(&l));
-                    l
-                }
-            }
-        };
-        lock.lock_owned().await
-    }
-
     fn cookie_value(&self, id: SessionId) -> String {
         match &self.route {
             Some(r) => format!("{id}.{r}"),
@@ -145,7 +123,6 @@ impl SessionLayer {
                 secure: false,
                 fail_on_replication_error: false,
                 filter: None,
-                locks: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -236,7 +213,7 @@ where
             }
             let cookie = read_cookie(&req, &shared.cookie);
             let _serial = match &cookie {
-                Some((id, _)) => Some(shared.lock(*id).await),
+                Some((id, _)) => Some(shared.manager.lock(*id).await),
                 None => None,
             };
             let loaded = match &cookie {
@@ -295,7 +272,7 @@ async fn finish(shared: &Shared, session: &Session, route: Option<String>, res: 
         ),
         None if st.changes.set.is_empty() => return, // a session is made by its first attribute
         None => (
-            SessionId::random(),
+            st.new_id.unwrap_or_else(SessionId::random),
             Meta {
                 created_ms: now,
                 last_access_ms: now,
@@ -330,6 +307,8 @@ async fn finish(shared: &Shared, session: &Session, route: Option<String>, res: 
 #[derive(Default)]
 struct State {
     loaded: Option<(SessionId, Meta)>,
+    /// The id of a session this request creates (drawn at its first attribute).
+    new_id: Option<SessionId>,
     attributes: BTreeMap<String, Bytes>,
     changes: Changes,
     invalidated: bool,
@@ -369,9 +348,11 @@ impl Session {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The id, once the session exists (`None` for a new one until the response).
+    /// The id: the loaded session's, or for a new one the id it will have once created
+    /// (drawn when its first attribute is set; `None` before).
     pub fn id(&self) -> Option<SessionId> {
-        self.state().loaded.map(|(id, _)| id)
+        let st = self.state();
+        st.loaded.map(|(id, _)| id).or(st.new_id)
     }
 
     /// True for a session this request is creating.
@@ -402,6 +383,9 @@ impl Session {
         })?;
         let v = Bytes::from(v);
         let mut st = self.state();
+        if st.loaded.is_none() && st.new_id.is_none() {
+            st.new_id = Some(SessionId::random());
+        }
         if st.attributes.get(name) == Some(&v) {
             return Ok(());
         }

@@ -13,7 +13,7 @@
 //! holders), access times are batched (`access_flush_interval`), and expired sessions are
 //! removed everywhere.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -224,7 +224,13 @@ struct Inner {
     access: Mutex<AccessBatch>,
     counters: Counters,
     events: broadcast::Sender<SessionEvent>,
+    /// One lock per session in use here: a request (load to commit) and the access-time flush
+    /// of that session never interleave.
+    locks: Mutex<HashMap<SessionId, Weak<tokio::sync::Mutex<()>>>>,
 }
+
+/// Most per-session locks kept before the unused ones are swept.
+const LOCK_SWEEP: usize = 4096;
 
 /// A session manager on a channel: [`SessionManager::start`]. Clones share it.
 #[derive(Clone)]
@@ -301,9 +307,17 @@ impl SessionManager {
             clock,
             counters: Counters::default(),
             events,
+            locks: Mutex::new(HashMap::new()),
         });
         tokio::spawn(background(Arc::downgrade(&inner)));
         Ok(Self { inner })
+    }
+
+    /// Takes the lock of session `id` on this member: hold it from loading a session to
+    /// committing its change (the layer does), so that two requests of one session here run
+    /// one after the other and the access-time flush never writes between them.
+    pub async fn lock(&self, id: SessionId) -> tokio::sync::OwnedMutexGuard<()> {
+        lock_session(&self.inner, id).await
     }
 
     /// Which manager this is.
@@ -357,7 +371,9 @@ impl SessionManager {
                 None => None,
             },
         };
-        Ok(data.filter(|d| !core::is_expired(&d.meta, now, grace)))
+        // A session with no attribute left is no session (a stray access time written after
+        // an invalidation elsewhere must not bring back an empty one).
+        Ok(data.filter(|d| !core::is_expired(&d.meta, now, grace) && !d.attributes.is_empty()))
     }
 
     /// Replicates what a request changed: `data` is the session after the change (its
@@ -494,6 +510,24 @@ impl SessionManager {
     }
 }
 
+async fn lock_session(inner: &Inner, id: SessionId) -> tokio::sync::OwnedMutexGuard<()> {
+    let lock = {
+        let mut locks = inner.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        if locks.len() >= LOCK_SWEEP {
+            locks.retain(|_, w| w.strong_count() > 0);
+        }
+        match locks.get(&id).and_then(Weak::upgrade) {
+            Some(l) => l,
+            None => {
+                let l = Arc::new(tokio::sync::Mutex::new(()));
+                locks.insert(id, Arc::downgrade(&l));
+                l
+            }
+        }
+    };
+    lock.lock_owned().await
+}
+
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -540,15 +574,26 @@ async fn flush_access(inner: &Inner) {
     inner.counters.bump(|s| s.access_flushes += 1);
     let result = match &inner.store {
         Store::Delta(map) => {
-            let ops = batch
-                .iter()
-                .map(|(id, meta)| (core::meta_key(*id), Some(core::encode_meta(meta))))
-                .collect();
+            let mut ops = Vec::with_capacity(batch.len());
+            for (id, meta) in &batch {
+                // Only sessions that still exist here (not removed since the access).
+                let key = core::meta_key(*id);
+                if map
+                    .entries_with_prefix(&key)
+                    .await
+                    .is_ok_and(|e| !e.is_empty())
+                {
+                    ops.push((key, Some(core::encode_meta(meta))));
+                }
+            }
             map.write_batch(ops, WriteMode::Async).await
         }
         Store::Backup(map) => {
             let mut result = Ok(());
             for (id, meta) in batch {
+                // Read and write back under the session's lock: a request's commit or an
+                // invalidation never falls between them.
+                let _serial = lock_session(inner, id).await;
                 let key = Bytes::copy_from_slice(id.as_bytes());
                 // Only where the session's value is here (its primary, normally).
                 if let Some(Some(v)) = map

@@ -469,6 +469,12 @@ impl MapCore {
                 return Some((self.value_of(&record.key), None));
             }
         }
+        // A fetched record is a peer's word: the same checks as any remote record before it
+        // moves this member's clock.
+        if Self::remote_refusal(&self.cfg, now_ms, &record).is_some() {
+            self.stats.rejected += 1;
+            return Some((self.value_of(&record.key), None));
+        }
         self.hlc.observe(record.placed.hlc.max(record.version.hlc));
         let holders: Vec<MemberId> = ids(&record.backups)
             .into_iter()
@@ -587,6 +593,35 @@ impl MapCore {
 
     // ---- applying records --------------------------------------------------------------
 
+    /// What every record from a peer must pass before it is applied or moves the clock: no
+    /// version more than `max_clock_skew` ahead, sizes within the limits.
+    fn remote_refusal(cfg: &MapConfig, now_ms: u64, rec: &Record) -> Option<Refused> {
+        let max_ahead = ms(cfg.max_clock_skew).saturating_mul(1 << LOGICAL_BITS);
+        let limit = (now_ms << LOGICAL_BITS).saturating_add(max_ahead);
+        for v in [rec.version, rec.placed] {
+            if v.hlc > limit {
+                return Some(Refused::Future {
+                    ahead_ms: v.millis().saturating_sub(now_ms),
+                });
+            }
+        }
+        let (key, value) = (rec.key.len(), rec.value.as_ref().map_or(0, Bytes::len));
+        if key > cfg.max_key_bytes {
+            return Some(Refused::TooLarge {
+                what: "key",
+                len: key,
+                limit: "max_key_bytes",
+                max: cfg.max_key_bytes,
+            });
+        }
+        (value > cfg.max_value_bytes).then_some(Refused::TooLarge {
+            what: "value",
+            len: value,
+            limit: "max_value_bytes",
+            max: cfg.max_value_bytes,
+        })
+    }
+
     /// Applies `record` if it is newer than what is held. `Ok(true)` when it changed
     /// something.
     fn install(&mut self, now_ms: u64, rec: Record, origin: Origin) -> Result<bool, Refused> {
@@ -634,20 +669,10 @@ impl MapCore {
             }
         }
         if origin == Origin::Remote {
-            let max_ahead = ms(self.cfg.max_clock_skew).saturating_mul(1 << LOGICAL_BITS);
-            let limit = (now_ms << LOGICAL_BITS).saturating_add(max_ahead);
-            for v in [rec.version, rec.placed] {
-                if v.hlc > limit {
-                    self.stats.rejected += 1;
-                    return Err(Refused::Future {
-                        ahead_ms: v.millis().saturating_sub(now_ms),
-                    });
-                }
+            if let Some(refused) = Self::remote_refusal(&self.cfg, now_ms, &rec) {
+                self.stats.rejected += 1;
+                return Err(refused);
             }
-            self.check_sizes(&rec.key, rec.value.as_ref())
-                .inspect_err(|_| {
-                    self.stats.rejected += 1;
-                })?;
             self.hlc.observe(rec.placed.hlc.max(rec.version.hlc));
         }
         let primary = MemberId::from_bytes(rec.primary);

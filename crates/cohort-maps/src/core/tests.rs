@@ -530,3 +530,23 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_fetched_record_from_the_far_future_is_not_adopted_and_does_not_move_the_clock() {
+    let mut net = Net::new(2, Kind::Lazy, &MapConfig::default());
+    let future = Version::new((T0 + 3_600_000) << LOGICAL_BITS, id(2));
+    let rec = Record {
+        key: b("k"),
+        version: future,
+        placed: future,
+        removed: false,
+        primary: [2; 16],
+        backups: vec![],
+        value: Some(b("v")),
+    };
+    let (value, write) = net.core(1).adopt(T0, rec).unwrap();
+    assert_eq!((value, write), (None, None));
+    assert_eq!(net.core(1).stats().rejected, 1);
+    let w = net.core(1).put(T0, b("k2"), b("mine")).unwrap();
+    assert_eq!(w.record.version.millis(), T0, "the clock stayed");
+}

@@ -13,6 +13,10 @@ async fn failover(kind: ManagerKind) {
     assert_eq!(first.body["count"], 1);
     let cookie = first.set_cookie.expect("a cookie for a new session");
     assert!(cookie.ends_with(".n0"), "{cookie}");
+    let id = first.body["session"]
+        .as_str()
+        .expect("a new session's id in its first answer");
+    assert!(cookie.starts_with(id), "{cookie} carries {id}");
     for n in 2..=5 {
         let a = get_path(&apps[0].router, "/count", Some(&cookie)).await;
         assert_eq!(a.body["count"], n);

@@ -63,7 +63,7 @@ pub(crate) async fn cluster(n: usize) -> Vec<ChannelHandle> {
 async fn count(State(name): State<String>, session: Session) -> Json<Value> {
     let n: u64 = session.get("count").unwrap().unwrap_or(0) + 1;
     session.insert("count", &n).unwrap();
-    Json(json!({"count": n, "node": name}))
+    Json(json!({"count": n, "node": name, "session": session.id().map(|id| id.to_string())}))
 }
 
 async fn bump_big(session: Session) -> Json<Value> {
