@@ -1,0 +1,805 @@
+//! The driver: one task owns the [`DeployCore`] and does the file work it asks for; an
+//! [`RpcChannel`] (id `deploy`) carries the messages. Chunks are served straight from the
+//! deploy directory on the channel's delivery thread.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use cohort_channel::{
+    CallOptions, ChannelHandle, ReplyMode, RpcChannel, RpcHandler, SendOptions, ViewEvent,
+};
+use cohort_membership::MembershipEvent;
+use cohort_wire::{Member, MemberId};
+use sha2::Digest;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::config::DeployerConfig;
+use crate::core::{DeployCore, DeployEvent, DeployStats, Output};
+use crate::fsio;
+use crate::msg::{FileMeta, Msg};
+
+/// The manifest this member keeps in its temp directory (what it has and has undeployed).
+const MANIFEST: &str = ".cohort-manifest";
+
+/// Why a deployer call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeployError {
+    /// A setting that cannot work.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A file name that could leave the deploy directory, or is not a plain name.
+    #[error("file name `{name}` refused: {reason}")]
+    Name {
+        /// The name.
+        name: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A file above `max_file_size`.
+    #[error("{size} bytes exceeds max_file_size ({max})")]
+    TooLarge {
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A file operation failed.
+    #[error("{what}: {error}")]
+    Io {
+        /// What was done.
+        what: String,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// The name is not deployed.
+    #[error("`{0}` is not deployed")]
+    NotDeployed(String),
+    /// The channel refused (stopped, ...).
+    #[error("channel: {0}")]
+    Channel(#[from] cohort_channel::ChannelError),
+    /// The deployer stopped.
+    #[error("the deployer is stopped")]
+    Stopped,
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DeployError {
+    let what = what.into();
+    move |error| DeployError::Io { what, error }
+}
+
+/// Which files each member has, and whether they agree.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeployStatus {
+    /// This member's files (undeployed ones included, `removed`).
+    pub local: Vec<FileMeta>,
+    /// What each other member said it has.
+    pub peers: BTreeMap<MemberId, Vec<FileMeta>>,
+    /// Transfers in progress: the file and its chunks verified so far.
+    pub transfers: Vec<(FileMeta, u32)>,
+    /// Every member that answered has the same live files (name, version, hash) as this one.
+    pub agree: bool,
+    /// Counters.
+    pub stats: DeployStats,
+}
+
+enum Cmd {
+    Inbound(Member, Msg, Option<oneshot::Sender<Msg>>),
+    ChunkAnswer(FileMeta, u32, MemberId, Option<(u32, Bytes)>),
+    Installed(FileMeta, Result<(), String>),
+    LocalDone(
+        Result<(String, u64, [u8; 32]), (String, String)>,
+        Option<oneshot::Sender<Result<FileMeta, String>>>,
+    ),
+    Deploy(String, Bytes, oneshot::Sender<Result<FileMeta, String>>),
+    Undeploy(String, oneshot::Sender<Result<FileMeta, DeployError>>),
+    Status(oneshot::Sender<DeployStatus>),
+    Scan,
+    Stop(oneshot::Sender<()>),
+}
+
+/// A running deployer: [`DeployerHandle::start`]. Clones share it.
+#[derive(Clone)]
+pub struct DeployerHandle {
+    cmd: mpsc::Sender<Cmd>,
+    events: broadcast::Sender<DeployEvent>,
+    cfg: Arc<DeployerConfig>,
+}
+
+struct Handler {
+    cmd: mpsc::WeakSender<Cmd>,
+    files: watch::Receiver<Arc<BTreeMap<String, FileMeta>>>,
+    deploy_dir: PathBuf,
+}
+
+impl RpcHandler for Handler {
+    fn reply_request(&self, from: &Member, request: &Bytes) -> Option<Bytes> {
+        let Ok(msg) = Msg::decode(request) else {
+            tracing::debug!(member = %from.id, "malformed deployer message dropped");
+            return None;
+        };
+        if let Msg::ChunkReq {
+            name,
+            version,
+            index,
+        } = &msg
+        {
+            return Some(self.serve(name, *version, *index).encode());
+        }
+        let cmd = self.cmd.upgrade()?;
+        let ask = matches!(msg, Msg::Manifest { ask: true, .. });
+        if !ask {
+            let _ = cmd.blocking_send(Cmd::Inbound(from.clone(), msg, None));
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        cmd.blocking_send(Cmd::Inbound(from.clone(), msg, Some(tx)))
+            .ok()?;
+        rx.blocking_recv().ok().map(|m| m.encode())
+    }
+}
+
+impl Handler {
+    /// A chunk of the file as deployed here, if it is that version.
+    fn serve(&self, name: &str, version: cohort_maps::Version, index: u32) -> Msg {
+        let file = self.files.borrow().get(name).cloned();
+        let Some(file) = file.filter(|f| f.version == version && !f.removed) else {
+            return Msg::NoChunk {
+                reason: "not this version here".into(),
+            };
+        };
+        if index >= file.chunks() {
+            return Msg::NoChunk {
+                reason: "no such chunk".into(),
+            };
+        }
+        let (start, len) = file.range(index);
+        let mut data = vec![0u8; len];
+        let read = fs::File::open(self.deploy_dir.join(name))
+            .and_then(|f| f.read_exact_at(&mut data, start));
+        match read {
+            Ok(()) => Msg::Chunk {
+                name: name.to_owned(),
+                version,
+                index,
+                crc: crc32fast::hash(&data),
+                data: Bytes::from(data),
+            },
+            Err(e) => Msg::NoChunk {
+                reason: e.to_string(),
+            },
+        }
+    }
+}
+
+struct Owner {
+    core: DeployCore,
+    cfg: Arc<DeployerConfig>,
+    rpc: RpcChannel,
+    known: HashMap<MemberId, Member>,
+    cmd: mpsc::WeakSender<Cmd>,
+    events: broadcast::Sender<DeployEvent>,
+    files: watch::Sender<Arc<BTreeMap<String, FileMeta>>>,
+    /// Watch directory: name → (size, mtime, deployed at this size and mtime).
+    seen: HashMap<String, (u64, SystemTime, bool)>,
+    next_scan: tokio::time::Instant,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl DeployerHandle {
+    /// Starts a deployer on `channel`: creates the directories, reads the saved manifest
+    /// (files whose size no longer matches are fetched again), and compares manifests with
+    /// every member.
+    pub async fn start(channel: &ChannelHandle, cfg: DeployerConfig) -> Result<Self, DeployError> {
+        cfg.validate()?;
+        for d in [&cfg.deploy_dir, &cfg.temp_dir] {
+            fs::create_dir_all(d).map_err(io(format!("creating {}", d.display())))?;
+        }
+        if cfg.watch_enabled {
+            fs::create_dir_all(&cfg.watch_dir)
+                .map_err(io(format!("creating {}", cfg.watch_dir.display())))?;
+        }
+        let saved = load_manifest(&cfg);
+        let local = channel.local().id;
+        let seed = local
+            .as_bytes()
+            .iter()
+            .fold(7u64, |h, b| h.rotate_left(8) ^ u64::from(*b));
+        let core = DeployCore::new(cfg.clone(), local, saved, seed);
+        let snapshot: BTreeMap<String, FileMeta> =
+            core.files().map(|f| (f.name.clone(), f.clone())).collect();
+        let (files_tx, files_rx) = watch::channel(Arc::new(snapshot));
+        let (cmd, rx) = mpsc::channel(1024);
+        let rpc = RpcChannel::new(
+            channel,
+            "deploy",
+            Arc::new(Handler {
+                cmd: cmd.downgrade(),
+                files: files_rx,
+                deploy_dir: cfg.deploy_dir.clone(),
+            }),
+            SendOptions::NONE,
+        )?;
+        let (events, _) = broadcast::channel(1024);
+        let cfg = Arc::new(cfg);
+        let watcher = if cfg.watch_enabled {
+            let weak = cmd.downgrade();
+            let mut w = notify::recommended_watcher(move |_| {
+                if let Some(c) = weak.upgrade() {
+                    let _ = c.try_send(Cmd::Scan);
+                }
+            })
+            .map_err(|e| DeployError::Io {
+                what: "watching the watch directory".into(),
+                error: std::io::Error::other(e),
+            })?;
+            notify::Watcher::watch(&mut w, &cfg.watch_dir, notify::RecursiveMode::NonRecursive)
+                .map_err(|e| DeployError::Io {
+                    what: format!("watching {}", cfg.watch_dir.display()),
+                    error: std::io::Error::other(e),
+                })?;
+            Some(w)
+        } else {
+            None
+        };
+        let mut owner = Owner {
+            core,
+            cfg: cfg.clone(),
+            rpc,
+            known: HashMap::new(),
+            cmd: cmd.downgrade(),
+            events: events.clone(),
+            files: files_tx,
+            seen: HashMap::new(),
+            next_scan: tokio::time::Instant::now(),
+            _watcher: watcher,
+        };
+        for m in channel.members() {
+            owner.known.insert(m.id, m.clone());
+            owner.core.handle_member_up(m.id);
+        }
+        let view = channel.events();
+        tokio::spawn(owner.run(rx, view));
+        Ok(Self { cmd, events, cfg })
+    }
+
+    /// Deploys `bytes` as `name` to every member (as a file put into the watch directory
+    /// would be).
+    pub async fn deploy(&self, name: &str, bytes: Bytes) -> Result<FileMeta, DeployError> {
+        fsio::check_name(name).map_err(|reason| DeployError::Name {
+            name: name.into(),
+            reason,
+        })?;
+        if bytes.len() as u64 > self.cfg.max_file_size {
+            return Err(DeployError::TooLarge {
+                size: bytes.len() as u64,
+                max: self.cfg.max_file_size,
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::Deploy(name.into(), bytes, tx)).await?;
+        rx.await
+            .map_err(|_| DeployError::Stopped)?
+            .map_err(|e| DeployError::Io {
+                what: format!("deploying {name}"),
+                error: std::io::Error::other(e),
+            })
+    }
+
+    /// Undeploys `name` everywhere.
+    pub async fn undeploy(&self, name: &str) -> Result<FileMeta, DeployError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::Undeploy(name.into(), tx)).await?;
+        rx.await.map_err(|_| DeployError::Stopped)?
+    }
+
+    /// Which files each member has, and whether they agree.
+    pub async fn status(&self) -> Result<DeployStatus, DeployError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::Status(tx)).await?;
+        rx.await.map_err(|_| DeployError::Stopped)
+    }
+
+    /// Deploys, undeploys and failures from now on.
+    pub fn events(&self) -> broadcast::Receiver<DeployEvent> {
+        self.events.subscribe()
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &DeployerConfig {
+        &self.cfg
+    }
+
+    /// Stops the deployer (transfers in progress resume at the next start).
+    pub async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Cmd::Stop(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    async fn send(&self, cmd: Cmd) -> Result<(), DeployError> {
+        self.cmd.send(cmd).await.map_err(|_| DeployError::Stopped)
+    }
+}
+
+fn load_manifest(cfg: &DeployerConfig) -> Vec<FileMeta> {
+    let Ok(bytes) = fs::read(cfg.temp_dir.join(MANIFEST)) else {
+        return Vec::new();
+    };
+    let files: Vec<FileMeta> = postcard::from_bytes(&bytes).unwrap_or_default();
+    files
+        .into_iter()
+        .filter(|f| fsio::check_name(&f.name).is_ok())
+        .filter(|f| {
+            // A live file that is not there as recorded is fetched again.
+            f.removed
+                || fs::symlink_metadata(cfg.deploy_dir.join(&f.name))
+                    .is_ok_and(|m| m.is_file() && m.len() == f.size)
+        })
+        .collect()
+}
+
+/// Copies `src` (or writes `bytes`) into the deploy directory through the temp directory,
+/// hashing on the way; fsync and an atomic rename.
+fn install_local(
+    cfg: &DeployerConfig,
+    name: &str,
+    src: Result<&Path, &[u8]>,
+) -> Result<(u64, [u8; 32]), String> {
+    let tmp = cfg.temp_dir.join(format!(".{name}.local"));
+    let mut h = sha2::Sha256::new();
+    let size;
+    {
+        let mut out =
+            fs::File::create(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
+        match src {
+            Ok(path) => {
+                let mut input =
+                    fs::File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+                let mut buf = vec![0u8; 1 << 20];
+                let mut n_total = 0u64;
+                loop {
+                    let n = std::io::Read::read(&mut input, &mut buf).map_err(|e| e.to_string())?;
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(&buf[..n]);
+                    out.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+                    n_total += n as u64;
+                    if n_total > cfg.max_file_size {
+                        let _ = fs::remove_file(&tmp);
+                        return Err(format!("larger than max_file_size ({})", cfg.max_file_size));
+                    }
+                }
+                size = n_total;
+            }
+            Err(bytes) => {
+                h.update(bytes);
+                out.write_all(bytes).map_err(|e| e.to_string())?;
+                size = bytes.len() as u64;
+            }
+        }
+        out.sync_all().map_err(|e| e.to_string())?;
+    }
+    fs::rename(&tmp, cfg.deploy_dir.join(name))
+        .map_err(|e| format!("renaming into the deploy directory: {e}"))?;
+    Ok((size, h.finalize().into()))
+}
+
+impl Owner {
+    async fn run(mut self, mut rx: mpsc::Receiver<Cmd>, mut view: broadcast::Receiver<ViewEvent>) {
+        let mut stopping = None;
+        loop {
+            let due = self.core.poll_timeout();
+            let now = now_ms();
+            let core_wait = Duration::from_millis(due.saturating_sub(now).min(60_000));
+            let scan_wait = self
+                .next_scan
+                .saturating_duration_since(tokio::time::Instant::now());
+            tokio::select! {
+                biased;
+                cmd = rx.recv() => match cmd {
+                    Some(Cmd::Stop(reply)) => { stopping = Some(reply); break; }
+                    Some(cmd) => self.handle(cmd),
+                    None => break,
+                },
+                event = view.recv() => match event {
+                    Ok(e) => self.on_view(&e),
+                    Err(broadcast::error::RecvError::Closed) => view = broadcast::channel(1).1,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                },
+                () = tokio::time::sleep(core_wait) => self.core.handle_timeout(now_ms()),
+                () = tokio::time::sleep(scan_wait) => {
+                    self.next_scan = tokio::time::Instant::now() + self.cfg.process_deploy_frequency;
+                    self.scan();
+                }
+            }
+            self.perform();
+        }
+        if let Some(reply) = stopping {
+            let _ = reply.send(());
+        }
+    }
+
+    fn on_view(&mut self, e: &ViewEvent) {
+        match &e.event {
+            MembershipEvent::MemberAdded(m) => {
+                self.known.insert(m.id, m.clone());
+                self.core.handle_member_up(m.id);
+            }
+            MembershipEvent::MemberUpdated(m) => {
+                self.known.insert(m.id, m.clone());
+            }
+            MembershipEvent::MemberDisappeared { member, .. } => {
+                self.core.handle_member_down(member.id);
+            }
+            _ => {}
+        }
+    }
+
+    fn handle(&mut self, cmd: Cmd) {
+        let now = now_ms();
+        match cmd {
+            Cmd::Inbound(from, msg, reply) => {
+                let id = from.id;
+                self.known.insert(id, from);
+                let answer = self.core.handle_message(now, id, msg);
+                if let (Some(r), Some(a)) = (reply, answer) {
+                    let _ = r.send(a);
+                }
+            }
+            Cmd::ChunkAnswer(file, index, from, answer) => match answer {
+                Some((crc, data)) => self.core.handle_chunk(from, &file, index, crc, data),
+                None => self.core.handle_chunk_failed(&file, index),
+            },
+            Cmd::Installed(file, result) => self.core.handle_installed(&file, result),
+            Cmd::LocalDone(result, reply) => {
+                let r = match result {
+                    Ok((name, size, sha)) => Ok(self.core.handle_local(now, &name, size, sha)),
+                    Err((name, reason)) => {
+                        let _ = self.events.send(DeployEvent::Failed {
+                            name,
+                            reason: reason.clone(),
+                        });
+                        Err(reason)
+                    }
+                };
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
+            }
+            Cmd::Deploy(name, bytes, reply) => {
+                let (cfg, done) = (self.cfg.clone(), self.cmd.clone());
+                tokio::task::spawn_blocking(move || {
+                    let r = install_local(&cfg, &name, Err(&bytes))
+                        .map(|(size, sha)| (name.clone(), size, sha))
+                        .map_err(|e| (name.clone(), e));
+                    if let Some(c) = done.upgrade() {
+                        let _ = c.blocking_send(Cmd::LocalDone(r, Some(reply)));
+                    }
+                });
+            }
+            Cmd::Undeploy(name, reply) => {
+                let r = self
+                    .core
+                    .handle_local_removed(now, &name)
+                    .ok_or(DeployError::NotDeployed(name));
+                let _ = reply.send(r);
+            }
+            Cmd::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Cmd::Scan => {
+                // Coalesced with the periodic scan: soon, not at once (a file being written
+                // fires many events).
+                let soon = tokio::time::Instant::now() + Duration::from_millis(200);
+                self.next_scan = self.next_scan.min(soon);
+            }
+            Cmd::Stop(_) => {}
+        }
+    }
+
+    fn status(&self) -> DeployStatus {
+        let live = |files: &mut dyn Iterator<Item = &FileMeta>| -> BTreeMap<String, (cohort_maps::Version, [u8; 32])> {
+            files.filter(|f| !f.removed).map(|f| (f.name.clone(), (f.version, f.sha256))).collect()
+        };
+        let mine = live(&mut self.core.files());
+        let peers: BTreeMap<MemberId, Vec<FileMeta>> = self
+            .core
+            .peer_files()
+            .iter()
+            .map(|(id, files)| (*id, files.values().cloned().collect()))
+            .collect();
+        let agree = self
+            .core
+            .peer_files()
+            .values()
+            .all(|files| live(&mut files.values()) == mine);
+        DeployStatus {
+            local: self.core.files().cloned().collect(),
+            peers,
+            transfers: self.core.transfers(),
+            agree,
+            stats: self.core.stats(),
+        }
+    }
+
+    /// Looks at the watch directory: a file that kept its size and time over one period is
+    /// deployed; a file deployed from it that is gone is undeployed.
+    fn scan(&mut self) {
+        if !self.cfg.watch_enabled {
+            return;
+        }
+        let Ok(dir) = fs::read_dir(&self.cfg.watch_dir) else {
+            return;
+        };
+        let mut present = Vec::new();
+        for entry in dir.flatten() {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            // Symbolic links and directories are not followed.
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            if let Err(reason) = fsio::check_name(&name) {
+                if !name.starts_with('.') && !self.seen.contains_key(&name) {
+                    let _ = self.events.send(DeployEvent::Failed {
+                        name: name.clone(),
+                        reason: reason.into(),
+                    });
+                    self.seen.insert(name.clone(), (0, UNIX_EPOCH, true));
+                }
+                continue;
+            }
+            present.push(name.clone());
+            let stamp = (meta.len(), meta.modified().unwrap_or(UNIX_EPOCH));
+            match self.seen.get(&name) {
+                Some((size, time, deployed)) if (*size, *time) == stamp => {
+                    if !deployed {
+                        self.seen.insert(name.clone(), (stamp.0, stamp.1, true));
+                        let (cfg, done) = (self.cfg.clone(), self.cmd.clone());
+                        let path = entry.path();
+                        tokio::task::spawn_blocking(move || {
+                            let r = install_local(&cfg, &name, Ok(&path))
+                                .map(|(size, sha)| (name.clone(), size, sha))
+                                .map_err(|e| (name.clone(), e));
+                            if let Some(c) = done.upgrade() {
+                                let _ = c.blocking_send(Cmd::LocalDone(r, None));
+                            }
+                        });
+                    }
+                }
+                // New or still changing: look again next period.
+                _ => {
+                    self.seen.insert(name, (stamp.0, stamp.1, false));
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .seen
+            .keys()
+            .filter(|n| !present.contains(n))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some((_, _, true)) = self.seen.remove(&name) {
+                self.core.handle_local_removed(now_ms(), &name);
+            }
+        }
+    }
+
+    /// Does what the core asked.
+    fn perform(&mut self) {
+        let mut changed = false;
+        while let Some(out) = self.core.poll(now_ms()) {
+            match out {
+                Output::Send { to, msg } => self.send(to, msg),
+                Output::Prepare(file) => self.prepare(&file),
+                Output::Write { file, index, data } => {
+                    let (part, done) = fsio::part_paths(&self.cfg.temp_dir, &file);
+                    let (start, _) = file.range(index);
+                    let r = fs::OpenOptions::new()
+                        .write(true)
+                        .open(&part)
+                        .and_then(|f| f.write_all_at(&data, start))
+                        .and_then(|()| fsio::append_done(&done, index));
+                    match r {
+                        Ok(()) => self.core.handle_written(&file, index),
+                        Err(e) => self
+                            .core
+                            .handle_failed(&file, format!("writing {}: {e}", part.display())),
+                    }
+                }
+                Output::Install(file) => {
+                    let (cfg, done) = (self.cfg.clone(), self.cmd.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let r = install_remote(&cfg, &file);
+                        if let Some(c) = done.upgrade() {
+                            let _ = c.blocking_send(Cmd::Installed(file, r));
+                        }
+                    });
+                }
+                Output::Remove(name) => {
+                    let path = self.cfg.deploy_dir.join(&name);
+                    if let Err(e) = fs::remove_file(&path) {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            tracing::warn!(file = %name, error = %e, "undeployed file not removed");
+                        }
+                    }
+                    changed = true;
+                }
+                Output::Discard(file) => {
+                    let (part, done) = fsio::part_paths(&self.cfg.temp_dir, &file);
+                    let _ = fs::remove_file(part);
+                    let _ = fs::remove_file(done);
+                }
+                Output::Event(e) => {
+                    changed |= !matches!(e, DeployEvent::Failed { .. });
+                    let _ = self.events.send(e);
+                }
+            }
+        }
+        if changed {
+            let files: Vec<FileMeta> = self.core.files().cloned().collect();
+            let snapshot = files.iter().map(|f| (f.name.clone(), f.clone())).collect();
+            self.files.send_replace(Arc::new(snapshot));
+            if let Ok(bytes) = postcard::to_stdvec(&files) {
+                if let Err(e) = fsio::write_atomic(&self.cfg.temp_dir.join(MANIFEST), &bytes) {
+                    tracing::warn!(error = %e, "manifest not saved");
+                }
+            }
+        }
+    }
+
+    fn prepare(&mut self, file: &FileMeta) {
+        let free = fs4::available_space(&self.cfg.temp_dir).unwrap_or(u64::MAX);
+        if free.saturating_sub(file.size) < self.cfg.min_free_space {
+            let reason = format!(
+                "{} bytes would leave less than min_free_space ({}) free",
+                file.size, self.cfg.min_free_space
+            );
+            self.core.handle_failed(file, reason);
+            return;
+        }
+        let (part, done) = fsio::part_paths(&self.cfg.temp_dir, file);
+        let opened = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&part)
+            .and_then(|f| f.set_len(file.size));
+        match opened {
+            Ok(()) => {
+                let resumed = fsio::load_done(&done, file.chunks());
+                self.core.handle_prepared(file, &resumed);
+            }
+            Err(e) => self
+                .core
+                .handle_failed(file, format!("creating {}: {e}", part.display())),
+        }
+    }
+
+    fn send(&mut self, to: MemberId, msg: Msg) {
+        let Some(member) = self.known.get(&to).cloned() else {
+            if let Msg::ChunkReq {
+                name,
+                version,
+                index,
+            } = &msg
+            {
+                // The source is unknown here: fail the chunk so another is asked.
+                if let Some((f, _)) = self
+                    .core
+                    .transfers()
+                    .into_iter()
+                    .find(|(f, _)| f.name == *name && f.version == *version)
+                {
+                    self.core.handle_chunk_failed(&f, *index);
+                }
+            }
+            return;
+        };
+        let (rpc, done, timeout) = (self.rpc.clone(), self.cmd.clone(), self.cfg.request_timeout);
+        let transfer = match &msg {
+            Msg::ChunkReq { name, version, .. } => self
+                .core
+                .transfers()
+                .into_iter()
+                .map(|(f, _)| f)
+                .find(|f| f.name == *name && f.version == *version),
+            _ => None,
+        };
+        tokio::spawn(async move {
+            let to_list = [member];
+            match msg {
+                Msg::ChunkReq { index, .. } => {
+                    let Some(file) = transfer else { return };
+                    let how = CallOptions::default()
+                        .mode(ReplyMode::First)
+                        .timeout(timeout);
+                    let answer = rpc
+                        .call(&to_list, msg.encode(), how)
+                        .await
+                        .ok()
+                        .and_then(|r| {
+                            r.replies
+                                .into_iter()
+                                .find_map(|rep| match Msg::decode(&rep.payload) {
+                                    Ok(Msg::Chunk {
+                                        crc,
+                                        data,
+                                        index: i,
+                                        ..
+                                    }) if i == index => Some((crc, data)),
+                                    _ => None,
+                                })
+                        });
+                    if let Some(c) = done.upgrade() {
+                        let _ = c.send(Cmd::ChunkAnswer(file, index, to, answer)).await;
+                    }
+                }
+                Msg::Manifest { ask: true, .. } => {
+                    let how = CallOptions::default().mode(ReplyMode::All).timeout(timeout);
+                    if let Ok(r) = rpc.call(&to_list, msg.encode(), how).await {
+                        for rep in r.replies {
+                            if let Ok(m) = Msg::decode(&rep.payload) {
+                                if let Some(c) = done.upgrade() {
+                                    let _ = c.send(Cmd::Inbound(to_list[0].clone(), m, None)).await;
+                                }
+                            }
+                        }
+                    }
+                }
+                other => {
+                    let how = CallOptions::default()
+                        .mode(ReplyMode::None)
+                        .send_options(SendOptions::ASYNCHRONOUS);
+                    let _ = rpc.call(&to_list, other.encode(), how).await;
+                }
+            }
+        });
+    }
+}
+
+/// Checks a received file's SHA-256, fsyncs it and renames it into the deploy directory: no
+/// reader ever sees it partial or corrupt.
+fn install_remote(cfg: &DeployerConfig, file: &FileMeta) -> Result<(), String> {
+    let (part, done) = fsio::part_paths(&cfg.temp_dir, file);
+    let (sha, size) =
+        fsio::hash_file(&part).map_err(|e| format!("reading {}: {e}", part.display()))?;
+    if sha != file.sha256 || size != file.size {
+        return Err(format!(
+            "SHA-256 {} does not match {} (size {size} of {})",
+            fsio::hex(&sha),
+            fsio::hex(&file.sha256),
+            file.size
+        ));
+    }
+    fs::File::open(&part)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| e.to_string())?;
+    fs::rename(&part, cfg.deploy_dir.join(&file.name))
+        .map_err(|e| format!("renaming into the deploy directory: {e}"))?;
+    if let Ok(d) = fs::File::open(&cfg.deploy_dir) {
+        let _ = d.sync_all();
+    }
+    let _ = fs::remove_file(done);
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! Deployers on real channels over loopback sockets, with real directories.
+
+// Test data is made of truncated arithmetic.
+#![allow(clippy::cast_possible_truncation)]
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cohort_channel::{ChannelHandle, GroupChannel, MembershipSetup};
+use cohort_deployer::{DeployEvent, DeployerConfig, DeployerHandle};
+use cohort_membership::{MembershipConfig, StaticPeer};
+use cohort_net::TokioNet;
+use cohort_transport::TransportConfig;
+use cohort_wire::Services;
+
+use cohort_test_support::{free_udp_port, wait_for};
+
+async fn cluster(n: usize) -> Vec<ChannelHandle> {
+    let ports: Vec<u16> = (0..n).map(|_| free_udp_port()).collect();
+    let mut out = Vec::new();
+    for port in &ports {
+        out.push(node(ports[0], *port, &ports).await);
+    }
+    wait_for(
+        "every channel sees every other",
+        Duration::from_secs(10),
+        || out.iter().all(|c| c.members().len() == n - 1),
+    )
+    .await;
+    out
+}
+
+async fn node(cluster: u16, port: u16, ports: &[u16]) -> ChannelHandle {
+    let setup = MembershipSetup {
+        config: MembershipConfig {
+            cluster: format!("deploy-{cluster}"),
+            frequency: Duration::from_millis(100),
+            drop_time: Duration::from_millis(1500),
+            ..MembershipConfig::default()
+        },
+        multicast: None,
+        static_members: Some((
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            ports
+                .iter()
+                .filter(|p| **p != port)
+                .map(|p| format!("127.0.0.1:{p}").parse::<StaticPeer>().unwrap())
+                .collect(),
+        )),
+    };
+    GroupChannel::builder()
+        .transport(TransportConfig {
+            port: 0,
+            ..TransportConfig::default()
+        })
+        .services(Services::DEFAULT)
+        .membership(setup)
+        .start_with(TokioNet, &mut rand::thread_rng())
+        .await
+        .unwrap()
+}
+
+fn dirs(root: &Path, i: usize) -> DeployerConfig {
+    let base = root.join(format!("m{i}"));
+    DeployerConfig {
+        watch_dir: base.join("watch"),
+        deploy_dir: base.join("live"),
+        temp_dir: base.join("tmp"),
+        watch_enabled: true,
+        process_deploy_frequency: Duration::from_millis(100),
+        chunk_size: 64 * 1024,
+        min_free_space: 0,
+        ..DeployerConfig::default()
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("cohort-deployer-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+async fn wait_file(path: &Path, want: &[u8]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if std::fs::read(path).is_ok_and(|b| b == want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never matched",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_gone(path: &Path) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while path.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never removed",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn data(size: usize) -> Vec<u8> {
+    (0..size)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_of_every_size_arrive_identical_and_undeploys_follow() {
+    let root = scratch("sizes");
+    let ch = cluster(3).await;
+    let mut d = Vec::new();
+    for (i, c) in ch.iter().enumerate() {
+        d.push(DeployerHandle::start(c, dirs(&root, i)).await.unwrap());
+    }
+    let sizes = [0usize, 1, 10_240, 20_480, (1 << 20) + 1];
+    for size in sizes {
+        let name = format!("f{size}.bin");
+        std::fs::write(dirs(&root, 0).watch_dir.join(&name), data(size)).unwrap();
+    }
+    for size in sizes {
+        for i in 0..3 {
+            wait_file(
+                &dirs(&root, i).deploy_dir.join(format!("f{size}.bin")),
+                &data(size),
+            )
+            .await;
+        }
+    }
+    let status = d[1].status().await.unwrap();
+    assert!(status.agree, "{status:?}");
+    // Removed from the watch directory: undeployed everywhere.
+    std::fs::remove_file(dirs(&root, 0).watch_dir.join("f1.bin")).unwrap();
+    for i in 0..3 {
+        wait_gone(&dirs(&root, i).deploy_dir.join("f1.bin")).await;
+    }
+    // Nothing partial ever sat in a deploy directory: only whole files.
+    for i in 0..3 {
+        for e in std::fs::read_dir(dirs(&root, i).deploy_dir).unwrap() {
+            let n = e.unwrap().file_name().into_string().unwrap();
+            assert!(n.starts_with('f') && n.ends_with(".bin"), "{n}");
+        }
+    }
+    for c in &ch {
+        c.stop().await;
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_was_away_catches_up_and_names_that_escape_are_refused() {
+    let root = scratch("catchup");
+    let ports: Vec<u16> = (0..2).map(|_| free_udp_port()).collect();
+    let a = node(ports[0], ports[0], &ports).await;
+    let da = DeployerHandle::start(&a, dirs(&root, 0)).await.unwrap();
+    da.deploy("kept.txt", Bytes::from_static(b"kept"))
+        .await
+        .unwrap();
+    da.deploy("gone.txt", Bytes::from_static(b"gone"))
+        .await
+        .unwrap();
+    da.undeploy("gone.txt").await.unwrap();
+    for bad in ["../escape", "/etc/passwd", ".hidden", "a/b", ""] {
+        assert!(
+            da.deploy(bad, Bytes::from_static(b"x")).await.is_err(),
+            "{bad:?}"
+        );
+    }
+    // The second member starts only now, with a stale file of the undeployed name.
+    let cfg_b = dirs(&root, 1);
+    std::fs::create_dir_all(&cfg_b.deploy_dir).unwrap();
+    let b = node(ports[0], ports[1], &ports).await;
+    wait_for("a and b see each other", Duration::from_secs(10), || {
+        a.members().len() == 1 && b.members().len() == 1
+    })
+    .await;
+    let db = DeployerHandle::start(&b, cfg_b.clone()).await.unwrap();
+    let mut events = db.events();
+    wait_file(&cfg_b.deploy_dir.join("kept.txt"), b"kept").await;
+    assert!(!cfg_b.deploy_dir.join("gone.txt").exists());
+    let e = tokio::time::timeout(Duration::from_secs(5), events.recv()).await;
+    assert!(
+        matches!(e, Ok(Ok(DeployEvent::Deployed { .. })))
+            || cfg_b.deploy_dir.join("kept.txt").exists()
+    );
+    let _ = db;
+    a.stop().await;
+    b.stop().await;
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_deploys_of_one_name_converge_on_one_file() {
+    let root = scratch("race");
+    let ch = cluster(3).await;
+    let mut d = Vec::new();
+    for (i, c) in ch.iter().enumerate() {
+        d.push(DeployerHandle::start(c, dirs(&root, i)).await.unwrap());
+    }
+    let (x, y) = (d[0].clone(), d[1].clone());
+    let (rx, ry) = tokio::join!(
+        x.deploy("same.txt", Bytes::from_static(b"from zero")),
+        y.deploy("same.txt", Bytes::from_static(b"from one!"))
+    );
+    let (mx, my) = (rx.unwrap(), ry.unwrap());
+    let winner: &[u8] = if mx.version > my.version {
+        b"from zero"
+    } else {
+        b"from one!"
+    };
+    for i in 0..3 {
+        wait_file(&dirs(&root, i).deploy_dir.join("same.txt"), winner).await;
+    }
+    for c in &ch {
+        c.stop().await;
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
