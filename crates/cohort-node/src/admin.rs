@@ -57,6 +57,8 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// The bearer token every route but the health checks requires, if set.
     pub token: Option<String>,
+    /// The farm deployer, when enabled.
+    pub deployer: Option<cohort_deployer::DeployerHandle>,
 }
 
 /// The running endpoint: stopping it ends the accept loop and every connection, and with them
@@ -94,11 +96,21 @@ pub fn token(config: &AdminConfig) -> anyhow::Result<Option<String>> {
 }
 
 fn router(state: Arc<AdminState>) -> Router {
+    // Uploads are bounded by the deployer's max_file_size (and held in memory while they are
+    // written into the deploy directory).
+    let upload = state.deployer.as_ref().map_or(MAX_REQUEST_BODY, |d| {
+        usize::try_from(d.config().max_file_size).unwrap_or(usize::MAX)
+    });
+    let deploy = Router::new()
+        .route("/api/deploy/{name}", post(deploy).delete(undeploy))
+        .layer(DefaultBodyLimit::max(upload))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     let guarded = Router::new()
         .route("/", get(page))
         .route("/api/status", get(api_status))
         .route("/api/stats", get(api_stats))
         .route("/api/traffic/stop", post(traffic_stop))
+        .route("/api/deployments", get(deployments))
         .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
@@ -106,6 +118,7 @@ fn router(state: Arc<AdminState>) -> Router {
         .route("/readyz", get(readyz))
         .merge(guarded)
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY))
+        .merge(deploy)
         .with_state(state)
 }
 
@@ -231,6 +244,101 @@ async fn traffic_stop(State(state): State<Arc<AdminState>>) -> Response {
         )
             .into_response(),
     }
+}
+
+fn no_deployer() -> Response {
+    (
+        StatusCode::CONFLICT,
+        axum::Json(json!({"error": "this node runs no deployer ([deployer] enabled = true)"})),
+    )
+        .into_response()
+}
+
+fn file_json(f: &cohort_deployer::FileMeta) -> Value {
+    json!({
+        "name": f.name,
+        "size": f.size,
+        "sha256": cohort_deployer::fsio::hex(&f.sha256),
+        "version": format!("{:016x}.{}", f.version.hlc, f.version.node().short()),
+        "removed": f.removed,
+    })
+}
+
+async fn deploy(
+    State(state): State<Arc<AdminState>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    body: Bytes,
+) -> Response {
+    let Some(d) = &state.deployer else {
+        return no_deployer();
+    };
+    match d.deploy(&name, body).await {
+        Ok(f) => axum::Json(file_json(&f)).into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+async fn undeploy(
+    State(state): State<Arc<AdminState>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
+    let Some(d) = &state.deployer else {
+        return no_deployer();
+    };
+    match d.undeploy(&name).await {
+        Ok(f) => axum::Json(file_json(&f)).into_response(),
+        Err(e @ cohort_deployer::DeployError::NotDeployed(_)) => (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+/// `GET /api/deployments`: which files each member has, and whether they agree.
+async fn deployments(State(state): State<Arc<AdminState>>) -> Response {
+    let Some(d) = &state.deployer else {
+        return no_deployer();
+    };
+    let Ok(s) = d.status().await else {
+        return no_deployer();
+    };
+    let live = |files: &[cohort_deployer::FileMeta]| -> Vec<Value> {
+        files.iter().filter(|f| !f.removed).map(file_json).collect()
+    };
+    let mut members = vec![
+        json!({"id": state.channel.local().id.to_string(), "local": true, "files": live(&s.local)}),
+    ];
+    for (id, files) in &s.peers {
+        members.push(json!({"id": id.to_string(), "local": false, "files": live(files)}));
+    }
+    let transfers: Vec<Value> = s
+        .transfers
+        .iter()
+        .map(|(f, done)| json!({"file": file_json(f), "chunks_done": done, "chunks": f.chunks()}))
+        .collect();
+    axum::Json(json!({
+        "agree": s.agree,
+        "members": members,
+        "transfers": transfers,
+        "stats": {
+            "received": s.stats.received,
+            "corrupt_chunks": s.stats.corrupt_chunks,
+            "corrupt_files": s.stats.corrupt_files,
+            "refused": s.stats.refused,
+            "chunk_retries": s.stats.chunk_retries,
+        },
+    }))
+    .into_response()
 }
 
 fn now_ms() -> u64 {
@@ -466,6 +574,17 @@ pub async fn request(
     path: &str,
     token: Option<&str>,
 ) -> anyhow::Result<Bytes> {
+    request_with_body(addr, method, path, token, Bytes::new()).await
+}
+
+/// [`request`] with a body.
+pub async fn request_with_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Bytes,
+) -> anyhow::Result<Bytes> {
     let exchange = async {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
@@ -480,9 +599,7 @@ pub async fn request(
         if let Some(t) = token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
-        let response = sender
-            .send_request(req.body(Full::new(Bytes::new()))?)
-            .await?;
+        let response = sender.send_request(req.body(Full::new(body))?).await?;
         let status = response.status();
         let body = Limited::new(response.into_body(), MAX_RESPONSE)
             .collect()

@@ -75,6 +75,10 @@ pub struct FileConfig {
     /// `[[job]]`: lead-only jobs.
     #[serde(default)]
     pub job: Vec<crate::jobs::JobConfig>,
+    /// `[deployer]`: [`cohort_deployer::DeployerConfig`]'s fields plus `enabled` and
+    /// `command`.
+    #[serde(default)]
+    pub deployer: toml::Table,
 }
 
 /// `[node]`
@@ -201,6 +205,57 @@ pub struct NodeConfig {
     pub interceptors: Vec<InterceptorConfig>,
     /// Lead-only jobs.
     pub jobs: Vec<crate::jobs::Job>,
+    /// The farm deployer, when `[deployer] enabled = true`.
+    pub deployer: Option<DeployerSetup>,
+}
+
+/// The deployer's settings and the command run after each deploy or undeploy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeployerSetup {
+    /// The library settings.
+    pub config: cohort_deployer::DeployerConfig,
+    /// Program and arguments run after each deploy or undeploy, with the file's path added
+    /// as the last argument (and `COHORT_DEPLOY_EVENT` set to `deployed` or `undeployed`).
+    pub command: Vec<String>,
+}
+
+/// `[deployer]`: off unless `enabled = true`.
+fn deployer_setup(mut t: toml::Table) -> Result<Option<DeployerSetup>, ConfigError> {
+    let enabled = match t.remove("enabled") {
+        None => false,
+        Some(toml::Value::Boolean(b)) => b,
+        Some(v) => {
+            return Err(invalid(
+                "deployer.enabled",
+                format!("expected true or false, found {}", v.type_str()),
+            ));
+        }
+    };
+    let command = match t.remove("command") {
+        None => Vec::new(),
+        Some(toml::Value::Array(a)) => a
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                toml::Value::String(s) => Ok(s),
+                other => Err(invalid(
+                    &format!("deployer.command[{i}]"),
+                    format!("expected a string, found {}", other.type_str()),
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(v) => {
+            return Err(invalid(
+                "deployer.command",
+                format!("expected an array of strings, found {}", v.type_str()),
+            ));
+        }
+    };
+    let config: cohort_deployer::DeployerConfig = table_into("deployer", &t)?;
+    config
+        .validate()
+        .map_err(|e| invalid(&format!("deployer.{}", e.key), e.reason))?;
+    Ok(enabled.then_some(DeployerSetup { config, command }))
 }
 
 /// `static_bind` and `static_members` of `[membership]`.
@@ -353,9 +408,11 @@ impl NodeConfig {
         validate_stack(&interceptors)
             .map_err(|e| invalid(&format!("interceptor[{}] ({})", e.index, e.kind), e.reason))?;
         let jobs = crate::jobs::validate(f.job)?;
+        let deployer = deployer_setup(f.deployer)?;
         Ok(Self {
             interceptors,
             jobs,
+            deployer,
             name: f.node.name,
             print_messages: f.node.print_messages,
             traffic_rate: match f.node.traffic_rate {

@@ -36,6 +36,12 @@ enum Cmd {
     Node(NodeArgs),
     /// List the members a running node sees (asks its admin endpoint's /api/status).
     Status(StatusArgs),
+    /// Deploy a file to every member through a node's deployer (`POST /api/deploy/NAME`).
+    Deploy(DeployArgs),
+    /// Undeploy a file from every member (`DELETE /api/deploy/NAME`).
+    Undeploy(UndeployArgs),
+    /// Which files each member has, and whether they agree (`/api/deployments`).
+    Deployments(StatusArgs),
     /// Start N local nodes, wait until they see each other, print the status, run, then stop
     /// them gracefully.
     Cluster(ClusterArgs),
@@ -88,6 +94,33 @@ struct StatusArgs {
     /// Print the JSON document (`/api/status`) instead of a table.
     #[arg(long)]
     json: bool,
+    /// Bearer token, for an endpoint bound beyond loopback.
+    #[arg(long, env = "COHORT_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+struct DeployArgs {
+    /// The file.
+    file: std::path::PathBuf,
+    /// Its name in the deploy directories (default: the file's name).
+    #[arg(long)]
+    name: Option<String>,
+    /// The node's admin endpoint.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4700")]
+    admin: SocketAddr,
+    /// Bearer token, for an endpoint bound beyond loopback.
+    #[arg(long, env = "COHORT_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+struct UndeployArgs {
+    /// The file's name.
+    name: String,
+    /// The node's admin endpoint.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4700")]
+    admin: SocketAddr,
     /// Bearer token, for an endpoint bound beyond loopback.
     #[arg(long, env = "COHORT_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -160,6 +193,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Node(a) => run_node(a),
         Cmd::Status(a) => run_status(&a),
+        Cmd::Deploy(a) => run_deploy(&a),
+        Cmd::Undeploy(a) => run_undeploy(&a),
+        Cmd::Deployments(a) => run_deployments(&a),
         Cmd::Cluster(a) => run_cluster(&a),
         Cmd::Bench(a) => run_bench(&a),
         Cmd::BenchSink(a) => run_bench_sink(&a),
@@ -292,6 +328,100 @@ fn run_status(args: &StatusArgs) -> anyhow::Result<()> {
         print!("{}", admin::table(&status));
     }
     Ok(())
+}
+
+fn run_deploy(args: &DeployArgs) -> anyhow::Result<()> {
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => args
+            .file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("the file has no name; give --name")?
+            .to_owned(),
+    };
+    let bytes =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let answer = runtime()?.block_on(admin::request_with_body(
+        args.admin,
+        "POST",
+        &format!("/api/deploy/{}", url_segment(&name)),
+        args.token.as_deref(),
+        bytes.into(),
+    ))?;
+    println!("{}", String::from_utf8_lossy(&answer).trim());
+    Ok(())
+}
+
+fn run_undeploy(args: &UndeployArgs) -> anyhow::Result<()> {
+    let answer = runtime()?.block_on(admin::request(
+        args.admin,
+        "DELETE",
+        &format!("/api/deploy/{}", url_segment(&args.name)),
+        args.token.as_deref(),
+    ))?;
+    println!("{}", String::from_utf8_lossy(&answer).trim());
+    Ok(())
+}
+
+fn run_deployments(args: &StatusArgs) -> anyhow::Result<()> {
+    let d = runtime()?.block_on(admin::get_json(
+        args.admin,
+        "/api/deployments",
+        args.token.as_deref(),
+    ))?;
+    if args.json {
+        println!("{d}");
+        return Ok(());
+    }
+    println!("members agree: {}", d["agree"].as_bool().unwrap_or(false));
+    for m in d["members"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let local = if m["local"] == true {
+            " (this node)"
+        } else {
+            ""
+        };
+        println!("{}{local}", m["id"].as_str().unwrap_or("?"));
+        for f in m["files"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            println!(
+                "  {:<40} {:>12} bytes  sha256 {}",
+                f["name"].as_str().unwrap_or("?"),
+                f["size"],
+                &f["sha256"].as_str().unwrap_or("?")
+                    [..16.min(f["sha256"].as_str().unwrap_or("").len())]
+            );
+        }
+    }
+    for t in d["transfers"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        println!(
+            "receiving {}: {}/{} chunks",
+            t["file"]["name"].as_str().unwrap_or("?"),
+            t["chunks_done"],
+            t["chunks"]
+        );
+    }
+    Ok(())
+}
+
+/// A name as one URL path segment (percent-encoded beyond unreserved characters).
+fn url_segment(name: &str) -> String {
+    name.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 /// A child node, stopped by PID when dropped.

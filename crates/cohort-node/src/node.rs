@@ -132,6 +132,73 @@ impl ChannelListener for MessageLines {
     }
 }
 
+/// Writes the deployer's events as JSON lines (`deployed`, `undeployed`, `deploy_failed`) and
+/// runs the configured command after each deploy or undeploy, one at a time.
+async fn deploy_lines(
+    mut rx: tokio::sync::broadcast::Receiver<cohort_deployer::DeployEvent>,
+    events: Events,
+    node: String,
+    dir: std::path::PathBuf,
+    command: Vec<String>,
+) {
+    use cohort_deployer::{DeployEvent, Origin};
+    let origin = |o: Origin| {
+        if o == Origin::Local {
+            "local"
+        } else {
+            "remote"
+        }
+    };
+    loop {
+        let e = match rx.recv().await {
+            Ok(e) => e,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                events.emit(json!({"event": "deploy_events_missed", "node": node, "count": n}));
+                continue;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let (kind, name) = match &e {
+            DeployEvent::Deployed { file, origin: o } => {
+                events.emit(json!({
+                    "event": "deployed", "node": node, "file": file.name, "size": file.size,
+                    "sha256": cohort_deployer::fsio::hex(&file.sha256), "origin": origin(*o),
+                    "path": dir.join(&file.name).display().to_string(),
+                }));
+                ("deployed", file.name.clone())
+            }
+            DeployEvent::Undeployed { name, origin: o } => {
+                events.emit(json!({"event": "undeployed", "node": node, "file": name, "origin": origin(*o)}));
+                ("undeployed", name.clone())
+            }
+            DeployEvent::Failed { name, reason } => {
+                events.emit(
+                    json!({"event": "deploy_failed", "node": node, "file": name, "reason": reason}),
+                );
+                continue;
+            }
+            _ => continue,
+        };
+        let Some((program, args)) = command.split_first() else {
+            continue;
+        };
+        let path = dir.join(&name);
+        let status = tokio::process::Command::new(program)
+            .args(args)
+            .arg(&path)
+            .env("COHORT_DEPLOY_EVENT", kind)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .await;
+        let (ok, detail) = match status {
+            Ok(s) => (s.success(), s.to_string()),
+            Err(e) => (false, e.to_string()),
+        };
+        events.emit(json!({"event": "deploy_command", "node": node, "file": name, "after": kind, "ok": ok, "status": detail}));
+    }
+}
+
 /// A running node.
 pub struct Node {
     /// The channel.
@@ -145,6 +212,8 @@ pub struct Node {
     pub traffic: Option<Arc<Traffic>>,
     /// The node's own counters (also on `/metrics`).
     pub metrics: Arc<NodeMetrics>,
+    /// The farm deployer, when `[deployer] enabled`.
+    pub deployer: Option<cohort_deployer::DeployerHandle>,
     ready: Arc<std::sync::atomic::AtomicBool>,
     ready_line: Value,
     jobs: tokio::task::JoinSet<()>,
@@ -209,6 +278,22 @@ pub async fn start_deferred(config: NodeConfig, events: &Events) -> anyhow::Resu
         )
     });
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let deployer = match &config.deployer {
+        Some(setup) => {
+            let d = cohort_deployer::DeployerHandle::start(&channel, setup.config.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("deployer: {e}"))?;
+            tokio::spawn(deploy_lines(
+                d.events(),
+                events.clone(),
+                node_name.clone(),
+                setup.config.deploy_dir.clone(),
+                setup.command.clone(),
+            ));
+            Some(d)
+        }
+        None => None,
+    };
     let admin_server = if config.admin.enabled {
         let state = admin::AdminState {
             channel: channel.clone(),
@@ -216,6 +301,7 @@ pub async fn start_deferred(config: NodeConfig, events: &Events) -> anyhow::Resu
             metrics: Arc::new(Metrics::new(channel.clone(), &node_metrics)),
             ready: ready.clone(),
             token: admin::token(&config.admin)?,
+            deployer: deployer.clone(),
         };
         Some(admin::serve(&config.admin, state).await?)
     } else {
@@ -273,6 +359,7 @@ pub async fn start_deferred(config: NodeConfig, events: &Events) -> anyhow::Resu
         interceptors: stack.handles,
         traffic,
         metrics: node_metrics,
+        deployer,
         ready,
         ready_line,
         jobs,
@@ -303,6 +390,9 @@ impl Node {
         }
         if let Some(traffic) = &self.traffic {
             traffic.stop().await;
+        }
+        if let Some(d) = &self.deployer {
+            d.stop().await;
         }
         self.channel.stop().await;
         events.emit(json!({"event": "stopped", "node": self.channel.local().name}));

@@ -121,6 +121,7 @@ fn every_documented_key_parses_and_every_accepted_key_is_documented() {
         "transport.limits",
         "channel",
         "admin",
+        "deployer",
     ];
     for t in tables {
         accepted.insert(t.to_owned());
@@ -134,6 +135,8 @@ fn every_documented_key_parses_and_every_accepted_key_is_documented() {
         "membership.static_bind",
         "membership.static_members",
         "channel.services",
+        "deployer.enabled",
+        "deployer.command",
     ] {
         accepted.insert(k.to_owned());
     }

@@ -33,6 +33,42 @@ async fn cluster(n: usize) -> Vec<ChannelHandle> {
 }
 
 async fn node(cluster: u16, port: u16, ports: &[u16]) -> ChannelHandle {
+    node_with(cluster, port, ports, None).await
+}
+
+/// Flips one byte of the first `left` large messages it sends (chunks on their way).
+struct Corrupt {
+    left: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl cohort_channel::Interceptor for Corrupt {
+    fn name(&self) -> &'static str {
+        "corrupt"
+    }
+
+    fn on_send(&mut self, mut msg: cohort_channel::Outbound, cx: &mut cohort_channel::Cx<'_>) {
+        use std::sync::atomic::Ordering;
+        if msg.payload.len() > 32 * 1024
+            && self
+                .left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            let mut p = msg.payload.to_vec();
+            let at = p.len() - 100;
+            p[at] ^= 0x5a;
+            msg.payload = Bytes::from(p);
+        }
+        cx.send_down(msg);
+    }
+}
+
+async fn node_with(
+    cluster: u16,
+    port: u16,
+    ports: &[u16],
+    corrupt: Option<std::sync::Arc<std::sync::atomic::AtomicU32>>,
+) -> ChannelHandle {
     let setup = MembershipSetup {
         config: MembershipConfig {
             cluster: format!("deploy-{cluster}"),
@@ -50,14 +86,17 @@ async fn node(cluster: u16, port: u16, ports: &[u16]) -> ChannelHandle {
                 .collect(),
         )),
     };
-    GroupChannel::builder()
+    let mut b = GroupChannel::builder()
         .transport(TransportConfig {
             port: 0,
             ..TransportConfig::default()
         })
         .services(Services::DEFAULT)
-        .membership(setup)
-        .start_with(TokioNet, &mut rand::thread_rng())
+        .membership(setup);
+    if let Some(left) = corrupt {
+        b = b.interceptor(Box::new(Corrupt { left }));
+    }
+    b.start_with(TokioNet, &mut rand::thread_rng())
         .await
         .unwrap()
 }
@@ -224,5 +263,34 @@ async fn concurrent_deploys_of_one_name_converge_on_one_file() {
     for c in &ch {
         c.stop().await;
     }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_corrupted_on_the_way_are_fetched_again_and_never_deployed_corrupt() {
+    let root = scratch("corrupt");
+    let ports: Vec<u16> = (0..2).map(|_| free_udp_port()).collect();
+    let left = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(3));
+    // The sender's channel corrupts its first three large messages: chunks.
+    let a = node_with(ports[0], ports[0], &ports, Some(left.clone())).await;
+    let b = node(ports[0], ports[1], &ports).await;
+    wait_for("a and b see each other", Duration::from_secs(10), || {
+        a.members().len() == 1 && b.members().len() == 1
+    })
+    .await;
+    let da = DeployerHandle::start(&a, dirs(&root, 0)).await.unwrap();
+    let db = DeployerHandle::start(&b, dirs(&root, 1)).await.unwrap();
+    let body = data(1 << 20);
+    da.deploy("c.bin", Bytes::from(body.clone())).await.unwrap();
+    wait_file(&dirs(&root, 1).deploy_dir.join("c.bin"), &body).await;
+    assert_eq!(
+        left.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "three chunks were corrupted"
+    );
+    let stats = db.status().await.unwrap().stats;
+    assert_eq!(stats.corrupt_chunks, 3, "{stats:?}");
+    a.stop().await;
+    b.stop().await;
     let _ = std::fs::remove_dir_all(&root);
 }
