@@ -112,8 +112,8 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     }
     if let Some(t) = &test {
         ensure!(
-            ["tput", "latency", "idle", "map", "session"].contains(&t.as_str()),
-            "--test is tput, latency, idle, map or session"
+            ["tput", "latency", "idle", "map", "session", "deploy"].contains(&t.as_str()),
+            "--test is tput, latency, idle, map, session or deploy"
         );
     }
     if test.as_deref() == Some("map") {
@@ -121,6 +121,24 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     }
     if test.as_deref() == Some("session") {
         return crate::session::bench(quick);
+    }
+    if test.as_deref() == Some("deploy") {
+        let exe = harness::build_cohort(true)?;
+        let n = if quick { "100" } else { "400" };
+        cohort_bench(
+            &exe,
+            &[
+                "--test".into(),
+                "tput".into(),
+                "--mode".into(),
+                "raw-tcp".into(),
+                "--size".into(),
+                (1 << 20).to_string(),
+                "--count".into(),
+                n.into(),
+            ],
+        )?;
+        return crate::deploy::bench(&exe, quick);
     }
     if size.is_some_and(|s| s < 8) {
         bail!("--size must be at least 8 (the sequence number)");

@@ -20,6 +20,7 @@ use anyhow::{Context, Result, bail};
 
 mod bench;
 mod cluster;
+mod deploy;
 mod fuzz;
 mod harness;
 mod netns;
@@ -40,8 +41,9 @@ commands:
   cluster down        stop the recorded nodes (SIGTERM, by PID)
   scenario NAME|all   real-process fault scenarios: discovery, crash, pause, lead-failover,
                       graceful-leave, messaging, foreign-cluster, partition (needs root),
-                      session-delta, session-backup (the counter app through SIGKILL)
-  bench [--mode async|ack|syncack] [--size BYTES] [--test tput|latency|idle|map|session] [--quick]
+                      session-delta, session-backup (the counter app through SIGKILL),
+                      deploy (files to every node, a receiver killed mid-transfer)
+  bench [--mode async|ack|syncack] [--size BYTES] [--test tput|latency|idle|map|session|deploy] [--quick]
                       throughput and latency between processes beside plain TCP; a full run
                       (no filter) rewrites docs/BENCHMARKS.md; `--test map|session`: the state layer
 ";

@@ -30,6 +30,7 @@ pub(crate) const ALL: &[&str] = &[
     "partition",
     "session-delta",
     "session-backup",
+    "deploy",
 ];
 
 /// Membership defaults the scenarios run with (the node's defaults).
@@ -83,6 +84,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             "partition" => partition(&mut ctx),
             "session-delta" => session(&ctx, "delta"),
             "session-backup" => session(&ctx, "backup"),
+            "deploy" => crate::deploy::scenario(&ctx.exe, &ctx.dir).map(Outcome::Pass),
             _ => unreachable!("checked above"),
         };
         let secs = started.elapsed().as_secs_f64();
