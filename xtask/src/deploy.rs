@@ -4,7 +4,7 @@
 //! members deploying one name at once.
 
 // A command-line tool: the RESULT lines are its output.
-#![allow(clippy::print_stdout)]
+#![allow(clippy::print_stdout, clippy::cast_possible_truncation)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -85,7 +85,11 @@ fn wait_file(path: &Path, want: &[u8], deadline: Duration) -> Result<Duration> {
             }
         }
         if start.elapsed() > deadline {
-            bail!("{} never held the expected {} bytes", path.display(), want.len());
+            bail!(
+                "{} never held the expected {} bytes",
+                path.display(),
+                want.len()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -94,14 +98,21 @@ fn wait_file(path: &Path, want: &[u8], deadline: Duration) -> Result<Duration> {
 fn wait_gone(path: &Path) -> Result<()> {
     let start = Instant::now();
     while path.exists() {
-        ensure!(start.elapsed() < DEADLINE, "{} never removed", path.display());
+        ensure!(
+            start.elapsed() < DEADLINE,
+            "{} never removed",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
 }
 
 fn cli(exe: &Path, args: &[&str]) -> Result<std::process::Output> {
-    Command::new(exe).args(args).output().context("running cohort")
+    Command::new(exe)
+        .args(args)
+        .output()
+        .context("running cohort")
 }
 
 fn admin(n: &NodeProc) -> Result<String> {
@@ -151,7 +162,11 @@ pub(crate) fn scenario(exe: &Path, dir: &Path) -> Result<String> {
     }
     for (i, size) in sizes.iter().enumerate() {
         for n in ["b", "c"] {
-            wait_file(&c.live(n, &format!("f{size}.bin")), &pattern(*size, i as u8), DEADLINE)?;
+            wait_file(
+                &c.live(n, &format!("f{size}.bin")),
+                &pattern(*size, i as u8),
+                DEADLINE,
+            )?;
         }
     }
     let sizes_secs = started.elapsed().as_secs_f64();
@@ -171,13 +186,19 @@ pub(crate) fn scenario(exe: &Path, dir: &Path) -> Result<String> {
             .into_iter()
             .flatten()
             .flatten()
-            .any(|e| e.file_name().to_string_lossy().ends_with(".part") && e.metadata().is_ok_and(|m| m.len() > 0));
+            .any(|e| {
+                e.file_name().to_string_lossy().ends_with(".part")
+                    && e.metadata().is_ok_and(|m| m.len() > 0)
+            });
         let done = std::fs::read_dir(&victim_tmp)
             .ok()
             .into_iter()
             .flatten()
             .flatten()
-            .any(|e| e.file_name().to_string_lossy().ends_with(".done") && e.metadata().is_ok_and(|m| m.len() >= 16));
+            .any(|e| {
+                e.file_name().to_string_lossy().ends_with(".done")
+                    && e.metadata().is_ok_and(|m| m.len() >= 16)
+            });
         if partial && done {
             break;
         }
@@ -195,52 +216,105 @@ pub(crate) fn scenario(exe: &Path, dir: &Path) -> Result<String> {
     wait_file(&live_c, &big, DEADLINE)?;
     // b away during a deploy and an undeploy.
     harness::signal(c.nodes[1].pid, "TERM")?;
-    c.nodes[1].wait(0, "stopped", Duration::from_secs(20), |v| v["event"] == "stopped")?;
+    c.nodes[1].wait(0, "stopped", Duration::from_secs(20), |v| {
+        v["event"] == "stopped"
+    })?;
     let late = c.root.join("late.txt");
     std::fs::write(&late, b"deployed while b was away")?;
     let a_admin = admin(&c.nodes[0])?;
-    let out = cli(exe, &["deploy", late.to_str().context("path")?, "--admin", &a_admin])?;
-    ensure!(out.status.success(), "cohort deploy: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(
+        exe,
+        &[
+            "deploy",
+            late.to_str().context("path")?,
+            "--admin",
+            &a_admin,
+        ],
+    )?;
+    ensure!(
+        out.status.success(),
+        "cohort deploy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::remove_file(watch.join("f1.bin"))?;
     wait_gone(&c.live("c", "f1.bin"))?;
     let b2 = c.start("b", false)?;
     c.nodes[1] = b2;
-    wait_file(&c.live("b", "late.txt"), b"deployed while b was away", DEADLINE)?;
+    wait_file(
+        &c.live("b", "late.txt"),
+        b"deployed while b was away",
+        DEADLINE,
+    )?;
     wait_gone(&c.live("b", "f1.bin"))?;
     // A name that would leave the deploy directory is refused.
-    let out = cli(exe, &["deploy", late.to_str().context("path")?, "--name", "../escape", "--admin", &a_admin])?;
+    let out = cli(
+        exe,
+        &[
+            "deploy",
+            late.to_str().context("path")?,
+            "--name",
+            "../escape",
+            "--admin",
+            &a_admin,
+        ],
+    )?;
     ensure!(!out.status.success(), "cohort deploy accepted ../escape");
-    ensure!(!c.root.join("a-files/escape").exists(), "a file escaped the deploy directory");
+    ensure!(
+        !c.root.join("a-files/escape").exists(),
+        "a file escaped the deploy directory"
+    );
     // Two members deploy one name at once: every member ends with the same one.
     let (x, y) = (c.root.join("x.txt"), c.root.join("y.txt"));
     std::fs::write(&x, b"from a")?;
     std::fs::write(&y, b"from c!")?;
     let c_admin = admin(&c.nodes[2])?;
     let (ex, ey) = (exe.to_path_buf(), exe.to_path_buf());
-    let (xs, ys) = (x.to_string_lossy().into_owned(), y.to_string_lossy().into_owned());
-    let (aa, ca) = (a_admin.clone(), c_admin.clone());
-    let t1 = std::thread::spawn(move || cli(&ex, &["deploy", &xs, "--name", "same.txt", "--admin", &aa]));
-    let t2 = std::thread::spawn(move || cli(&ey, &["deploy", &ys, "--name", "same.txt", "--admin", &ca]));
+    let (xs, ys) = (
+        x.to_string_lossy().into_owned(),
+        y.to_string_lossy().into_owned(),
+    );
+    let (aa, ca) = (a_admin.clone(), c_admin);
+    let t1 = std::thread::spawn(move || {
+        cli(&ex, &["deploy", &xs, "--name", "same.txt", "--admin", &aa])
+    });
+    let t2 = std::thread::spawn(move || {
+        cli(&ey, &["deploy", &ys, "--name", "same.txt", "--admin", &ca])
+    });
     for t in [t1, t2] {
-        let out = t.join().map_err(|_| anyhow::anyhow!("a thread panicked"))??;
-        ensure!(out.status.success(), "concurrent deploy: {}", String::from_utf8_lossy(&out.stderr));
+        let out = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("a thread panicked"))??;
+        ensure!(
+            out.status.success(),
+            "concurrent deploy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let start = Instant::now();
     loop {
-        let got: Vec<Option<Vec<u8>>> = ["a", "b", "c"].iter().map(|n| std::fs::read(c.live(n, "same.txt")).ok()).collect();
+        let got: Vec<Option<Vec<u8>>> = ["a", "b", "c"]
+            .iter()
+            .map(|n| std::fs::read(c.live(n, "same.txt")).ok())
+            .collect();
         if got[0].is_some() && got.windows(2).all(|w| w[0] == w[1]) {
             break;
         }
-        ensure!(start.elapsed() < DEADLINE, "same.txt never converged: {got:?}");
+        ensure!(
+            start.elapsed() < DEADLINE,
+            "same.txt never converged: {got:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // Every member agrees.
-    let d: Value = serde_json::from_slice(&cli(exe, &["deployments", "--json", "--admin", &a_admin])?.stdout)?;
+    let d: Value =
+        serde_json::from_slice(&cli(exe, &["deployments", "--json", "--admin", &a_admin])?.stdout)?;
     let start = Instant::now();
     let mut agree = d["agree"] == true;
     while !agree && start.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(200));
-        let d: Value = serde_json::from_slice(&cli(exe, &["deployments", "--json", "--admin", &a_admin])?.stdout)?;
+        let d: Value = serde_json::from_slice(
+            &cli(exe, &["deployments", "--json", "--admin", &a_admin])?.stdout,
+        )?;
         agree = d["agree"] == true;
     }
     ensure!(agree, "members never agreed");
@@ -268,8 +342,20 @@ pub(crate) fn bench(exe: &Path, quick: bool) -> Result<()> {
     std::fs::write(&file, &data)?;
     let a_admin = admin(&c.nodes[0])?;
     let start = Instant::now();
-    let out = cli(exe, &["deploy", file.to_str().context("path")?, "--admin", &a_admin])?;
-    ensure!(out.status.success(), "cohort deploy: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(
+        exe,
+        &[
+            "deploy",
+            file.to_str().context("path")?,
+            "--admin",
+            &a_admin,
+        ],
+    )?;
+    ensure!(
+        out.status.success(),
+        "cohort deploy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let uploaded = start.elapsed();
     for n in ["b", "c"] {
         wait_file(&c.live(n, "payload.bin"), &data, DEADLINE)?;
