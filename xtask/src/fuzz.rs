@@ -11,7 +11,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
-const TARGETS: [&str; 3] = ["frame_stream", "beacon", "map_message"];
+const TARGETS: [&str; 4] = ["frame_stream", "beacon", "map_message", "deploy_message"];
 
 fn has_nightly() -> bool {
     Command::new("cargo")

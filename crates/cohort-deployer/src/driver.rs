@@ -89,14 +89,15 @@ pub struct DeployStatus {
     pub stats: DeployStats,
 }
 
+/// A local file staged in the temp directory (name, path, size, SHA-256), or why not (name,
+/// reason).
+type Staged = Result<(String, PathBuf, u64, [u8; 32]), (String, String)>;
+
 enum Cmd {
     Inbound(Member, Msg, Option<oneshot::Sender<Msg>>),
     ChunkAnswer(FileMeta, u32, MemberId, Option<(u32, Bytes)>),
     Installed(FileMeta, Result<(), String>),
-    LocalDone(
-        Result<(String, u64, [u8; 32]), (String, String)>,
-        Option<oneshot::Sender<Result<FileMeta, String>>>,
-    ),
+    LocalDone(Staged, Option<oneshot::Sender<Result<FileMeta, String>>>),
     Deploy(String, Bytes, oneshot::Sender<Result<FileMeta, String>>),
     Undeploy(String, oneshot::Sender<Result<FileMeta, DeployError>>),
     Status(oneshot::Sender<DeployStatus>),
@@ -178,6 +179,15 @@ impl Handler {
     }
 }
 
+/// A file of the watch directory as last scanned.
+#[derive(Clone, Copy)]
+struct Seen {
+    size: u64,
+    mtime: SystemTime,
+    since: tokio::time::Instant,
+    deployed: bool,
+}
+
 struct Owner {
     core: DeployCore,
     cfg: Arc<DeployerConfig>,
@@ -186,8 +196,8 @@ struct Owner {
     cmd: mpsc::WeakSender<Cmd>,
     events: broadcast::Sender<DeployEvent>,
     files: watch::Sender<Arc<BTreeMap<String, FileMeta>>>,
-    /// Watch directory: name → (size, mtime, deployed at this size and mtime).
-    seen: HashMap<String, (u64, SystemTime, bool)>,
+    /// Watch directory: name → (size, mtime, when they last changed, deployed at them).
+    seen: HashMap<String, Seen>,
     next_scan: tokio::time::Instant,
     _watcher: Option<notify::RecommendedWatcher>,
 }
@@ -236,7 +246,11 @@ impl DeployerHandle {
         let cfg = Arc::new(cfg);
         let watcher = if cfg.watch_enabled {
             let weak = cmd.downgrade();
-            let mut w = notify::recommended_watcher(move |_| {
+            let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+                // Reads (the scan's own) are not changes.
+                if ev.is_ok_and(|e| e.kind.is_access()) {
+                    return;
+                }
                 if let Some(c) = weak.upgrade() {
                     let _ = c.try_send(Cmd::Scan);
                 }
@@ -344,22 +358,28 @@ fn load_manifest(cfg: &DeployerConfig) -> Vec<FileMeta> {
         .into_iter()
         .filter(|f| fsio::check_name(&f.name).is_ok())
         .filter(|f| {
-            // A live file that is not there as recorded is fetched again.
+            // A live file that is not there as recorded (size and SHA-256) is fetched again.
+            let path = cfg.deploy_dir.join(&f.name);
             f.removed
-                || fs::symlink_metadata(cfg.deploy_dir.join(&f.name))
-                    .is_ok_and(|m| m.is_file() && m.len() == f.size)
+                || (fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.len() == f.size)
+                    && fsio::hash_file(&path).is_ok_and(|(sha, _)| sha == f.sha256))
         })
         .collect()
 }
 
-/// Copies `src` (or writes `bytes`) into the deploy directory through the temp directory,
-/// hashing on the way; fsync and an atomic rename.
-fn install_local(
+/// Temp files of local deploys are unique: two deploys of one name never share one.
+static LOCAL_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Copies `src` (or writes `bytes`) into a fresh file of the temp directory, hashing on the
+/// way, and fsyncs it; the owner renames it into place (in order with the versions it
+/// assigns).
+fn stage_local(
     cfg: &DeployerConfig,
     name: &str,
     src: Result<&Path, &[u8]>,
-) -> Result<(u64, [u8; 32]), String> {
-    let tmp = cfg.temp_dir.join(format!(".{name}.local"));
+) -> Result<(PathBuf, u64, [u8; 32]), String> {
+    let seq = LOCAL_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = cfg.temp_dir.join(format!(".{name}.{seq}.local"));
     let mut h = sha2::Sha256::new();
     let size;
     {
@@ -380,6 +400,7 @@ fn install_local(
                     out.write_all(&buf[..n]).map_err(|e| e.to_string())?;
                     n_total += n as u64;
                     if n_total > cfg.max_file_size {
+                        drop(out);
                         let _ = fs::remove_file(&tmp);
                         return Err(format!("larger than max_file_size ({})", cfg.max_file_size));
                     }
@@ -394,9 +415,7 @@ fn install_local(
         }
         out.sync_all().map_err(|e| e.to_string())?;
     }
-    fs::rename(&tmp, cfg.deploy_dir.join(name))
-        .map_err(|e| format!("renaming into the deploy directory: {e}"))?;
-    Ok((size, h.finalize().into()))
+    Ok((tmp, size, h.finalize().into()))
 }
 
 impl Owner {
@@ -465,10 +484,43 @@ impl Owner {
                 Some((crc, data)) => self.core.handle_chunk(from, &file, index, crc, data),
                 None => self.core.handle_chunk_failed(&file, index),
             },
-            Cmd::Installed(file, result) => self.core.handle_installed(&file, result),
+            Cmd::Installed(file, result) => {
+                // Renamed here, in order with everything else the task does: an older version
+                // never lands over a newer one.
+                let (part, done) = fsio::part_paths(&self.cfg.temp_dir, &file);
+                if !self.core.is_current(&file) {
+                    let _ = fs::remove_file(part);
+                    let _ = fs::remove_file(done);
+                    return;
+                }
+                let result = result.and_then(|()| {
+                    fs::rename(&part, self.cfg.deploy_dir.join(&file.name))
+                        .map_err(|e| format!("renaming into the deploy directory: {e}"))
+                });
+                if result.is_ok() {
+                    if let Ok(d) = fs::File::open(&self.cfg.deploy_dir) {
+                        let _ = d.sync_all();
+                    }
+                    let _ = fs::remove_file(done);
+                }
+                self.core.handle_installed(&file, result);
+            }
             Cmd::LocalDone(result, reply) => {
                 let r = match result {
-                    Ok((name, size, sha)) => Ok(self.core.handle_local(now, &name, size, sha)),
+                    Ok((name, tmp, size, sha)) => {
+                        match fs::rename(&tmp, self.cfg.deploy_dir.join(&name)) {
+                            Ok(()) => Ok(self.core.handle_local(now, &name, size, sha)),
+                            Err(e) => {
+                                let _ = fs::remove_file(&tmp);
+                                let reason = format!("renaming into the deploy directory: {e}");
+                                let _ = self.events.send(DeployEvent::Failed {
+                                    name,
+                                    reason: reason.clone(),
+                                });
+                                Err(reason)
+                            }
+                        }
+                    }
                     Err((name, reason)) => {
                         let _ = self.events.send(DeployEvent::Failed {
                             name,
@@ -484,8 +536,8 @@ impl Owner {
             Cmd::Deploy(name, bytes, reply) => {
                 let (cfg, done) = (self.cfg.clone(), self.cmd.clone());
                 tokio::task::spawn_blocking(move || {
-                    let r = install_local(&cfg, &name, Err(&bytes))
-                        .map(|(size, sha)| (name.clone(), size, sha))
+                    let r = stage_local(&cfg, &name, Err(&bytes))
+                        .map(|(tmp, size, sha)| (name.clone(), tmp, size, sha))
                         .map_err(|e| (name.clone(), e));
                     if let Some(c) = done.upgrade() {
                         let _ = c.blocking_send(Cmd::LocalDone(r, Some(reply)));
@@ -564,21 +616,38 @@ impl Owner {
                         name: name.clone(),
                         reason: reason.into(),
                     });
-                    self.seen.insert(name.clone(), (0, UNIX_EPOCH, true));
+                    self.seen.insert(
+                        name.clone(),
+                        Seen {
+                            size: 0,
+                            mtime: UNIX_EPOCH,
+                            since: tokio::time::Instant::now(),
+                            deployed: false,
+                        },
+                    );
                 }
                 continue;
             }
             present.push(name.clone());
-            let stamp = (meta.len(), meta.modified().unwrap_or(UNIX_EPOCH));
-            match self.seen.get(&name) {
-                Some((size, time, deployed)) if (*size, *time) == stamp => {
-                    if !deployed {
-                        self.seen.insert(name.clone(), (stamp.0, stamp.1, true));
+            let (size, mtime) = (meta.len(), meta.modified().unwrap_or(UNIX_EPOCH));
+            let now = tokio::time::Instant::now();
+            let seen = self.seen.get(&name).copied();
+            match seen {
+                Some(s) if (s.size, s.mtime) == (size, mtime) => {
+                    // Unchanged for a whole period: written, not being written.
+                    if !s.deployed && now - s.since >= self.cfg.process_deploy_frequency {
+                        self.seen.insert(
+                            name.clone(),
+                            Seen {
+                                deployed: true,
+                                ..s
+                            },
+                        );
                         let (cfg, done) = (self.cfg.clone(), self.cmd.clone());
                         let path = entry.path();
                         tokio::task::spawn_blocking(move || {
-                            let r = install_local(&cfg, &name, Ok(&path))
-                                .map(|(size, sha)| (name.clone(), size, sha))
+                            let r = stage_local(&cfg, &name, Ok(&path))
+                                .map(|(tmp, size, sha)| (name.clone(), tmp, size, sha))
                                 .map_err(|e| (name.clone(), e));
                             if let Some(c) = done.upgrade() {
                                 let _ = c.blocking_send(Cmd::LocalDone(r, None));
@@ -586,9 +655,17 @@ impl Owner {
                         });
                     }
                 }
-                // New or still changing: look again next period.
+                // New or still changing: timed from now.
                 _ => {
-                    self.seen.insert(name, (stamp.0, stamp.1, false));
+                    self.seen.insert(
+                        name,
+                        Seen {
+                            size,
+                            mtime,
+                            since: now,
+                            deployed: false,
+                        },
+                    );
                 }
             }
         }
@@ -599,7 +676,7 @@ impl Owner {
             .cloned()
             .collect();
         for name in gone {
-            if let Some((_, _, true)) = self.seen.remove(&name) {
+            if self.seen.remove(&name).is_some_and(|s| s.deployed) {
                 self.core.handle_local_removed(now_ms(), &name);
             }
         }
@@ -624,7 +701,7 @@ impl Owner {
                         Ok(()) => self.core.handle_written(&file, index),
                         Err(e) => self
                             .core
-                            .handle_failed(&file, format!("writing {}: {e}", part.display())),
+                            .handle_failed(&file, &format!("writing {}: {e}", part.display())),
                     }
                 }
                 Output::Install(file) => {
@@ -670,12 +747,23 @@ impl Owner {
 
     fn prepare(&mut self, file: &FileMeta) {
         let free = fs4::available_space(&self.cfg.temp_dir).unwrap_or(u64::MAX);
-        if free.saturating_sub(file.size) < self.cfg.min_free_space {
+        // Space other transfers will still take (their partial files are sparse).
+        let promised: u64 = self
+            .core
+            .transfers()
+            .iter()
+            .filter(|(f, _)| f.name != file.name)
+            .map(|(f, done)| {
+                f.size
+                    .saturating_sub(u64::from(*done) * u64::from(f.chunk_size))
+            })
+            .sum();
+        if free.saturating_sub(promised).saturating_sub(file.size) < self.cfg.min_free_space {
             let reason = format!(
                 "{} bytes would leave less than min_free_space ({}) free",
                 file.size, self.cfg.min_free_space
             );
-            self.core.handle_failed(file, reason);
+            self.core.handle_failed(file, &reason);
             return;
         }
         let (part, done) = fsio::part_paths(&self.cfg.temp_dir, file);
@@ -692,7 +780,7 @@ impl Owner {
             }
             Err(e) => self
                 .core
-                .handle_failed(file, format!("creating {}: {e}", part.display())),
+                .handle_failed(file, &format!("creating {}: {e}", part.display())),
         }
     }
 
@@ -778,10 +866,10 @@ impl Owner {
     }
 }
 
-/// Checks a received file's SHA-256, fsyncs it and renames it into the deploy directory: no
+/// Checks a received file's SHA-256 and fsyncs it (the owner renames it into place): no
 /// reader ever sees it partial or corrupt.
 fn install_remote(cfg: &DeployerConfig, file: &FileMeta) -> Result<(), String> {
-    let (part, done) = fsio::part_paths(&cfg.temp_dir, file);
+    let (part, _) = fsio::part_paths(&cfg.temp_dir, file);
     let (sha, size) =
         fsio::hash_file(&part).map_err(|e| format!("reading {}: {e}", part.display()))?;
     if sha != file.sha256 || size != file.size {
@@ -794,12 +882,5 @@ fn install_remote(cfg: &DeployerConfig, file: &FileMeta) -> Result<(), String> {
     }
     fs::File::open(&part)
         .and_then(|f| f.sync_all())
-        .map_err(|e| e.to_string())?;
-    fs::rename(&part, cfg.deploy_dir.join(&file.name))
-        .map_err(|e| format!("renaming into the deploy directory: {e}"))?;
-    if let Ok(d) = fs::File::open(&cfg.deploy_dir) {
-        let _ = d.sync_all();
-    }
-    let _ = fs::remove_file(done);
-    Ok(())
+        .map_err(|e| e.to_string())
 }

@@ -27,6 +27,7 @@ pub mod config;
 pub mod core;
 mod driver;
 pub mod fsio;
+pub mod fuzz;
 pub mod msg;
 
 pub use config::{ConfigError, DeployerConfig};

@@ -36,6 +36,11 @@ pub struct MapConfig {
     pub rpc_timeout: Duration,
     /// Deadline of the whole state transfer when the map starts. Default 60 s.
     pub state_transfer_timeout: Duration,
+    /// How long a starting map waits for the channel's first member (a node just started
+    /// may not have heard a beacon yet) before it concludes that it is alone and has no state
+    /// to fetch. Only with membership, and only while no member is seen. Default 3 s (Tribes'
+    /// default drop time).
+    pub join_wait: Duration,
     /// Refuse remote versions whose clock is more than this ahead of ours (a peer with a
     /// wrong clock, or a forged version, must not win every conflict for ever). Default 60 s.
     pub max_clock_skew: Duration,
@@ -65,6 +70,7 @@ impl Default for MapConfig {
             anti_entropy_interval: Duration::from_secs(5),
             rpc_timeout: Duration::from_secs(5),
             state_transfer_timeout: Duration::from_secs(60),
+            join_wait: Duration::from_secs(3),
             max_clock_skew: Duration::from_secs(60),
             backup_count: 1,
             inbound_queue: 4096,

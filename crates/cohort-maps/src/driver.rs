@@ -388,7 +388,17 @@ impl RawMap {
     async fn join(&self) -> Result<(), MapError> {
         let started = tokio::time::Instant::now();
         let deadline = started + self.cfg.state_transfer_timeout;
-        let members = self.channel.members();
+        let mut members = self.channel.members();
+        // A member just started may not have heard a beacon yet: wait a little for a first
+        // member before concluding that it is alone (and has no state to fetch).
+        let wait_until = started + self.cfg.join_wait;
+        while members.is_empty()
+            && self.channel.view().is_some()
+            && tokio::time::Instant::now() < wait_until
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            members = self.channel.members();
+        }
         if members.is_empty() {
             return Ok(());
         }

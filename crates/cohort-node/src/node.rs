@@ -132,6 +132,9 @@ impl ChannelListener for MessageLines {
     }
 }
 
+/// How long the command run after a deploy or undeploy may take.
+pub const DEPLOY_COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Writes the deployer's events as JSON lines (`deployed`, `undeployed`, `deploy_failed`) and
 /// runs the configured command after each deploy or undeploy, one at a time.
 async fn deploy_lines(
@@ -183,17 +186,20 @@ async fn deploy_lines(
             continue;
         };
         let path = dir.join(&name);
-        let status = tokio::process::Command::new(program)
+        // Bounded: a command that hangs is killed after DEPLOY_COMMAND_TIMEOUT, so later events
+        // are not held up.
+        let child = tokio::process::Command::new(program)
             .args(args)
             .arg(&path)
             .env("COHORT_DEPLOY_EVENT", kind)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .status()
-            .await;
-        let (ok, detail) = match status {
-            Ok(s) => (s.success(), s.to_string()),
-            Err(e) => (false, e.to_string()),
+            .kill_on_drop(true)
+            .status();
+        let (ok, detail) = match tokio::time::timeout(DEPLOY_COMMAND_TIMEOUT, child).await {
+            Ok(Ok(s)) => (s.success(), s.to_string()),
+            Ok(Err(e)) => (false, e.to_string()),
+            Err(_) => (false, format!("killed after {DEPLOY_COMMAND_TIMEOUT:?}")),
         };
         events.emit(json!({"event": "deploy_command", "node": node, "file": name, "after": kind, "ok": ok, "status": detail}));
     }

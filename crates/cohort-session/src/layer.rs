@@ -220,11 +220,10 @@ where
                 Some((id, _)) => match shared.manager.load(*id).await {
                     Ok(s) => s,
                     Err(e) => {
+                        // Never a fresh session in its place: the client's session exists
+                        // somewhere, and a new one would lose it. It can retry.
                         tracing::warn!(session = %id, error = %e, "session not loaded");
-                        if shared.fail_on_replication_error {
-                            return Ok(unavailable(&e));
-                        }
-                        None
+                        return Ok(unavailable(&e));
                     }
                 },
                 None => None,

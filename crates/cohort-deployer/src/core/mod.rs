@@ -99,6 +99,8 @@ struct Transfer {
     in_flight: BTreeMap<u32, u64>,
     next_source: usize,
     attempts: u32,
+    /// Chunk requests failed since the last chunk written.
+    failures: u32,
 }
 
 /// Counters.
@@ -125,6 +127,16 @@ fn transfer_in<'a>(
         .get_mut(&file.name)
         .filter(|t| t.file.version == file.version)
 }
+
+/// The in-flight mark of a transfer waiting for its partial file (never a chunk index: files
+/// with that many chunks are refused in `consider`).
+const PREPARING: u32 = u32::MAX;
+
+/// Chunk requests that may fail in a row before a transfer gives its slot up.
+const MAX_CHUNK_FAILURES: u32 = 32;
+
+/// Versions further ahead of this member's clock are refused.
+const MAX_CLOCK_SKEW_MS: u64 = 60_000;
 
 /// Whole-file attempts before a transfer waits for the next manifest exchange.
 const MAX_ATTEMPTS: u32 = 3;
@@ -222,6 +234,10 @@ impl DeployCore {
         size: u64,
         sha256: [u8; 32],
     ) -> FileMeta {
+        // A new deploy beats whatever version of the name is held.
+        if let Some(old) = self.files.get(name) {
+            self.hlc.observe(old.version.hlc);
+        }
         let file = FileMeta {
             name: name.to_owned(),
             size,
@@ -242,7 +258,8 @@ impl DeployCore {
 
     /// Undeploys `name` everywhere; `None` when it is not deployed.
     pub fn handle_local_removed(&mut self, now_ms: u64, name: &str) -> Option<FileMeta> {
-        self.file(name)?;
+        let held = self.file(name)?.version.hlc;
+        self.hlc.observe(held);
         let tomb = FileMeta {
             name: name.to_owned(),
             size: 0,
@@ -334,15 +351,28 @@ impl DeployCore {
         {
             return;
         }
-        self.hlc
-            .observe(file.version.hlc.min((now_ms + 60_000) << 16));
+        // A version from the far future (a wrong clock, or a forged one) would pin the name
+        // for good: refused.
+        if file.version.millis() > now_ms.saturating_add(MAX_CLOCK_SKEW_MS) {
+            self.stats.refused += 1;
+            return;
+        }
+        self.hlc.observe(file.version.hlc);
+        let known = self.files.contains_key(&file.name);
+        if !known && self.files.len() >= self.cfg.max_files {
+            if !file.removed {
+                self.refuse(&file, format!("max_files ({}) reached", self.cfg.max_files));
+            }
+            return;
+        }
         if file.removed {
             let had = self.file(&file.name).is_some();
             self.supersede(&file.name);
             self.files.insert(file.name.clone(), file.clone());
             self.announce(&file);
+            // Removed even when not recorded here: a file renamed into place just before.
+            self.out.push_back(Output::Remove(file.name.clone()));
             if had {
-                self.out.push_back(Output::Remove(file.name.clone()));
                 self.out.push_back(Output::Event(DeployEvent::Undeployed {
                     name: file.name,
                     origin: Origin::Remote,
@@ -361,7 +391,7 @@ impl DeployCore {
                 return;
             }
         }
-        if file.size > self.cfg.max_file_size {
+        if file.size > self.cfg.max_file_size || file.chunks() == PREPARING {
             self.refuse(
                 &file,
                 format!(
@@ -371,8 +401,7 @@ impl DeployCore {
             );
             return;
         }
-        if self.files.len() >= self.cfg.max_files && !self.files.contains_key(&file.name) {
-            self.refuse(&file, format!("max_files ({}) reached", self.cfg.max_files));
+        if self.transfers.len() >= self.cfg.max_files && !self.transfers.contains_key(&file.name) {
             return;
         }
         self.supersede(&file.name);
@@ -387,6 +416,7 @@ impl DeployCore {
                 in_flight: BTreeMap::new(),
                 next_source: 0,
                 attempts: 0,
+                failures: 0,
                 file,
             },
         );
@@ -394,7 +424,9 @@ impl DeployCore {
 
     fn refuse(&mut self, file: &FileMeta, reason: String) {
         self.stats.refused += 1;
-        self.refused.insert(file.name.clone(), file.version);
+        if self.refused.len() < self.cfg.max_files || self.refused.contains_key(&file.name) {
+            self.refused.insert(file.name.clone(), file.version);
+        }
         self.out.push_back(Output::Event(DeployEvent::Failed {
             name: file.name.clone(),
             reason,
@@ -407,6 +439,7 @@ impl DeployCore {
             return;
         };
         t.prepared = true;
+        t.in_flight.remove(&PREPARING);
         for i in done {
             if let Some(d) = t.done.get_mut(*i as usize) {
                 if !*d {
@@ -425,14 +458,25 @@ impl DeployCore {
         transfer_in(&mut self.transfers, file)
     }
 
-    /// Preparing or installing `file` failed for good (no space, a write error): it is
-    /// refused until a newer version comes.
-    pub fn handle_failed(&mut self, file: &FileMeta, reason: String) {
+    /// Preparing or writing `file` failed (no space, a write error): the transfer is dropped
+    /// and reported; the next manifest exchange tries again.
+    pub fn handle_failed(&mut self, file: &FileMeta, reason: &str) {
         if self.transfer_of(file).is_some() {
             self.transfers.remove(&file.name);
             self.out.push_back(Output::Discard(file.clone()));
-            self.refuse(file, reason);
+            self.out.push_back(Output::Event(DeployEvent::Failed {
+                name: file.name.clone(),
+                reason: format!("{reason}; tried again at the next manifest exchange"),
+            }));
         }
+    }
+
+    /// Whether `file` is still the version this member is receiving (an install of it may
+    /// go ahead).
+    pub fn is_current(&self, file: &FileMeta) -> bool {
+        self.transfers
+            .get(&file.name)
+            .is_some_and(|t| t.file.version == file.version)
     }
 
     /// A chunk arrived: checked against its CRC and length, then handed over for writing.
@@ -468,11 +512,26 @@ impl DeployCore {
 
     /// A chunk request failed (refused, timed out, or the source left).
     pub fn handle_chunk_failed(&mut self, file: &FileMeta, index: u32) {
-        if let Some(t) = transfer_in(&mut self.transfers, file) {
-            if t.in_flight.remove(&index).is_some() {
-                t.next_source += 1;
-                self.stats.chunk_retries += 1;
-            }
+        let Some(t) = transfer_in(&mut self.transfers, file) else {
+            return;
+        };
+        if t.in_flight.remove(&index).is_some() {
+            t.next_source += 1;
+            t.failures += 1;
+            self.stats.chunk_retries += 1;
+        }
+        if t.failures >= MAX_CHUNK_FAILURES {
+            // Its sources do not serve it (gone, or another version now): the slot is given
+            // up; a manifest that names a source tries again.
+            let f = t.file.clone();
+            self.transfers.remove(&f.name);
+            self.out.push_back(Output::Discard(f.clone()));
+            self.out.push_back(Output::Event(DeployEvent::Failed {
+                name: f.name,
+                reason: format!(
+                    "{MAX_CHUNK_FAILURES} chunk requests failed in a row; tried again at the next manifest exchange"
+                ),
+            }));
         }
     }
 
@@ -481,6 +540,7 @@ impl DeployCore {
         let Some(t) = self.transfer_of(file) else {
             return;
         };
+        t.failures = 0;
         if let Some(d) = t.done.get_mut(index as usize) {
             if !*d {
                 *d = true;
@@ -525,6 +585,7 @@ impl DeployCore {
                 t.done.iter_mut().for_each(|d| *d = false);
                 t.remaining = f.chunks();
                 t.prepared = false;
+                t.in_flight.clear();
                 self.out.push_back(Output::Discard(f.clone()));
                 self.out.push_back(Output::Event(DeployEvent::Failed {
                     name: f.name,
@@ -602,22 +663,24 @@ impl DeployCore {
                 break;
             }
             let t = self.transfers.get_mut(&name).expect("listed");
-            if t.remaining == 0 {
+            // A transfer nobody can serve holds no slot.
+            if t.sources.is_empty() {
                 continue;
             }
-            active += 1;
             if !t.prepared {
+                active += 1;
                 // Marked so that it is asked once.
-                if let std::collections::btree_map::Entry::Vacant(e) = t.in_flight.entry(u32::MAX) {
+                if let std::collections::btree_map::Entry::Vacant(e) = t.in_flight.entry(PREPARING)
+                {
                     e.insert(u64::MAX);
                     self.out.push_back(Output::Prepare(t.file.clone()));
                 }
                 continue;
             }
-            t.in_flight.remove(&u32::MAX);
-            if t.sources.is_empty() {
+            if t.remaining == 0 {
                 continue;
             }
+            active += 1;
             let wanted: Vec<u32> = (0..t.file.chunks())
                 .filter(|i| !t.done[*i as usize] && !t.in_flight.contains_key(i))
                 .take(self.cfg.chunks_in_flight.saturating_sub(t.in_flight.len()))

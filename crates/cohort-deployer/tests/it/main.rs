@@ -3,6 +3,8 @@
 // Test data is made of truncated arithmetic.
 #![allow(clippy::cast_possible_truncation)]
 
+mod corpus;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
