@@ -64,7 +64,7 @@ impl Algorithm {
 pub struct KeyConfig {
     /// Its id, sent with every message it encrypts.
     pub id: u32,
-    /// 32 bytes as 64 hex digits.
+    /// 32 bytes as 64 hex digits, or as standard base64 (44 characters).
     pub key: String,
 }
 
@@ -86,9 +86,30 @@ impl KeyConfig {
         Self { id, key: hex }
     }
 
-    /// The key's 32 bytes, when `key` is 64 hex digits.
+    /// The key's 32 bytes, when `key` is 64 hex digits or standard base64 of 32 bytes.
     pub fn bytes(&self) -> Option<[u8; 32]> {
         parse_key(&self.key)
+    }
+
+    /// A key from text, as a secrets file holds it: 64 hex digits or standard base64 of 32
+    /// bytes. The error says which forms are accepted (it never repeats the text).
+    ///
+    /// ```
+    /// use cohort_interceptors::encryption::KeyConfig;
+    /// let hex = KeyConfig::from_text(1, &"ab".repeat(32)).unwrap();
+    /// let b64 = KeyConfig::from_text(1, "q6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6s=").unwrap();
+    /// assert_eq!(hex.bytes(), b64.bytes());
+    /// assert!(KeyConfig::from_text(1, "too short").is_err());
+    /// ```
+    pub fn from_text(id: u32, text: &str) -> Result<Self, crate::ConfigError> {
+        match parse_key(text) {
+            Some(bytes) => Ok(Self::from_bytes(id, bytes)),
+            None => Err(crate::ConfigError {
+                key: "keys.key".into(),
+                reason: "a key is 32 bytes: 64 hex digits or 44 characters of standard base64"
+                    .into(),
+            }),
+        }
     }
 }
 
@@ -148,8 +169,14 @@ impl Default for EncryptionConfig {
     }
 }
 
-fn parse_key(hex: &str) -> Option<[u8; 32]> {
-    let hex = hex.trim();
+/// 32 bytes from 64 hex digits, or from standard base64 (44 characters, padded).
+fn parse_key(text: &str) -> Option<[u8; 32]> {
+    let hex = text.trim();
+    if hex.len() == 44 {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(hex).ok()?;
+        return <[u8; 32]>::try_from(bytes.as_slice()).ok();
+    }
     if hex.len() != 64 || !hex.is_ascii() {
         return None;
     }
@@ -171,7 +198,7 @@ impl EncryptionConfig {
             if parse_key(&k.key).is_none() {
                 return bad(
                     &format!("keys[{i}].key"),
-                    "must be 64 hex digits (32 bytes)",
+                    "must be 64 hex digits or 44 characters of standard base64 (32 bytes)",
                 );
             }
             if !ids.insert(k.id) {

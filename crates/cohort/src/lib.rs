@@ -5,7 +5,8 @@
 //!
 //! This crate is the one to depend on: it re-exports the `cohort-*` crates (each also usable
 //! on its own) and gathers what a program needs in [`prelude`]. Features: `interceptors` and
-//! `maps` (replicated maps, [`maps`]) on by default, `tower`, `serde`.
+//! `maps` (replicated maps) on by default; `session` (web sessions for axum and tower),
+//! `deployer` (cluster-wide file deployment), `tower`, `serde`.
 //!
 //! A channel, a send that waits for its ACK in one await, and an RPC call, between two
 //! channels in one process (across processes it is the same code on each side):
@@ -61,8 +62,12 @@
 pub use cohort_channel as channel;
 #[cfg(feature = "interceptors")]
 pub use cohort_interceptors as interceptors;
+#[cfg(feature = "deployer")]
+pub use cohort_deployer as deployer;
 #[cfg(feature = "maps")]
 pub use cohort_maps as maps;
+#[cfg(feature = "session")]
+pub use cohort_session as session;
 pub use cohort_membership as membership;
 pub use cohort_net as net;
 pub use cohort_transport as transport;
@@ -82,8 +87,12 @@ pub mod prelude {
     };
     #[cfg(feature = "interceptors")]
     pub use cohort_interceptors::{InterceptorConfig, StackExt, build_stack, default_stack};
+    #[cfg(feature = "deployer")]
+    pub use cohort_deployer::{DeployerConfig, DeployerHandle};
     #[cfg(feature = "maps")]
     pub use cohort_maps::{LazyReplicatedMap, MapConfig, MapError, ReplicatedMap, WriteMode};
+    #[cfg(feature = "session")]
+    pub use cohort_session::{ManagerKind, Session, SessionConfig, SessionLayer, SessionManager};
     pub use cohort_membership::{
         Membership, MembershipConfig, MembershipEvent, MembershipHandle, MembershipListener,
         MulticastConfig, StaticPeer,
