@@ -18,6 +18,7 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
 
+mod api;
 mod bench;
 mod cluster;
 mod deploy;
@@ -31,7 +32,8 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  ci                  fmt check, clippy -D warnings, tests, doc build (what CI runs)
+  ci                  fmt check, clippy -D warnings, tests, doc build, API check (what CI runs)
+  api [--bless]       each crate's public API against its snapshot in api/ (--bless: rewrite)
   fuzz [--seconds N]  run every fuzz target for N seconds (default 20) from its corpus
   sim [--seeds N]     run the simulation suite over seeds 1..=N (default 50)
   sim --seed S        replay one seed
@@ -63,6 +65,7 @@ fn run(args: &[String]) -> Result<()> {
     std::env::set_current_dir(&root).with_context(|| format!("cd {}", root.display()))?;
     match args.first().map(String::as_str) {
         Some("ci") => ci(),
+        Some("api") => api::run(&args[1..]),
         Some("fuzz") => {
             let seconds = match args.get(1).map(String::as_str) {
                 None => 20,
@@ -147,6 +150,7 @@ fn ci() -> Result<()> {
             ])
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
+    api::run(&[])?;
     eprintln!("xtask ci: all checks passed");
     Ok(())
 }

@@ -60,16 +60,16 @@
 //! `interceptors::build_stack`.
 
 pub use cohort_channel as channel;
-#[cfg(feature = "interceptors")]
-pub use cohort_interceptors as interceptors;
 #[cfg(feature = "deployer")]
 pub use cohort_deployer as deployer;
+#[cfg(feature = "interceptors")]
+pub use cohort_interceptors as interceptors;
 #[cfg(feature = "maps")]
 pub use cohort_maps as maps;
-#[cfg(feature = "session")]
-pub use cohort_session as session;
 pub use cohort_membership as membership;
 pub use cohort_net as net;
+#[cfg(feature = "session")]
+pub use cohort_session as session;
 pub use cohort_transport as transport;
 pub use cohort_wire as wire;
 /// The random-number traits of the public API (`start_with` takes an `RngCore` of this
@@ -85,18 +85,18 @@ pub mod prelude {
         MembershipSetup, ReplyMode, RpcChannel, RpcHandler, RpcResponse, SendOutcome, SendReceipt,
         ViewEvent,
     };
-    #[cfg(feature = "interceptors")]
-    pub use cohort_interceptors::{InterceptorConfig, StackExt, build_stack, default_stack};
     #[cfg(feature = "deployer")]
     pub use cohort_deployer::{DeployerConfig, DeployerHandle};
+    #[cfg(feature = "interceptors")]
+    pub use cohort_interceptors::{InterceptorConfig, StackExt, build_stack, default_stack};
     #[cfg(feature = "maps")]
     pub use cohort_maps::{LazyReplicatedMap, MapConfig, MapError, ReplicatedMap, WriteMode};
-    #[cfg(feature = "session")]
-    pub use cohort_session::{ManagerKind, Session, SessionConfig, SessionLayer, SessionManager};
     pub use cohort_membership::{
         Membership, MembershipConfig, MembershipEvent, MembershipHandle, MembershipListener,
         MulticastConfig, StaticPeer,
     };
+    #[cfg(feature = "session")]
+    pub use cohort_session::{ManagerKind, Session, SessionConfig, SessionLayer, SessionManager};
     pub use cohort_transport::TransportConfig;
     pub use cohort_wire::{ClusterKey, KeyRing, Member, MemberId, SendOptions, Services};
 }
