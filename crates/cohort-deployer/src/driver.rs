@@ -27,6 +27,9 @@ use crate::msg::{FileMeta, Msg};
 /// The manifest this member keeps in its temp directory (what it has and has undeployed).
 const MANIFEST: &str = ".cohort-manifest";
 
+/// The names deployed from the watch directory, in the temp directory.
+const WATCHED: &str = ".cohort-watched";
+
 /// Why a deployer call failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -198,6 +201,8 @@ struct Owner {
     files: watch::Sender<Arc<BTreeMap<String, FileMeta>>>,
     /// Watch directory: name → (size, mtime, when they last changed, deployed at them).
     seen: HashMap<String, Seen>,
+    /// The watched names as last saved.
+    saved_watched: Option<Vec<u8>>,
     next_scan: tokio::time::Instant,
     _watcher: Option<notify::RecommendedWatcher>,
 }
@@ -277,9 +282,11 @@ impl DeployerHandle {
             events: events.clone(),
             files: files_tx,
             seen: HashMap::new(),
+            saved_watched: None,
             next_scan: tokio::time::Instant::now(),
             _watcher: watcher,
         };
+        owner.restore_watched();
         for m in channel.members() {
             owner.known.insert(m.id, m.clone());
             owner.core.handle_member_up(m.id);
@@ -678,6 +685,69 @@ impl Owner {
         for name in gone {
             if self.seen.remove(&name).is_some_and(|s| s.deployed) {
                 self.core.handle_local_removed(now_ms(), &name);
+            }
+        }
+        self.save_watched();
+    }
+
+    /// The names deployed from the watch directory, saved so that a restart neither deploys
+    /// them again as new versions nor forgets to undeploy one removed while it was down.
+    fn save_watched(&mut self) {
+        let mut names: Vec<&String> = self
+            .seen
+            .iter()
+            .filter(|(_, s)| s.deployed)
+            .map(|(n, _)| n)
+            .collect();
+        names.sort();
+        let Ok(bytes) = postcard::to_stdvec(&names) else {
+            return;
+        };
+        if self.saved_watched.as_deref() == Some(bytes.as_slice()) {
+            return;
+        }
+        match fsio::write_atomic(&self.cfg.temp_dir.join(WATCHED), &bytes) {
+            Ok(()) => self.saved_watched = Some(bytes),
+            Err(e) => tracing::warn!(error = %e, "watched names not saved"),
+        }
+    }
+
+    /// At start: a watched file still there as deployed is not deployed again; one gone while
+    /// the node was down is undeployed.
+    fn restore_watched(&mut self) {
+        if !self.cfg.watch_enabled {
+            return;
+        }
+        let Ok(bytes) = fs::read(self.cfg.temp_dir.join(WATCHED)) else {
+            return;
+        };
+        let names: Vec<String> = postcard::from_bytes(&bytes).unwrap_or_default();
+        for name in names {
+            if fsio::check_name(&name).is_err() {
+                continue;
+            }
+            let path = self.cfg.watch_dir.join(&name);
+            let Some(live) = self.core.file(&name).cloned() else {
+                continue;
+            };
+            match fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_file() => {
+                    if fsio::hash_file(&path).is_ok_and(|(sha, _)| sha == live.sha256) {
+                        self.seen.insert(
+                            name,
+                            Seen {
+                                size: meta.len(),
+                                mtime: meta.modified().unwrap_or(UNIX_EPOCH),
+                                since: tokio::time::Instant::now(),
+                                deployed: true,
+                            },
+                        );
+                    }
+                    // Changed while down: deployed again once it is stable.
+                }
+                _ => {
+                    self.core.handle_local_removed(now_ms(), &name);
+                }
             }
         }
     }

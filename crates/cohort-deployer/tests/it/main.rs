@@ -296,3 +296,38 @@ async fn chunks_corrupted_on_the_way_are_fetched_again_and_never_deployed_corrup
     b.stop().await;
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_neither_redeploys_watched_files_nor_forgets_one_removed_while_down() {
+    let root = scratch("restart");
+    // A static peer that never starts: this member runs alone.
+    let ports = [free_udp_port(), free_udp_port()];
+    let a = node(ports[0], ports[0], &ports).await;
+    let cfg = dirs(&root, 0);
+    let d = DeployerHandle::start(&a, cfg.clone()).await.unwrap();
+    std::fs::create_dir_all(&cfg.watch_dir).unwrap();
+    std::fs::write(cfg.watch_dir.join("keep.txt"), b"keep").unwrap();
+    std::fs::write(cfg.watch_dir.join("drop.txt"), b"drop").unwrap();
+    wait_file(&cfg.deploy_dir.join("keep.txt"), b"keep").await;
+    wait_file(&cfg.deploy_dir.join("drop.txt"), b"drop").await;
+    let version = |s: &cohort_deployer::DeployStatus, n: &str| {
+        s.local
+            .iter()
+            .find(|f| f.name == n && !f.removed)
+            .map(|f| f.version)
+    };
+    let before = version(&d.status().await.unwrap(), "keep.txt").unwrap();
+    d.stop().await;
+    // Down: one watched file is removed.
+    std::fs::remove_file(cfg.watch_dir.join("drop.txt")).unwrap();
+    let d = DeployerHandle::start(&a, cfg.clone()).await.unwrap();
+    wait_gone(&cfg.deploy_dir.join("drop.txt")).await;
+    // Several scan periods later, the kept file is still the same version.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        version(&d.status().await.unwrap(), "keep.txt"),
+        Some(before)
+    );
+    a.stop().await;
+    let _ = std::fs::remove_dir_all(&root);
+}
