@@ -720,34 +720,29 @@ impl RawMap {
         }
     }
 
-    /// Sends records to the members that hold their values; the members that did not take
-    /// them as `mode` asks, and why.
+    /// Sends records to the members that hold their values, ASYNC or USE_ACK (SYNC_ACK
+    /// writes are group-committed by the task); the members that did not take them, and why.
     async fn send_full(
         &self,
         to: &[Member],
         records: Vec<Record>,
         mode: WriteMode,
     ) -> Result<Vec<(MemberId, String)>, MapError> {
-        let sync = mode == WriteMode::SyncAck;
-        let body = Msg::Update { sync, records }.encode();
-        let how = CallOptions::default().timeout(self.cfg.rpc_timeout);
-        let result = match mode {
-            WriteMode::Async => {
-                self.one_way(to, body).await?;
-                return Ok(Vec::new());
-            }
-            WriteMode::Ack => {
-                self.rpc
-                    .call(
-                        to,
-                        body,
-                        how.mode(ReplyMode::None).send_options(SendOptions::USE_ACK),
-                    )
-                    .await?
-            }
-            WriteMode::SyncAck => self.rpc.call(to, body, how.mode(ReplyMode::All)).await?,
-        };
-        let missing = missing_of(&result, sync, self.cfg.rpc_timeout);
+        let body = Msg::Update {
+            sync: false,
+            records,
+        }
+        .encode();
+        if mode == WriteMode::Async {
+            self.one_way(to, body).await?;
+            return Ok(Vec::new());
+        }
+        let how = CallOptions::default()
+            .timeout(self.cfg.rpc_timeout)
+            .mode(ReplyMode::None)
+            .send_options(SendOptions::USE_ACK);
+        let result = self.rpc.call(to, body, how).await?;
+        let missing = missing_of(&result, false, self.cfg.rpc_timeout);
         if !result.no_channel.is_empty() {
             // They stopped the map: no longer members.
             self.send(Cmd::Gone(result.no_channel)).await?;

@@ -518,18 +518,32 @@ impl MapCore {
             .filter(|m| *m != self.local && self.members.contains(m))
             .collect();
         let backups = self.choose_backups(key, self.local, &keep);
-        let record = Record {
-            key: Bytes::copy_from_slice(key),
-            version: e.version,
-            placed: Version::new(self.hlc.tick(now_ms), self.local),
-            removed: false,
-            primary: *self.local.as_bytes(),
-            backups: raw(&backups),
-            value: e.value.clone(),
-        };
+        let (version, value) = (e.version, e.value.clone());
+        let record = self.placed_here(now_ms, key, version, &backups, value);
         self.stats.promotions += 1;
         let _ = self.install(now_ms, record.clone(), Origin::Local);
         Some(self.write_of(record))
+    }
+
+    /// `key` at `version` moved to this member as primary with `backups`: a new placement
+    /// version, the value's version kept.
+    fn placed_here(
+        &mut self,
+        now_ms: u64,
+        key: &[u8],
+        version: Version,
+        backups: &[MemberId],
+        value: Option<Bytes>,
+    ) -> Record {
+        Record {
+            key: Bytes::copy_from_slice(key),
+            version,
+            placed: Version::new(self.hlc.tick(now_ms), self.local),
+            removed: false,
+            primary: *self.local.as_bytes(),
+            backups: raw(backups),
+            value,
+        }
     }
 
     /// `backup_count` backups for `key` other than `primary`: those of `keep` that are still
@@ -1090,15 +1104,8 @@ impl MapCore {
         if backups == e.backups {
             return;
         }
-        let record = Record {
-            key: Bytes::copy_from_slice(key),
-            version: e.version,
-            placed: Version::new(self.hlc.tick(now_ms), self.local),
-            removed: false,
-            primary: *self.local.as_bytes(),
-            backups: raw(&backups),
-            value: e.value.clone(),
-        };
+        let (version, value) = (e.version, e.value.clone());
+        let record = self.placed_here(now_ms, key, version, &backups, value);
         let _ = self.install(now_ms, record.clone(), Origin::Local);
         let w = self.write_of(record);
         self.queue_write(w);
