@@ -262,10 +262,13 @@ pub(crate) fn scenario(exe: &Path, dir: &Path, config: &str, manager: &str) -> R
             let mut c = Client::default();
             for r in 0..rounds {
                 // Round-robin, and on failure the next member (a load balancer's retry).
-                for k in 0..live.len() {
+                // A load balancer's retry: the next member, a few passes, a short pause between
+                // (a 503 during a failover is retried, not a loss).
+                for k in 0..live.len() * 3 {
                     if c.count(live[(i + r + k) % live.len()]).is_some() {
                         break;
                     }
+                    std::thread::sleep(Duration::from_millis(20));
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
