@@ -39,6 +39,7 @@
 //! #                 ([127, 0, 0, 1], me).into(),
 //! #                 vec![format!("127.0.0.1:{peer}").parse::<StaticPeer>().unwrap()],
 //! #             )),
+//! #             dns: None,
 //! #         })
 //! #         .start()
 //! #         .await

@@ -81,6 +81,23 @@ pub struct MembershipConfig {
     pub max_pending_events: NonZeroUsize,
     /// Wire limits for beacons.
     pub limits: WireLimits,
+    /// Which members may join: `compatible` (default) admits any member whose protocol
+    /// version range overlaps ours; `same` also requires the same application version
+    /// ([`LocalMemberConfig::app_version`]), as Tribes requires one application version
+    /// cluster-wide. Refused members are reported (`MembershipEvent::MemberRefused`).
+    pub version_policy: VersionPolicy,
+}
+
+/// Which members may join (see [`MembershipConfig::version_policy`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
+pub enum VersionPolicy {
+    /// Any member whose protocol versions overlap ours (a rolling upgrade mixes builds).
+    #[default]
+    Compatible,
+    /// Only members with our application version; the others are refused and reported.
+    Same,
 }
 
 impl Default for MembershipConfig {
@@ -95,6 +112,7 @@ impl Default for MembershipConfig {
             min_answer_interval: Duration::from_millis(20),
             max_pending_events: NonZeroUsize::new(4096).expect("non-zero"),
             limits: WireLimits::default(),
+            version_policy: VersionPolicy::Compatible,
         }
     }
 }
@@ -355,4 +373,176 @@ pub struct LocalMemberConfig {
     pub domain: Bytes,
     /// Initial payload.
     pub payload: Bytes,
+    /// The application's version, announced to every member (at most 255 bytes; empty: none).
+    /// Compared only under `version_policy = "same"`.
+    pub app_version: String,
+}
+
+/// Which DNS records name the members.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
+pub enum DnsRecord {
+    /// A and AAAA records: every address, each with [`DnsConfig::port`] (a Kubernetes headless
+    /// service).
+    #[default]
+    A,
+    /// SRV records: each names a target host and its port (Consul, Kubernetes named ports).
+    Srv,
+}
+
+/// DNS discovery (`[membership.dns]`): a name resolved again and again; every address it
+/// yields is beaconed by unicast like a static peer, from the static socket (`static_bind`).
+///
+/// Resolution failures (NXDOMAIN, a dead resolver) are reported as
+/// [`crate::MembershipEvent::DnsFailed`] and retried with a doubling backoff; they are never
+/// fatal, and the addresses last resolved stay in use. An address that is also a configured
+/// static peer is that peer (its pinned id and own secret apply).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
+pub struct DnsConfig {
+    /// The name to resolve, e.g. `cohort.default.svc.cluster.local` or
+    /// `_cohort._udp.service.consul`. A name without a final dot goes through the resolver's
+    /// search list.
+    pub name: String,
+    /// `a` (A and AAAA, default) or `srv`.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub record: DnsRecord,
+    /// The membership port of the members, for `a` records (required there; SRV records
+    /// carry their own ports, so it must be absent with `srv`).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub port: Option<u16>,
+    /// The DNS server to ask (`ip:port`); default: the system's (`/etc/resolv.conf`).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub resolver: Option<SocketAddr>,
+    /// Longest time between two resolutions. Records are cached for their TTL, but never
+    /// longer than this. Default 5 s.
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            default = "dns_refresh",
+            deserialize_with = "cohort_wire::serde_ms::duration"
+        )
+    )]
+    pub refresh: Duration,
+    /// Shortest time between two resolutions, however short the TTLs. Default 1 s.
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            default = "dns_min_refresh",
+            deserialize_with = "cohort_wire::serde_ms::duration"
+        )
+    )]
+    pub min_refresh: Duration,
+    /// How long one resolution may take. Default 2 s.
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            default = "dns_timeout",
+            deserialize_with = "cohort_wire::serde_ms::duration"
+        )
+    )]
+    pub timeout: Duration,
+    /// First pause after a failure; it doubles with each failure in a row, up to `refresh`.
+    /// Default 500 ms.
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            default = "dns_retry",
+            deserialize_with = "cohort_wire::serde_ms::duration"
+        )
+    )]
+    pub retry: Duration,
+    /// Most addresses taken from one resolution (the rest are dropped and logged). Default 64.
+    #[cfg_attr(feature = "serde", serde(default = "dns_max_addresses"))]
+    pub max_addresses: usize,
+}
+
+#[cfg(feature = "serde")]
+fn dns_refresh() -> Duration {
+    DnsConfig::new("").refresh
+}
+#[cfg(feature = "serde")]
+fn dns_min_refresh() -> Duration {
+    DnsConfig::new("").min_refresh
+}
+#[cfg(feature = "serde")]
+fn dns_timeout() -> Duration {
+    DnsConfig::new("").timeout
+}
+#[cfg(feature = "serde")]
+fn dns_retry() -> Duration {
+    DnsConfig::new("").retry
+}
+#[cfg(feature = "serde")]
+fn dns_max_addresses() -> usize {
+    DnsConfig::new("").max_addresses
+}
+
+/// Most addresses one resolution may yield, whatever `max_addresses` says.
+pub const MAX_DNS_ADDRESSES: usize = 1024;
+
+impl DnsConfig {
+    /// Discovery of `name` by A/AAAA records on the defaults (set `port` before use).
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            record: DnsRecord::A,
+            port: None,
+            resolver: None,
+            refresh: Duration::from_secs(5),
+            min_refresh: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
+            retry: Duration::from_millis(500),
+            max_addresses: 64,
+        }
+    }
+
+    /// Checks the bounds.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let name = self.name.trim_end_matches('.');
+        if name.is_empty() || self.name.len() > 254 {
+            return Err(invalid(
+                "dns.name",
+                "must be a DNS name of 1 to 253 characters",
+            ));
+        }
+        match (self.record, self.port) {
+            (DnsRecord::A, None | Some(0)) => {
+                return Err(invalid(
+                    "dns.port",
+                    "required (1..=65535) with record = \"a\"",
+                ));
+            }
+            (DnsRecord::Srv, Some(_)) => {
+                return Err(invalid(
+                    "dns.port",
+                    "must be absent with record = \"srv\": SRV records carry the ports",
+                ));
+            }
+            _ => {}
+        }
+        let day = Duration::from_secs(86_400);
+        for (key, value) in [
+            ("dns.refresh", self.refresh),
+            ("dns.min_refresh", self.min_refresh),
+            ("dns.timeout", self.timeout),
+            ("dns.retry", self.retry),
+        ] {
+            if value < Duration::from_millis(10) || value > day {
+                return Err(invalid(key, "must be between 10 ms and a day"));
+            }
+        }
+        if self.min_refresh > self.refresh {
+            return Err(invalid("dns.min_refresh", "must not exceed refresh"));
+        }
+        if self.max_addresses == 0 || self.max_addresses > MAX_DNS_ADDRESSES {
+            return Err(invalid(
+                "dns.max_addresses",
+                format!("must be in 1..={MAX_DNS_ADDRESSES}"),
+            ));
+        }
+        Ok(())
+    }
 }

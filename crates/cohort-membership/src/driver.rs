@@ -13,9 +13,9 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::config::{
-    ConfigError, LocalMemberConfig, MembershipConfig, MulticastConfig, StaticPeer,
+    ConfigError, DnsConfig, LocalMemberConfig, MembershipConfig, MulticastConfig, StaticPeer,
 };
-use crate::core::{Destination, MembershipCore};
+use crate::core::{Destination, MembershipCore, Via};
 use crate::view::{FailureEvidence, MembershipEvent, MembershipStats, MembershipView};
 
 /// Capacity of the command queue from handles to the driver task (senders wait when full).
@@ -77,6 +77,7 @@ impl Membership {
             listeners: Vec::new(),
             data_sink: None,
             event_capacity: 1024,
+            dns: None,
         }
     }
 }
@@ -92,6 +93,7 @@ pub struct MembershipBuilder {
     services: Services,
     listeners: Vec<Arc<dyn MembershipListener>>,
     event_capacity: usize,
+    dns: Option<DnsConfig>,
 }
 
 impl MembershipBuilder {
@@ -108,6 +110,15 @@ impl MembershipBuilder {
     pub fn static_peers(mut self, bind: SocketAddr, peers: Vec<StaticPeer>) -> Self {
         self.static_bind = Some(bind);
         self.static_peers = peers;
+        self
+    }
+
+    /// DNS discovery: the resolved addresses are beaconed by unicast from the static socket,
+    /// so [`MembershipBuilder::static_peers`] must give its bind address (with no peers if
+    /// there are none). Needs the `dns` feature (on by default).
+    #[must_use]
+    pub fn dns(mut self, dns: Option<DnsConfig>) -> Self {
+        self.dns = dns;
         self
     }
 
@@ -168,6 +179,31 @@ impl MembershipBuilder {
             m.validate()?;
         }
         self.config.validate()?;
+        if let Some(d) = &self.dns {
+            d.validate()?;
+            if self.static_bind.is_none() {
+                return Err(ConfigError::Invalid {
+                    field: "static_bind",
+                    problem: "DNS discovery beacons from the static socket: give its address"
+                        .into(),
+                }
+                .into());
+            }
+            if cfg!(not(feature = "dns")) {
+                return Err(ConfigError::Invalid {
+                    field: "dns",
+                    problem: "cohort-membership was built without its `dns` feature".into(),
+                }
+                .into());
+            }
+        }
+        if self.multicast.is_none() && self.static_peers.is_empty() && self.dns.is_none() {
+            return Err(ConfigError::Invalid {
+                field: "static_members",
+                problem: "without multicast or DNS at least one static member is needed".into(),
+            }
+            .into());
+        }
         let multicast_socket = match &self.multicast {
             Some(m) => {
                 let opts = m.socket_options();
@@ -219,6 +255,7 @@ impl MembershipBuilder {
         local.udp_port = self.local.udp_port;
         local.domain = self.local.domain.clone();
         local.payload = self.local.payload.clone();
+        local.app_version.clone_from(&self.local.app_version);
         local.start_time_ms = self.local.start_time_ms.unwrap_or(wall);
         let mut core = MembershipCore::new(
             self.config,
@@ -230,6 +267,21 @@ impl MembershipBuilder {
         )?;
         core.start(now.into_std());
         let local_key = core.local().key();
+        // The static socket's own address is never a peer (DNS lists every member, us too).
+        let own_addrs = static_socket
+            .as_ref()
+            .and_then(|s| s.local_addr().ok())
+            .into_iter()
+            .collect();
+        let (dns_rx, dns_task) = match self.dns {
+            #[cfg(feature = "dns")]
+            Some(cfg) => {
+                let (tx, rx) = mpsc::channel(4);
+                let task = tokio::spawn(crate::dns::run(cfg, tx));
+                (Some(rx), Some(AbortOnDrop(task)))
+            }
+            _ => (None, None),
+        };
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (view_tx, view_rx) = watch::channel(core.view());
         let (stats_tx, stats_rx) = watch::channel(core.stats().clone());
@@ -253,6 +305,10 @@ impl MembershipBuilder {
             static_pause: None,
             data_sink: self.data_sink,
             data_dropped: 0,
+            dns_rx,
+            _dns_task: dns_task,
+            own_addrs,
+            dns_failures: 0,
         };
         tokio::spawn(driver.run(cmd_rx));
         Ok(MembershipHandle {
@@ -391,6 +447,35 @@ struct Driver<N: Net> {
     static_pause: Option<Instant>,
     data_sink: Option<mpsc::Sender<(Bytes, SocketAddr)>>,
     data_dropped: u64,
+    /// Outcomes of the DNS discovery task, if it runs.
+    #[cfg_attr(not(feature = "dns"), allow(dead_code))]
+    dns_rx: Option<mpsc::Receiver<DnsOutcomeMsg>>,
+    /// Ends the DNS task with the driver.
+    _dns_task: Option<AbortOnDrop>,
+    /// The static socket's own address(es): skipped among resolved ones.
+    own_addrs: Vec<SocketAddr>,
+    dns_failures: u64,
+}
+
+#[cfg(feature = "dns")]
+type DnsOutcomeMsg = crate::dns::DnsOutcome;
+#[cfg(not(feature = "dns"))]
+type DnsOutcomeMsg = std::convert::Infallible;
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(#[allow(dead_code)] tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn recv_dns(rx: Option<&mut mpsc::Receiver<DnsOutcomeMsg>>) -> Option<DnsOutcomeMsg> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn recv_on<S: UdpSocket>(
@@ -465,10 +550,67 @@ impl<N: Net> Driver<N> {
                 r = recv_on(ssock, self.static_pause, &mut sbuf) => {
                     self.received(Which::Static, r, &sbuf);
                 }
+                outcome = recv_dns(self.dns_rx.as_mut()) => match outcome {
+                    Some(o) => self.dns_outcome(o),
+                    None => self.dns_rx = None,
+                },
                 () = sleep_until_opt(deadline) => self.core.handle_timeout(Instant::now().into_std()),
                 () = sleep_until_opt(reopen_at) => self.try_reopen().await,
             }
         }
+    }
+
+    #[cfg(feature = "dns")]
+    fn dns_outcome(&mut self, outcome: DnsOutcomeMsg) {
+        use crate::dns::DnsOutcome;
+        match outcome {
+            DnsOutcome::Resolved(mut addrs) => {
+                addrs.retain(|a| !self.is_own(*a));
+                if self.core.set_dns_peers(Instant::now().into_std(), &addrs) {
+                    tracing::info!(?addrs, "DNS discovery resolved a new set of addresses");
+                    self.emit(MembershipEvent::DnsResolved { addresses: addrs });
+                }
+            }
+            DnsOutcome::Failed {
+                reason,
+                attempt,
+                retry_in,
+            } => {
+                self.dns_failures += 1;
+                tracing::warn!(%reason, attempt, ?retry_in, "DNS discovery failed");
+                self.emit(MembershipEvent::DnsFailed {
+                    reason,
+                    attempt,
+                    retry_in,
+                });
+            }
+        }
+    }
+
+    #[cfg(not(feature = "dns"))]
+    fn dns_outcome(&mut self, outcome: DnsOutcomeMsg) {
+        match outcome {}
+    }
+
+    /// True when `addr` is this member's own static socket (an unspecified bind address
+    /// matches any address with its port on this host's loopback or the bind's family).
+    #[cfg_attr(not(feature = "dns"), allow(dead_code))]
+    fn is_own(&self, addr: SocketAddr) -> bool {
+        self.own_addrs.iter().any(|own| {
+            own.port() == addr.port()
+                && (own.ip() == addr.ip()
+                    || (own.ip().is_unspecified() && addr.ip().is_loopback())
+                    || addr.ip() == self.core.local().addr)
+        })
+    }
+
+    /// Hands an event that did not come from the core to listeners and subscribers.
+    #[cfg_attr(not(feature = "dns"), allow(dead_code))]
+    fn emit(&self, event: MembershipEvent) {
+        for l in &self.listeners {
+            l.on_event(&event);
+        }
+        let _ = self.event_tx.send(event);
     }
 
     async fn leave(&mut self) {
@@ -495,8 +637,12 @@ impl<N: Net> Driver<N> {
                     }
                     return;
                 }
+                let via = match which {
+                    Which::Multicast => Via::Group,
+                    Which::Static => Via::Unicast,
+                };
                 self.core
-                    .handle_datagram(Instant::now().into_std(), from, datagram);
+                    .handle_datagram_via(Instant::now().into_std(), from, via, datagram);
             }
             Err(err) => self.socket_error(which, &err),
         }
@@ -595,6 +741,7 @@ impl<N: Net> Driver<N> {
         stats.socket_errors = self.socket_errors;
         stats.socket_reopens = self.socket_reopens;
         stats.data_dropped = self.data_dropped;
+        stats.dns_failures = self.dns_failures;
         self.stats_tx.send_if_modified(|s| {
             let differs = *s != stats;
             if differs {

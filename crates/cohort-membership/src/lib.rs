@@ -7,6 +7,12 @@
 //! beacons are authenticated, so nodes without the key, replayed beacons and forged shutdowns
 //! change nothing.
 //!
+//! Peers are found by multicast, a static list, DNS (`A`/`AAAA` or `SRV` records resolved
+//! again and again, feature `dns`, on by default), or any mix; each member in a view says how
+//! it was discovered. Members announce their protocol version range and application version:
+//! a pair with no common protocol version, or with different application versions while either
+//! asks for the same ([`VersionPolicy::Same`]), is refused on both sides and reported.
+//!
 //! The protocol lives in [`core::MembershipCore`], a sans-IO state machine; [`Membership`]
 //! drives it in one tokio task over a [`cohort_net::Net`], and hands out a [`MembershipHandle`]
 //! with a watchable [`MembershipView`] and an event stream.
@@ -42,16 +48,20 @@
 
 pub mod config;
 pub mod core;
+#[cfg(feature = "dns")]
+mod dns;
 mod driver;
 mod view;
 
 pub use config::{
-    ConfigError, LocalMemberConfig, MembershipConfig, MulticastConfig, RecoveryConfig, StaticPeer,
+    ConfigError, DnsConfig, DnsRecord, LocalMemberConfig, MAX_DNS_ADDRESSES, MembershipConfig,
+    MulticastConfig, RecoveryConfig, StaticPeer, VersionPolicy,
 };
 pub use driver::{
     DATA_SINK_QUEUE, Membership, MembershipBuilder, MembershipHandle, MembershipListener,
     StartError,
 };
 pub use view::{
-    DisappearReason, FailureEvidence, MembershipEvent, MembershipStats, MembershipView, ViewMember,
+    DisappearReason, Discovery, FailureEvidence, MembershipEvent, MembershipStats, MembershipView,
+    Refusal, ViewMember,
 };

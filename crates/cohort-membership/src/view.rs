@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use cohort_wire::{Member, MemberKey};
+use cohort_wire::{Member, MemberKey, VersionRange};
 
 /// Evidence that a member failed, as gathered by a failure detector.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,6 +24,84 @@ pub enum DisappearReason {
     },
     /// A failure detector confirmed it failed.
     Failed(FailureEvidence),
+    /// Its beacons no longer pass the version checks (see [`Refusal`]).
+    Refused(Refusal),
+}
+
+/// Why a member was refused: it is never added to the view, and both sides of the pair
+/// reach the same decision (the checks are symmetric).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The protocol version ranges do not overlap: the pair has no language in common.
+    Protocol {
+        /// What this member speaks.
+        local: VersionRange,
+        /// What the other member speaks.
+        remote: VersionRange,
+    },
+    /// One side's `version_policy` is `same` and the application versions differ.
+    AppVersion {
+        /// This member's application version.
+        local: String,
+        /// The other member's.
+        remote: String,
+    },
+}
+
+impl Refusal {
+    /// `"protocol"` or `"app_version"`, as in the node's event lines.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Protocol { .. } => "protocol",
+            Self::AppVersion { .. } => "app_version",
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Protocol { local, remote } => write!(
+                f,
+                "no common protocol version: this member speaks {local}, the other {remote}"
+            ),
+            Self::AppVersion { local, remote } => write!(
+                f,
+                "application versions differ under version_policy \"same\": this member runs {local:?}, the other {remote:?}"
+            ),
+        }
+    }
+}
+
+/// How a member was first heard of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Discovery {
+    /// The local member itself.
+    Local,
+    /// A beacon to the multicast group.
+    Multicast,
+    /// A beacon from a configured static peer.
+    Static,
+    /// A beacon from an address DNS discovery resolved.
+    Dns,
+    /// A unicast beacon from an address this member does not list (the other member lists
+    /// this one).
+    Unicast,
+}
+
+impl Discovery {
+    /// `"local"`, `"multicast"`, `"static"`, `"dns"` or `"unicast"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Multicast => "multicast",
+            Self::Static => "static",
+            Self::Dns => "dns",
+            Self::Unicast => "unicast",
+        }
+    }
 }
 
 impl DisappearReason {
@@ -33,6 +111,7 @@ impl DisappearReason {
             Self::Shutdown => "shutdown",
             Self::Expired { .. } => "expired",
             Self::Failed(_) => "failed",
+            Self::Refused(_) => "refused",
         }
     }
 }
@@ -60,6 +139,29 @@ pub enum MembershipEvent {
         /// True when the local member is now the lead.
         local_is_lead: bool,
     },
+    /// A member was refused (reported once per member; its beacons are counted in
+    /// [`MembershipStats::refused`] after that).
+    MemberRefused {
+        /// The member as its beacon described it.
+        member: Member,
+        /// Why.
+        reason: Refusal,
+    },
+    /// DNS discovery resolved a set of addresses different from the last one.
+    DnsResolved {
+        /// The addresses beaconed from now on (the local member's own excluded).
+        addresses: Vec<std::net::SocketAddr>,
+    },
+    /// DNS discovery failed; the driver retries after `retry_in` (the backoff doubles up to
+    /// the refresh interval). The addresses last resolved stay in use.
+    DnsFailed {
+        /// What went wrong (NXDOMAIN, timeout, no records, ...).
+        reason: String,
+        /// Consecutive failures so far.
+        attempt: u32,
+        /// When the next attempt is made.
+        retry_in: Duration,
+    },
 }
 
 /// One member in a view.
@@ -71,6 +173,10 @@ pub struct ViewMember {
     pub local: bool,
     /// True for the lead.
     pub lead: bool,
+    /// How the member was first heard of.
+    pub discovered: Discovery,
+    /// The protocol version this member and the local one speak (the newest both speak).
+    pub protocol: u8,
 }
 
 /// A snapshot of membership as one node sees it.
@@ -138,6 +244,10 @@ pub struct MembershipStats {
     pub table_full: u64,
     /// Events dropped because the application did not take them.
     pub events_dropped: u64,
+    /// Beacons of members refused by the version checks (see [`Refusal`]).
+    pub refused: u64,
+    /// DNS resolutions that failed (each is retried with backoff).
+    pub dns_failures: u64,
     /// Socket errors seen by the driver (receive and send).
     pub socket_errors: u64,
     /// Times the driver closed and reopened its multicast socket.

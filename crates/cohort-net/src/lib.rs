@@ -207,24 +207,41 @@ pub fn multicast_socket(opts: &MulticastOptions) -> io::Result<std::net::UdpSock
 /// leaves the host whatever the routes. Any datagram received proves the route (another
 /// cluster may be beaconing on the group).
 pub fn multicast_loops_back(opts: &MulticastOptions, timeout: std::time::Duration) -> bool {
+    multicast_probe(opts, timeout).is_ok()
+}
+
+/// [`multicast_loops_back`] with the reason when it does not: the socket could not be opened
+/// or joined, the probe could not be sent, or it did not come back within `timeout`.
+pub fn multicast_probe(
+    opts: &MulticastOptions,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
     let probe = MulticastOptions {
         ttl: 0,
         loopback: true,
         ..opts.clone()
     };
-    let Ok(socket) = multicast_socket(&probe) else {
-        return false;
-    };
-    if socket.set_nonblocking(false).is_err()
-        || socket.set_read_timeout(Some(timeout)).is_err()
-        || socket
-            .send_to(b"probe", SocketAddr::from((opts.group, opts.port)))
-            .is_err()
-    {
-        return false;
-    }
+    let group = SocketAddr::from((opts.group, opts.port));
+    let socket = multicast_socket(&probe).map_err(|e| {
+        format!(
+            "cannot open or join {group} on interface {}: {e}",
+            opts.interface
+        )
+    })?;
+    socket
+        .set_nonblocking(false)
+        .and_then(|()| socket.set_read_timeout(Some(timeout)))
+        .map_err(|e| format!("cannot configure the probe socket: {e}"))?;
+    socket
+        .send_to(b"probe", group)
+        .map_err(|e| format!("cannot send to {group}: {e}"))?;
     let mut buf = [0u8; 64];
-    socket.recv_from(&mut buf).is_ok()
+    socket.recv_from(&mut buf).map(drop).map_err(|e| {
+        format!(
+            "a probe sent to {group} on interface {} did not come back within {timeout:?} ({e})",
+            opts.interface
+        )
+    })
 }
 
 impl TcpListener for tokio::net::TcpListener {

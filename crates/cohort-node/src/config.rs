@@ -439,6 +439,7 @@ impl NodeConfig {
                 config: mc,
                 multicast,
                 static_members,
+                dns: None,
             },
             transport: tc,
             channel: cc,

@@ -49,6 +49,7 @@ async fn cluster(n: usize) -> Result<Vec<ChannelHandle>> {
                     },
                     multicast: None,
                     static_members: Some((SocketAddr::from((Ipv4Addr::LOCALHOST, *port)), peers)),
+                    dns: None,
                 })
                 .start()
                 .await?,

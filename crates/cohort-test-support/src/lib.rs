@@ -31,6 +31,8 @@ use cohort_channel::{ChannelListener, ChannelMessage, ListenerError};
 use cohort_membership::{MembershipEvent, MembershipListener, MulticastConfig};
 use cohort_wire::MemberId;
 
+pub mod dns;
+
 /// A UDP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
 pub fn free_udp_port() -> u16 {
     UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))

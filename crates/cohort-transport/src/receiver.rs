@@ -554,6 +554,23 @@ impl<N: Net> Inbound<N> {
                         member.cluster, self.shared.local.cluster
                     )));
                 }
+                // The membership checks again here, so that a member refused there cannot
+                // talk on a connection either (no half-join).
+                let local = &self.shared.local;
+                if cohort_wire::Features::negotiate(local.versions, member.versions).is_none() {
+                    return Err(Close::Violation(format!(
+                        "no common protocol version: this node speaks {}, the hello {}",
+                        local.versions, member.versions
+                    )));
+                }
+                if (local.same_app_version || member.same_app_version)
+                    && local.app_version != member.app_version
+                {
+                    return Err(Close::Violation(format!(
+                        "application version {:?} differs from this node's {:?} under version_policy \"same\"",
+                        member.app_version, local.app_version
+                    )));
+                }
                 let counters = &self.shared.counters;
                 let max = self.shared.config.max_connections as u64;
                 if counters.connections_established.fetch_add(1, Relaxed) >= max {

@@ -71,7 +71,7 @@ pub use limits::{
     MAX_CLUSTER_LEN, MAX_DATAGRAM, MAX_DOMAIN_LEN, MAX_EXTENSIONS, MAX_FAIL_REASON_LEN,
     MAX_NAME_LEN, WireLimits,
 };
-pub use member::{Member, MemberId, MemberIdParseError, MemberKey, VersionRange};
+pub use member::{Features, Member, MemberId, MemberIdParseError, MemberKey, VersionRange};
 pub use options::{OptionsParseError, SendOptions, Services};
 
 /// The protocol version this build encodes.

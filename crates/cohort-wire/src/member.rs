@@ -117,6 +117,54 @@ impl VersionRange {
     }
 }
 
+impl fmt::Display for VersionRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}..={}", self.min, self.max)
+    }
+}
+
+/// What a connection between two members may use, decided by the protocol version they
+/// negotiated ([`Features::negotiate`]): the newest version both speak.
+///
+/// Version 1 is the first; each later version adds a field here, set from the version, and the
+/// code that uses the feature asks this struct, never the version number. A pair without a
+/// common version does not talk at all.
+///
+/// ```
+/// use cohort_wire::{Features, VersionRange};
+/// let old = VersionRange { min: 1, max: 1 };
+/// let f = Features::negotiate(VersionRange::CURRENT, old).unwrap();
+/// assert_eq!(f.version, 1);
+/// assert!(Features::negotiate(old, VersionRange { min: 2, max: 3 }).is_none());
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[non_exhaustive]
+pub struct Features {
+    /// The negotiated version: frames on the connection carry it.
+    pub version: u8,
+    /// Frames after the handshake carry connection tags (PROTOCOL.md §2.3). Version 1.
+    pub bound_connections: bool,
+    /// ACK frames carry ranges and FAIL_ACK reasons (PROTOCOL.md §2.2). Version 1.
+    pub ack_ranges: bool,
+}
+
+impl Features {
+    /// The features of `version`, if this build speaks it.
+    pub fn of(version: u8) -> Option<Self> {
+        VersionRange::CURRENT.contains(version).then_some(Self {
+            version,
+            bound_connections: version >= 1,
+            ack_ranges: version >= 1,
+        })
+    }
+
+    /// The features two members with these ranges use: those of the newest version both
+    /// speak, if any (and if this build speaks it).
+    pub fn negotiate(local: VersionRange, remote: VersionRange) -> Option<Self> {
+        local.common(remote).and_then(Self::of)
+    }
+}
+
 impl Default for VersionRange {
     fn default() -> Self {
         Self::CURRENT
@@ -182,6 +230,14 @@ pub struct Member {
     pub start_time_ms: u64,
     /// Protocol versions spoken.
     pub versions: VersionRange,
+    /// The application's version (free text, at most [`crate::MAX_NAME_LEN`] bytes; empty when
+    /// not given). Compared only when a member asks for the same version
+    /// ([`Member::same_app_version`]).
+    pub app_version: String,
+    /// The member refuses members whose `app_version` differs from its own (its
+    /// `version_policy` is `same`). Carried so that both sides of a pair reach the same
+    /// decision: a member that would accept anyone still refuses one that refuses it.
+    pub same_app_version: bool,
     /// Application payload, bounded by [`crate::WireLimits::max_member_payload`].
     pub payload: Bytes,
 }
@@ -200,6 +256,8 @@ impl Member {
             host: String::new(),
             start_time_ms: 0,
             versions: VersionRange::CURRENT,
+            app_version: String::new(),
+            same_app_version: false,
             payload: Bytes::new(),
         }
     }

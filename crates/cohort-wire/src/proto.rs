@@ -37,6 +37,10 @@ pub(crate) struct MemberPb {
     pub(crate) payload: Bytes,
     #[prost(string, tag = "12")]
     pub(crate) host: String,
+    #[prost(string, tag = "13")]
+    pub(crate) app_version: String,
+    #[prost(bool, tag = "14")]
+    pub(crate) same_app_version: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -153,6 +157,7 @@ pub(crate) fn validate_member(m: &Member, limits: &WireLimits) -> Result<(), Enc
     check_encode_len("domain", m.domain.len(), MAX_DOMAIN_LEN)?;
     check_encode_len("name", m.name.len(), MAX_NAME_LEN)?;
     check_encode_len("host", m.host.len(), MAX_NAME_LEN)?;
+    check_encode_len("app_version", m.app_version.len(), MAX_NAME_LEN)?;
     check_encode_len("payload", m.payload.len(), limits.max_member_payload)
 }
 
@@ -173,6 +178,8 @@ pub(crate) fn member_to_pb(m: &Member) -> MemberPb {
         version_max: u32::from(m.versions.max),
         payload: m.payload.clone(),
         host: m.host.clone(),
+        app_version: m.app_version.clone(),
+        same_app_version: m.same_app_version,
     }
 }
 
@@ -205,6 +212,7 @@ pub(crate) fn member_from_pb(pb: MemberPb, limits: &WireLimits) -> Result<Member
     check_len(WHAT, "domain", pb.domain.len(), MAX_DOMAIN_LEN)?;
     check_len(WHAT, "name", pb.name.len(), MAX_NAME_LEN)?;
     check_len(WHAT, "host", pb.host.len(), MAX_NAME_LEN)?;
+    check_len(WHAT, "app_version", pb.app_version.len(), MAX_NAME_LEN)?;
     check_len(WHAT, "payload", pb.payload.len(), limits.max_member_payload)?;
     let version = |field, v: u32| {
         u8::try_from(v).map_err(|_| out_of_range(WHAT, field, format!("{v} > 255")))
@@ -228,6 +236,8 @@ pub(crate) fn member_from_pb(pb: MemberPb, limits: &WireLimits) -> Result<Member
         host: pb.host,
         start_time_ms: pb.start_time_ms,
         versions,
+        app_version: pb.app_version,
+        same_app_version: pb.same_app_version,
         payload: pb.payload,
     })
 }

@@ -41,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
             },
             multicast: Some(MulticastConfig::default()),
             static_members: None,
+            dns: None,
         })
         .listener(Arc::new(Print))
         .start()

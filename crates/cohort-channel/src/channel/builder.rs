@@ -241,6 +241,9 @@ impl ChannelBuilder {
                         .unwrap_or_else(|| local.host.clone());
                     local.domain = self.local.domain.clone();
                     local.payload = self.local.payload.clone();
+                    local.app_version.clone_from(&self.local.app_version);
+                    local.same_app_version = self.membership.config.version_policy
+                        == cohort_membership::VersionPolicy::Same;
                     local.start_time_ms = net.wall_clock_ms();
                     peer_rx = Some(bound.peer_events());
                     let (handle, inbound) = bound.start(local.clone(), codec.clone());
@@ -261,12 +264,14 @@ impl ChannelBuilder {
                         udp_port: local.udp_port,
                         domain: local.domain.clone(),
                         payload: local.payload.clone(),
+                        app_version: local.app_version.clone(),
                     })
                     .services(services.intersection(Services::MBR_RX | Services::MBR_TX))
                     .data_sink(mcast_tx);
                 if let Some((bind, peers)) = self.membership.static_members.clone() {
                     builder = builder.static_peers(bind, peers);
                 }
+                builder = builder.dns(self.membership.dns.clone());
                 Some(Arc::new(builder.start_with(net.clone(), rng).await?))
             }
             None => None,

@@ -197,4 +197,6 @@ pub struct MembershipSetup {
     pub multicast: Option<MulticastConfig>,
     /// Static membership: the UDP address to bind and the peers.
     pub static_members: Option<(SocketAddr, Vec<StaticPeer>)>,
+    /// DNS discovery (needs `static_members` for its bind address, with or without peers).
+    pub dns: Option<cohort_membership::DnsConfig>,
 }

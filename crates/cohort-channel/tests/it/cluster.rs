@@ -75,6 +75,7 @@ async fn multicast_option_listeners_error_handler_and_heartbeat() {
         },
         multicast: Some(mcast),
         static_members: None,
+        dns: None,
     };
     let seen = Arc::new(Seen::default());
     let sink = collector();

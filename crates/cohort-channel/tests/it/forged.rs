@@ -25,6 +25,7 @@ fn setup(cluster: &str, me: u16, peer: u16) -> MembershipSetup {
             SocketAddr::from((Ipv4Addr::LOCALHOST, me)),
             vec![format!("127.0.0.1:{peer}").parse::<StaticPeer>().unwrap()],
         )),
+        dns: None,
     }
 }
 

@@ -87,6 +87,7 @@ async fn node_with(
                 .map(|p| format!("127.0.0.1:{p}").parse::<StaticPeer>().unwrap())
                 .collect(),
         )),
+        dns: None,
     };
     let mut b = GroupChannel::builder()
         .transport(TransportConfig {

@@ -44,6 +44,7 @@ pub(crate) async fn node(name: &str, port: u16, peers: &[u16]) -> ChannelHandle 
                 .map(|p| format!("127.0.0.1:{p}").parse::<StaticPeer>().unwrap())
                 .collect(),
         )),
+        dns: None,
     };
     GroupChannel::builder()
         .transport(TransportConfig {

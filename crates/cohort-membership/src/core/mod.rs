@@ -22,9 +22,10 @@ use cohort_wire::{
     Beacon, BeaconCodec, BeaconCommand, CohortCodec, DecodeError, KeyRing, Member, MemberKey,
 };
 
-use crate::config::{ConfigError, MembershipConfig, StaticPeer};
+use crate::config::{ConfigError, MembershipConfig, StaticPeer, VersionPolicy};
 use crate::view::{
-    DisappearReason, FailureEvidence, MembershipEvent, MembershipStats, MembershipView, ViewMember,
+    DisappearReason, Discovery, FailureEvidence, MembershipEvent, MembershipStats, MembershipView,
+    Refusal, ViewMember,
 };
 
 #[cfg(test)]
@@ -37,6 +38,15 @@ pub enum Destination {
     Group,
     /// One static peer.
     Peer(SocketAddr),
+}
+
+/// Which socket a datagram came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// The multicast group's socket.
+    Group,
+    /// The unicast (static) socket.
+    Unicast,
 }
 
 /// A datagram for the driver to send.
@@ -53,6 +63,11 @@ struct Entry {
     member: Member,
     last_heard: Instant,
     last_seq: u64,
+    discovered: Discovery,
+    /// Where its last unicast beacon came from, when that is no listed peer: beacons go back
+    /// there while it is in the table, so that a member that lists us (or that DNS listed
+    /// and no longer does) and one that does not still see each other.
+    reply_to: Option<SocketAddr>,
 }
 
 /// A removed member's last accepted beacon sequence, kept to reject replays.
@@ -66,6 +81,8 @@ struct Tombstone {
 
 struct PeerCodec {
     peer: StaticPeer,
+    /// `Static` for configured peers, `Dns` for resolved ones.
+    origin: Discovery,
     codec: CohortCodec,
     /// The member a beacon verified with the peer's own secret last named: its id and data
     /// address are known to belong to the peer.
@@ -112,6 +129,9 @@ pub struct MembershipCore {
     events: VecDeque<MembershipEvent>,
     stats: MembershipStats,
     view_version: u64,
+    /// Members refused by the version checks and when they were first reported: each is
+    /// reported once. Bounded by `max_members` (the oldest is forgotten).
+    refused: BTreeMap<MemberKey, Instant>,
 }
 
 impl MembershipCore {
@@ -137,25 +157,17 @@ impl MembershipCore {
                 problem: "the local member's cluster differs from the configuration's".into(),
             });
         }
-        if !multicast && peers.is_empty() {
+        local.same_app_version = cfg.version_policy == VersionPolicy::Same;
+        if local.app_version.len() > cohort_wire::MAX_NAME_LEN {
             return Err(ConfigError::Invalid {
-                field: "static_members",
-                problem: "without multicast at least one static member is needed".into(),
+                field: "app_version",
+                problem: "longer than 255 bytes".into(),
             });
         }
         let codec = CohortCodec::new(cfg.limits, cfg.keys.clone())?;
         let mut peer_codecs = Vec::with_capacity(peers.len());
         for peer in peers {
-            let keys = match &peer.secret {
-                Some(secret) => Some(KeyRing::new(vec![secret.clone()])?),
-                None => cfg.keys.clone(),
-            };
-            let codec = CohortCodec::new(cfg.limits, keys)?;
-            peer_codecs.push(PeerCodec {
-                peer,
-                codec,
-                known: None,
-            });
+            peer_codecs.push(peer_codec(&cfg, peer, Discovery::Static)?);
         }
         Ok(Self {
             codec,
@@ -177,6 +189,7 @@ impl MembershipCore {
             events: VecDeque::new(),
             stats: MembershipStats::default(),
             view_version: 0,
+            refused: BTreeMap::new(),
             cfg,
         })
     }
@@ -254,9 +267,92 @@ impl MembershipCore {
         self.remove(now, key, DisappearReason::Failed(evidence))
     }
 
-    /// Handles one received datagram. Anything malformed, foreign, unauthenticated, stale or
-    /// replayed is counted and dropped.
+    /// Replaces the peers DNS discovery resolved with `addrs` (the static peers stay). An
+    /// address that is a static peer, or appears twice, is skipped; new peers get a join
+    /// beacon at once. Returns true when the set changed. At most `max_members` are kept.
+    pub fn set_dns_peers(&mut self, now: Instant, addrs: &[SocketAddr]) -> bool {
+        let mut wanted: Vec<SocketAddr> = Vec::new();
+        for a in addrs {
+            let is_static = self
+                .peers
+                .iter()
+                .any(|p| p.origin == Discovery::Static && p.peer.addr == *a);
+            if !is_static && !wanted.contains(a) && wanted.len() < self.cfg.max_members.get() {
+                wanted.push(*a);
+            }
+        }
+        let before = self.peers.len();
+        self.peers
+            .retain(|p| p.origin != Discovery::Dns || wanted.contains(&p.peer.addr));
+        let mut changed = self.peers.len() != before;
+        let mut added = false;
+        for a in wanted {
+            if self.peers.iter().any(|p| p.peer.addr == a) {
+                continue;
+            }
+            match peer_codec(&self.cfg, StaticPeer::new(a), Discovery::Dns) {
+                Ok(p) => {
+                    self.peers.push(p);
+                    added = true;
+                }
+                Err(err) => tracing::error!(error = %err, "cannot build a codec for a DNS peer"),
+            }
+        }
+        changed |= added;
+        if added && self.started && !self.stopped {
+            // New addresses hear of us at once and answer at once.
+            self.send_beacon(now, BeaconCommand::Join);
+        }
+        changed
+    }
+
+    /// The addresses beaconed by unicast: static peers first, then those DNS resolved.
+    pub fn peer_addrs(&self) -> Vec<(SocketAddr, Discovery)> {
+        self.peers.iter().map(|p| (p.peer.addr, p.origin)).collect()
+    }
+
+    /// Why `member` may not join, if it may not: no common protocol version, or different
+    /// application versions while either side asks for the same. Symmetric, so that both
+    /// sides of a pair decide alike.
+    pub fn refusal(&self, member: &Member) -> Option<Refusal> {
+        if self.local.versions.common(member.versions).is_none() {
+            return Some(Refusal::Protocol {
+                local: self.local.versions,
+                remote: member.versions,
+            });
+        }
+        if (self.local.same_app_version || member.same_app_version)
+            && self.local.app_version != member.app_version
+        {
+            return Some(Refusal::AppVersion {
+                local: self.local.app_version.clone(),
+                remote: member.app_version.clone(),
+            });
+        }
+        None
+    }
+
+    /// Handles one received datagram, from the multicast socket when this core beacons to the
+    /// group and from the unicast one otherwise (see [`MembershipCore::handle_datagram_via`]).
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        let via = if self.multicast {
+            Via::Group
+        } else {
+            Via::Unicast
+        };
+        self.handle_datagram_via(now, from, via, datagram);
+    }
+
+    /// Handles one datagram received on the socket `via`. Anything malformed, foreign,
+    /// unauthenticated, stale or replayed is counted and dropped; a member refused by the
+    /// version checks is reported once and counted.
+    pub fn handle_datagram_via(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        via: Via,
+        datagram: &[u8],
+    ) {
         if !self.started || self.stopped {
             return;
         }
@@ -354,10 +450,20 @@ impl MembershipCore {
             }
             // A newer peer may send commands we do not know: treat them as alive.
             _ => {
+                if let Some(reason) = self.refusal(&beacon.member) {
+                    self.refuse(now, beacon.member, reason);
+                    return;
+                }
                 if beacon.command == BeaconCommand::Join {
                     self.want_answer(now);
                 }
-                self.alive(now, beacon);
+                let discovered = match (source, via) {
+                    (Some(i), _) => self.peers[i].origin,
+                    (None, Via::Group) => Discovery::Multicast,
+                    (None, Via::Unicast) => Discovery::Unicast,
+                };
+                let reply_to = (source.is_none() && via == Via::Unicast).then_some(from);
+                self.alive(now, beacon, discovered, reply_to);
             }
         }
     }
@@ -384,11 +490,44 @@ impl MembershipCore {
         tracing::debug!(error = %err, "dropped datagram");
     }
 
-    fn alive(&mut self, now: Instant, beacon: Beacon) {
+    fn refuse(&mut self, now: Instant, member: Member, reason: Refusal) {
+        self.stats.refused += 1;
+        let key = member.key();
+        if self.table.contains_key(&key) {
+            self.remove(now, &key, DisappearReason::Refused(reason.clone()));
+        }
+        if self.refused.contains_key(&key) {
+            return;
+        }
+        if self.refused.len() >= self.cfg.max_members.get() {
+            let oldest = self
+                .refused
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                self.refused.remove(&k);
+            }
+        }
+        self.refused.insert(key, now);
+        tracing::warn!(member = %key, %reason, "member refused");
+        self.push_event(MembershipEvent::MemberRefused { member, reason });
+    }
+
+    fn alive(
+        &mut self,
+        now: Instant,
+        beacon: Beacon,
+        discovered: Discovery,
+        reply_to: Option<SocketAddr>,
+    ) {
         let key = beacon.member.key();
         if let Some(entry) = self.table.get_mut(&key) {
             entry.last_heard = now;
             entry.last_seq = beacon.seq;
+            if reply_to.is_some() {
+                entry.reply_to = reply_to;
+            }
             // The start time orders the view and decides the lead.
             let reordered = entry.member.start_time_ms != beacon.member.start_time_ms;
             let changed = reordered
@@ -396,7 +535,8 @@ impl MembershipCore {
                 || entry.member.name != beacon.member.name
                 || entry.member.domain != beacon.member.domain
                 || entry.member.udp_port != beacon.member.udp_port
-                || entry.member.versions != beacon.member.versions;
+                || entry.member.versions != beacon.member.versions
+                || entry.member.app_version != beacon.member.app_version;
             if changed {
                 entry.member = beacon.member.clone();
                 self.view_version += 1;
@@ -420,6 +560,8 @@ impl MembershipCore {
                 member: member.clone(),
                 last_heard: now,
                 last_seq: beacon.seq,
+                discovered,
+                reply_to,
             },
         );
         let deadline = now + self.cfg.drop_time;
@@ -550,6 +692,24 @@ impl MembershipCore {
                 Err(err) => tracing::error!(error = %err, "cannot encode the local beacon"),
             }
         }
+        // Members that beaconed us from an address we do not list get beacons back (at most
+        // one per member in the table: bounded by `max_members`).
+        let mut replied: Vec<SocketAddr> = Vec::new();
+        for entry in self.table.values() {
+            let Some(to) = entry.reply_to else { continue };
+            if replied.contains(&to) || self.peers.iter().any(|p| p.peer.addr == to) {
+                continue;
+            }
+            replied.push(to);
+            let mut out = BytesMut::new();
+            match self.codec.encode_beacon(&beacon, &mut out) {
+                Ok(()) => self.transmits.push_back(Transmit {
+                    to: Destination::Peer(to),
+                    bytes: out.freeze(),
+                }),
+                Err(err) => tracing::error!(error = %err, "cannot encode the local beacon"),
+            }
+        }
         self.stats.beacons_sent += 1;
     }
 
@@ -622,12 +782,18 @@ impl MembershipCore {
         let mut members: Vec<ViewMember> = self
             .table
             .values()
-            .map(|e| &e.member)
-            .chain(std::iter::once(&self.local))
-            .map(|m| ViewMember {
+            .map(|e| (&e.member, e.discovered))
+            .chain(std::iter::once((&self.local, Discovery::Local)))
+            .map(|(m, discovered)| ViewMember {
                 member: m.clone(),
                 local: m.key() == local_key,
                 lead: Some(m.key()) == self.lead,
+                discovered,
+                protocol: self
+                    .local
+                    .versions
+                    .common(m.versions)
+                    .unwrap_or(self.local.versions.max),
             })
             .collect();
         members.sort_by_key(|v| v.member.seniority());
@@ -648,4 +814,22 @@ impl MembershipCore {
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
     }
+}
+
+fn peer_codec(
+    cfg: &MembershipConfig,
+    peer: StaticPeer,
+    origin: Discovery,
+) -> Result<PeerCodec, ConfigError> {
+    let keys = match &peer.secret {
+        Some(secret) => Some(KeyRing::new(vec![secret.clone()])?),
+        None => cfg.keys.clone(),
+    };
+    let codec = CohortCodec::new(cfg.limits, keys)?;
+    Ok(PeerCodec {
+        peer,
+        origin,
+        codec,
+        known: None,
+    })
 }

@@ -3,6 +3,7 @@
 // A skipped test says why on stderr.
 #![allow(clippy::print_stderr)]
 
+mod dns;
 mod multicast;
 mod recovery;
 mod support;

@@ -37,6 +37,7 @@ pub(crate) async fn cluster(n: usize) -> Vec<ChannelHandle> {
                     .map(|p| format!("127.0.0.1:{p}").parse::<StaticPeer>().unwrap())
                     .collect(),
             )),
+            dns: None,
         };
         out.push(
             GroupChannel::builder()

@@ -90,6 +90,7 @@ pub(crate) async fn sim_channel(
             },
             multicast: Some(MulticastConfig::default()),
             static_members: None,
+            dns: None,
         })
         .services(Services::DEFAULT)
         .start_with(TurmoilNet::new(name), rng)

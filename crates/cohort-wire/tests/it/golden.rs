@@ -28,6 +28,8 @@ fn member() -> Member {
         host: String::new(),
         start_time_ms: 1_000,
         versions: VersionRange { min: 1, max: 1 },
+        app_version: String::new(),
+        same_app_version: false,
         payload: Bytes::from_static(b"AB"),
     }
 }

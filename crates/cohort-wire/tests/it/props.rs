@@ -34,10 +34,12 @@ prop_compose! {
         start_time_ms in any::<u64>(),
         (min, max) in (0u8..=255, 0u8..=255).prop_map(|(a, b)| (a.min(b), a.max(b))),
         payload in bytes(512),
+        app_version in text(32),
+        same_app_version in any::<bool>(),
     ) -> Member {
         Member {
             id, addr, port, udp_port, cluster, domain, name, host, start_time_ms,
-            versions: VersionRange { min, max }, payload,
+            versions: VersionRange { min, max }, app_version, same_app_version, payload,
         }
     }
 }
