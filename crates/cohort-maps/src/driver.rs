@@ -103,7 +103,7 @@ pub(crate) enum Cmd {
     Len(Reply<usize>),
     Stats(Reply<CoreStats>),
     Members(Reply<Vec<Member>>),
-    Inbound(Member, Msg, Option<Reply<Msg>>),
+    Inbound(Box<Member>, Msg, Option<Reply<Msg>>),
     /// Answers to the core's own requests, or to the handle's hello.
     Answers(Vec<(MemberId, Msg)>),
     Known(Vec<Member>),
@@ -276,11 +276,11 @@ impl RpcHandler for Handler {
         let cmd = self.cmd.upgrade()?;
         // The delivery thread waits for room: backpressure to the senders.
         if !wants_answer {
-            let _ = cmd.blocking_send(Cmd::Inbound(from.clone(), msg, None));
+            let _ = cmd.blocking_send(Cmd::Inbound(Box::new(from.clone()), msg, None));
             return None;
         }
         let (tx, rx) = oneshot::channel();
-        cmd.blocking_send(Cmd::Inbound(from.clone(), msg, Some(tx)))
+        cmd.blocking_send(Cmd::Inbound(Box::new(from.clone()), msg, Some(tx)))
             .ok()?;
         rx.blocking_recv().ok().map(|m| m.encode())
     }
@@ -473,7 +473,7 @@ impl RawMap {
             // Applied before the next chunk is asked for: one chunk in memory at a time.
             let (tx, rx) = oneshot::channel();
             self.send(Cmd::Inbound(
-                supplier.clone(),
+                Box::new(supplier.clone()),
                 Msg::StateChunk {
                     records,
                     next: None,
@@ -1163,7 +1163,7 @@ impl Owner {
             }
             Cmd::Inbound(from, msg, reply) => {
                 let id = from.id;
-                self.known.insert(id, from);
+                self.known.insert(id, *from);
                 let need = need_of(&msg);
                 let answer = self.budgeted((0, 0), need, |core| core.handle_message(now, id, msg));
                 if let (Some(reply), Some(answer)) = (reply, answer) {

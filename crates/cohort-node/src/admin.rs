@@ -356,7 +356,8 @@ pub fn rfc3339_ms(ms: u64) -> String {
 pub fn status(channel: &ChannelHandle) -> Value {
     let local = channel.local();
     let now = now_ms();
-    let row = |m: &cohort_wire::Member, lead: bool, is_local: bool, connected: bool| {
+    let row = |vm: &cohort_membership::ViewMember, connected: bool| {
+        let (m, lead, is_local) = (&vm.member, vm.lead, vm.local);
         json!({
             "id": m.id.to_string(),
             "name": m.name,
@@ -370,6 +371,10 @@ pub fn status(channel: &ChannelHandle) -> Value {
             "lead": lead,
             "local": is_local,
             "connected": connected,
+            "discovered": vm.discovered.name(),
+            "protocol": vm.protocol,
+            "protocols": m.versions.to_string(),
+            "app_version": m.app_version,
         })
     };
     let members: Vec<Value> = match channel.view() {
@@ -378,10 +383,19 @@ pub fn status(channel: &ChannelHandle) -> Value {
             .iter()
             .map(|vm| {
                 let connected = vm.local || channel.is_connected(&vm.member);
-                row(&vm.member, vm.lead, vm.local, connected)
+                row(vm, connected)
             })
             .collect(),
-        None => vec![row(local, true, true, true)],
+        None => vec![row(
+            &cohort_membership::ViewMember {
+                member: local.clone(),
+                local: true,
+                lead: true,
+                discovered: cohort_membership::Discovery::Local,
+                protocol: local.versions.max,
+            },
+            true,
+        )],
     };
     json!({
         "node": local.name,
@@ -477,7 +491,11 @@ pub fn render_page(status: &Value) -> String {
             rows,
             "<tr class=\"member\" data-id=\"{id}\" data-lead=\"{lead}\" data-local=\"{local}\" data-connected=\"{connected}\">\
              <td>{host}</td><td>{name}</td><td>{ip}</td><td>{port}</td><td><code>{id}</code></td>\
-             <td>{started}</td><td>{up}</td><td>{lead_mark}</td><td>{local_mark}</td><td>{conn}</td></tr>",
+             <td>{started}</td><td>{up}</td><td>{lead_mark}</td><td>{local_mark}</td><td>{conn}</td>\
+             <td>{found}</td><td>{app} (protocol {proto})</td></tr>",
+            found = text(&m["discovered"]),
+            app = text(&m["app_version"]),
+            proto = m["protocol"],
             id = text(&m["id"]),
             host = text(&m["host"]),
             name = text(&m["name"]),
@@ -539,7 +557,7 @@ pub fn render_page(status: &Value) -> String {
          <h1>cohort node <span id=\"node\">{node}</span></h1>\
          <p>cluster <b>{cluster}</b>, host {host}, id <code>{id}</code>; {n} members; refreshed every 2 s</p>\
          <table id=\"members\"><thead><tr><th>host</th><th>name</th><th>IP</th><th>port</th><th>node id</th>\
-         <th>started (UTC)</th><th>uptime</th><th>lead</th><th>local</th><th>connection</th></tr></thead>\
+         <th>started (UTC)</th><th>uptime</th><th>lead</th><th>local</th><th>connection</th><th>found by</th><th>version</th></tr></thead>\
          <tbody>\n{rows}</tbody></table>\
          <h2>this node</h2><table id=\"counters\">{counters}</table></body></html>\n",
         node = text(&status["node"]),
@@ -626,8 +644,18 @@ pub fn table(status: &Value) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<32}  {:<16}  {:<12}  {:<21}  {:<24}  {:<8}  {:<4}  {:<5}  CONNECTED",
-        "ID", "HOST", "NAME", "ADDRESS", "STARTED (UTC)", "UPTIME", "LEAD", "LOCAL"
+        "{:<32}  {:<16}  {:<12}  {:<21}  {:<24}  {:<8}  {:<4}  {:<5}  {:<9}  {:<9}  {:<5}  VERSION",
+        "ID",
+        "HOST",
+        "NAME",
+        "ADDRESS",
+        "STARTED (UTC)",
+        "UPTIME",
+        "LEAD",
+        "LOCAL",
+        "CONNECTED",
+        "FOUND BY",
+        "PROTO"
     );
     let yes = |v: &Value| {
         if v.as_bool() == Some(true) {
@@ -639,7 +667,7 @@ pub fn table(status: &Value) -> String {
     for m in status["members"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
-            "{:<32}  {:<16}  {:<12}  {:<21}  {:<24}  {:<8}  {:<4}  {:<5}  {}",
+            "{:<32}  {:<16}  {:<12}  {:<21}  {:<24}  {:<8}  {:<4}  {:<5}  {:<9}  {:<9}  {:<5}  {}",
             m["id"].as_str().unwrap_or("?"),
             m["host"].as_str().filter(|h| !h.is_empty()).unwrap_or("?"),
             m["name"].as_str().unwrap_or("?"),
@@ -649,6 +677,12 @@ pub fn table(status: &Value) -> String {
             yes(&m["lead"]),
             yes(&m["local"]),
             yes(&m["connected"]),
+            m["discovered"].as_str().unwrap_or("?"),
+            m["protocol"],
+            m["app_version"]
+                .as_str()
+                .filter(|v| !v.is_empty())
+                .unwrap_or("-"),
         );
     }
     out

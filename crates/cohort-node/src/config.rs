@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use cohort_channel::{ChannelConfig, MembershipSetup};
 use cohort_interceptors::{InterceptorConfig, default_stack, validate_stack};
-use cohort_membership::{MembershipConfig, MulticastConfig, StaticPeer};
+use cohort_membership::{DnsConfig, MembershipConfig, MulticastConfig, StaticPeer};
 use cohort_transport::TransportConfig;
 use cohort_wire::{ClusterKey, KeyRing, Services};
 use serde::Deserialize;
@@ -98,6 +98,9 @@ pub struct NodeSection {
     /// Runtime threads: 1 (default) runs every task on one thread; more: a multi-thread
     /// runtime with that many workers.
     pub runtime_threads: Option<usize>,
+    /// The application version this node announces (default: the `cohort` binary's version).
+    /// Compared under `[membership] version_policy = "same"`.
+    pub app_version: Option<String>,
 }
 
 /// Deserializes `table` (the TOML table `name`) into a library config; errors name the key as
@@ -183,6 +186,8 @@ impl Default for AdminConfig {
 pub struct NodeConfig {
     /// Node name.
     pub name: Option<String>,
+    /// The application version announced to the members.
+    pub app_version: String,
     /// Print `message` events.
     pub print_messages: bool,
     /// Test traffic (see [`crate::traffic`]): messages per second per mode, 0 = none.
@@ -334,6 +339,20 @@ impl NodeConfig {
         let multicast = m.remove("multicast");
         let static_bind = m.remove("static_bind");
         let static_members = m.remove("static_members");
+        let dns = match m.remove("dns") {
+            None => None,
+            Some(toml::Value::Table(t)) => {
+                let d: DnsConfig = table_into("membership.dns", &t)?;
+                d.validate().map_err(|e| invalid("membership.dns", e))?;
+                Some(d)
+            }
+            Some(other) => {
+                return Err(invalid(
+                    "membership.dns",
+                    format!("expected a table, found {}", other.type_str()),
+                ));
+            }
+        };
         let mut mc: MembershipConfig = table_into("membership", &m)?;
         mc.keys.clone_from(&keys);
         mc.validate().map_err(|e| invalid("membership", e))?;
@@ -357,6 +376,29 @@ impl NodeConfig {
             }
         };
         let static_members = static_setup(static_bind, static_members)?;
+        if dns.is_some() && static_members.is_none() {
+            return Err(invalid(
+                "membership.static_bind",
+                "required with [membership.dns]: resolved members are beaconed from it",
+            ));
+        }
+        if multicast.is_none()
+            && static_members.as_ref().is_none_or(|(_, p)| p.is_empty())
+            && dns.is_none()
+        {
+            return Err(invalid(
+                "membership",
+                "no way to find members: enable multicast, list static_members, or configure [membership.dns]",
+            ));
+        }
+        let app_version = f
+            .node
+            .app_version
+            .clone()
+            .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned());
+        if app_version.len() > 255 {
+            return Err(invalid("node.app_version", "longer than 255 bytes"));
+        }
 
         let tc: TransportConfig = table_into("transport", &f.transport)?;
         tc.validate().map_err(|e| ConfigError::Invalid {
@@ -414,6 +456,7 @@ impl NodeConfig {
             jobs,
             deployer,
             name: f.node.name,
+            app_version,
             print_messages: f.node.print_messages,
             traffic_rate: match f.node.traffic_rate {
                 Some(r) if r > crate::traffic::MAX_RATE => {
@@ -439,7 +482,7 @@ impl NodeConfig {
                 config: mc,
                 multicast,
                 static_members,
-                dns: None,
+                dns,
             },
             transport: tc,
             channel: cc,

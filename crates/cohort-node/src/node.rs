@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use cohort_channel::{ChannelHandle, ChannelListener, ChannelMessage, GroupChannel, ListenerError};
-use cohort_membership::{DisappearReason, LocalMemberConfig, MembershipEvent, MembershipListener};
+use cohort_membership::{
+    DisappearReason, LocalMemberConfig, MembershipEvent, MembershipListener, Refusal,
+};
 use cohort_net::TokioNet;
 use cohort_wire::Member;
 use serde_json::{Value, json};
@@ -54,6 +56,8 @@ pub fn member_json(m: &Member) -> Value {
         "name": m.name,
         "addr": SocketAddr::new(m.addr, m.port).to_string(),
         "start_time_ms": m.start_time_ms,
+        "app_version": m.app_version,
+        "protocol": m.versions.to_string(),
     })
 }
 
@@ -105,6 +109,43 @@ impl MembershipListener for EventLines {
                 "node": self.node,
                 "lead": lead.as_ref().map(member_json),
                 "local_is_lead": local_is_lead,
+            }),
+            MembershipEvent::MemberRefused { member, reason } => {
+                let mut v = json!({
+                    "event": "member_refused",
+                    "node": self.node,
+                    "member": member_json(member),
+                    "reason": reason.name(),
+                    "detail": reason.to_string(),
+                });
+                match reason {
+                    Refusal::Protocol { local, remote } => {
+                        v["local_protocol"] = json!(local.to_string());
+                        v["remote_protocol"] = json!(remote.to_string());
+                    }
+                    Refusal::AppVersion { local, remote } => {
+                        v["local_app_version"] = json!(local);
+                        v["remote_app_version"] = json!(remote);
+                    }
+                    _ => {}
+                }
+                v
+            }
+            MembershipEvent::DnsResolved { addresses } => json!({
+                "event": "dns_resolved",
+                "node": self.node,
+                "addresses": addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            }),
+            MembershipEvent::DnsFailed {
+                reason,
+                attempt,
+                retry_in,
+            } => json!({
+                "event": "dns_failed",
+                "node": self.node,
+                "reason": reason,
+                "attempt": attempt,
+                "retry_in_ms": retry_in.as_millis(),
             }),
             _ => return,
         };
@@ -205,6 +246,51 @@ async fn deploy_lines(
     }
 }
 
+/// How long the multicast probe waits for its datagram to come back.
+const MULTICAST_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The membership sources the node runs with. When multicast is configured but does not work
+/// on this host (the probe of [`cohort_net::multicast_probe`] fails) and static members or DNS
+/// are configured too, multicast is left out and a `multicast_unavailable` line says why; with
+/// no other source it stays on (it may still reach other hosts) and the line says so.
+fn membership_sources(
+    config: &NodeConfig,
+    events: &Events,
+    node: &str,
+) -> cohort_channel::MembershipSetup {
+    let mut setup = config.membership.clone();
+    let Some(m) = &setup.multicast else {
+        return setup;
+    };
+    if !config
+        .services
+        .intersects(cohort_wire::Services::MBR_RX | cohort_wire::Services::MBR_TX)
+    {
+        return setup;
+    }
+    let Err(reason) = cohort_net::multicast_probe(&m.socket_options(), MULTICAST_PROBE_TIMEOUT)
+    else {
+        return setup;
+    };
+    let others = setup
+        .static_members
+        .as_ref()
+        .is_some_and(|(_, p)| !p.is_empty())
+        || setup.dns.is_some();
+    events.emit(json!({
+        "event": "multicast_unavailable",
+        "node": node,
+        "group": format!("{}:{}", m.group, m.port),
+        "interface": m.interface.to_string(),
+        "reason": reason,
+        "fallback": if others { "static and DNS discovery only" } else { "none configured: multicast kept" },
+    }));
+    if others {
+        setup.multicast = None;
+    }
+    setup
+}
+
 /// A running node.
 pub struct Node {
     /// The channel.
@@ -246,6 +332,7 @@ pub async fn start_deferred(config: NodeConfig, events: &Events) -> anyhow::Resu
         node: node_name.clone(),
         metrics: node_metrics.clone(),
     });
+    let membership = membership_sources(&config, events, &node_name);
     let mut channel_config = config.channel.clone();
     let stack = cohort_interceptors::build_stack(
         &config.interceptors,
@@ -255,10 +342,11 @@ pub async fn start_deferred(config: NodeConfig, events: &Events) -> anyhow::Resu
     let mut builder = GroupChannel::builder()
         .config(channel_config)
         .transport(config.transport.clone())
-        .membership(config.membership.clone())
+        .membership(membership.clone())
         .services(config.services)
         .local(LocalMemberConfig {
             name: Some(node_name.clone()),
+            app_version: config.app_version.clone(),
             ..LocalMemberConfig::default()
         })
         .membership_listener(lines);
@@ -324,7 +412,15 @@ pub async fn start_deferred(config: NodeConfig, events: &Events) -> anyhow::Resu
         "cluster": local.cluster,
         "start_time_ms": local.start_time_ms,
         "services": config.services.bits(),
-        "multicast": config.membership.multicast.as_ref().map(|m| format!("{}:{}", m.group, m.port)),
+        "multicast": membership.multicast.as_ref().map(|m| format!("{}:{}", m.group, m.port)),
+        "static_members": membership.static_members.as_ref().map_or(0, |(_, p)| p.len()),
+        "dns": membership.dns.as_ref().map(|d| d.name.clone()),
+        "app_version": config.app_version,
+        "protocol": cohort_wire::VersionRange::CURRENT.to_string(),
+        "version_policy": match membership.config.version_policy {
+            cohort_membership::VersionPolicy::Same => "same",
+            _ => "compatible",
+        },
         "pid": std::process::id(),
     });
     let jobs = crate::jobs::start(

@@ -528,6 +528,13 @@ impl MembershipCore {
             if reply_to.is_some() {
                 entry.reply_to = reply_to;
             }
+            // "It contacted us" gives way to a source that lists it (DNS found it later).
+            if entry.discovered == Discovery::Unicast
+                && matches!(discovered, Discovery::Static | Discovery::Dns)
+            {
+                entry.discovered = discovered;
+                self.view_version += 1;
+            }
             // The start time orders the view and decides the lead.
             let reordered = entry.member.start_time_ms != beacon.member.start_time_ms;
             let changed = reordered

@@ -68,11 +68,11 @@ fn same_policy_refuses_other_app_versions_on_both_sides() {
     // Node 3 accepts anyone but runs 1.9: node 1 and 2 refuse it, and because they say they
     // want the same version, node 3 refuses them too (no half-join).
     net.add_with(3, MembershipConfig::default(), |m| {
-        m.app_version = "1.9".into()
+        m.app_version = "1.9".into();
     });
     // Node 4 runs 1.9 too and accepts anyone: 3 and 4 see each other.
     net.add_with(4, MembershipConfig::default(), |m| {
-        m.app_version = "1.9".into()
+        m.app_version = "1.9".into();
     });
     net.advance(Duration::from_secs(2));
     assert_eq!(net.sees(1), set(&[1, 2]));
@@ -88,10 +88,10 @@ fn same_policy_refuses_other_app_versions_on_both_sides() {
     // Under the default policy, different application versions mix (a rolling upgrade).
     let mut net = Net::new();
     net.add_with(1, MembershipConfig::default(), |m| {
-        m.app_version = "1".into()
+        m.app_version = "1".into();
     });
     net.add_with(2, MembershipConfig::default(), |m| {
-        m.app_version = "2".into()
+        m.app_version = "2".into();
     });
     net.advance(Duration::from_secs(1));
     assert_eq!(net.sees(1), set(&[1, 2]));
