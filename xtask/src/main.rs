@@ -27,6 +27,7 @@ mod harness;
 mod netns;
 mod scenario;
 mod session;
+mod upgrade;
 
 const USAGE: &str = "\
 usage: cargo xtask <command>
@@ -44,7 +45,9 @@ commands:
   scenario NAME|all   real-process fault scenarios: discovery, crash, pause, lead-failover,
                       graceful-leave, messaging, foreign-cluster, partition (needs root),
                       session-delta, session-backup (the counter app through SIGKILL),
-                      deploy (files to every node, a receiver killed mid-transfer)
+                      deploy (files to every node, a receiver killed mid-transfer),
+                      rolling-upgrade (the previous release's counter app replaced member by
+                      member with the current build; then version_policy = \"same\")
   bench [--mode async|ack|syncack] [--size BYTES] [--test tput|latency|idle|map|session|deploy] [--quick]
                       throughput and latency between processes beside plain TCP; a full run
                       (no filter) rewrites docs/BENCHMARKS.md; `--test map|session`: the state layer

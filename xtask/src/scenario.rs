@@ -31,6 +31,7 @@ pub(crate) const ALL: &[&str] = &[
     "session-delta",
     "session-backup",
     "deploy",
+    "rolling-upgrade",
 ];
 
 /// Membership defaults the scenarios run with (the node's defaults).
@@ -85,6 +86,9 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             "session-delta" => session(&ctx, "delta"),
             "session-backup" => session(&ctx, "backup"),
             "deploy" => crate::deploy::scenario(&ctx.exe, &ctx.dir).map(Outcome::Pass),
+            "rolling-upgrade" => {
+                crate::upgrade::scenario(&ctx.dir, &ctx.cluster).map(Outcome::Pass)
+            }
             _ => unreachable!("checked above"),
         };
         let secs = started.elapsed().as_secs_f64();

@@ -285,7 +285,8 @@ impl MembershipBuilder {
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (view_tx, view_rx) = watch::channel(core.view());
         let (stats_tx, stats_rx) = watch::channel(core.stats().clone());
-        let (event_tx, _) = broadcast::channel(self.event_capacity);
+        // Created before the driver runs: the first `events()` caller misses nothing.
+        let (event_tx, first_rx) = broadcast::channel(self.event_capacity);
         let driver = Driver {
             net,
             core,
@@ -316,6 +317,7 @@ impl MembershipBuilder {
             view: view_rx,
             stats: stats_rx,
             events: event_tx,
+            first_events: Arc::new(std::sync::Mutex::new(Some(first_rx))),
             local: local_key,
         })
     }
@@ -328,6 +330,8 @@ pub struct MembershipHandle {
     view: watch::Receiver<MembershipView>,
     stats: watch::Receiver<MembershipStats>,
     events: broadcast::Sender<MembershipEvent>,
+    /// The receiver made at start, handed to the first `events()` caller.
+    first_events: Arc<std::sync::Mutex<Option<broadcast::Receiver<MembershipEvent>>>>,
     local: MemberKey,
 }
 
@@ -347,9 +351,17 @@ impl MembershipHandle {
         self.view.clone()
     }
 
-    /// A stream of events from now on (bounded; a slow subscriber sees `Lagged`).
+    /// A stream of events (bounded; a slow subscriber sees `Lagged`). The first call returns
+    /// every event since the service started (up to the event capacity), so that whoever owns
+    /// the service (a channel) misses none of the first moments, refusals and DNS reports
+    /// included; later calls see events from the moment of the call.
     pub fn events(&self) -> broadcast::Receiver<MembershipEvent> {
-        self.events.subscribe()
+        let first = self
+            .first_events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        first.unwrap_or_else(|| self.events.subscribe())
     }
 
     /// The counters as last published.
