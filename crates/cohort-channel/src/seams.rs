@@ -1,7 +1,6 @@
 //! The traits behind which a channel's transport and membership service can be swapped.
 
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 
@@ -38,6 +37,12 @@ pub trait ChannelTransport: Send + Sync + 'static {
     fn stats(&self) -> TransportStats;
     /// Stops sending and receiving.
     fn stop(&self);
+    /// Sends a pre-encoded frame to the multicast group (the MULTICAST option); `done` runs
+    /// once. Default: no multicast path (`SendError::NoMulticast`).
+    fn send_multicast(&self, frame: Bytes, done: Completion) {
+        let _ = frame;
+        done(Err(cohort_transport::SendError::NoMulticast));
+    }
 }
 
 impl<N: Net> ChannelTransport for TransportHandle<N> {
@@ -68,6 +73,10 @@ impl<N: Net> ChannelTransport for TransportHandle<N> {
     fn stop(&self) {
         TransportHandle::stop(self);
     }
+
+    fn send_multicast(&self, frame: Bytes, done: Completion) {
+        TransportHandle::send_multicast(self, frame, done);
+    }
 }
 
 /// What a channel needs of a membership service. Implemented by [`MembershipHandle`].
@@ -80,8 +89,6 @@ pub trait ChannelMembership: Send + Sync + 'static {
     fn shutdown(&self) -> BoxFuture<'_, ()>;
     /// A failure detector's verdict.
     fn report_failed(&self, member: MemberKey, detail: String) -> BoxFuture<'_, ()>;
-    /// Sends a datagram to the group (the MULTICAST option).
-    fn broadcast(&self, datagram: Bytes) -> BoxFuture<'_, io::Result<()>>;
     /// The driver's counters (zeros for an implementation that keeps none).
     fn stats(&self) -> MembershipStats {
         MembershipStats::default()
@@ -107,10 +114,6 @@ impl ChannelMembership for MembershipHandle {
             member,
             FailureEvidence { detail },
         ))
-    }
-
-    fn broadcast(&self, datagram: Bytes) -> BoxFuture<'_, io::Result<()>> {
-        Box::pin(MembershipHandle::broadcast(self, datagram))
     }
 
     fn stats(&self) -> MembershipStats {

@@ -244,6 +244,10 @@ pub struct MulticastConfig {
     pub loopback: bool,
     /// Recovery from socket errors.
     pub recovery: RecoveryConfig,
+    /// Port of the group's data path: the channel's transport sends and receives MULTICAST
+    /// messages on the same group at this port, on a socket of its own, so that data never
+    /// competes with beacons. Default `port + 1`.
+    pub data_port: Option<u16>,
 }
 
 impl Default for MulticastConfig {
@@ -255,6 +259,7 @@ impl Default for MulticastConfig {
             ttl: 1,
             loopback: true,
             recovery: RecoveryConfig::default(),
+            data_port: None,
         }
     }
 }
@@ -268,6 +273,14 @@ impl MulticastConfig {
             interface: self.interface,
             ttl: self.ttl,
             loopback: self.loopback,
+        }
+    }
+
+    /// The socket options of the data path (the group at [`MulticastConfig::data_port`]).
+    pub fn data_options(&self) -> cohort_net::MulticastOptions {
+        cohort_net::MulticastOptions {
+            port: self.data_port.unwrap_or(self.port.saturating_add(1)),
+            ..self.socket_options()
         }
     }
 
@@ -287,6 +300,21 @@ impl MulticastConfig {
         }
         if self.ttl > 255 {
             return Err(invalid("ttl", "must be 0..=255"));
+        }
+        match self.data_port {
+            Some(p) if p == self.port || p == 0 => {
+                return Err(invalid(
+                    "data_port",
+                    "must differ from the beacon port and not be 0",
+                ));
+            }
+            None if self.port == u16::MAX => {
+                return Err(invalid(
+                    "data_port",
+                    "port is 65535: give the data path's port explicitly",
+                ));
+            }
+            _ => {}
         }
         self.recovery.validate()
     }

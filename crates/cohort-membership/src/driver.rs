@@ -54,12 +54,7 @@ enum Command {
     ReportFailed(MemberKey, FailureEvidence),
     Shutdown(oneshot::Sender<()>),
     Abort(oneshot::Sender<()>),
-    Broadcast(Bytes, oneshot::Sender<io::Result<()>>),
 }
-
-/// Capacity of the data-datagram queue towards a [`MembershipBuilder::data_sink`]; when full,
-/// datagrams are dropped and counted (`data_dropped`).
-pub const DATA_SINK_QUEUE: usize = 4096;
 
 /// Entry point: `Membership::builder(config)`.
 pub struct Membership;
@@ -75,7 +70,6 @@ impl Membership {
             local: LocalMemberConfig::default(),
             services: Services::MBR_RX | Services::MBR_TX,
             listeners: Vec::new(),
-            data_sink: None,
             event_capacity: 1024,
             dns: None,
         }
@@ -84,7 +78,6 @@ impl Membership {
 
 /// Assembles a membership service; [`MembershipBuilder::start`] runs it.
 pub struct MembershipBuilder {
-    data_sink: Option<mpsc::Sender<(Bytes, SocketAddr)>>,
     config: MembershipConfig,
     multicast: Option<MulticastConfig>,
     static_peers: Vec<StaticPeer>,
@@ -149,14 +142,6 @@ impl MembershipBuilder {
     #[must_use]
     pub fn event_capacity(mut self, capacity: usize) -> Self {
         self.event_capacity = capacity.max(1);
-        self
-    }
-
-    /// Where datagrams on the multicast socket that are not beacons (they begin with the frame
-    /// magic `COHF`) go: the channel's MULTICAST send option. Without a sink they are dropped.
-    #[must_use]
-    pub fn data_sink(mut self, sink: mpsc::Sender<(Bytes, SocketAddr)>) -> Self {
-        self.data_sink = Some(sink);
         self
     }
 
@@ -304,7 +289,6 @@ impl MembershipBuilder {
             reopen: None,
             multicast_pause: None,
             static_pause: None,
-            data_sink: self.data_sink,
             data_dropped: 0,
             dns_rx,
             _dns_task: dns_task,
@@ -406,18 +390,6 @@ impl MembershipHandle {
         }
     }
 
-    /// Sends `datagram` (an encoded data frame) to the multicast group: best effort, no ACK,
-    /// at most one datagram (65,507 bytes).
-    pub async fn broadcast(&self, datagram: Bytes) -> io::Result<()> {
-        let (tx, rx) = oneshot::channel();
-        self.cmd
-            .send(Command::Broadcast(datagram, tx))
-            .await
-            .map_err(|_| io::Error::other("membership stopped"))?;
-        rx.await
-            .map_err(|_| io::Error::other("membership stopped"))?
-    }
-
     /// True once the driver task has ended.
     pub fn is_stopped(&self) -> bool {
         self.cmd.is_closed()
@@ -457,7 +429,6 @@ struct Driver<N: Net> {
     /// Receives on a socket are paused until then after an error (no busy loop).
     multicast_pause: Option<Instant>,
     static_pause: Option<Instant>,
-    data_sink: Option<mpsc::Sender<(Bytes, SocketAddr)>>,
     data_dropped: u64,
     /// Outcomes of the DNS discovery task, if it runs.
     #[cfg_attr(not(feature = "dns"), allow(dead_code))]
@@ -535,16 +506,6 @@ impl<N: Net> Driver<N> {
                         self.leave().await;
                         let _ = reply.send(());
                         return;
-                    }
-                    Some(Command::Broadcast(datagram, reply)) => {
-                        let r = match (&self.multicast_socket, &self.multicast) {
-                            (Some(sock), Some(m)) => sock
-                                .send_to(&datagram, SocketAddr::from((m.group, m.port)))
-                                .await
-                                .map(drop),
-                            _ => Err(io::Error::new(io::ErrorKind::NotConnected, "no multicast socket")),
-                        };
-                        let _ = reply.send(r);
                     }
                     Some(Command::Abort(reply)) => {
                         tracing::warn!("membership aborted without a shutdown beacon");
@@ -640,13 +601,9 @@ impl<N: Net> Driver<N> {
                 }
                 let datagram = &buf[..n];
                 if datagram.starts_with(&cohort_wire::FRAME_MAGIC) {
-                    let delivered = self.data_sink.as_ref().is_some_and(|sink| {
-                        sink.try_send((Bytes::copy_from_slice(datagram), from))
-                            .is_ok()
-                    });
-                    if !delivered {
-                        self.data_dropped += 1;
-                    }
+                    // Data belongs on the data port (the transport's multicast path); a
+                    // sender that puts it here is an older build or misconfigured.
+                    self.data_dropped += 1;
                     return;
                 }
                 let via = match which {

@@ -57,10 +57,7 @@ pub use config::{
     ConfigError, DnsConfig, DnsRecord, LocalMemberConfig, MAX_DNS_ADDRESSES, MembershipConfig,
     MulticastConfig, RecoveryConfig, StaticPeer, VersionPolicy,
 };
-pub use driver::{
-    DATA_SINK_QUEUE, Membership, MembershipBuilder, MembershipHandle, MembershipListener,
-    StartError,
-};
+pub use driver::{Membership, MembershipBuilder, MembershipHandle, MembershipListener, StartError};
 pub use view::{
     DisappearReason, Discovery, FailureEvidence, MembershipEvent, MembershipStats, MembershipView,
     Refusal, ViewMember,

@@ -252,6 +252,6 @@ pub struct MembershipStats {
     pub socket_errors: u64,
     /// Times the driver closed and reopened its multicast socket.
     pub socket_reopens: u64,
-    /// Data datagrams on the multicast socket dropped (no sink, or its queue full).
+    /// Data frames that arrived on a beacon socket (they belong on the data port), dropped.
     pub data_dropped: u64,
 }

@@ -69,11 +69,16 @@ pub async fn within<T>(deadline: Duration, fut: impl Future<Output = T>) -> T {
 /// loopback interface with TTL 0, so that nothing can leave the host.
 pub fn private_multicast() -> MulticastConfig {
     let port = free_udp_port();
+    // The data path's port: free too, and never the beacon port.
+    let data_port = std::iter::repeat_with(free_udp_port)
+        .find(|p| *p != port)
+        .expect("a second free port");
     MulticastConfig {
         group: Ipv4Addr::from(0xefff_0000 | u32::from(port)),
         port,
         interface: Ipv4Addr::LOCALHOST,
         ttl: 0,
+        data_port: Some(data_port),
         ..MulticastConfig::default()
     }
 }

@@ -80,6 +80,9 @@ pub enum SendError {
         /// What is missing.
         reason: &'static str,
     },
+    /// A MULTICAST send on a transport without a multicast data path.
+    #[error("this node has no multicast data path (membership runs without multicast)")]
+    NoMulticast,
     /// A datagram could not be sent.
     #[error("UDP send to {addr} failed: {reason}")]
     Udp {
@@ -121,6 +124,7 @@ impl SendError {
             Self::Timeout { .. } => "timeout",
             Self::FailAck { .. } => "fail_ack",
             Self::NoUdp { .. } => "no_udp",
+            Self::NoMulticast => "no_multicast",
             Self::Udp { .. } => "udp",
             Self::BadFrame { .. } => "bad_frame",
             Self::InFlightFull { .. } => "in_flight_full",
@@ -159,6 +163,14 @@ pub enum StartError {
     BindUdp {
         /// The address.
         addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The multicast data socket could not be opened.
+    #[error("cannot open the multicast data socket on {group}: {source}")]
+    BindMulticast {
+        /// The group and data port.
+        group: SocketAddr,
         /// The error.
         source: std::io::Error,
     },

@@ -55,6 +55,7 @@ mod config;
 mod core;
 mod error;
 mod handshake;
+mod mcast;
 mod probe;
 mod receiver;
 mod sender;
@@ -303,6 +304,7 @@ impl Transport {
             net,
             listener,
             udp,
+            mcast: None,
             events: None,
         })
     }
@@ -314,10 +316,29 @@ pub struct BoundTransport<N: Net> {
     net: N,
     listener: Option<N::TcpListener>,
     udp: Option<N::UdpSocket>,
+    mcast: Option<(N::UdpSocket, SocketAddr)>,
     events: Option<mpsc::Sender<PeerEvent>>,
 }
 
 impl<N: Net> BoundTransport<N> {
+    /// Opens the multicast data path: a socket of the transport's own on the group at `opts`'
+    /// port (the membership service's beacon socket is another), for MULTICAST sends
+    /// ([`TransportHandle::send_multicast`]) and receives. Call before
+    /// [`BoundTransport::start`].
+    pub async fn bind_multicast(
+        &mut self,
+        opts: &cohort_net::MulticastOptions,
+    ) -> Result<(), StartError> {
+        let group = SocketAddr::from((opts.group, opts.port));
+        let socket = self
+            .net
+            .bind_multicast(opts)
+            .await
+            .map_err(|source| StartError::BindMulticast { group, source })?;
+        self.mcast = Some((socket, group));
+        Ok(())
+    }
+
     /// The receiver's address, to advertise in the local member (`None` without a receiver).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.as_ref().and_then(|l| l.local_addr().ok())
@@ -364,6 +385,7 @@ impl<N: Net> BoundTransport<N> {
             stop_tx,
             peers: sender::Peers::default(),
             udp: std::sync::OnceLock::new(),
+            mcast: std::sync::OnceLock::new(),
             events: self.events,
             inbound: std::sync::Mutex::new(std::collections::HashMap::new()),
             budget,
@@ -374,6 +396,9 @@ impl<N: Net> BoundTransport<N> {
         }
         if let Some(socket) = self.udp {
             udp::start(&shared, socket);
+        }
+        if let Some((socket, group)) = self.mcast {
+            mcast::start(&shared, socket, group);
         }
         (TransportHandle { shared }, inbound_rx)
     }
@@ -390,6 +415,7 @@ pub(crate) struct Shared<N: Net> {
     stop_rx: watch::Receiver<bool>,
     peers: sender::Peers,
     udp: std::sync::OnceLock<udp::UdpPath>,
+    mcast: std::sync::OnceLock<mcast::McastPath>,
     events: Option<mpsc::Sender<PeerEvent>>,
     /// Inbound connections by remote address.
     inbound: std::sync::Mutex<std::collections::HashMap<SocketAddr, receiver::InboundEntry>>,
@@ -440,6 +466,19 @@ impl<N: Net> Clone for TransportHandle<N> {
 }
 
 impl<N: Net> TransportHandle<N> {
+    /// Sends a pre-encoded data frame to the multicast group (the data path opened by
+    /// [`BoundTransport::bind_multicast`]): one datagram, best effort, never acknowledged.
+    /// `done` runs once the datagram is written (`Delivered::Sent`) or could not be: no
+    /// multicast path (`NoMulticast`), too large for a datagram, or the queue full.
+    pub fn send_multicast(&self, frame: Bytes, done: Completion) {
+        mcast::send(&self.shared, frame, done);
+    }
+
+    /// True when the transport has a multicast data path.
+    pub fn has_multicast(&self) -> bool {
+        self.shared.mcast.get().is_some()
+    }
+
     /// Sends a pre-encoded frame (`frame`, whose id is `msg_id`) to `to`, over TCP, or as a
     /// datagram with [`SendOptions::UDP`]. Returns at once; `done` runs when the delivery
     /// completes: written, or acknowledged when `options` holds USE_ACK, or failed. Must be

@@ -92,6 +92,10 @@ counters! {
     datagrams_received,
     /// Datagrams dropped (malformed, foreign, or the inbound queue full).
     datagrams_dropped,
+    /// Datagrams sent to the multicast group (the MULTICAST option's data path).
+    multicast_sent,
+    /// Data frames received from the multicast group (our own looped-back ones excluded).
+    multicast_received,
     /// Connection events dropped because the peer-event queue was full.
     peer_events_dropped,
     /// Inbound connections closed on request ([`crate::TransportHandle::close_inbound`]).

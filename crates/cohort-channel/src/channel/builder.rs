@@ -246,11 +246,17 @@ impl ChannelBuilder {
                         == cohort_membership::VersionPolicy::Same;
                     local.start_time_ms = net.wall_clock_ms();
                     peer_rx = Some(bound.peer_events());
+                    // MULTICAST messages have a path of their own in the transport, on the
+                    // group's data port (the membership service keeps its socket for beacons).
+                    if let Some(m) = &self.membership.multicast
+                        && services.intersects(Services::SND_TX | Services::SND_RX)
+                    {
+                        bound.bind_multicast(&m.data_options()).await?;
+                    }
                     let (handle, inbound) = bound.start(local.clone(), codec.clone());
                     (Arc::new(handle), inbound, local)
                 }
             };
-        let (mcast_tx, mcast_rx) = mpsc::channel(cohort_membership::DATA_SINK_QUEUE);
         let membership: Option<Arc<dyn ChannelMembership>> = match self.custom_membership {
             Some(m) => Some(m),
             None if services.contains(Services::MBR_RX) || services.contains(Services::MBR_TX) => {
@@ -266,8 +272,7 @@ impl ChannelBuilder {
                         payload: local.payload.clone(),
                         app_version: local.app_version.clone(),
                     })
-                    .services(services.intersection(Services::MBR_RX | Services::MBR_TX))
-                    .data_sink(mcast_tx);
+                    .services(services.intersection(Services::MBR_RX | Services::MBR_TX));
                 if let Some((bind, peers)) = self.membership.static_members.clone() {
                     builder = builder.static_peers(bind, peers);
                 }
@@ -348,7 +353,7 @@ impl ChannelBuilder {
             tasks: tokio::task::JoinSet::new(),
             claims,
         };
-        tokio::spawn(owner.run(cmd_rx, inbound_rx, mcast_rx, peer_rx));
+        tokio::spawn(owner.run(cmd_rx, inbound_rx, peer_rx));
         Ok(handle)
     }
 }

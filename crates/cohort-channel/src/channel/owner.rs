@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use cohort_membership::{MembershipEvent, MembershipListener};
 use cohort_net::Net;
 use cohort_transport::{Delivered, Received};
@@ -86,7 +86,6 @@ impl<N: Net> Owner<N> {
         mut self,
         mut cmd_rx: mpsc::Receiver<Command>,
         mut inbound_rx: mpsc::Receiver<Received>,
-        mut mcast_rx: mpsc::Receiver<(Bytes, SocketAddr)>,
         mut peer_rx: Option<mpsc::Receiver<cohort_transport::PeerEvent>>,
     ) {
         let now = self.now();
@@ -233,23 +232,6 @@ impl<N: Net> Owner<N> {
                     }
                 }
                 Some(r) = inbound_rx.recv() => self.on_received(r),
-                Some((datagram, from)) = mcast_rx.recv() => {
-                    let mut buf = BytesMut::from(&datagram[..]);
-                    match self.codec.decode_frame(&mut buf) {
-                        Ok(Some(Frame::Data(data))) if buf.is_empty() && data.header.sender != self.local.id => {
-                            self.counters.received.fetch_add(1, Ordering::Relaxed);
-                            self.counters.count(data.header.options, data.payload.len(), false);
-                            let member = self.membership.as_ref().and_then(|m| {
-                                m.view().members.into_iter().find(|vm| vm.member.id == data.header.sender).map(|vm| Arc::new(vm.member))
-                            });
-                            let inbound = frame_to_inbound(data, member, from, None);
-                            let now = self.now();
-                        self.pipeline.receive(now, inbound);
-                        }
-                        Ok(Some(Frame::Data(_))) => {} // our own, looped back
-                        _ => { self.counters.multicast_malformed.fetch_add(1, Ordering::Relaxed); }
-                    }
-                }
                 () = tokio::time::sleep_until(wake) => {
                     let now = Instant::now();
                     self.pipeline.handle_timeout(now.into_std());
@@ -425,10 +407,21 @@ impl<N: Net> Owner<N> {
         false
     }
 
-    pub(super) fn on_received(&mut self, r: Received) {
+    pub(super) fn on_received(&mut self, mut r: Received) {
         self.counters.received.fetch_add(1, Ordering::Relaxed);
         self.counters
             .count(r.frame.header.options, r.frame.payload.len(), false);
+        // Datagrams (UDP, multicast) carry no hello: the sender is the header's id, in view.
+        if r.hello.is_none() {
+            let sender = r.frame.header.sender;
+            r.hello = self
+                .view
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .find(|m| m.id == sender)
+                .map(|m| Arc::new(m.clone()));
+        }
         let inbound = to_inbound(r);
         let now = self.now();
         self.pipeline.receive(now, inbound);
@@ -472,32 +465,29 @@ impl<N: Net> Owner<N> {
         }
         let bytes = self.enc.split().freeze();
         if out.options.contains(SendOptions::MULTICAST) {
-            let Some(m) = self.membership.clone() else {
-                tracing::warn!(
-                    msg_id = out.msg_id,
-                    "MULTICAST send without membership; dropped"
-                );
-                return;
-            };
+            // One datagram to the group on the transport's multicast path; each destination
+            // in view gets the datagram's result.
             if let Some(state) = &state {
                 state.expect(out.destinations.len());
             }
             let dests = out.destinations;
-            self.tasks.spawn(async move {
-                let r = m.broadcast(bytes).await;
-                if let Some(state) = state {
-                    for d in dests.iter() {
-                        let result = match &r {
-                            Ok(()) => Ok(Delivered::Sent),
-                            Err(e) => Err(cohort_transport::SendError::Udp {
-                                addr: SocketAddr::new(d.addr, d.port),
-                                reason: format!("multicast: {e}"),
-                            }),
-                        };
-                        state.record(d.id, SocketAddr::new(d.addr, d.port), result);
+            self.transport.send_multicast(
+                bytes,
+                Box::new(move |r| {
+                    if let Some(state) = state {
+                        for d in dests.iter() {
+                            let result = match &r {
+                                Ok(delivered) => Ok(*delivered),
+                                Err(e) => Err(cohort_transport::SendError::Udp {
+                                    addr: SocketAddr::new(d.addr, d.port),
+                                    reason: e.to_string(),
+                                }),
+                            };
+                            state.record(d.id, SocketAddr::new(d.addr, d.port), result);
+                        }
                     }
-                }
-            });
+                }),
+            );
             return;
         }
         if let Some(state) = &state {

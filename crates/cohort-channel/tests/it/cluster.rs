@@ -128,6 +128,10 @@ async fn multicast_option_listeners_error_handler_and_heartbeat() {
     .await;
     assert_eq!(sink.messages()[0].1, b"to the group");
     assert_eq!(a.stats().transport.frames_sent, 0, "not over TCP");
+    // On the transport's own multicast path, not the membership's beacon socket.
+    assert_eq!(a.stats().transport.multicast_sent, 1);
+    assert_eq!(b.stats().transport.multicast_received, 1);
+    assert_eq!(b.membership_stats().unwrap().data_dropped, 0);
 
     // An ASYNCHRONOUS send to a member that is gone ends in the error handler.
     let mut ghost = b.local().clone();
