@@ -7,13 +7,14 @@ use std::sync::atomic::Ordering::Relaxed;
 use bytes::{BufMut, BytesMut};
 use cohort_net::{Net, TcpListener};
 use cohort_wire::{
-    AckFrame, FRAME_PREFIX_LEN, FailAck, Frame, FrameCodec, FrameKind, FramePrefix, Member,
-    MemberId, Nonce, Role, Sealer, SendOptions, Session,
+    AckFrame, FRAME_PREFIX_LEN, FailAck, Frame, FrameCodec, FramePrefix, MemberId, Nonce, Role,
+    Sealer, SendOptions, Session,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::core::{InboundConn, Refusal, Timeouts};
 use crate::handshake::{ReadSeal, WriteSeal, fresh_nonce};
 use crate::stats::Counters;
 use crate::{AckMsg, AckSink, AckToken, InboundPermit, Received, Shared, Via};
@@ -155,6 +156,15 @@ fn admit<N: Net>(
 }
 
 /// Why an inbound connection was closed.
+impl From<Refusal> for Close {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::MissingAuth => Self::Malformed(cohort_wire::DecodeError::MissingAuth),
+            Refusal::Violation(what) => Self::Violation(what),
+        }
+    }
+}
+
 enum Close {
     Eof,
     Io(std::io::Error),
@@ -190,16 +200,19 @@ async fn serve<N: Net>(
         close_rx,
         keyed.then_some(seal_rx),
     ));
+    let timeouts = Timeouts {
+        hello: shared.config.hello_timeout,
+        frame: shared.config.frame_timeout,
+        idle: shared.config.idle_timeout,
+    };
     let mut conn = Inbound {
         shared: shared.clone(),
         from,
         conn_id,
-        hello: None,
+        core: InboundConn::new(Instant::now().into_std(), keyed, timeouts),
         ack_tx,
         pending_acks: Arc::new(Semaphore::new(shared.config.max_pending_acks)),
         reserved: None,
-        keyed,
-        bound: false,
         seal_tx: Some(seal_tx),
         read_seal: ReadSeal::new(None),
     };
@@ -213,7 +226,7 @@ async fn serve<N: Net>(
             inbound.remove(&from);
         }
     }
-    if let (Some(hello), Close::Eof | Close::Io(_)) = (&conn.hello, &why) {
+    if let (Some(hello), Close::Eof | Close::Io(_)) = (conn.core.hello(), &why) {
         shared.peer_event(crate::PeerEvent {
             addr: SocketAddr::new(hello.addr, hello.port),
             member: Some(hello.id),
@@ -266,7 +279,7 @@ async fn serve<N: Net>(
         }
     }
     let abrupt = !matches!(why, Close::Eof);
-    let had_hello = conn.hello.is_some();
+    let had_hello = conn.core.hello().is_some();
     drop(conn);
     if abrupt {
         // Close now, even if ACK tokens are still held above.
@@ -286,16 +299,12 @@ struct Inbound<N: Net> {
     shared: Arc<Shared<N>>,
     from: SocketAddr,
     conn_id: u64,
-    hello: Option<Arc<Member>>,
+    /// The protocol state: stage of the handshake, the hello's member, deadlines.
+    core: InboundConn,
     ack_tx: mpsc::UnboundedSender<AckMsg>,
     pending_acks: Arc<Semaphore>,
     /// Budget reserved for the large frame at the front of the buffer.
     reserved: Option<InboundPermit>,
-    /// A keyed cluster: the hello must carry a nonce, and the connection is authenticated
-    /// only once a frame sealed for it arrived.
-    keyed: bool,
-    /// Authenticated: the hello is in and, when keyed, a sealed frame opened.
-    bound: bool,
     /// Hands the challenge and the connection's sealer to the ACK writer once the hello is in.
     seal_tx: Option<oneshot::Sender<(Nonce, Sealer)>>,
     /// Opens the frames after the hello.
@@ -311,35 +320,9 @@ impl<N: Net> Inbound<N> {
             + cohort_wire::CRC_LEN
     }
 
-    /// Refuses a frame on its prefix, before its body is buffered: before the hello only a
-    /// hello (no payload; authenticated when a key is set) is accepted, after it only data.
+    /// Refuses a frame on its prefix, before its body is buffered (the core decides).
     fn check_prefix(&self, prefix: &FramePrefix) -> Result<(), Close> {
-        let kind = prefix.frame_kind();
-        if self.hello.is_none() {
-            if kind != Some(FrameKind::Hello) {
-                return Err(Close::Violation(format!(
-                    "frame kind {} before the hello",
-                    prefix.kind
-                )));
-            }
-            if prefix.payload_len != 0 {
-                return Err(Close::Violation("a hello with a payload".into()));
-            }
-            if self.shared.codec.is_authenticated() && !prefix.is_authenticated() {
-                return Err(Close::Malformed(cohort_wire::DecodeError::MissingAuth));
-            }
-            return Ok(());
-        }
-        match kind {
-            Some(FrameKind::Data) | None => Ok(()),
-            Some(FrameKind::Hello) => Err(Close::Violation("a second hello".into())),
-            Some(FrameKind::Ack) => Err(Close::Violation(
-                "an ACK frame on an inbound connection".into(),
-            )),
-            Some(FrameKind::Challenge) => Err(Close::Violation(
-                "a challenge frame on an inbound connection".into(),
-            )),
-        }
+        self.core.check_prefix(prefix).map_err(Close::from)
     }
 
     /// Reserves `bytes` of the inbound budget; waits (reading paused) while it is spent.
@@ -389,7 +372,7 @@ impl<N: Net> Inbound<N> {
             self.check_prefix(&prefix)?;
             let total = prefix.total_len();
             if buf.len() < total {
-                if self.hello.is_none() || total <= cfg.rx_buf_size {
+                if self.core.hello().is_none() || total <= cfg.rx_buf_size {
                     break;
                 }
                 if self.reserved.is_none() {
@@ -411,10 +394,10 @@ impl<N: Net> Inbound<N> {
             }
             let budget = match self.reserved.take() {
                 Some(p) => Some(p),
-                None if self.hello.is_some() => Some(self.reserve(total).await?),
+                None if self.core.hello().is_some() => Some(self.reserve(total).await?),
                 None => None,
             };
-            let decoded = if self.hello.is_none() {
+            let decoded = if self.core.hello().is_none() {
                 // The hello is checked against the ring; the key that verified it keys the
                 // connection.
                 self.shared.codec.decode_frame_verified(buf).map(|f| {
@@ -431,7 +414,7 @@ impl<N: Net> Inbound<N> {
             match decoded {
                 Ok(Some(frame)) => {
                     *progressed = true;
-                    if self.keyed && !self.bound && self.hello.is_some() {
+                    if self.core.hello().is_some() && self.core.frame_opened() {
                         // The first frame opened under the connection key: authenticated.
                         self.bind();
                     }
@@ -441,12 +424,9 @@ impl<N: Net> Inbound<N> {
                 Err(e) => return Err(Close::Malformed(e)),
             }
         }
-        let room = if self.hello.is_none() {
-            self.hello_room()
-        } else {
-            cfg.rx_buf_size
-        };
-        Ok(room.saturating_sub(buf.len()))
+        Ok(self
+            .core
+            .room(buf.len(), self.hello_room(), cfg.rx_buf_size))
     }
 
     async fn read_loop(&mut self, read: &mut tokio::io::ReadHalf<N::TcpStream>) -> Close {
@@ -454,21 +434,14 @@ impl<N: Net> Inbound<N> {
         let cfg = &shared.config;
         let mut stop = self.shared.stop_rx.clone();
         let mut buf = BytesMut::new();
-        let accepted = Instant::now();
-        // When the frame at the front of `buf` began arriving.
-        let mut started: Option<Instant> = None;
-        let mut last_read = accepted;
         loop {
             let mut progressed = false;
             let room = match self.decode_all(&mut buf, &mut progressed).await {
                 Ok(r) => r,
                 Err(close) => return close,
             };
-            if buf.is_empty() {
-                started = None;
-            } else if progressed || started.is_none() {
-                started = Some(Instant::now());
-            }
+            self.core
+                .on_decoded(Instant::now().into_std(), buf.len(), progressed);
             // Give back memory a large frame needed once.
             if buf.is_empty() && buf.capacity() > 4 * cfg.rx_buf_size {
                 buf = BytesMut::new();
@@ -477,11 +450,8 @@ impl<N: Net> Inbound<N> {
                 return Close::Violation("no progress possible".into());
             }
             // Until authenticated (hello, and when keyed a sealed frame): the hello deadline.
-            let (deadline, what) = match (self.bound, started) {
-                (false, _) => (accepted + cfg.hello_timeout, "hello"),
-                (true, Some(t)) => (t + cfg.frame_timeout, "frame"),
-                (true, None) => (last_read + cfg.idle_timeout, "idle"),
-            };
+            let (deadline, which) = self.core.poll_timeout();
+            let (deadline, what) = (Instant::from_std(deadline), which.name());
             // Grow with the bytes that arrive, a read buffer at a time.
             buf.reserve(room.min(cfg.rx_buf_size));
             let mut limited = (&mut buf).limit(room);
@@ -496,21 +466,13 @@ impl<N: Net> Inbound<N> {
                     Ok(Err(e)) => return Close::Io(e),
                 },
             };
-            last_read = Instant::now();
+            self.core.on_read(Instant::now().into_std());
             Counters::add(&self.shared.counters.bytes_received, n as u64);
         }
     }
 
     fn check_sender(&self, sender: MemberId) -> Result<(), Close> {
-        match &self.hello {
-            Some(hello) if hello.id == sender => Ok(()),
-            Some(hello) => Err(Close::Violation(format!(
-                "data from {} on {}'s connection",
-                sender.short(),
-                hello.id.short()
-            ))),
-            None => Err(Close::Violation("data before hello".into())),
-        }
+        self.core.check_sender(sender).map_err(Close::from)
     }
 
     /// Keys the connection from a verified hello: a fresh challenge, and the session derived
@@ -530,7 +492,6 @@ impl<N: Net> Inbound<N> {
 
     /// The connection is authenticated: it leaves the pool of connections without a hello.
     fn bind(&mut self) {
-        self.bound = true;
         if let Some(e) = table(&self.shared).get_mut(&self.from) {
             if e.conn == self.conn_id {
                 e.awaiting_hello = None;
@@ -541,36 +502,12 @@ impl<N: Net> Inbound<N> {
     async fn handle(&mut self, frame: Frame, budget: Option<InboundPermit>) -> Result<(), Close> {
         match frame {
             Frame::Hello(hello) => {
-                if self.hello.is_some() {
-                    return Err(Close::Violation("a second hello".into()));
-                }
-                if self.keyed && self.seal_tx.is_some() {
-                    return Err(Close::Violation("a keyed hello without a nonce".into()));
-                }
-                let member = &hello.member;
-                if member.cluster != self.shared.local.cluster {
-                    return Err(Close::Violation(format!(
-                        "hello from cluster {:?}, this is {:?}",
-                        member.cluster, self.shared.local.cluster
-                    )));
-                }
-                // The membership checks again here, so that a member refused there cannot
-                // talk on a connection either (no half-join).
-                let local = &self.shared.local;
-                if cohort_wire::Features::negotiate(local.versions, member.versions).is_none() {
-                    return Err(Close::Violation(format!(
-                        "no common protocol version: this node speaks {}, the hello {}",
-                        local.versions, member.versions
-                    )));
-                }
-                if (local.same_app_version || member.same_app_version)
-                    && local.app_version != member.app_version
-                {
-                    return Err(Close::Violation(format!(
-                        "application version {:?} differs from this node's {:?} under version_policy \"same\"",
-                        member.app_version, local.app_version
-                    )));
-                }
+                // A keyed hello with a nonce handed its challenge to the writer already.
+                let with_nonce = self.seal_tx.is_none();
+                let local = self.shared.local.clone();
+                self.core
+                    .handle_hello(&local, hello.member, with_nonce)
+                    .map_err(Close::from)?;
                 let counters = &self.shared.counters;
                 let max = self.shared.config.max_connections as u64;
                 if counters.connections_established.fetch_add(1, Relaxed) >= max {
@@ -578,9 +515,10 @@ impl<N: Net> Inbound<N> {
                     Counters::inc(&counters.connections_rejected);
                     return Err(Close::Full);
                 }
-                tracing::debug!(peer = %self.from, member = %member.id.short(), "hello");
-                self.hello = Some(Arc::new(hello.member));
-                if self.keyed {
+                if let Some(m) = self.core.hello() {
+                    tracing::debug!(peer = %self.from, member = %m.id.short(), "hello");
+                }
+                if self.core.stage() == crate::core::Stage::AwaitSealed {
                     if let Some(e) = table(&self.shared).get_mut(&self.from) {
                         if e.conn == self.conn_id {
                             e.verified = true;
@@ -599,7 +537,7 @@ impl<N: Net> Inbound<N> {
             )),
             Frame::Data(data) => {
                 self.check_sender(data.header.sender)?;
-                let Some(hello) = &self.hello else {
+                let Some(hello) = self.core.hello() else {
                     return Err(Close::Violation("data before hello".into()));
                 };
                 Counters::inc(&self.shared.counters.frames_received);

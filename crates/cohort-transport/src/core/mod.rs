@@ -1,10 +1,16 @@
-//! The transport's protocol decisions, without IO: what is in flight on a connection, which
-//! ACK completes what, when a message has waited too long, what a closed connection fails.
-//! Drivers (`sender.rs`) own one core per connection in one task, feed it what they read and
-//! the time, and carry out what it says. No clock, no sockets, no tokio.
+//! The transport's protocol decisions, without IO:
+//! - outbound (`outbound.rs`): what is in flight on a connection, which ACK completes what,
+//!   when a message has waited too long, what a closed connection fails;
+//! - inbound (`inbound.rs`): a connection's handshake stage (hello, keyed binding), which
+//!   frames it may send, who it is, which deadline runs.
+//!
+//! Drivers (`sender.rs`, `receiver.rs`) own one core per connection in one task, feed it what
+//! they read and the time, and carry out what it says. No clock, no sockets, no tokio.
 
+mod inbound;
 mod outbound;
 
+pub(crate) use inbound::{InboundConn, Refusal, Stage, Timeouts};
 pub(crate) use outbound::{Outbound, Outcome};
 
 #[cfg(test)]
