@@ -290,7 +290,9 @@ impl RpcChannel {
             rt,
         });
         channel.add_rpc_listener(Arc::new(Listener(Arc::downgrade(&inner))));
-        // Replies complete waiting calls on the owner task, without the listener thread.
+        // Replies complete waiting calls on the owner task, without the listener thread; an
+        // asynchronous handler's requests start their task from there too while a slot is
+        // free (otherwise they wait on the delivery thread: backpressure).
         let weak = Arc::downgrade(&inner);
         channel.add_claim(Arc::new(move |msg: &ChannelMessage| {
             let Some(inner) = weak.upgrade() else {
@@ -299,6 +301,19 @@ impl RpcChannel {
             match parse(&msg.payload) {
                 Some(env) if env.rpc_id == &inner.rpc_id[..] && env.kind != REQUEST => {
                     inner.on_reply(msg, &env);
+                    Claimed::Yes
+                }
+                Some(env) if env.rpc_id == &inner.rpc_id[..] => {
+                    let Handler::Async(h, limit) = &inner.handler else {
+                        return Claimed::No;
+                    };
+                    let (Some(from), Ok(slot)) =
+                        (msg.member.clone(), limit.clone().try_acquire_owned())
+                    else {
+                        return Claimed::No;
+                    };
+                    let body = msg.payload.slice(env.body_at..);
+                    inner.answer_async(h, from, env.id, body, slot);
                     Claimed::Yes
                 }
                 _ => Claimed::No,
@@ -460,6 +475,33 @@ pub(crate) fn no_channel_reply(payload: &Bytes) -> Option<Bytes> {
     (env.kind == REQUEST).then(|| encode(NO_CHANNEL, env.rpc_id, env.id, &[]))
 }
 
+impl Inner {
+    /// Runs an asynchronous handler's answer to request `id` from `from` as a task holding
+    /// `slot`, and sends its reply.
+    fn answer_async(
+        &self,
+        h: &Arc<dyn AsyncRpcHandler>,
+        from: Arc<Member>,
+        id: u64,
+        body: Bytes,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let answer = h.reply_request((*from).clone(), body);
+        let (channel, rpc_id, options) = (
+            self.channel.clone(),
+            self.rpc_id.clone(),
+            self.reply_options,
+        );
+        self.rt.spawn(async move {
+            if let Some(reply) = answer.await {
+                let envelope = encode(REPLY, &rpc_id, id, &reply);
+                let _ = channel.send(&[(*from).clone()], envelope, options).await;
+            }
+            drop(slot);
+        });
+    }
+}
+
 impl ChannelListener for Listener {
     fn accept(&self, msg: &ChannelMessage) -> bool {
         let Some(inner) = self.0.upgrade() else {
@@ -498,14 +540,7 @@ impl ChannelListener for Listener {
                         let Ok(slot) = inner.rt.block_on(limit.clone().acquire_owned()) else {
                             return Ok(());
                         };
-                        let answer = h.reply_request((*from).clone(), body);
-                        inner.rt.spawn(async move {
-                            if let Some(reply) = answer.await {
-                                let envelope = encode(REPLY, &rpc_id, id, &reply);
-                                let _ = channel.send(&[(*from).clone()], envelope, options).await;
-                            }
-                            drop(slot);
-                        });
+                        inner.answer_async(h, from, id, body, slot);
                     }
                 }
             }

@@ -466,14 +466,22 @@ pub async fn echo_sink(raw: bool, out: &mut (dyn Write + Send)) -> anyhow::Resul
             s.write_all(&frame).await?;
         }
     }
+    // An asynchronous handler, as a tokio server would write it: its requests start on the
+    // channel's task, without the delivery thread's two hops (a synchronous `RpcHandler`
+    // runs on that thread, as Tribes' handlers do, and pays them).
     struct Echo;
-    impl cohort_channel::RpcHandler for Echo {
-        fn reply_request(&self, _from: &Member, request: &Bytes) -> Option<Bytes> {
-            Some(request.clone())
+    impl cohort_channel::AsyncRpcHandler for Echo {
+        fn reply_request(
+            &self,
+            _from: Member,
+            request: Bytes,
+        ) -> cohort_channel::BoxFuture<'static, Option<Bytes>> {
+            Box::pin(async move { Some(request) })
         }
     }
     let ch = bare_channel(None).await?;
-    let _rpc = cohort_channel::RpcChannel::new(&ch, RPC_ID, Arc::new(Echo), SendOptions::NONE)?;
+    let _rpc =
+        cohort_channel::RpcChannel::new_async(&ch, RPC_ID, Arc::new(Echo), SendOptions::NONE)?;
     let local = ch.local();
     writeln!(out, "listening {}", SocketAddr::new(local.addr, local.port))?;
     out.flush()?;

@@ -297,3 +297,67 @@ async fn async_handlers_answer_and_bad_ids_are_errors() {
     client.stop().await;
     server.stop().await;
 }
+
+/// An asynchronous handler's requests start on the channel's task, not on the delivery
+/// thread: they are answered while a listener blocks that thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_handlers_answer_while_the_delivery_thread_is_busy() {
+    struct Blocker(std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>);
+    impl cohort_channel::ChannelListener for Blocker {
+        fn message_received(
+            &self,
+            _msg: &cohort_channel::ChannelMessage,
+        ) -> Result<(), cohort_channel::ListenerError> {
+            if let Some(rx) = self.0.lock().unwrap().take() {
+                let _ = rx.recv_timeout(Duration::from_secs(10));
+            }
+            Ok(())
+        }
+    }
+    struct Echo;
+    impl cohort_channel::AsyncRpcHandler for Echo {
+        fn reply_request(
+            &self,
+            _from: Member,
+            request: Bytes,
+        ) -> cohort_channel::BoxFuture<'static, Option<Bytes>> {
+            Box::pin(async move { Some(request) })
+        }
+    }
+    let (release, wait) = std::sync::mpsc::channel();
+    let client = start(builder()).await;
+    let server =
+        start(builder().listener(Arc::new(Blocker(std::sync::Mutex::new(Some(wait)))))).await;
+    let _rs = RpcChannel::new_async(&server, "svc", Arc::new(Echo), SendOptions::NONE).unwrap();
+    let rpc = RpcChannel::new(&client, "svc", Arc::new(Nothing), SendOptions::NONE).unwrap();
+    // An ordinary message parks the server's delivery thread in the listener.
+    let o = client
+        .send(
+            &[server.local().clone()],
+            Bytes::from_static(b"block"),
+            SendOptions::USE_ACK,
+        )
+        .await
+        .unwrap()
+        .await;
+    assert!(o.is_ok(), "{o:?}");
+    let r = rpc
+        .call(
+            &[server.local().clone()],
+            Bytes::from_static(b"q"),
+            CallOptions {
+                timeout: Duration::from_secs(3),
+                ..CallOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.replies.len(),
+        1,
+        "answered while the delivery thread is busy: {r:?}"
+    );
+    let _ = release.send(());
+    client.stop().await;
+    server.stop().await;
+}

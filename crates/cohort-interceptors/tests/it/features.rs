@@ -216,7 +216,12 @@ async fn domains_filter_and_throttles_disconnect() {
     let t = a.handles.throttle.as_ref().unwrap();
     assert!(t.disconnects() >= 1, "{} disconnects", t.disconnects());
     assert!(failures >= 1);
-    assert_eq!(a.got.len() + failures, 40);
+    // Nothing lost silently, nothing delivered twice. A message delivered just before the
+    // throttle closed the connection can still fail at the sender (its ACK went down with
+    // the connection): failed then means "not known to be delivered", never "not delivered"
+    // (CI saw 41 once).
+    assert!(a.got.len() + failures >= 40, "{} + {failures}", a.got.len());
+    assert!(a.got.len() <= 40);
     assert!(a.ch.stats().transport.inbound_closed_on_request >= 1);
 
     a.ch.stop().await;
