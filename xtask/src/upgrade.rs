@@ -235,6 +235,18 @@ pub(crate) fn scenario(dir: &Path, cluster: &str) -> Result<String> {
         let status = apps[me].node.admin("status")?;
         for m in status["members"].as_array().into_iter().flatten() {
             if m["local"] != true {
+                // Both builds speak 1..=1: every pair negotiates 1. Old members announce no
+                // application version, new ones NEW_VERSION.
+                let name = m["name"].as_str().unwrap_or("?");
+                let want_app = if name.starts_with("new") {
+                    NEW_VERSION
+                } else {
+                    ""
+                };
+                ensure!(
+                    m["protocol"] == 1 && m["app_version"] == want_app,
+                    "{new_name} reports {name} as {m}"
+                );
                 negotiated.push(format!(
                     "{}->{}:v{}({})",
                     new_name,

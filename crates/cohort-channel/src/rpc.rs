@@ -212,6 +212,11 @@ pub const MAX_ASYNC_REQUESTS: usize = 1024;
 /// An RPC handler that answers asynchronously (a database read, a call to another service):
 /// each request runs as a task on the channel's runtime, at most [`MAX_ASYNC_REQUESTS`] at
 /// once.
+///
+/// `reply_request` itself is called on the channel's own task while a slot is free (no hop
+/// through the delivery thread), so it must return its future at once: do the work inside
+/// the future, never before it. Requests run concurrently, in no promised order, and are not
+/// shown to the channel's ordinary listeners.
 pub trait AsyncRpcHandler: Send + Sync + 'static {
     /// Handles a request from `from`; `Some` is sent back as the reply.
     fn reply_request(

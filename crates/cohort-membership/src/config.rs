@@ -245,8 +245,11 @@ pub struct MulticastConfig {
     /// Recovery from socket errors.
     pub recovery: RecoveryConfig,
     /// Port of the group's data path: the channel's transport sends and receives MULTICAST
-    /// messages on the same group at this port, on a socket of its own, so that data never
-    /// competes with beacons. Default `port + 1`.
+    /// messages on the same group at this port, on a socket of its own. Default: the beacon
+    /// port, which every Cohort build reads data from (each socket skips the other's
+    /// datagrams by their magic), so that a rolling upgrade from a build that sent data
+    /// through the membership socket keeps MULTICAST working both ways. A port of its own
+    /// keeps data datagrams off the beacon socket once every member runs this build.
     pub data_port: Option<u16>,
 }
 
@@ -279,7 +282,7 @@ impl MulticastConfig {
     /// The socket options of the data path (the group at [`MulticastConfig::data_port`]).
     pub fn data_options(&self) -> cohort_net::MulticastOptions {
         cohort_net::MulticastOptions {
-            port: self.data_port.unwrap_or(self.port.saturating_add(1)),
+            port: self.data_port.unwrap_or(self.port),
             ..self.socket_options()
         }
     }
@@ -301,20 +304,8 @@ impl MulticastConfig {
         if self.ttl > 255 {
             return Err(invalid("ttl", "must be 0..=255"));
         }
-        match self.data_port {
-            Some(p) if p == self.port || p == 0 => {
-                return Err(invalid(
-                    "data_port",
-                    "must differ from the beacon port and not be 0",
-                ));
-            }
-            None if self.port == u16::MAX => {
-                return Err(invalid(
-                    "data_port",
-                    "port is 65535: give the data path's port explicitly",
-                ));
-            }
-            _ => {}
+        if self.data_port == Some(0) {
+            return Err(invalid("data_port", "must not be 0"));
         }
         self.recovery.validate()
     }

@@ -148,8 +148,10 @@ async fn resolve_inner(
                     targets.push((srv.target.clone(), srv.port));
                 }
             }
+            // Addresses the server sent along, else a lookup of the target; the lookups run at
+            // once, each within `timeout`, so that one dead target does not hide the others.
+            let mut lookups = tokio::task::JoinSet::new();
             for (target, port) in targets {
-                // Addresses the server sent along, else a lookup of the target.
                 let mut found = false;
                 for record in lookup.additionals() {
                     if record.name != target {
@@ -162,21 +164,34 @@ async fn resolve_inner(
                     }
                     found = true;
                 }
-                if found {
-                    continue;
+                if !found {
+                    let (r, timeout) = (r.clone(), cfg.timeout);
+                    lookups.spawn(async move {
+                        let ips = tokio::time::timeout(timeout, r.lookup_ip(target.clone())).await;
+                        (target, port, ips)
+                    });
                 }
-                match r.lookup_ip(target.clone()).await {
-                    Ok(ips) => {
+            }
+            while let Some(done) = lookups.join_next().await {
+                let Ok((target, port, ips)) = done else {
+                    continue;
+                };
+                match ips {
+                    Ok(Ok(ips)) => {
                         valid = valid.min(ips.valid_until().saturating_duration_since(now));
                         addrs.extend(ips.iter().map(|ip| SocketAddr::new(ip, port)));
                     }
-                    // One dead target does not hide the others.
-                    Err(e) => tracing::debug!(%target, error = %e, "SRV target does not resolve"),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%target, error = %e, "SRV target does not resolve");
+                    }
+                    Err(_) => tracing::debug!(%target, "SRV target lookup timed out"),
                 }
             }
             ttl = valid;
         }
     }
+    // Nothing that cannot be a member's static socket (a send there would fail every period).
+    addrs.retain(|a| a.port() != 0 && !a.ip().is_unspecified() && !a.ip().is_multicast());
     addrs.sort();
     addrs.dedup();
     if addrs.len() > cfg.max_addresses {

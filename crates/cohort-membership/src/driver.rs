@@ -538,10 +538,21 @@ impl<N: Net> Driver<N> {
         use crate::dns::DnsOutcome;
         match outcome {
             DnsOutcome::Resolved(mut addrs) => {
-                addrs.retain(|a| !self.is_own(*a));
+                // Not ourselves, and only what the static socket can reach (its family).
+                let family = self.own_addrs.first().map(SocketAddr::is_ipv4);
+                addrs.retain(|a| !self.is_own(*a) && family.is_none_or(|v4| a.is_ipv4() == v4));
                 if self.core.set_dns_peers(Instant::now().into_std(), &addrs) {
-                    tracing::info!(?addrs, "DNS discovery resolved a new set of addresses");
-                    self.emit(MembershipEvent::DnsResolved { addresses: addrs });
+                    // As the core keeps them: static peers and the table's bound applied.
+                    let mut addresses: Vec<SocketAddr> = self
+                        .core
+                        .peer_addrs()
+                        .into_iter()
+                        .filter(|(_, d)| *d == crate::view::Discovery::Dns)
+                        .map(|(a, _)| a)
+                        .collect();
+                    addresses.sort();
+                    tracing::info!(?addresses, "DNS discovery resolved a new set of addresses");
+                    self.emit(MembershipEvent::DnsResolved { addresses });
                 }
             }
             DnsOutcome::Failed {
@@ -601,8 +612,8 @@ impl<N: Net> Driver<N> {
                 }
                 let datagram = &buf[..n];
                 if datagram.starts_with(&cohort_wire::FRAME_MAGIC) {
-                    // Data belongs on the data port (the transport's multicast path); a
-                    // sender that puts it here is an older build or misconfigured.
+                    // Data is the transport's: its own socket on the data port reads it (by
+                    // default the same port as the beacons). Left alone here, counted.
                     self.data_dropped += 1;
                     return;
                 }

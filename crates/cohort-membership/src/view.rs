@@ -252,6 +252,7 @@ pub struct MembershipStats {
     pub socket_errors: u64,
     /// Times the driver closed and reopened its multicast socket.
     pub socket_reopens: u64,
-    /// Data frames that arrived on a beacon socket (they belong on the data port), dropped.
+    /// Data frames seen on a beacon socket and left to the transport's multicast data path
+    /// (which shares the beacon port unless `data_port` differs).
     pub data_dropped: u64,
 }

@@ -108,7 +108,19 @@ async fn run<N: Net>(
                 }
             }
             r = socket.recv_from(&mut buf) => {
-                let Ok((n, from)) = r else { continue };
+                let (n, from) = match r {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // Never a busy loop on a failing socket.
+                        cohort_net::warn_limited!(shared.warn, "multicast_recv", error = %e, "multicast data socket error");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                // Beacons share the port by default: the membership service's, not ours.
+                if buf[..n].starts_with(&cohort_wire::BEACON_MAGIC) {
+                    continue;
+                }
                 Counters::add(&counters.bytes_received, n as u64);
                 let mut data = BytesMut::from(&buf[..n]);
                 let frame = match shared.codec.decode_frame(&mut data) {
@@ -133,6 +145,8 @@ async fn run<N: Net>(
             }
         }
     }
+    // Closed first: a send racing the stop fails at once instead of being left in the queue.
+    out_rx.close();
     while let Ok(out) = out_rx.try_recv() {
         (out.done)(Err(SendError::Stopped));
     }

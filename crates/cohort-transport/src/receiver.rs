@@ -506,7 +506,7 @@ impl<N: Net> Inbound<N> {
                 let with_nonce = self.seal_tx.is_none();
                 let local = self.shared.local.clone();
                 self.core
-                    .handle_hello(&local, hello.member, with_nonce)
+                    .check_hello(&local, &hello.member, with_nonce)
                     .map_err(Close::from)?;
                 let counters = &self.shared.counters;
                 let max = self.shared.config.max_connections as u64;
@@ -515,6 +515,8 @@ impl<N: Net> Inbound<N> {
                     Counters::inc(&counters.connections_rejected);
                     return Err(Close::Full);
                 }
+                // Only now: a connection refused as Full never counted as established.
+                self.core.accept_hello(hello.member);
                 if let Some(m) = self.core.hello() {
                     tracing::debug!(peer = %self.from, member = %m.id.short(), "hello");
                 }

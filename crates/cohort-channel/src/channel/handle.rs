@@ -494,6 +494,7 @@ impl ChannelHandle {
             listener_errors: l(&c.listener_errors),
             no_listener: l(&c.no_listener),
             encode_failures: l(&c.encode_failures),
+            unknown_sender_dropped: l(&c.unknown_sender_dropped),
             membership_lagged: l(&c.membership_lagged),
             control_dropped: l(&c.control_dropped),
             untransformed_dropped: l(&c.untransformed_dropped),

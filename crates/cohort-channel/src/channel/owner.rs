@@ -412,6 +412,8 @@ impl<N: Net> Owner<N> {
         self.counters
             .count(r.frame.header.options, r.frame.payload.len(), false);
         // Datagrams (UDP, multicast) carry no hello: the sender is the header's id, in view.
+        // With a membership service, a sender not in view (unknown, or refused by the version
+        // checks) is dropped and counted, as TCP refuses its hello.
         if r.hello.is_none() {
             let sender = r.frame.header.sender;
             r.hello = self
@@ -421,6 +423,15 @@ impl<N: Net> Owner<N> {
                 .iter()
                 .find(|m| m.id == sender)
                 .map(|m| Arc::new(m.clone()));
+            if r.hello.is_none() && self.membership.is_some() {
+                self.counters
+                    .unknown_sender_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(ack) = r.ack {
+                    ack.fail("sender not in this member's view");
+                }
+                return;
+            }
         }
         let inbound = to_inbound(r);
         let now = self.now();

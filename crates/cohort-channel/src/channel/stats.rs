@@ -13,6 +13,7 @@ pub(super) struct ChannelCounters {
     pub(super) listener_errors: AtomicU64,
     pub(super) encode_failures: AtomicU64,
     pub(super) no_listener: AtomicU64,
+    pub(super) unknown_sender_dropped: AtomicU64,
     pub(super) membership_lagged: AtomicU64,
     pub(super) control_dropped: AtomicU64,
     pub(super) untransformed_dropped: AtomicU64,
@@ -115,6 +116,8 @@ pub struct ChannelStats {
     pub no_listener: u64,
     /// Frames that could not be encoded (an interceptor grew one past the limits).
     pub encode_failures: u64,
+    /// Datagrams (UDP, multicast) from a sender not in view, dropped.
+    pub unknown_sender_dropped: u64,
     /// Times the membership event stream lagged (events were missed; the view is current).
     pub membership_lagged: u64,
     /// Control messages (pings, probes, notices) that reached the top of the stack with no

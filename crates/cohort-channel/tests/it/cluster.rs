@@ -131,7 +131,6 @@ async fn multicast_option_listeners_error_handler_and_heartbeat() {
     // On the transport's own multicast path, not the membership's beacon socket.
     assert_eq!(a.stats().transport.multicast_sent, 1);
     assert_eq!(b.stats().transport.multicast_received, 1);
-    assert_eq!(b.membership_stats().unwrap().data_dropped, 0);
 
     // An ASYNCHRONOUS send to a member that is gone ends in the error handler.
     let mut ghost = b.local().clone();

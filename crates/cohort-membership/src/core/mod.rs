@@ -40,6 +40,9 @@ pub enum Destination {
     Peer(SocketAddr),
 }
 
+/// How long a refused member is not reported again (its beacons are still counted).
+pub const REFUSAL_REPORT_INTERVAL: Duration = Duration::from_secs(300);
+
 /// Which socket a datagram came in on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Via {
@@ -496,7 +499,12 @@ impl MembershipCore {
         if self.table.contains_key(&key) {
             self.remove(now, &key, DisappearReason::Refused(reason.clone()));
         }
-        if self.refused.contains_key(&key) {
+        // Reported once per member, again after REFUSAL_REPORT_INTERVAL if it keeps trying.
+        if self
+            .refused
+            .get(&key)
+            .is_some_and(|at| now < *at + REFUSAL_REPORT_INTERVAL)
+        {
             return;
         }
         if self.refused.len() >= self.cfg.max_members.get() {

@@ -88,7 +88,12 @@ pub(crate) async fn sim_channel(
                 drop_time: Duration::from_millis(1500),
                 ..MembershipConfig::default()
             },
-            multicast: Some(MulticastConfig::default()),
+            // A data port of its own: turmoil lets one socket bind a port (no SO_REUSEADDR),
+            // so the transport's multicast path cannot share the beacon port here.
+            multicast: Some(MulticastConfig {
+                data_port: Some(MulticastConfig::default().port + 1),
+                ..MulticastConfig::default()
+            }),
             static_members: None,
             dns: None,
         })

@@ -152,3 +152,49 @@ async fn asynchronous_frames_are_never_refused_by_the_peer_queue_limit() {
         within(T, b.inbound.recv()).await.unwrap();
     }
 }
+
+/// A hello refused because `max_connections` members are connected leaves the count right:
+/// once the member leaves, the next one gets in (a refused hello once counted twice down, and
+/// the count wrapped so that every later hello was refused).
+#[tokio::test]
+async fn a_hello_refused_at_max_connections_leaves_the_count_right() {
+    let config = TransportConfig {
+        max_connections: 1,
+        ..super::support::config()
+    };
+    let mut b = node(2, config).await;
+    let a = node(1, super::support::config()).await;
+    let r = send(&a, &b.member, 1, SendOptions::USE_ACK, b"first")
+        .await
+        .unwrap();
+    assert!(r.is_ok(), "{r:?}");
+    let _ = within(Duration::from_secs(5), b.inbound.recv()).await;
+    // A second member while the first is connected: refused.
+    let c = node(3, super::support::config()).await;
+    let r = send(&c, &b.member, 1, SendOptions::USE_ACK, b"second")
+        .await
+        .unwrap();
+    assert!(r.is_err(), "{r:?}");
+    assert!(b.handle.stats().connections_rejected >= 1);
+    // The first leaves; a third member gets in.
+    a.handle.stop();
+    c.handle.stop();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while b.handle.stats().connections_in > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            b.handle.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let d = node(4, super::support::config()).await;
+    let r = send(&d, &b.member, 1, SendOptions::USE_ACK, b"third")
+        .await
+        .unwrap();
+    assert!(
+        r.is_ok(),
+        "the count went wrong: {r:?} {:?}",
+        b.handle.stats()
+    );
+}

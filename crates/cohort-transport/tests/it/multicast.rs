@@ -96,3 +96,35 @@ async fn without_a_multicast_path_a_multicast_send_fails_at_once() {
     let r = multicast(&a, 1, b"x").await.unwrap();
     assert!(matches!(r, Err(SendError::NoMulticast)), "{r:?}");
 }
+
+/// The default: the data path shares the beacon port (as builds that sent data through the
+/// membership socket did), and skips the beacons it sees there without counting them.
+#[tokio::test]
+async fn on_the_beacon_port_beacons_are_skipped_and_data_flows() {
+    let mut m = cohort_test_support::private_multicast();
+    m.data_port = None;
+    if !m.loops_back(Duration::from_secs(1)) {
+        eprintln!("skipped: multicast does not loop back on this host");
+        return;
+    }
+    let opts = m.data_options();
+    assert_eq!(opts.port, m.port, "shares the beacon port by default");
+    let a = mcast_node(1, &opts).await;
+    let mut b = mcast_node(2, &opts).await;
+    let group = SocketAddr::from((opts.group, opts.port));
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut beacon = cohort_wire::BEACON_MAGIC.to_vec();
+    beacon.extend_from_slice(&[0u8; 40]);
+    s.send_to(&beacon, group).unwrap();
+    let r = multicast(&a, 1, b"data").await.unwrap();
+    assert_eq!(r.unwrap(), Delivered::Sent);
+    let got = within(Duration::from_secs(5), b.inbound.recv())
+        .await
+        .unwrap();
+    assert_eq!(got.frame.payload.as_ref(), b"data");
+    assert_eq!(
+        b.handle.stats().datagrams_dropped,
+        0,
+        "beacons are not ours to count"
+    );
+}
