@@ -678,7 +678,7 @@ pub fn table(status: &Value) -> String {
             yes(&m["local"]),
             yes(&m["connected"]),
             m["discovered"].as_str().unwrap_or("?"),
-            m["protocol"],
+            m["protocol"].to_string(),
             m["app_version"]
                 .as_str()
                 .filter(|v| !v.is_empty())

@@ -59,9 +59,7 @@ pub(crate) fn send<N: Net>(shared: &Arc<Shared<N>>, frame: Bytes, done: Completi
     }
     let len = frame.len();
     let limit = shared.config.max_peer_queue_bytes;
-    let queued = path.queued.fetch_add(len, Relaxed);
-    if queued > 0 && queued + len > limit {
-        path.queued.fetch_sub(len, Relaxed);
+    if let Err(queued) = crate::udp::claim_queue_bytes(&path.queued, len, limit) {
         Counters::inc(&shared.counters.queue_full);
         return fail(
             SendError::QueueFull {

@@ -30,6 +30,21 @@ struct UdpOut {
     done: Completion,
 }
 
+/// Claims `len` bytes of a datagram send queue bounded by `limit` bytes (the first datagram
+/// always fits); on refusal gives the claim back and returns the bytes queued before.
+pub(crate) fn claim_queue_bytes(
+    queued: &AtomicUsize,
+    len: usize,
+    limit: usize,
+) -> Result<(), usize> {
+    let before = queued.fetch_add(len, Relaxed);
+    if before > 0 && before + len > limit {
+        queued.fetch_sub(len, Relaxed);
+        return Err(before);
+    }
+    Ok(())
+}
+
 /// The queue of datagrams to send: bounded in bytes by `max_peer_queue_bytes` (the same unit
 /// and limit as a TCP peer's queue); a send beyond it fails at once with `QueueFull`.
 pub(crate) struct UdpPath {
@@ -97,9 +112,7 @@ pub(crate) fn send<N: Net>(
     };
     let len = out.frame.len();
     let limit = shared.config.max_peer_queue_bytes;
-    let queued = path.queued.fetch_add(len, Relaxed);
-    if queued > 0 && queued + len > limit {
-        path.queued.fetch_sub(len, Relaxed);
+    if let Err(queued) = claim_queue_bytes(&path.queued, len, limit) {
         Counters::inc(&shared.counters.queue_full);
         return fail(
             SendError::QueueFull {
