@@ -184,3 +184,26 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Replays a fuzz target's committed corpus in `cargo test`: every file in `dir` goes through
+/// `target`, and there must be at least `seeds.len()` of them. With `COHORT_WRITE_CORPUS` set,
+/// the seeds are written first (`seed-00`, `seed-01`, ...).
+pub fn replay_corpus(dir: &std::path::Path, seeds: &[Vec<u8>], target: impl Fn(&[u8])) {
+    if std::env::var_os("COHORT_WRITE_CORPUS").is_some() {
+        std::fs::create_dir_all(dir).expect("create the corpus directory");
+        for (i, seed) in seeds.iter().enumerate() {
+            std::fs::write(dir.join(format!("seed-{i:02}")), seed).expect("write a seed");
+        }
+    }
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir).expect("the corpus directory") {
+        let data = std::fs::read(entry.expect("a corpus entry").path()).expect("a corpus file");
+        target(&data);
+        count += 1;
+    }
+    assert!(
+        count >= seeds.len(),
+        "corpus missing in {} (COHORT_WRITE_CORPUS=1 writes the seeds)",
+        dir.display()
+    );
+}

@@ -58,21 +58,8 @@ fn seeds() -> Vec<Msg> {
 
 #[test]
 fn deploy_message_corpus() {
-    if std::env::var_os("COHORT_WRITE_CORPUS").is_some() {
-        std::fs::create_dir_all(dir()).unwrap();
-        for (i, m) in seeds().iter().enumerate() {
-            std::fs::write(dir().join(format!("seed-{i:02}")), m.encode()).unwrap();
-        }
-    }
-    let mut count = 0;
-    for entry in std::fs::read_dir(dir()).unwrap() {
-        cohort_deployer::fuzz::deploy_message(&std::fs::read(entry.unwrap().path()).unwrap());
-        count += 1;
-    }
-    assert!(
-        count >= seeds().len(),
-        "corpus missing (COHORT_WRITE_CORPUS=1 writes the seeds)"
-    );
+    let seeds: Vec<Vec<u8>> = seeds().iter().map(|m| m.encode().to_vec()).collect();
+    cohort_test_support::replay_corpus(&dir(), &seeds, cohort_deployer::fuzz::deploy_message);
 }
 
 proptest! {

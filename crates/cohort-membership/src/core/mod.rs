@@ -19,17 +19,20 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cohort_wire::{
-    Beacon, BeaconCodec, BeaconCommand, CohortCodec, DecodeError, KeyRing, Member, MemberKey,
+    Beacon, BeaconCodec, BeaconCommand, CohortCodec, DecodeError, Member, MemberKey,
 };
 
 use crate::config::{ConfigError, MembershipConfig, StaticPeer, VersionPolicy};
 use crate::view::{
     DisappearReason, Discovery, FailureEvidence, MembershipEvent, MembershipStats, MembershipView,
-    Refusal, ViewMember,
+    ViewMember,
 };
 
+mod peers;
 #[cfg(test)]
 mod tests;
+
+use peers::{PeerCodec, peer_codec};
 
 /// Where a beacon goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,30 +83,6 @@ struct Tombstone {
     /// When the member was removed; the tombstone refuses beacons for
     /// `MembershipCore::tombstone_time` from then.
     removed_at: Instant,
-}
-
-struct PeerCodec {
-    peer: StaticPeer,
-    /// `Static` for configured peers, `Dns` for resolved ones.
-    origin: Discovery,
-    codec: CohortCodec,
-    /// The member a beacon verified with the peer's own secret last named: its id and data
-    /// address are known to belong to the peer.
-    known: Option<MemberKey>,
-}
-
-impl PeerCodec {
-    /// True when the peer has a secret of its own and `member` names it: by the id configured
-    /// for it, by its configured address, or by the id or data address its secret vouched for.
-    /// Such a beacon counts only when that secret verified it, whatever its source address.
-    fn protects(&self, member: &Member) -> bool {
-        self.peer.secret.is_some()
-            && (self.peer.id == Some(member.id)
-                || self.peer.addr == member.data_addr()
-                || self.known.is_some_and(|k| {
-                    k.id == member.id || (k.addr == member.addr && k.port == member.port)
-                }))
-    }
 }
 
 /// The membership state machine. See the module documentation for the call order.
@@ -270,71 +249,6 @@ impl MembershipCore {
         self.remove(now, key, DisappearReason::Failed(evidence))
     }
 
-    /// Replaces the peers DNS discovery resolved with `addrs` (the static peers stay). An
-    /// address that is a static peer, or appears twice, is skipped; new peers get a join
-    /// beacon at once. Returns true when the set changed. At most `max_members` are kept.
-    pub fn set_dns_peers(&mut self, now: Instant, addrs: &[SocketAddr]) -> bool {
-        let mut wanted: Vec<SocketAddr> = Vec::new();
-        for a in addrs {
-            let is_static = self
-                .peers
-                .iter()
-                .any(|p| p.origin == Discovery::Static && p.peer.addr == *a);
-            if !is_static && !wanted.contains(a) && wanted.len() < self.cfg.max_members.get() {
-                wanted.push(*a);
-            }
-        }
-        let before = self.peers.len();
-        self.peers
-            .retain(|p| p.origin != Discovery::Dns || wanted.contains(&p.peer.addr));
-        let mut changed = self.peers.len() != before;
-        let mut added = false;
-        for a in wanted {
-            if self.peers.iter().any(|p| p.peer.addr == a) {
-                continue;
-            }
-            match peer_codec(&self.cfg, StaticPeer::new(a), Discovery::Dns) {
-                Ok(p) => {
-                    self.peers.push(p);
-                    added = true;
-                }
-                Err(err) => tracing::error!(error = %err, "cannot build a codec for a DNS peer"),
-            }
-        }
-        changed |= added;
-        if added && self.started && !self.stopped {
-            // New addresses hear of us at once and answer at once.
-            self.send_beacon(now, BeaconCommand::Join);
-        }
-        changed
-    }
-
-    /// The addresses beaconed by unicast: static peers first, then those DNS resolved.
-    pub fn peer_addrs(&self) -> Vec<(SocketAddr, Discovery)> {
-        self.peers.iter().map(|p| (p.peer.addr, p.origin)).collect()
-    }
-
-    /// Why `member` may not join, if it may not: no common protocol version, or different
-    /// application versions while either side asks for the same. Symmetric, so that both
-    /// sides of a pair decide alike.
-    pub fn refusal(&self, member: &Member) -> Option<Refusal> {
-        if self.local.versions.common(member.versions).is_none() {
-            return Some(Refusal::Protocol {
-                local: self.local.versions,
-                remote: member.versions,
-            });
-        }
-        if (self.local.same_app_version || member.same_app_version)
-            && self.local.app_version != member.app_version
-        {
-            return Some(Refusal::AppVersion {
-                local: self.local.app_version.clone(),
-                remote: member.app_version.clone(),
-            });
-        }
-        None
-    }
-
     /// Handles one received datagram, from the multicast socket when this core beacons to the
     /// group and from the unicast one otherwise (see [`MembershipCore::handle_datagram_via`]).
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
@@ -491,35 +405,6 @@ impl MembershipCore {
             _ => self.stats.malformed += 1,
         }
         tracing::debug!(error = %err, "dropped datagram");
-    }
-
-    fn refuse(&mut self, now: Instant, member: Member, reason: Refusal) {
-        self.stats.refused += 1;
-        let key = member.key();
-        if self.table.contains_key(&key) {
-            self.remove(now, &key, DisappearReason::Refused(reason.clone()));
-        }
-        // Reported once per member, again after REFUSAL_REPORT_INTERVAL if it keeps trying.
-        if self
-            .refused
-            .get(&key)
-            .is_some_and(|at| now < *at + REFUSAL_REPORT_INTERVAL)
-        {
-            return;
-        }
-        if self.refused.len() >= self.cfg.max_members.get() {
-            let oldest = self
-                .refused
-                .iter()
-                .min_by_key(|(_, t)| **t)
-                .map(|(k, _)| *k);
-            if let Some(k) = oldest {
-                self.refused.remove(&k);
-            }
-        }
-        self.refused.insert(key, now);
-        tracing::warn!(member = %key, %reason, "member refused");
-        self.push_event(MembershipEvent::MemberRefused { member, reason });
     }
 
     fn alive(
@@ -709,13 +594,13 @@ impl MembershipCore {
         }
         // Members that beaconed us from an address we do not list get beacons back (at most
         // one per member in the table: bounded by `max_members`).
-        let mut replied: Vec<SocketAddr> = Vec::new();
+        let mut replied: std::collections::BTreeSet<SocketAddr> =
+            self.peers.iter().map(|p| p.peer.addr).collect();
         for entry in self.table.values() {
             let Some(to) = entry.reply_to else { continue };
-            if replied.contains(&to) || self.peers.iter().any(|p| p.peer.addr == to) {
+            if !replied.insert(to) {
                 continue;
             }
-            replied.push(to);
             let mut out = BytesMut::new();
             match self.codec.encode_beacon(&beacon, &mut out) {
                 Ok(()) => self.transmits.push_back(Transmit {
@@ -829,22 +714,4 @@ impl MembershipCore {
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
     }
-}
-
-fn peer_codec(
-    cfg: &MembershipConfig,
-    peer: StaticPeer,
-    origin: Discovery,
-) -> Result<PeerCodec, ConfigError> {
-    let keys = match &peer.secret {
-        Some(secret) => Some(KeyRing::new(vec![secret.clone()])?),
-        None => cfg.keys.clone(),
-    };
-    let codec = CohortCodec::new(cfg.limits, keys)?;
-    Ok(PeerCodec {
-        peer,
-        origin,
-        codec,
-        known: None,
-    })
 }
