@@ -46,7 +46,17 @@ fn params(item: &Value) -> String {
 
 fn type_name(t: &Value) -> Option<String> {
     let p = &t["resolved_path"];
-    p["path"].as_str().or(p["name"].as_str()).map(str::to_owned)
+    // The path is written as the impl block spells it (`super::X` in a
+    // submodule): a path into this crate keeps its last segment, so moving an
+    // impl between modules is not an API change; foreign paths stay whole.
+    let path = p["path"].as_str().or(p["name"].as_str())?;
+    let local = ["crate::", "super::", "self::"]
+        .iter()
+        .any(|prefix| path.starts_with(prefix));
+    Some(match path.rsplit_once("::") {
+        Some((_, last)) if local => last.to_owned(),
+        _ => path.to_owned(),
+    })
 }
 
 /// The public surface of one crate's rustdoc JSON, one line per item.
