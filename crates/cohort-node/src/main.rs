@@ -14,6 +14,13 @@ use cohort_node::admin;
 use cohort_node::config::NodeConfig;
 use cohort_node::node::{self, Events};
 
+/// The binary's allocator (see docs/ARCHITECTURE.md, "Crates we chose"): glibc's trims the
+/// top of its heap after a burst of large messages and faults the pages back in for the next
+/// one (seven page faults per 64 KiB message in the bench); mimalloc keeps freed pages per
+/// thread and reuses them, and is faster for the small per-message allocations too.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Run a Cohort node, ask a running one for its status, start a local cluster, or measure.
 ///
 /// Exit codes: 0 success; 1 a runtime error (an invalid configuration, a port that cannot be

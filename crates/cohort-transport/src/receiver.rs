@@ -452,6 +452,16 @@ impl<N: Net> Inbound<N> {
             // Until authenticated (hello, and when keyed a sealed frame): the hello deadline.
             let (deadline, which) = self.core.poll_timeout();
             let (deadline, what) = (Instant::from_std(deadline), which.name());
+            if room > cfg.rx_buf_size.saturating_sub(buf.len()) && buf.capacity() < buf.len() + room
+            {
+                // The rest of a frame larger than the read buffer (its size already reserved
+                // against the inbound budget): one buffer of the frame's exact size, which the
+                // allocator reuses from frame to frame, not doublings of the read buffer (fresh
+                // pages, faulted in and unmapped, for every large message).
+                let mut exact = BytesMut::with_capacity(buf.len() + room);
+                exact.extend_from_slice(&buf);
+                buf = exact;
+            }
             // Grow with the bytes that arrive, a read buffer at a time.
             buf.reserve(room.min(cfg.rx_buf_size));
             let mut limited = (&mut buf).limit(room);

@@ -18,7 +18,7 @@ use crate::listener::{ChannelListener, ClusterListener, ErrorHandler};
 use crate::seams::{ChannelMembership, ChannelTransport};
 
 use super::config::{ChannelConfig, ChannelError, MembershipSetup};
-use super::delivery::deliver;
+use super::delivery::{deliver, delivery_queue};
 use super::handle::{ChannelHandle, HandleShared, Life};
 use super::owner::Owner;
 use super::stats::ChannelCounters;
@@ -290,7 +290,7 @@ impl ChannelBuilder {
         pipeline.set_local(local.clone());
         let view = Arc::new(RwLock::new(Vec::new()));
         let (cmd_tx, cmd_rx) = mpsc::channel(self.config.command_queue);
-        let (delivery_tx, delivery_rx) = mpsc::channel(self.config.delivery_queue);
+        let (delivery, delivery_rx) = delivery_queue(self.config.delivery_queue);
         let (member_tx, _) = broadcast::channel(1024);
         let listeners = Arc::new(RwLock::new(self.listeners));
         let cluster_listeners: Arc<[Arc<dyn ClusterListener>]> = self.cluster_listeners.into();
@@ -340,7 +340,7 @@ impl ChannelBuilder {
             transport,
             membership,
             tickets: HashMap::new(),
-            delivery_tx,
+            delivery,
             member_tx,
             membership_listeners: self.membership_listeners,
             cmd_self: handle.shared.cmd.clone(),
@@ -352,6 +352,8 @@ impl ChannelBuilder {
             ids: handle.shared.ids.clone(),
             tasks: tokio::task::JoinSet::new(),
             claims,
+            staged: Vec::new(),
+            staged_states: Vec::new(),
         };
         tokio::spawn(owner.run(cmd_rx, inbound_rx, peer_rx));
         Ok(handle)

@@ -1,16 +1,16 @@
 //! The delivery thread: listeners run here (they may block, as Tribes' do), never on the
 //! owner task.
 
-use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
 
 use cohort_wire::SendOptions;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::core::Acker;
-use crate::listener::ChannelMessage;
+use crate::listener::{ChannelListener, ChannelMessage};
 
-use super::handle::ChannelHandle;
+use super::handle::{ChannelHandle, HandleShared};
 
 /// The FAIL_ACK reason of a message no listener accepted.
 pub(crate) const NO_LISTENER: &str = "no listener accepted the message";
@@ -20,69 +20,223 @@ pub(super) struct Delivery {
     pub(super) ack: Option<Acker>,
 }
 
+/// Most messages handed to the delivery thread at once. A batch is handed over when the
+/// owner has nothing more to give out of one input, or when it holds this many.
+pub(super) const DELIVERY_BATCH: usize = 256;
+
+/// The owner's end of the delivery queue. Messages go over in batches (one wake-up of the
+/// delivery thread per batch, not per message: on a VM a thread wake-up costs more than
+/// delivering a small message); the bound is in messages, `ChannelConfig::delivery_queue`:
+/// a message takes a permit of `room` when handed over and gives it back once its listeners
+/// ran. When the queue is full the owner waits, and the transport stops being read
+/// (backpressure to the senders).
+pub(super) struct DeliveryQueue {
+    tx: mpsc::UnboundedSender<Vec<Delivery>>,
+    room: Arc<Semaphore>,
+    pending: Vec<Delivery>,
+    /// The largest batch: never more than the queue's bound.
+    batch: usize,
+}
+
+/// The delivery thread's end.
+pub(super) struct DeliveryRx {
+    rx: mpsc::UnboundedReceiver<Vec<Delivery>>,
+    room: Arc<Semaphore>,
+}
+
+/// A delivery queue bounded at `capacity` messages (at least 1).
+pub(super) fn delivery_queue(capacity: usize) -> (DeliveryQueue, DeliveryRx) {
+    let capacity = capacity.max(1);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let room = Arc::new(Semaphore::new(capacity));
+    let queue = DeliveryQueue {
+        tx,
+        room: room.clone(),
+        pending: Vec::new(),
+        batch: DELIVERY_BATCH.min(capacity),
+    };
+    (queue, DeliveryRx { rx, room })
+}
+
+impl DeliveryQueue {
+    /// Queues a message; hands the batch over when it is full (waiting for room).
+    pub(super) async fn push(&mut self, d: Delivery) {
+        self.pending.push(d);
+        if self.pending.len() >= self.batch {
+            self.flush().await;
+        }
+    }
+
+    /// Hands what is queued to the delivery thread, waiting for room when the queue is full.
+    pub(super) async fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let n = u32::try_from(self.pending.len()).unwrap_or(u32::MAX);
+        let permit = match self.room.try_acquire_many(n) {
+            Ok(p) => Some(p),
+            Err(_) => self.room.acquire_many(n).await.ok(),
+        };
+        // The delivery thread gives the permits back, message by message batch.
+        if let Some(p) = permit {
+            p.forget();
+        }
+        let batch = std::mem::take(&mut self.pending);
+        // Closed: the delivery thread is gone (the channel is stopping); nothing to deliver to.
+        let _ = self.tx.send(batch);
+    }
+}
+
 /// The delivery thread: listeners run here, off the runtime (they are synchronous and may
 /// block, as Tribes' listeners may), in arrival order. A listener that panics counts as a
-/// failed one (FAIL_ACK); the thread carries on.
+/// failed one (FAIL_ACK); the thread carries on. The listener lists are read once per batch.
 #[allow(clippy::needless_pass_by_value)]
-pub(super) fn deliver(
-    handle: &ChannelHandle,
-    rt: &tokio::runtime::Handle,
-    mut rx: mpsc::Receiver<Delivery>,
-) {
+pub(super) fn deliver(handle: &ChannelHandle, rt: &tokio::runtime::Handle, mut queue: DeliveryRx) {
     let shared = handle.shared.clone();
-    while let Some(Delivery { msg, ack }) = rx.blocking_recv() {
-        for l in shared.cluster_listeners.iter() {
-            l.message_received(&msg);
+    while let Some(batch) = queue.rx.blocking_recv() {
+        let n = batch.len();
+        let read = |l: &std::sync::RwLock<Vec<_>>| {
+            l.read().unwrap_or_else(PoisonError::into_inner).clone()
+        };
+        let listeners = read(&shared.listeners);
+        let rpc_listeners = read(&shared.rpc_listeners);
+        for Delivery { msg, ack } in batch {
+            // RPC envelopes go to the RPC channels only; everything else to the listeners.
+            let to = if crate::rpc::is_envelope(&msg.payload) {
+                &rpc_listeners
+            } else {
+                &listeners
+            };
+            deliver_one(&shared, rt, to, &msg, ack);
         }
-        // RPC envelopes go to the RPC channels only; everything else to the listeners.
-        let rpc = crate::rpc::is_envelope(&msg.payload);
-        let listeners = if rpc {
-            &shared.rpc_listeners
-        } else {
-            &shared.listeners
+        queue.room.add_permits(n);
+    }
+}
+
+fn deliver_one(
+    shared: &Arc<HandleShared>,
+    rt: &tokio::runtime::Handle,
+    listeners: &[Arc<dyn ChannelListener>],
+    msg: &ChannelMessage,
+    ack: Option<Acker>,
+) {
+    for l in shared.cluster_listeners.iter() {
+        l.message_received(msg);
+    }
+    let mut accepted = false;
+    let mut failure = None;
+    for l in listeners {
+        if !l.accept(msg) {
+            continue;
         }
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
-        let mut accepted = false;
-        let mut failure = None;
-        for l in &listeners {
-            if !l.accept(&msg) {
-                continue;
+        accepted = true;
+        if let Err(e) = l.message_received(msg) {
+            shared
+                .counters
+                .listener_errors
+                .fetch_add(1, Ordering::Relaxed);
+            failure.get_or_insert_with(|| e.to_string());
+        }
+    }
+    shared.counters.delivered.fetch_add(1, Ordering::Relaxed);
+    if !accepted {
+        shared.counters.no_listener.fetch_add(1, Ordering::Relaxed);
+        // A SYNCHRONIZED_ACK promises that a listener processed it: none did.
+        failure.get_or_insert_with(|| NO_LISTENER.to_owned());
+        if let Some(reply) = crate::rpc::no_channel_reply(&msg.payload) {
+            let handle = ChannelHandle {
+                shared: shared.clone(),
+                _life: None,
+            };
+            if let Some(to) = msg.member.clone() {
+                rt.spawn(async move {
+                    let _ = handle
+                        .send(&[(*to).clone()], reply, SendOptions::ASYNCHRONOUS)
+                        .await;
+                });
             }
-            accepted = true;
-            if let Err(e) = l.message_received(&msg) {
-                shared
-                    .counters
-                    .listener_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                failure.get_or_insert_with(|| e.to_string());
-            }
         }
-        shared.counters.delivered.fetch_add(1, Ordering::Relaxed);
-        if !accepted {
-            shared.counters.no_listener.fetch_add(1, Ordering::Relaxed);
-            // A SYNCHRONIZED_ACK promises that a listener processed it: none did.
-            failure.get_or_insert_with(|| NO_LISTENER.to_owned());
-            if let Some(reply) = crate::rpc::no_channel_reply(&msg.payload) {
-                let handle = ChannelHandle {
-                    shared: shared.clone(),
-                    _life: None,
-                };
-                if let Some(to) = msg.member.clone() {
-                    rt.spawn(async move {
-                        let _ = handle
-                            .send(&[(*to).clone()], reply, SendOptions::ASYNCHRONOUS)
-                            .await;
-                    });
-                }
-            }
+    }
+    if let Some(ack) = ack {
+        match failure {
+            Some(reason) => ack.fail(reason),
+            None => ack.ack(),
         }
-        if let Some(ack) = ack {
-            match failure {
-                Some(reason) => ack.fail(reason),
-                None => ack.ack(),
-            }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use bytes::Bytes;
+    use cohort_wire::{MemberId, SendOptions};
+
+    use super::{Delivery, delivery_queue};
+    use crate::listener::ChannelMessage;
+
+    fn delivery(n: u64) -> Delivery {
+        Delivery {
+            msg: ChannelMessage {
+                from: MemberId::default(),
+                member: None,
+                peer: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+                msg_id: n,
+                options: SendOptions::NONE,
+                timestamp_ms: 0,
+                payload: Bytes::new(),
+            },
+            ack: None,
         }
+    }
+
+    fn poll_once<F: Future>(f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+        f.poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[tokio::test]
+    async fn batches_go_over_whole_and_the_bound_is_in_messages() {
+        let (mut queue, mut rx) = delivery_queue(4);
+        // Below the batch size nothing is handed over until the flush.
+        for n in 0..3 {
+            queue.push(delivery(n)).await;
+        }
+        assert!(rx.rx.try_recv().is_err());
+        queue.flush().await;
+        let first = rx.rx.try_recv().expect("one batch");
+        assert_eq!(
+            first.iter().map(|d| d.msg.msg_id).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        // One message of room is left: two more wait for the delivery thread.
+        queue.push(delivery(3)).await;
+        queue.push(delivery(4)).await;
+        {
+            let mut flush = pin!(queue.flush());
+            assert!(
+                poll_once(flush.as_mut()).is_pending(),
+                "the bound is 4 messages"
+            );
+            // The delivery thread ran the first batch's listeners: its room comes back.
+            rx.room.add_permits(first.len());
+            assert!(poll_once(flush.as_mut()).is_ready());
+        }
+        let second = rx.rx.try_recv().expect("the second batch");
+        assert_eq!(
+            second.iter().map(|d| d.msg.msg_id).collect::<Vec<_>>(),
+            [3, 4]
+        );
+        assert_eq!(rx.room.available_permits(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_full_batch_is_handed_over_without_a_flush() {
+        let (mut queue, mut rx) = delivery_queue(2);
+        queue.push(delivery(0)).await;
+        queue.push(delivery(1)).await;
+        // The batch never exceeds the bound (2 here, not DELIVERY_BATCH).
+        assert_eq!(rx.rx.try_recv().expect("a batch").len(), 2);
     }
 }

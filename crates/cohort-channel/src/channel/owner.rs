@@ -22,7 +22,7 @@ use crate::listener::ChannelMessage;
 use crate::receipt::SendState;
 use crate::seams::{ChannelMembership, ChannelTransport};
 
-use super::delivery::Delivery;
+use super::delivery::{Delivery, DeliveryQueue};
 use super::handle::{Claim, Claimed, Command, ViewEvent};
 use super::probes::{probe_test, run_probe};
 use super::stats::ChannelCounters;
@@ -35,7 +35,7 @@ pub(super) struct Owner<N: Net> {
     pub(super) transport: Arc<dyn ChannelTransport>,
     pub(super) membership: Option<Arc<dyn ChannelMembership>>,
     pub(super) tickets: HashMap<Ticket, Arc<SendState>>,
-    pub(super) delivery_tx: mpsc::Sender<Delivery>,
+    pub(super) delivery: DeliveryQueue,
     pub(super) member_tx: broadcast::Sender<ViewEvent>,
     pub(super) membership_listeners: Vec<Arc<dyn MembershipListener>>,
     pub(super) cmd_self: mpsc::Sender<Command>,
@@ -52,7 +52,16 @@ pub(super) struct Owner<N: Net> {
     pub(super) tasks: tokio::task::JoinSet<()>,
     /// Hooks asked before the delivery thread (RPC replies).
     pub(super) claims: Arc<RwLock<Vec<Claim>>>,
+    /// Tickets of the send commands in the current pass, and their receipts.
+    pub(super) staged: Vec<Ticket>,
+    pub(super) staged_states: Vec<Arc<SendState>>,
 }
+
+/// Most send commands the owner takes from its queue in one pass.
+const SEND_BATCH: usize = 64;
+
+/// Most received frames the owner takes from the transport in one pass.
+const INBOUND_BATCH: usize = 64;
 
 /// How long `stop` waits for the interceptors' last messages to be delivered.
 pub(super) const LEAVE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -123,6 +132,9 @@ impl<N: Net> Owner<N> {
             self.drain().await;
         }
         let mut next_heartbeat = Instant::now() + self.heartbeat;
+        // One timer, moved when the deadline moves (not a new one per pass).
+        let timer = tokio::time::sleep_until(next_heartbeat);
+        tokio::pin!(timer);
         loop {
             // Reap finished tasks: the set holds only what still runs.
             while self.tasks.try_join_next().is_some() {}
@@ -130,64 +142,44 @@ impl<N: Net> Owner<N> {
                 .pipeline
                 .poll_timeout()
                 .map_or(next_heartbeat, |t| Instant::from_std(t).min(next_heartbeat));
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
             tokio::select! {
                 // Order matters: commands (a stop ends the loop at once), then view changes before
                 // the data of members they add, then connection events, then data, then timers.
                 biased;
-                cmd = cmd_rx.recv() => match cmd {
-                    Some(Command::Send(out, state)) => {
-                        let ticket = out.ticket;
-                        self.tickets.insert(ticket, state);
+                cmd = cmd_rx.recv() => {
+                    let Some(mut cmd) = cmd else { return };
+                    // Sends already queued go down the stack in one pass (up to SEND_BATCH
+                    // commands): one drain, and the transport coalesces their frames.
+                    let mut staged = 0;
+                    let rest = loop {
                         let now = self.now();
-                        self.pipeline.send(now, out);
+                        match cmd {
+                            Command::Send(out, state) => self.stage(now, [out], &state),
+                            Command::SendBatch(outs, state) => self.stage(now, outs, &state),
+                            other => break Some(other),
+                        }
+                        staged += 1;
+                        if staged == SEND_BATCH {
+                            break None;
+                        }
+                        match cmd_rx.try_recv() {
+                            Ok(next) => cmd = next,
+                            Err(_) => break None,
+                        }
+                    };
+                    if staged > 0 {
                         self.drain().await;
-                        if let Some(state) = self.tickets.remove(&ticket) {
-                            state.done_one();
+                        self.complete_staged();
+                    }
+                    if let Some(cmd) = rest {
+                        if self.on_command(cmd).await.is_break() {
+                            return;
                         }
                     }
-                    Some(Command::SendBatch(outs, state)) => {
-                        // One pass for the whole batch: every message goes down the stack,
-                        // then the outputs are carried out together (the transport coalesces).
-                        let tickets: Vec<Ticket> = outs.iter().map(|o| o.ticket).collect();
-                        for t in &tickets {
-                            self.tickets.insert(*t, state.clone());
-                        }
-                        let now = self.now();
-                        for out in outs {
-                            self.pipeline.send(now, out);
-                        }
-                        self.drain().await;
-                        for t in &tickets {
-                            self.tickets.remove(t);
-                        }
-                        state.done_one();
-                    }
-                    Some(Command::ProbeResult(i, member, result)) => {
-                        let now = self.now();
-                        self.pipeline.probe_result(now, i, member, result);
-                    }
-                    Some(Command::Suspect(member, why)) => {
-                        let now = self.now();
-                        self.pipeline.suspect(now, &member, &why);
-                    }
-                    Some(Command::Leave(reply)) => {
-                        let now = self.now();
-                        self.leaving = Some(Vec::new());
-                        self.pipeline.stop(now);
-                        self.drain().await;
-                        let waits = self.leaving.take().unwrap_or_default();
-                        self.tasks.spawn(async move {
-                            let all = async { for w in waits { let _ = w.await; } };
-                            let _ = tokio::time::timeout(LEAVE_TIMEOUT, all).await;
-                            let _ = reply.send(());
-                        });
-                    }
-                    Some(Command::Stop(reply)) => {
-                        let _ = reply.send(());
-                        return;
-                    }
-                    None => return,
-                },
+                }
                 ev = member_event(&mut events) => match ev {
                     Ok(ev) => {
                         // The view read at start may already hold what the stream repeats.
@@ -231,8 +223,19 @@ impl<N: Net> Owner<N> {
                         self.pipeline.suspect(now, &member, &why);
                     }
                 }
-                Some(r) = inbound_rx.recv() => self.on_received(r),
-                () = tokio::time::sleep_until(wake) => {
+                Some(r) = inbound_rx.recv() => {
+                    self.on_received(r);
+                    // What is already queued, in the same pass (one drain, one hand-over to
+                    // the delivery thread), unless a view change waits: it goes first.
+                    for _ in 1..INBOUND_BATCH {
+                        if events.as_ref().is_some_and(|e| !e.is_empty()) {
+                            break;
+                        }
+                        let Ok(r) = inbound_rx.try_recv() else { break };
+                        self.on_received(r);
+                    }
+                }
+                () = &mut timer => {
                     let now = Instant::now();
                     self.pipeline.handle_timeout(now.into_std());
                     if now >= next_heartbeat {
@@ -249,6 +252,81 @@ impl<N: Net> Owner<N> {
             }
             self.drain().await;
         }
+    }
+
+    /// Puts one send command's messages into the pipeline; [`Self::complete_staged`] ends
+    /// the command once the outputs are carried out.
+    fn stage(
+        &mut self,
+        now: std::time::Instant,
+        outs: impl IntoIterator<Item = Outbound>,
+        state: &Arc<SendState>,
+    ) {
+        for out in outs {
+            self.tickets.insert(out.ticket, state.clone());
+            self.staged.push(out.ticket);
+            self.pipeline.send(now, out);
+        }
+        self.staged_states.push(state.clone());
+    }
+
+    /// The staged commands' outputs are carried out: later outputs of their messages (an
+    /// interceptor that holds one) no longer report to their receipts, and each command's
+    /// hold on its receipt ends.
+    fn complete_staged(&mut self) {
+        for t in self.staged.drain(..) {
+            self.tickets.remove(&t);
+        }
+        for state in self.staged_states.drain(..) {
+            state.done_one();
+        }
+    }
+
+    /// A command other than a send. `Break` ends the owner.
+    async fn on_command(&mut self, cmd: Command) -> std::ops::ControlFlow<()> {
+        match cmd {
+            Command::Send(out, state) => {
+                let now = self.now();
+                self.stage(now, [out], &state);
+                self.drain().await;
+                self.complete_staged();
+            }
+            Command::SendBatch(outs, state) => {
+                let now = self.now();
+                self.stage(now, outs, &state);
+                self.drain().await;
+                self.complete_staged();
+            }
+            Command::ProbeResult(i, member, result) => {
+                let now = self.now();
+                self.pipeline.probe_result(now, i, member, result);
+            }
+            Command::Suspect(member, why) => {
+                let now = self.now();
+                self.pipeline.suspect(now, &member, &why);
+            }
+            Command::Leave(reply) => {
+                let now = self.now();
+                self.leaving = Some(Vec::new());
+                self.pipeline.stop(now);
+                self.drain().await;
+                let waits = self.leaving.take().unwrap_or_default();
+                self.tasks.spawn(async move {
+                    let all = async {
+                        for w in waits {
+                            let _ = w.await;
+                        }
+                    };
+                    let _ = tokio::time::timeout(LEAVE_TIMEOUT, all).await;
+                    let _ = reply.send(());
+                });
+            }
+            Command::Stop(reply) => {
+                let _ = reply.send(());
+                return std::ops::ControlFlow::Break(());
+            }
+        }
+        std::ops::ControlFlow::Continue(())
     }
 
     pub(super) async fn drain(&mut self) {
@@ -302,13 +380,8 @@ impl<N: Net> Owner<N> {
                         }
                         continue;
                     }
-                    let delivery = Delivery { msg: message, ack };
-                    if let Err(e) = self.delivery_tx.try_send(delivery) {
-                        // Full: wait (the transport stops being read meanwhile).
-                        let (mpsc::error::TrySendError::Full(d)
-                        | mpsc::error::TrySendError::Closed(d)) = e;
-                        let _ = self.delivery_tx.send(d).await;
-                    }
+                    // Full: wait (the transport stops being read meanwhile).
+                    self.delivery.push(Delivery { msg: message, ack }).await;
                 }
                 Output::Member(ev) => {
                     let members: Arc<[Member]> = {
@@ -379,6 +452,8 @@ impl<N: Net> Owner<N> {
                 }
             }
         }
+        // One hand-over to the delivery thread for everything this input produced.
+        self.delivery.flush().await;
     }
 
     /// Asks the claim hooks; true when one took the message. Hooks whose owner is gone are
@@ -504,7 +579,7 @@ impl<N: Net> Owner<N> {
         if let Some(state) = &state {
             state.expect(out.destinations.len());
         }
-        for dest in out.destinations.iter() {
+        for (index, dest) in out.destinations.iter().enumerate() {
             let watch = self.leaving.as_mut().map(|w| {
                 let (tx, rx) = oneshot::channel::<()>();
                 w.push(rx);
@@ -512,7 +587,8 @@ impl<N: Net> Owner<N> {
             });
             let suspect = SuspectOnFailure {
                 cmd: self.cmd_self.clone(),
-                member: dest.clone(),
+                members: out.destinations.clone(),
+                index,
                 counters: self.counters.clone(),
             };
             let done: cohort_transport::Completion = match &state {
@@ -540,7 +616,9 @@ impl<N: Net> Owner<N> {
 /// FAIL_ACK or a full queue says nothing about the peer's health).
 pub(super) struct SuspectOnFailure {
     pub(super) cmd: mpsc::Sender<Command>,
-    pub(super) member: Member,
+    /// The message's destinations (shared: no copy of a member per send) and which one this is.
+    pub(super) members: Arc<[Member]>,
+    pub(super) index: usize,
     pub(super) counters: Arc<ChannelCounters>,
 }
 
@@ -557,7 +635,7 @@ impl SuspectOnFailure {
         let why = Suspicion::SendFailed(e.to_string());
         if self
             .cmd
-            .try_send(Command::Suspect(self.member, why))
+            .try_send(Command::Suspect(self.members[self.index].clone(), why))
             .is_err()
         {
             self.counters
