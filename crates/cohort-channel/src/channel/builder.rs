@@ -354,6 +354,7 @@ impl ChannelBuilder {
             claims,
             staged: Vec::new(),
             staged_states: Vec::new(),
+            wall_ms: 0,
         };
         tokio::spawn(owner.run(cmd_rx, inbound_rx, peer_rx));
         Ok(handle)

@@ -55,6 +55,9 @@ pub(super) struct Owner<N: Net> {
     /// Tickets of the send commands in the current pass, and their receipts.
     pub(super) staged: Vec<Ticket>,
     pub(super) staged_states: Vec<Arc<SendState>>,
+    /// The wall clock (ms) as read at the start of the current drain: frames are stamped
+    /// with it.
+    pub(super) wall_ms: u64,
 }
 
 /// Most send commands the owner takes from its queue in one pass.
@@ -154,8 +157,8 @@ impl<N: Net> Owner<N> {
                     // Sends already queued go down the stack in one pass (up to SEND_BATCH
                     // commands): one drain, and the transport coalesces their frames.
                     let mut staged = 0;
+                    let now = self.now();
                     let rest = loop {
-                        let now = self.now();
                         match cmd {
                             Command::Send(out, state) => self.stage(now, [out], &state),
                             Command::SendBatch(outs, state) => self.stage(now, outs, &state),
@@ -330,6 +333,8 @@ impl<N: Net> Owner<N> {
     }
 
     pub(super) async fn drain(&mut self) {
+        // Frames carried out in this drain are stamped with one reading of the clock.
+        self.wall_ms = self.net.wall_clock_ms();
         while let Some(output) = self.pipeline.poll_output() {
             match output {
                 Output::Transmit(out) => self.transmit(out),
@@ -536,7 +541,7 @@ impl<N: Net> Owner<N> {
                 msg_id: out.msg_id,
                 options: out.options,
                 sender: self.local.id,
-                timestamp_ms: self.net.wall_clock_ms(),
+                timestamp_ms: self.wall_ms,
                 seq: out.seq,
                 extensions: out.extensions,
             },
