@@ -1,7 +1,9 @@
 //! `cargo xtask bench [--mode async|ack|syncack] [--size BYTES] [--test tput|latency|idle]
-//! [--quick]`: throughput and latency between real `cohort` processes (release build), with
-//! plain TCP measured in the same run, printing `RESULT` lines (their fields are described in
-//! docs/BENCHMARKS.md). A run without
+//! [--rounds N] [--quick]`: throughput and latency between real `cohort` processes (release
+//! build), with plain TCP measured in the same run, printing `RESULT` lines (their fields are
+//! described in docs/BENCHMARKS.md). Every measurement is taken `--rounds` times (3 in a full
+//! run, 1 otherwise), the rounds interleaved so that the machine's drift touches every mode
+//! alike, and the table keeps each one's median round. A run without
 //! filters rewrites the results part of docs/BENCHMARKS.md (between its `results:begin` and
 //! `results:end` markers; the analysis around them is kept).
 
@@ -86,6 +88,7 @@ fn cohort_bench(exe: &std::path::Path, args: &[String]) -> Result<Vec<Line>> {
 /// Entry point: `args` follow `bench`.
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let (mut mode, mut size, mut test, mut quick) = (None, None, None, false);
+    let mut rounds = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -100,6 +103,18 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             }
             "--test" => test = Some(it.next().context("--test needs a value")?.clone()),
             "--quick" => quick = true,
+            "--rounds" => {
+                let n: usize = it
+                    .next()
+                    .context("--rounds needs a value")?
+                    .parse()
+                    .context("--rounds takes a number")?;
+                ensure!(
+                    (1..=MAX_ROUNDS).contains(&n),
+                    "--rounds is 1 to {MAX_ROUNDS}"
+                );
+                rounds = Some(n);
+            }
             other => bail!("unknown bench option `{other}`"),
         }
     }
@@ -147,18 +162,67 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let exe = harness::build_cohort(true)?;
     let wants = |t: &str| test.as_deref().is_none_or(|x| x == t);
     let sizes: Vec<usize> = size.map_or_else(|| SIZES.to_vec(), |s| vec![s]);
+    let rounds = rounds.unwrap_or(if full { FULL_ROUNDS } else { 1 });
     let mut lines = Vec::new();
     let started = Instant::now();
+    for round in 1..=rounds {
+        if rounds > 1 {
+            eprintln!("bench: round {round} of {rounds}");
+        }
+        lines.extend(one_round(
+            &exe,
+            mode.as_deref(),
+            size,
+            &sizes,
+            quick,
+            &wants,
+        )?);
+    }
+    let mut lines = medians(lines);
+    if wants("idle") && mode.is_none() {
+        let rss = idle_rss(&exe)?;
+        let line = format!(
+            "RESULT impl=cohort test=idle nodes=2 secs={} rss_kb={rss}",
+            IDLE_FOR.as_secs()
+        );
+        println!("{line}");
+        lines.extend(Line::parse(&line));
+    }
+    eprintln!("bench: {:.0} s", started.elapsed().as_secs_f64());
+    if full {
+        write_doc(&lines, rounds)?;
+        eprintln!("bench: docs/BENCHMARKS.md updated");
+    } else {
+        eprintln!("bench: filtered run; docs/BENCHMARKS.md is only rewritten by a full run");
+    }
+    Ok(())
+}
+
+/// Rounds of a full run (each measurement's median goes in the table).
+const FULL_ROUNDS: usize = 3;
+/// Most rounds `--rounds` takes.
+const MAX_ROUNDS: usize = 20;
+
+/// One round: every throughput mode at every size, then the round trips.
+fn one_round(
+    exe: &std::path::Path,
+    mode: Option<&str>,
+    size: Option<usize>,
+    sizes: &[usize],
+    quick: bool,
+    wants: &dyn Fn(&str) -> bool,
+) -> Result<Vec<Line>> {
+    let mut lines = Vec::new();
     if wants("tput") {
-        for &s in &sizes {
+        for &s in sizes {
             let n = count(s, quick).to_string();
-            let modes: Vec<&str> = match &mode {
-                Some(m) => vec![m.as_str()],
+            let modes: Vec<&str> = match mode {
+                Some(m) => vec![m],
                 None => MODES.to_vec(),
             };
             for m in RAW_MODES.iter().chain(&modes) {
                 lines.extend(cohort_bench(
-                    &exe,
+                    exe,
                     &[
                         "--test".into(),
                         "tput".into(),
@@ -177,7 +241,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         let s = size.unwrap_or(1024).to_string();
         let n = if quick { "2000" } else { "20000" };
         lines.extend(cohort_bench(
-            &exe,
+            exe,
             &[
                 "--test".into(),
                 "latency".into(),
@@ -188,23 +252,40 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             ],
         )?);
     }
-    if wants("idle") && mode.is_none() {
-        let rss = idle_rss(&exe)?;
-        let line = format!(
-            "RESULT impl=cohort test=idle nodes=2 secs={} rss_kb={rss}",
-            IDLE_FOR.as_secs()
+    Ok(lines)
+}
+
+/// Of every measurement taken several times (same impl, test, mode or api, size), the
+/// median round: by msgs/s for throughput, by p50 for round trips.
+fn medians(lines: Vec<Line>) -> Vec<Line> {
+    let mut groups: BTreeMap<(String, String, String, String), Vec<Line>> = BTreeMap::new();
+    let mut order = Vec::new();
+    for l in lines {
+        let key = (
+            l.get("impl").to_owned(),
+            l.get("test").to_owned(),
+            format!("{}{}", l.get("mode"), l.get("api")),
+            l.get("size").to_owned(),
         );
-        println!("{line}");
-        lines.extend(Line::parse(&line));
+        if !groups.contains_key(&key) {
+            order.push(key.clone());
+        }
+        groups.entry(key).or_default().push(l);
     }
-    eprintln!("bench: {:.0} s", started.elapsed().as_secs_f64());
-    if full {
-        write_doc(&lines)?;
-        eprintln!("bench: docs/BENCHMARKS.md updated");
-    } else {
-        eprintln!("bench: filtered run; docs/BENCHMARKS.md is only rewritten by a full run");
-    }
-    Ok(())
+    order
+        .into_iter()
+        .filter_map(|key| {
+            let mut g = groups.remove(&key)?;
+            let by = if key.1 == "latency" {
+                "p50_us"
+            } else {
+                "msgs_per_s"
+            };
+            g.sort_by(|a, b| a.num(by).total_cmp(&b.num(by)));
+            let mid = g.len() / 2;
+            Some(g.swap_remove(mid))
+        })
+        .collect()
 }
 
 /// `--test map`: the maps' benchmark program (in-process channels on loopback sockets), with
@@ -306,9 +387,13 @@ fn machine() -> String {
     format!("{cpus} CPUs ({model}), Linux {kernel}, {rustc}, release build, loopback")
 }
 
-fn results_markdown(lines: &[Line]) -> String {
+fn results_markdown(lines: &[Line], rounds: usize) -> String {
     let mut md = String::new();
-    let _ = writeln!(md, "Measured on: {}.\n", machine());
+    let _ = writeln!(
+        md,
+        "Measured on: {}. Each figure is the median of {rounds} interleaved rounds.\n",
+        machine()
+    );
     let _ = writeln!(
         md,
         "### Throughput (one sender process, one sink process)\n"
@@ -463,14 +548,56 @@ fn results_markdown(lines: &[Line]) -> String {
     md
 }
 
-fn write_doc(lines: &[Line]) -> Result<()> {
+fn write_doc(lines: &[Line], rounds: usize) -> Result<()> {
     let path = crate::project_root().join("docs/BENCHMARKS.md");
     let old = std::fs::read_to_string(&path).unwrap_or_default();
-    let results = results_markdown(lines);
+    let results = results_markdown(lines, rounds);
     let new = match (old.find(BEGIN), old.find(END)) {
         (Some(b), Some(e)) if b < e => format!("{}{BEGIN}\n{results}{}", &old[..b], &old[e..]),
         _ => format!("# Benchmarks\n\n{BEGIN}\n{results}{END}\n"),
     };
     std::fs::write(&path, new)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Line, medians};
+
+    #[test]
+    fn each_measurement_keeps_its_median_round_in_first_seen_order() {
+        let raw = [
+            "RESULT impl=raw-tcp test=tput mode=batched size=64 msgs_per_s=300",
+            "RESULT impl=cohort test=tput mode=async size=64 msgs_per_s=10",
+            "RESULT impl=raw-tcp test=tput mode=batched size=64 msgs_per_s=100",
+            "RESULT impl=cohort test=tput mode=async size=64 msgs_per_s=30",
+            "RESULT impl=raw-tcp test=tput mode=batched size=64 msgs_per_s=200",
+            "RESULT impl=cohort test=tput mode=async size=64 msgs_per_s=20",
+            "RESULT impl=cohort test=latency api=rpc size=1024 p50_us=9 p99_us=1",
+            "RESULT impl=cohort test=latency api=rpc size=1024 p50_us=5 p99_us=2",
+            "RESULT impl=cohort test=latency api=rpc size=1024 p50_us=7 p99_us=3",
+        ];
+        let lines = medians(raw.iter().filter_map(|l| Line::parse(l)).collect());
+        let picked: Vec<(String, f64)> = lines
+            .iter()
+            .map(|l| {
+                let by = if l.get("test") == "latency" {
+                    "p50_us"
+                } else {
+                    "msgs_per_s"
+                };
+                (l.get("impl").to_owned(), l.num(by))
+            })
+            .collect();
+        assert_eq!(
+            picked,
+            [
+                ("raw-tcp".to_owned(), 200.0),
+                ("cohort".to_owned(), 20.0),
+                ("cohort".to_owned(), 7.0)
+            ]
+        );
+        // The median round's line is kept whole (its p99 with its p50).
+        assert_eq!(lines[2].num("p99_us"), 3.0);
+    }
 }
