@@ -14,10 +14,8 @@ use cohort_node::admin;
 use cohort_node::config::NodeConfig;
 use cohort_node::node::{self, Events};
 
-/// The binary's allocator (see docs/ARCHITECTURE.md, "Crates we chose"): glibc's trims the
-/// top of its heap after a burst of large messages and faults the pages back in for the next
-/// one (seven page faults per 64 KiB message in the bench); mimalloc keeps freed pages per
-/// thread and reuses them, and is faster for the small per-message allocations too.
+/// With the `mimalloc` feature, the binary's allocator (docs/BENCHMARKS.md, "The allocator").
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -60,7 +60,8 @@ pub(super) struct Owner<N: Net> {
     pub(super) wall_ms: u64,
 }
 
-/// Most send commands the owner takes from its queue in one pass.
+/// The owner takes no more send commands from its queue in one pass once it staged this
+/// many messages (a larger `send_many` batch still goes down whole).
 const SEND_BATCH: usize = 64;
 
 /// Most received frames the owner takes from the transport in one pass.
@@ -154,18 +155,24 @@ impl<N: Net> Owner<N> {
                 biased;
                 cmd = cmd_rx.recv() => {
                     let Some(mut cmd) = cmd else { return };
-                    // Sends already queued go down the stack in one pass (up to SEND_BATCH
-                    // commands): one drain, and the transport coalesces their frames.
+                    // Sends already queued go down the stack in one pass (until SEND_BATCH
+                    // messages): one drain, and the transport coalesces their frames.
                     let mut staged = 0;
                     let now = self.now();
                     let rest = loop {
                         match cmd {
-                            Command::Send(out, state) => self.stage(now, [out], &state),
-                            Command::SendBatch(outs, state) => self.stage(now, outs, &state),
+                            Command::Send(out, state) => {
+                                self.stage(now, [out], &state);
+                                staged += 1;
+                            }
+                            Command::SendBatch(outs, state) => {
+                                staged += outs.len().max(1);
+                                self.stage(now, outs, &state);
+                            }
                             other => break Some(other),
                         }
-                        staged += 1;
-                        if staged == SEND_BATCH {
+                        // A pass stays short, so the lanes write while the owner works.
+                        if staged >= SEND_BATCH {
                             break None;
                         }
                         match cmd_rx.try_recv() {
