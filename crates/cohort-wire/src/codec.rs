@@ -10,9 +10,9 @@ use bytes::BytesMut;
 
 use crate::frame::{Check, Sign};
 use crate::{
-    Beacon, ClusterKey, ConfigError, DataHeader, DecodeError, EncodeError, Frame, FramePrefix,
-    KeyRing, MIN_PROTOCOL_VERSION, Nonce, Opener, PROTOCOL_VERSION, Role, Sealer, Session,
-    WireLimits,
+    Beacon, ClusterKey, ConfigError, DataFrame, DataHeader, DecodeError, EncodeError, Frame,
+    FramePrefix, KeyRing, MIN_PROTOCOL_VERSION, Nonce, Opener, PROTOCOL_VERSION, Role, Sealer,
+    Session, WireLimits,
 };
 
 /// Encodes and decodes stream frames.
@@ -132,6 +132,67 @@ impl CohortCodec {
             Check::Ring(self.keys.as_ref()),
         )?;
         Ok(decoded.map(|(frame, key)| (frame, key.cloned())))
+    }
+
+    /// True when this codec signs what it encodes (it has a key ring).
+    pub fn is_keyed(&self) -> bool {
+        self.keys.is_some()
+    }
+
+    /// Encodes a data frame, as [`FrameCodec::encode_frame`] does a [`Frame::Data`] (without
+    /// building one), sealed for one connection when `sealer` is given. On error `out` is
+    /// unchanged and the sealer has not advanced.
+    pub fn encode_data(
+        &self,
+        frame: &DataFrame,
+        sealer: Option<&mut Sealer>,
+        out: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        let sign = match (sealer, &self.keys) {
+            (Some(s), _) => Sign::Sealed(s),
+            (None, Some(keys)) => Sign::Ring(keys),
+            (None, None) => Sign::None,
+        };
+        crate::frame::encode_data(frame, self.version, &self.limits, sign, out)
+    }
+
+    /// Encodes an unsigned data frame around its payload, without copying the payload: the
+    /// frame on the wire is what this appends to `out` (prefix and header), then
+    /// `frame.payload`, then the returned CRC; byte for byte what
+    /// [`CohortCodec::encode_data`] writes. `Ok(None)` when this codec signs its frames (a
+    /// tag covers the payload: encode the frame whole). On error `out` is unchanged.
+    ///
+    /// ```
+    /// use bytes::{Bytes, BytesMut};
+    /// use cohort_wire::{CohortCodec, DataFrame, DataHeader, MemberId, SendOptions, WireLimits};
+    ///
+    /// let codec = CohortCodec::new(WireLimits::default(), None).unwrap();
+    /// let frame = DataFrame {
+    ///     header: DataHeader {
+    ///         msg_id: 1,
+    ///         options: SendOptions::NONE,
+    ///         sender: MemberId::default(),
+    ///         timestamp_ms: 0,
+    ///         seq: 0,
+    ///         extensions: Vec::new(),
+    ///     },
+    ///     payload: Bytes::from(vec![7u8; 64 * 1024]),
+    /// };
+    /// let mut head = BytesMut::new();
+    /// let crc = codec.encode_data_around(&frame, &mut head).unwrap().unwrap();
+    /// let mut whole = BytesMut::new();
+    /// codec.encode_data(&frame, None, &mut whole).unwrap();
+    /// assert_eq!([&head[..], &frame.payload[..], &crc[..]].concat(), &whole[..]);
+    /// ```
+    pub fn encode_data_around(
+        &self,
+        frame: &DataFrame,
+        out: &mut BytesMut,
+    ) -> Result<Option<[u8; 4]>, EncodeError> {
+        if self.keys.is_some() {
+            return Ok(None);
+        }
+        crate::frame::encode_data_around(frame, self.version, &self.limits, out).map(Some)
     }
 
     /// Encodes `frame` sealed for one connection (see [`Session`]); on error `out` is

@@ -326,21 +326,43 @@ impl Sign<'_> {
     }
 }
 
+/// The prost header of a frame about to be encoded.
+enum Header {
+    Data(DataHeaderPb),
+    Ack(AckPb),
+    Hello(HelloPb),
+    Challenge(ChallengePb),
+}
+
+impl Header {
+    fn encoded_len(&self) -> usize {
+        match self {
+            Self::Data(h) => h.encoded_len(),
+            Self::Ack(h) => h.encoded_len(),
+            Self::Hello(h) => h.encoded_len(),
+            Self::Challenge(h) => h.encoded_len(),
+        }
+    }
+
+    fn encode_raw(&self, out: &mut BytesMut) {
+        match self {
+            Self::Data(h) => h.encode_raw(out),
+            Self::Ack(h) => h.encode_raw(out),
+            Self::Hello(h) => h.encode_raw(out),
+            Self::Challenge(h) => h.encode_raw(out),
+        }
+    }
+}
+
 /// Encodes `frame` at the end of `out`. On error `out` is unchanged.
 pub(crate) fn encode_frame(
     frame: &Frame,
     version: u8,
     limits: &WireLimits,
-    mut sign: Sign<'_>,
+    sign: Sign<'_>,
     out: &mut BytesMut,
 ) -> Result<(), EncodeError> {
     // Build the prost header first: nothing is written to `out` until everything is checked.
-    enum Header {
-        Data(DataHeaderPb),
-        Ack(AckPb),
-        Hello(HelloPb),
-        Challenge(ChallengePb),
-    }
     let (header, payload): (Header, &[u8]) = match frame {
         Frame::Data(d) => (Header::Data(header_pb_data(&d.header)?), &d.payload),
         Frame::Ack(a) => (Header::Ack(header_pb_ack(a, limits)?), &[]),
@@ -359,12 +381,68 @@ pub(crate) fn encode_frame(
             &[],
         ),
     };
-    let header_len = match &header {
-        Header::Data(h) => h.encoded_len(),
-        Header::Ack(h) => h.encoded_len(),
-        Header::Hello(h) => h.encoded_len(),
-        Header::Challenge(h) => h.encoded_len(),
-    };
+    encode_with(frame.kind(), &header, payload, version, limits, sign, out)
+}
+
+/// Encodes a data frame at the end of `out` (as [`encode_frame`] with a [`Frame::Data`],
+/// without building one). On error `out` is unchanged.
+pub(crate) fn encode_data(
+    frame: &DataFrame,
+    version: u8,
+    limits: &WireLimits,
+    sign: Sign<'_>,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let header = Header::Data(header_pb_data(&frame.header)?);
+    encode_with(
+        FrameKind::Data,
+        &header,
+        &frame.payload,
+        version,
+        limits,
+        sign,
+        out,
+    )
+}
+
+/// Encodes an unsigned data frame around its payload, which is not copied: appends the
+/// prefix and the header to `out` and returns the CRC that follows the payload on the wire.
+/// The frame is `out`'s new bytes, then the payload, then the CRC (big-endian), byte for
+/// byte what [`encode_data`] writes unsigned. On error `out` is unchanged.
+pub(crate) fn encode_data_around(
+    frame: &DataFrame,
+    version: u8,
+    limits: &WireLimits,
+    out: &mut BytesMut,
+) -> Result<[u8; CRC_LEN], EncodeError> {
+    let header = Header::Data(header_pb_data(&frame.header)?);
+    let start = out.len();
+    write_head(
+        FrameKind::Data,
+        &header,
+        frame.payload.len(),
+        version,
+        limits,
+        false,
+        out,
+    )?;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&out[start..]);
+    crc.update(&frame.payload);
+    Ok(crc.finalize().to_be_bytes())
+}
+
+/// Checks the lengths and writes the prefix and the header.
+fn write_head(
+    kind: FrameKind,
+    header: &Header,
+    payload_len: usize,
+    version: u8,
+    limits: &WireLimits,
+    signed: bool,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let header_len = header.encoded_len();
     if header_len > limits.max_frame_header as usize {
         return Err(too_large(
             "frame header",
@@ -372,36 +450,45 @@ pub(crate) fn encode_frame(
             limits.max_frame_header.into(),
         ));
     }
-    if payload.len() > limits.max_frame_payload as usize {
+    if payload_len > limits.max_frame_payload as usize {
         return Err(too_large(
             "frame payload",
-            payload.len(),
+            payload_len,
             limits.max_frame_payload.into(),
         ));
     }
     // Both lengths were checked against u32 limits above.
     let (header_len32, payload_len32) = (
         u32::try_from(header_len).map_err(|_| too_large("frame header", header_len, 0))?,
-        u32::try_from(payload.len()).map_err(|_| too_large("frame payload", payload.len(), 0))?,
+        u32::try_from(payload_len).map_err(|_| too_large("frame payload", payload_len, 0))?,
     );
-    let signed = !matches!(sign, Sign::None);
     let tag_len = if signed { TAG_LEN } else { 0 };
     let start = out.len();
-    out.reserve(FRAME_PREFIX_LEN + header_len + payload.len() + tag_len + CRC_LEN);
+    out.reserve(FRAME_PREFIX_LEN + header_len + payload_len + tag_len + CRC_LEN);
     out.put_slice(&FRAME_MAGIC);
     out.put_u8(version);
-    out.put_u8(frame.kind() as u8);
+    out.put_u8(kind as u8);
     out.put_u8(if signed { FLAG_AUTHENTICATED } else { 0 });
     out.put_u8(0);
     out.put_u32(header_len32);
     out.put_u32(payload_len32);
-    match &header {
-        Header::Data(h) => h.encode_raw(out),
-        Header::Ack(h) => h.encode_raw(out),
-        Header::Hello(h) => h.encode_raw(out),
-        Header::Challenge(h) => h.encode_raw(out),
-    }
+    header.encode_raw(out);
     debug_assert_eq!(out.len() - start, FRAME_PREFIX_LEN + header_len);
+    Ok(())
+}
+
+fn encode_with(
+    kind: FrameKind,
+    header: &Header,
+    payload: &[u8],
+    version: u8,
+    limits: &WireLimits,
+    mut sign: Sign<'_>,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let signed = !matches!(sign, Sign::None);
+    let start = out.len();
+    write_head(kind, header, payload.len(), version, limits, signed, out)?;
     out.put_slice(payload);
     if let Some(tag) = sign.tag(&out[start..]) {
         out.put_slice(&tag);

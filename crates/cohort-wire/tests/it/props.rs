@@ -130,6 +130,30 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
+    fn data_frames_encoded_directly_or_around_their_payload_match_encode_frame(
+        f in data_frame(),
+        auth in any::<bool>(),
+    ) {
+        let codec = codec(auth);
+        let Frame::Data(d) = &f else { unreachable!() };
+        let mut whole = BytesMut::new();
+        codec.encode_frame(&f, &mut whole).unwrap();
+        let mut direct = BytesMut::new();
+        codec.encode_data(d, None, &mut direct).unwrap();
+        prop_assert_eq!(&direct, &whole);
+        let mut head = BytesMut::new();
+        match codec.encode_data_around(d, &mut head).unwrap() {
+            Some(crc) => {
+                prop_assert!(!auth);
+                let joined = [&head[..], &d.payload[..], &crc[..]].concat();
+                prop_assert_eq!(&joined[..], &whole[..]);
+            }
+            // A signed frame is only ever encoded whole.
+            None => prop_assert!(auth && head.is_empty()),
+        }
+    }
+
+    #[test]
     fn frames_round_trip(f in frame(), auth in any::<bool>()) {
         let codec = codec(auth);
         let mut buf = BytesMut::new();
