@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use cohort_membership::{
@@ -10,7 +11,7 @@ use cohort_membership::{
 };
 use cohort_net::Net;
 use cohort_transport::{Completion, TransportHandle, TransportStats};
-use cohort_wire::{Member, MemberKey, SendOptions};
+use cohort_wire::{CohortCodec, DataFrame, Member, MemberKey, SendOptions};
 use tokio::sync::broadcast;
 
 /// A boxed future, for object-safe async methods.
@@ -21,6 +22,27 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait ChannelTransport: Send + Sync + 'static {
     /// Sends a pre-encoded frame; `done` runs once, when it completes or fails.
     fn send(&self, to: &Member, frame: Bytes, msg_id: u64, options: SendOptions, done: Completion);
+    /// Sends a data frame the transport encodes (the channel uses it when its codec signs
+    /// nothing: the frame is then encoded by the connection that writes it, not on the
+    /// channel's task). Default: encoded here with `codec`, then [`Self::send`].
+    fn send_data(
+        &self,
+        to: &Member,
+        frame: Arc<DataFrame>,
+        codec: &CohortCodec,
+        msg_id: u64,
+        options: SendOptions,
+        done: Completion,
+    ) {
+        let mut buf = bytes::BytesMut::new();
+        match codec.encode_data(&frame, None, &mut buf) {
+            Ok(()) => self.send(to, buf.freeze(), msg_id, options, done),
+            Err(e) => done(Err(cohort_transport::SendError::BadFrame {
+                addr: SocketAddr::new(to.addr, to.port),
+                reason: e.to_string(),
+            })),
+        }
+    }
     /// True while at least one outbound connection to `addr` is established.
     fn is_connected(&self, addr: SocketAddr) -> bool;
     /// Closes connections to `addr` (the member left).
@@ -48,6 +70,18 @@ pub trait ChannelTransport: Send + Sync + 'static {
 impl<N: Net> ChannelTransport for TransportHandle<N> {
     fn send(&self, to: &Member, frame: Bytes, msg_id: u64, options: SendOptions, done: Completion) {
         TransportHandle::send(self, to, frame, msg_id, options, done);
+    }
+
+    fn send_data(
+        &self,
+        to: &Member,
+        frame: Arc<DataFrame>,
+        _codec: &CohortCodec,
+        msg_id: u64,
+        options: SendOptions,
+        done: Completion,
+    ) {
+        TransportHandle::send_data(self, to, frame, msg_id, options, done);
     }
 
     fn is_connected(&self, addr: SocketAddr) -> bool {

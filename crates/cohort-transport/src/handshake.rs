@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use bytes::{BufMut as _, BytesMut};
 use cohort_wire::{
-    CohortCodec, DecodeError, EncodeError, Frame, FrameCodec, Hello, Member, NONCE_LEN, Nonce,
-    Opener, Sealer,
+    CohortCodec, DataFrame, DecodeError, EncodeError, Frame, FrameCodec, Hello, Member, NONCE_LEN,
+    Nonce, Opener, Sealer,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -43,6 +43,21 @@ impl WriteSeal {
             Some(s) => codec.encode_frame_sealed(frame, s, out),
             None => codec.encode_frame(frame, out),
         }
+    }
+
+    /// Encodes a data frame for this connection (sealed when keyed), payload included.
+    pub(crate) fn encode_data(
+        &mut self,
+        codec: &CohortCodec,
+        frame: &DataFrame,
+        out: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        codec.encode_data(frame, self.0.as_mut(), out)
+    }
+
+    /// True when frames on this connection are sealed (keyed cluster).
+    pub(crate) fn is_sealed(&self) -> bool {
+        self.0.is_some()
     }
 
     /// Appends `encoded` (a frame encoded once by the layer above) for this connection.

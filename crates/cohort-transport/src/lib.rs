@@ -138,6 +138,32 @@ pub struct Received {
     pub budget: Option<InboundPermit>,
 }
 
+/// A frame on its way to a connection: encoded by the layer above, or a data frame the
+/// connection encodes ([`TransportHandle::send_data`]).
+#[derive(Clone, Debug)]
+pub(crate) enum OutFrame {
+    Encoded(Bytes),
+    Data(Arc<DataFrame>),
+}
+
+/// What a data frame's encoding adds to its payload, at most, for the queue's byte count
+/// (prefix, header without extensions, tag, CRC).
+const DATA_OVERHEAD: usize = 128;
+
+impl OutFrame {
+    /// Its size in a peer's queue: exact when encoded, the payload and extensions with room
+    /// for the header when not (the same figure every time it is asked).
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Self::Encoded(b) => b.len(),
+            Self::Data(d) => {
+                let ext: usize = d.header.extensions.iter().map(|e| e.value.len() + 8).sum();
+                d.payload.len() + ext + DATA_OVERHEAD
+            }
+        }
+    }
+}
+
 /// A received frame's reservation against [`TransportConfig::max_inbound_bytes`]; released on
 /// drop.
 pub struct InboundPermit {
@@ -499,6 +525,44 @@ impl<N: Net> TransportHandle<N> {
         if options.contains(SendOptions::UDP) {
             udp::send(&self.shared, to, frame, msg_id, options, done);
         } else {
+            let frame = OutFrame::Encoded(frame);
+            sender::send(&self.shared, to.socket_addr(), frame, msg_id, options, done);
+        }
+    }
+
+    /// Sends a data frame that this transport encodes, as [`Self::send`] sends an encoded
+    /// one. Over TCP the connection encodes it into its write buffer (sealed when keyed), and
+    /// a large unsealed one around its payload, which is then written from its own bytes:
+    /// the frame is encoded off the caller's task and its payload is copied at most once (a
+    /// payload of 16 KiB or more, not at all). Shared between destinations, it is encoded
+    /// once per connection. A frame that cannot be encoded completes with
+    /// [`SendError::BadFrame`].
+    pub fn send_data(
+        &self,
+        to: &Member,
+        frame: Arc<DataFrame>,
+        msg_id: u64,
+        options: SendOptions,
+        done: Completion,
+    ) {
+        if *self.shared.stop_rx.borrow() {
+            Counters::inc(&self.shared.counters.send_failures);
+            done(Err(SendError::Stopped));
+            return;
+        }
+        if options.contains(SendOptions::UDP) {
+            let mut buf = bytes::BytesMut::new();
+            if let Err(e) = self.shared.codec.encode_data(&frame, None, &mut buf) {
+                Counters::inc(&self.shared.counters.send_failures);
+                done(Err(SendError::BadFrame {
+                    addr: to.socket_addr(),
+                    reason: e.to_string(),
+                }));
+                return;
+            }
+            udp::send(&self.shared, to, buf.freeze(), msg_id, options, done);
+        } else {
+            let frame = OutFrame::Data(frame);
             sender::send(&self.shared, to.socket_addr(), frame, msg_id, options, done);
         }
     }

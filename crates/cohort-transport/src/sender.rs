@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use crate::core::{Outbound, Outcome};
 use crate::handshake::{self, ReadSeal, WriteSeal};
 use crate::stats::Counters;
-use crate::{Completion, Delivered, PeerState, SendError, Shared};
+use crate::{Completion, Delivered, OutFrame, PeerState, SendError, Shared};
 
 /// Frames at least this large are written from their own bytes (vectored writes) instead of
 /// being copied into the write buffer.
@@ -39,7 +39,7 @@ const VECTORED_MIN: usize = 16 * 1024;
 const MAX_IO_SLICES: usize = 64;
 
 struct Outgoing {
-    frame: Bytes,
+    frame: OutFrame,
     msg_id: u64,
     want_ack: bool,
     done: Completion,
@@ -105,7 +105,7 @@ impl Peer {
 pub(crate) fn send<N: Net>(
     shared: &Arc<Shared<N>>,
     addr: SocketAddr,
-    frame: Bytes,
+    frame: OutFrame,
     msg_id: u64,
     options: SendOptions,
     done: Completion,
@@ -484,24 +484,47 @@ impl<N: Net> Lane<N> {
         // Register the ACK-wanting messages before writing: an ACK can come back before the
         // write returns.
         for m in batch.drain(..) {
-            let added = if m.frame.len() < VECTORED_MIN {
-                conn.seal.append(&shared.codec, &m.frame, &mut self.buf)
-            } else {
-                conn.seal
-                    .parts(&shared.codec, &m.frame)
-                    .map(|(body, trailer)| {
-                        if !self.buf.is_empty() {
-                            let small = self.buf.split().freeze();
-                            total += small.len();
-                            parts.push_back(small);
-                        }
-                        total += body.len();
-                        parts.push_back(body);
-                        if let Some(t) = trailer {
-                            total += t.len();
-                            parts.push_back(t);
-                        }
-                    })
+            let added = match &m.frame {
+                OutFrame::Encoded(frame) if frame.len() < VECTORED_MIN => {
+                    conn.seal.append(&shared.codec, frame, &mut self.buf)
+                }
+                OutFrame::Encoded(frame) => {
+                    conn.seal
+                        .parts(&shared.codec, frame)
+                        .map(|(body, trailer)| {
+                            if !self.buf.is_empty() {
+                                let small = self.buf.split().freeze();
+                                total += small.len();
+                                parts.push_back(small);
+                            }
+                            total += body.len();
+                            parts.push_back(body);
+                            if let Some(t) = trailer {
+                                total += t.len();
+                                parts.push_back(t);
+                            }
+                        })
+                }
+                // Encoded here, straight into the write buffer (one copy of the payload),
+                // or for a large unsealed one around its payload, which is written from its
+                // own bytes (no copy at all).
+                OutFrame::Data(d) if d.payload.len() < VECTORED_MIN || conn.seal.is_sealed() => {
+                    conn.seal.encode_data(&shared.codec, d, &mut self.buf)
+                }
+                OutFrame::Data(d) => match shared.codec.encode_data_around(d, &mut self.buf) {
+                    Ok(Some(crc)) => {
+                        // The head joins the small frames before it; the CRC starts the next
+                        // run of small frames.
+                        let head = self.buf.split().freeze();
+                        total += head.len() + d.payload.len();
+                        parts.push_back(head);
+                        parts.push_back(d.payload.clone());
+                        self.buf.extend_from_slice(&crc);
+                        Ok(())
+                    }
+                    Ok(None) => conn.seal.encode_data(&shared.codec, d, &mut self.buf),
+                    Err(e) => Err(e),
+                },
             };
             if let Err(e) = added {
                 refused.push((m.done, e));

@@ -543,7 +543,7 @@ impl<N: Net> Owner<N> {
 
     pub(super) fn transmit(&mut self, out: Outbound) {
         let state = self.tickets.get(&out.ticket).cloned();
-        let frame = Frame::Data(DataFrame {
+        let data = DataFrame {
             header: DataHeader {
                 msg_id: out.msg_id,
                 options: out.options,
@@ -553,7 +553,29 @@ impl<N: Net> Owner<N> {
                 extensions: out.extensions,
             },
             payload: out.payload,
-        });
+        };
+        if !self.codec.is_keyed() && !out.options.contains(SendOptions::MULTICAST) {
+            // Encoded by each connection that writes it (off this task, straight into its
+            // write buffer, a large payload not at all). A keyed codec signs the frame once
+            // here instead, and each connection reseals that signature cheaply.
+            if let Some(state) = &state {
+                state.expect(out.destinations.len());
+            }
+            let frame = Arc::new(data);
+            for (index, dest) in out.destinations.iter().enumerate() {
+                let done = self.completion(state.as_ref(), &out.destinations, index);
+                self.transport.send_data(
+                    dest,
+                    frame.clone(),
+                    &self.codec,
+                    out.msg_id,
+                    out.options,
+                    done,
+                );
+            }
+            return;
+        }
+        let frame = Frame::Data(data);
         if let Err(e) = self.codec.encode_frame(&frame, &mut self.enc) {
             self.counters
                 .encode_failures
@@ -592,34 +614,46 @@ impl<N: Net> Owner<N> {
             state.expect(out.destinations.len());
         }
         for (index, dest) in out.destinations.iter().enumerate() {
-            let watch = self.leaving.as_mut().map(|w| {
-                let (tx, rx) = oneshot::channel::<()>();
-                w.push(rx);
-                tx
-            });
-            let suspect = SuspectOnFailure {
-                cmd: self.cmd_self.clone(),
-                members: out.destinations.clone(),
-                index,
-                counters: self.counters.clone(),
-            };
-            let done: cohort_transport::Completion = match &state {
-                Some(state) => {
-                    let state = state.clone();
-                    let (id, addr) = (dest.id, SocketAddr::new(dest.addr, dest.port));
-                    Box::new(move |r| {
-                        suspect.check(&r);
-                        state.record(id, addr, r);
-                        drop(watch);
-                    })
-                }
-                None => Box::new(move |r| {
-                    suspect.check(&r);
-                    drop(watch);
-                }),
-            };
+            let done = self.completion(state.as_ref(), &out.destinations, index);
             self.transport
                 .send(dest, bytes.clone(), out.msg_id, out.options, done);
+        }
+    }
+
+    /// What runs when the send to `destinations[index]` completes: the receipt's record, a
+    /// suspicion on an IO failure, and the end of a leave's wait.
+    fn completion(
+        &mut self,
+        state: Option<&Arc<SendState>>,
+        destinations: &Arc<[Member]>,
+        index: usize,
+    ) -> cohort_transport::Completion {
+        let watch = self.leaving.as_mut().map(|w| {
+            let (tx, rx) = oneshot::channel::<()>();
+            w.push(rx);
+            tx
+        });
+        let suspect = SuspectOnFailure {
+            cmd: self.cmd_self.clone(),
+            members: destinations.clone(),
+            index,
+            counters: self.counters.clone(),
+        };
+        match state {
+            Some(state) => {
+                let state = state.clone();
+                let dest = &destinations[index];
+                let (id, addr) = (dest.id, SocketAddr::new(dest.addr, dest.port));
+                Box::new(move |r| {
+                    suspect.check(&r);
+                    state.record(id, addr, r);
+                    drop(watch);
+                })
+            }
+            None => Box::new(move |r| {
+                suspect.check(&r);
+                drop(watch);
+            }),
         }
     }
 }
