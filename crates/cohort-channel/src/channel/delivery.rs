@@ -1,6 +1,7 @@
 //! The delivery thread: listeners run here (they may block, as Tribes' do), never on the
 //! owner task.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 
@@ -113,6 +114,16 @@ pub(super) fn deliver(handle: &ChannelHandle, rt: &tokio::runtime::Handle, mut q
     }
 }
 
+/// The FAIL_ACK reason of a listener that panicked.
+fn panicked(payload: &(dyn std::any::Any + Send)) -> String {
+    let what = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a non-text panic");
+    format!("a listener panicked: {what}")
+}
+
 fn deliver_one(
     shared: &Arc<HandleShared>,
     rt: &tokio::runtime::Handle,
@@ -120,22 +131,36 @@ fn deliver_one(
     msg: &ChannelMessage,
     ack: Option<Acker>,
 ) {
-    for l in shared.cluster_listeners.iter() {
-        l.message_received(msg);
-    }
+    let failed = |failure: &mut Option<String>, why: String| {
+        shared
+            .counters
+            .listener_errors
+            .fetch_add(1, Ordering::Relaxed);
+        failure.get_or_insert(why);
+    };
     let mut accepted = false;
     let mut failure = None;
+    // A listener that panics is a failed listener: the panic is caught here, so the thread,
+    // the other listeners and the queue's accounting carry on.
+    for l in shared.cluster_listeners.iter() {
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| l.message_received(msg))) {
+            failed(&mut failure, panicked(p.as_ref()));
+        }
+    }
     for l in listeners {
-        if !l.accept(msg) {
-            continue;
+        match catch_unwind(AssertUnwindSafe(|| l.accept(msg))) {
+            Ok(false) => continue,
+            Ok(true) => {}
+            Err(p) => {
+                failed(&mut failure, panicked(p.as_ref()));
+                continue;
+            }
         }
         accepted = true;
-        if let Err(e) = l.message_received(msg) {
-            shared
-                .counters
-                .listener_errors
-                .fetch_add(1, Ordering::Relaxed);
-            failure.get_or_insert_with(|| e.to_string());
+        match catch_unwind(AssertUnwindSafe(|| l.message_received(msg))) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failed(&mut failure, e.to_string()),
+            Err(p) => failed(&mut failure, panicked(p.as_ref())),
         }
     }
     shared.counters.delivered.fetch_add(1, Ordering::Relaxed);

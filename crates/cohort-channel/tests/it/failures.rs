@@ -226,3 +226,57 @@ async fn a_dead_member_does_not_block_the_others() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Panics on payloads that say "panic"; counts what it handled.
+#[derive(Default)]
+struct Panicky {
+    handled: std::sync::atomic::AtomicUsize,
+}
+
+impl ChannelListener for Panicky {
+    fn message_received(&self, msg: &ChannelMessage) -> Result<(), ListenerError> {
+        assert!(&msg.payload[..] != b"panic", "told to panic");
+        self.handled.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_listener_is_a_failed_one_and_delivery_carries_on() {
+    let panicky = Arc::new(Panicky::default());
+    let b = start(
+        builder()
+            .config(cohort_channel::ChannelConfig {
+                // A small queue: permits lost to a panic would stall it within a few messages.
+                delivery_queue: 4,
+                ..cohort_channel::ChannelConfig::default()
+            })
+            .listener(panicky.clone()),
+    )
+    .await;
+    let a = start(builder()).await;
+    let to = [b.local().clone()];
+    for round in 0..10 {
+        let o = a
+            .send(&to, Bytes::from_static(b"panic"), SYNC_ACK)
+            .await
+            .unwrap()
+            .await;
+        match &o.results[0].result {
+            Err(SendError::FailAck { reason, .. }) => {
+                assert!(reason.contains("panicked"), "{reason}");
+            }
+            other => panic!("round {round}: expected FAIL_ACK, got {other:?}"),
+        }
+        let o = a
+            .send(&to, Bytes::from_static(b"ok"), SYNC_ACK)
+            .await
+            .unwrap()
+            .await;
+        assert_eq!(o.results[0].result, Ok(Delivered::Acked), "round {round}");
+    }
+    assert_eq!(panicky.handled.load(Ordering::SeqCst), 10);
+    assert_eq!(b.stats().listener_errors, 10);
+    a.stop().await;
+    b.stop().await;
+}
