@@ -517,17 +517,7 @@ impl<N: Net> TransportHandle<N> {
         options: SendOptions,
         done: Completion,
     ) {
-        if *self.shared.stop_rx.borrow() {
-            Counters::inc(&self.shared.counters.send_failures);
-            done(Err(SendError::Stopped));
-            return;
-        }
-        if options.contains(SendOptions::UDP) {
-            udp::send(&self.shared, to, frame, msg_id, options, done);
-        } else {
-            let frame = OutFrame::Encoded(frame);
-            sender::send(&self.shared, to.socket_addr(), frame, msg_id, options, done);
-        }
+        self.dispatch(to, OutFrame::Encoded(frame), msg_id, options, done);
     }
 
     /// Sends a data frame that this transport encodes, as [`Self::send`] sends an encoded
@@ -545,26 +535,42 @@ impl<N: Net> TransportHandle<N> {
         options: SendOptions,
         done: Completion,
     ) {
-        if *self.shared.stop_rx.borrow() {
+        self.dispatch(to, OutFrame::Data(frame), msg_id, options, done);
+    }
+
+    /// Both sends: refused once stopped, then a datagram (encoded here: UDP takes whole
+    /// frames) or a TCP lane.
+    fn dispatch(
+        &self,
+        to: &Member,
+        frame: OutFrame,
+        msg_id: u64,
+        options: SendOptions,
+        done: Completion,
+    ) {
+        let fail = |e: SendError, done: Completion| {
             Counters::inc(&self.shared.counters.send_failures);
-            done(Err(SendError::Stopped));
-            return;
+            done(Err(e));
+        };
+        if *self.shared.stop_rx.borrow() {
+            return fail(SendError::Stopped, done);
         }
-        if options.contains(SendOptions::UDP) {
-            let mut buf = bytes::BytesMut::new();
-            if let Err(e) = self.shared.codec.encode_data(&frame, None, &mut buf) {
-                Counters::inc(&self.shared.counters.send_failures);
-                done(Err(SendError::BadFrame {
-                    addr: to.socket_addr(),
-                    reason: e.to_string(),
-                }));
-                return;
+        if !options.contains(SendOptions::UDP) {
+            return sender::send(&self.shared, to.socket_addr(), frame, msg_id, options, done);
+        }
+        let bytes = match frame {
+            OutFrame::Encoded(bytes) => bytes,
+            OutFrame::Data(d) => {
+                let mut buf = bytes::BytesMut::new();
+                if let Err(e) = self.shared.codec.encode_data(&d, None, &mut buf) {
+                    let addr = to.socket_addr();
+                    let reason = e.to_string();
+                    return fail(SendError::BadFrame { addr, reason }, done);
+                }
+                buf.freeze()
             }
-            udp::send(&self.shared, to, buf.freeze(), msg_id, options, done);
-        } else {
-            let frame = OutFrame::Data(frame);
-            sender::send(&self.shared, to.socket_addr(), frame, msg_id, options, done);
-        }
+        };
+        udp::send(&self.shared, to, bytes, msg_id, options, done);
     }
 
     /// The local member this transport introduces itself as.

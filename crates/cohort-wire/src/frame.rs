@@ -364,7 +364,7 @@ pub(crate) fn encode_frame(
 ) -> Result<(), EncodeError> {
     // Build the prost header first: nothing is written to `out` until everything is checked.
     let (header, payload): (Header, &[u8]) = match frame {
-        Frame::Data(d) => (Header::Data(header_pb_data(&d.header)?), &d.payload),
+        Frame::Data(d) => return encode_data(d, version, limits, sign, out),
         Frame::Ack(a) => (Header::Ack(header_pb_ack(a, limits)?), &[]),
         Frame::Hello(h) => {
             proto::validate_member(&h.member, limits)?;

@@ -160,16 +160,9 @@ impl<N: Net> Owner<N> {
                     let mut staged = 0;
                     let now = self.now();
                     let rest = loop {
-                        match cmd {
-                            Command::Send(out, state) => {
-                                self.stage(now, [out], &state);
-                                staged += 1;
-                            }
-                            Command::SendBatch(outs, state) => {
-                                staged += outs.len().max(1);
-                                self.stage(now, outs, &state);
-                            }
-                            other => break Some(other),
+                        match self.stage_command(now, cmd) {
+                            std::ops::ControlFlow::Continue(n) => staged += n,
+                            std::ops::ControlFlow::Break(other) => break Some(other),
                         }
                         // A pass stays short, so the lanes write while the owner works.
                         if staged >= SEND_BATCH {
@@ -292,31 +285,45 @@ impl<N: Net> Owner<N> {
         }
     }
 
-    /// A command other than a send. `Break` ends the owner.
-    async fn on_command(&mut self, cmd: Command) -> std::ops::ControlFlow<()> {
+    /// Stages a send command's messages and says how many (an empty batch counts one);
+    /// any other command is given back.
+    fn stage_command(
+        &mut self,
+        now: std::time::Instant,
+        cmd: Command,
+    ) -> std::ops::ControlFlow<Command, usize> {
         match cmd {
             Command::Send(out, state) => {
-                let now = self.now();
                 self.stage(now, [out], &state);
-                self.drain().await;
-                self.complete_staged();
+                std::ops::ControlFlow::Continue(1)
             }
             Command::SendBatch(outs, state) => {
-                let now = self.now();
+                let n = outs.len().max(1);
                 self.stage(now, outs, &state);
-                self.drain().await;
-                self.complete_staged();
+                std::ops::ControlFlow::Continue(n)
             }
+            other => std::ops::ControlFlow::Break(other),
+        }
+    }
+
+    /// A command the pass did not stage. `Break` ends the owner.
+    async fn on_command(&mut self, cmd: Command) -> std::ops::ControlFlow<()> {
+        let now = self.now();
+        let std::ops::ControlFlow::Break(cmd) = self.stage_command(now, cmd) else {
+            self.drain().await;
+            self.complete_staged();
+            return std::ops::ControlFlow::Continue(());
+        };
+        match cmd {
+            // Staged above.
+            Command::Send(..) | Command::SendBatch(..) => {}
             Command::ProbeResult(i, member, result) => {
-                let now = self.now();
                 self.pipeline.probe_result(now, i, member, result);
             }
             Command::Suspect(member, why) => {
-                let now = self.now();
                 self.pipeline.suspect(now, &member, &why);
             }
             Command::Leave(reply) => {
-                let now = self.now();
                 self.leaving = Some(Vec::new());
                 self.pipeline.stop(now);
                 self.drain().await;
