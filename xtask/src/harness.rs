@@ -87,15 +87,9 @@ pub(crate) fn runs(pid: u32, exe: &Path) -> bool {
     std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == exe)
 }
 
-/// A free TCP port on loopback (bound and released; the kernel hands out ephemeral ports in
-/// turn, so a reuse within one run is unlikely).
-pub(crate) fn free_tcp_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// A free UDP port on loopback (as [`free_tcp_port`]).
+/// A free UDP port on loopback, for a cluster's multicast port (bound and released; the
+/// kernel hands out ephemeral ports in turn, so a reuse within one run is unlikely). Sockets
+/// the harness's processes listen on are bound to port 0 and reported in their ready lines.
 pub(crate) fn free_udp_port() -> Result<u16> {
     Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
         .local_addr()?

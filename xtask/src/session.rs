@@ -130,15 +130,16 @@ pub(crate) fn start_app(
     config: &str,
     manager: &str,
 ) -> Result<App> {
-    let port = harness::free_tcp_port()?;
-    let http = format!("127.0.0.1:{port}");
+    // Port 0: the app reports where it listens in its ready line (a port picked here and
+    // bound later can be taken meanwhile, by the app's own transport among others).
+    let http = "127.0.0.1:0";
     let node = NodeProc::start(&Spawn {
         exe,
         name,
         config,
         dir,
         command: &[],
-        args: &["--http", &http, "--manager", manager],
+        args: &["--http", http, "--manager", manager],
         netns: None,
     })?;
     let http = node.ready["http"]

@@ -400,6 +400,7 @@ impl Interceptor for TcpFailureDetector {
                 .is_some_and(|t| cx.now().saturating_duration_since(*t) < self.cfg.recheck_interval)
         {
             self.stats.evidence_ignored.inc();
+            tracing::debug!(member = %key, evidence = %why, "evidence ignored: verified alive moments ago");
             return;
         }
         let evidence = why.to_string();
@@ -432,8 +433,14 @@ impl Interceptor for TcpFailureDetector {
             (Purpose::Add, Err(e)) => {
                 tracing::debug!(member = %key, error = %e, "new member does not answer; retried on heartbeats");
             }
-            (Purpose::Confirm { expired, .. }, Ok(())) => {
+            (
+                Purpose::Confirm {
+                    expired, evidence, ..
+                },
+                Ok(()),
+            ) => {
                 self.verified.insert(key, cx.now());
+                tracing::debug!(member = %key, %evidence, "suspicion cleared: the probe passed");
                 if expired {
                     self.stats.false_positives.inc();
                     self.suspects.entry(key).or_insert(cx.now());

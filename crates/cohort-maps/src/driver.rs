@@ -687,14 +687,9 @@ impl RawMap {
                 g.1.push(o.record);
             }
         }
-        for (to, records) in proxies.into_values() {
-            let body = Msg::Update {
-                sync: false,
-                records,
-            }
-            .encode();
-            self.one_way(&to, body).await?;
-        }
+        // The holders first, the proxies after (for a SYNC_ACK write, once the holders
+        // applied it): a proxy message can tell a member that held the value to drop it, so
+        // it must not get ahead of the copies the holders are to keep.
         let mut missing = Vec::new();
         for (to, records) in full.into_values() {
             if sync {
@@ -703,6 +698,14 @@ impl RawMap {
             } else {
                 missing.extend(self.send_full(&to, records, mode).await?);
             }
+        }
+        for (to, records) in proxies.into_values() {
+            let body = Msg::Update {
+                sync: false,
+                records,
+            }
+            .encode();
+            self.one_way(&to, body).await?;
         }
         if !missing.is_empty() {
             return Err(MapError::NotApplied {

@@ -685,7 +685,14 @@ impl SuspectOnFailure {
         ) {
             return;
         }
-        let why = Suspicion::SendFailed(e.to_string());
+        // A connection this node opened, broken by the far side while a message was on it,
+        // is the strong evidence a lost connection is (a killed process resets its sockets):
+        // a detector checks it at once even against a member verified moments ago. A failed
+        // connect or a timeout stays a failed send.
+        let why = match e {
+            E::ConnectionLost { .. } => Suspicion::ConnectionLost(e.to_string()),
+            _ => Suspicion::SendFailed(e.to_string()),
+        };
         if self
             .cmd
             .try_send(Command::Suspect(self.members[self.index].clone(), why))
@@ -725,5 +732,81 @@ pub(super) fn frame_to_inbound(
         extensions: data.header.extensions,
         payload: data.payload,
         ack,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member() -> Member {
+        Member::new(
+            cohort_wire::MemberId::from_bytes([3; 16]),
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            4000,
+        )
+    }
+
+    /// Which suspicion a failed send raises: a connection broken under a message is a lost
+    /// connection (strong), a refused connect or a timeout a failed send (weak); a FAIL_ACK
+    /// none at all (the peer answered).
+    #[test]
+    fn a_connection_broken_under_a_send_is_a_lost_connection() {
+        use cohort_transport::SendError as E;
+        let addr = "127.0.0.1:4000".parse().unwrap();
+        let cases = [
+            (
+                E::ConnectionLost {
+                    addr,
+                    reason: "Connection reset by peer".into(),
+                },
+                Some("connection lost"),
+            ),
+            (
+                E::Connect {
+                    addr,
+                    attempts: 2,
+                    reason: "Connection refused".into(),
+                },
+                Some("send failed"),
+            ),
+            (
+                E::Timeout {
+                    addr,
+                    after: std::time::Duration::from_secs(3),
+                },
+                Some("send failed"),
+            ),
+            (
+                E::FailAck {
+                    addr,
+                    reason: "no listener".into(),
+                },
+                None,
+            ),
+        ];
+        for (err, want) in cases {
+            let (tx, mut rx) = mpsc::channel(4);
+            SuspectOnFailure {
+                cmd: tx,
+                members: Arc::from(vec![member()]),
+                index: 0,
+                counters: Arc::default(),
+            }
+            .check(&Err(err.clone()));
+            let got = match rx.try_recv() {
+                Ok(Command::Suspect(m, why)) => {
+                    assert_eq!(m, member());
+                    Some(why.to_string())
+                }
+                Ok(_) => panic!("{err}: not a suspicion"),
+                Err(_) => None,
+            };
+            match (want, got) {
+                (None, None) => {}
+                (Some(w), Some(g)) => assert!(g.starts_with(w), "{err}: {g}"),
+                (w, g) => panic!("{err}: wanted {w:?}, got {g:?}"),
+            }
+        }
     }
 }

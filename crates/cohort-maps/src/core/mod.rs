@@ -410,7 +410,12 @@ impl MapCore {
         self.check_sizes(&key, Some(&value))?;
         let hlc = self.hlc.tick(now_ms);
         let version = Version::new(hlc, self.local);
-        let backups = self.choose_backups(&key, self.local, &[]);
+        // The members holding the value now stay its holders (as many as there is room
+        // for): a write that moved the copy to other members would tell the old holders to
+        // drop theirs, and a primary dying between that message and the one carrying the new
+        // value to the new holders would leave no copy of either version.
+        let keep = self.current_holders(&key);
+        let backups = self.choose_backups(&key, self.local, &keep);
         let record = Record {
             key,
             version,
@@ -497,6 +502,23 @@ impl MapCore {
         Some((value, Some(self.write_of(moved))))
     }
 
+    /// The other members that hold the value of a live `key` by its placement (members
+    /// that left are ignored by [`MapCore::choose_backups`]).
+    fn current_holders(&self, key: &[u8]) -> Vec<MemberId> {
+        self.entries
+            .get(key)
+            .filter(|e| !e.removed)
+            .map(|e| {
+                e.backups
+                    .iter()
+                    .copied()
+                    .chain(std::iter::once(e.primary))
+                    .filter(|m| *m != self.local)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn value_of(&self, key: &[u8]) -> Option<Bytes> {
         self.entries
             .get(key)
@@ -510,15 +532,9 @@ impl MapCore {
         if e.removed || e.value.is_none() || self.kind != Kind::Lazy {
             return None;
         }
-        let keep: Vec<MemberId> = e
-            .backups
-            .iter()
-            .copied()
-            .chain(std::iter::once(e.primary))
-            .filter(|m| *m != self.local && self.members.contains(m))
-            .collect();
-        let backups = self.choose_backups(key, self.local, &keep);
         let (version, value) = (e.version, e.value.clone());
+        let keep = self.current_holders(key);
+        let backups = self.choose_backups(key, self.local, &keep);
         let record = self.placed_here(now_ms, key, version, &backups, value);
         self.stats.promotions += 1;
         let _ = self.install(now_ms, record.clone(), Origin::Local);

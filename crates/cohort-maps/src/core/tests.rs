@@ -440,6 +440,126 @@ fn when_the_primary_dies_its_backup_takes_over_and_restores_a_copy() {
     }
 }
 
+/// Who holds a live value of `key` among the cores, and which values.
+fn copies(net: &Net, key: &str) -> Vec<Bytes> {
+    net.cores
+        .values()
+        .filter_map(|c| {
+            c.dump()
+                .into_iter()
+                .find(|(k, _, r, _)| &k[..] == key.as_bytes() && !r)
+                .and_then(|(.., v)| v)
+        })
+        .collect()
+}
+
+/// `n` reads `key` as a session layer does (a proxy fetches from the first holder that
+/// has the value and takes the entry over; a backup read becomes the primary): the write
+/// that move makes, if any.
+fn take_over(net: &mut Net, n: u8, key: &str) -> Option<Write> {
+    net.now += 1;
+    let now = net.now;
+    let (lookup, write) = net.core(n).get(now, key.as_bytes());
+    match lookup {
+        Lookup::Value(_) => write,
+        Lookup::Remote(from) => {
+            let record = from
+                .iter()
+                .filter_map(|m| net.cores[m].fetch_answer(key.as_bytes()))
+                .find(|r| r.value.is_some())
+                .expect("a holder with the value");
+            net.core(n).adopt(now, record).unwrap().1
+        }
+        other => panic!("{key} on {n}: {other:?}"),
+    }
+}
+
+/// A session moving on reads, round-robin over four members (each request takes the entry
+/// over, then writes it), with the member serving a request crashing part-way through
+/// sending either write: whatever subset of the write's messages arrived, a survivor still
+/// holds the last value whose write reached all its holders (what a SYNC_ACK caller was
+/// answered for), or the newer one. Before the fix, a write re-chose its backup by rendezvous
+/// alone, not keeping the holders the take-over had kept: the old backup got a proxy message
+/// (drop your copy) and, the crash coming before the new backup got the value, no member
+/// held either version (the session scenario's endless "entry unavailable").
+#[test]
+fn a_primary_crashing_part_way_through_a_write_leaves_a_copy_of_the_answered_value() {
+    let cfg = MapConfig::default();
+    const STEPS: u8 = 6;
+    let mut moves_checked = 0;
+    for k in 0..12 {
+        let key = format!("k{k}");
+        // Runs requests 1..=step fully, then request `step + 1` up to the write to cut: the
+        // take-over's (`put` false) or the increment's. The net, the member and the write.
+        let setup = |step: u8, put: bool| -> (Net, u8, Option<Write>) {
+            let mut net = Net::new(4, Kind::Lazy, &cfg);
+            net.put(1, &key, "v0");
+            net.quiesce();
+            for s in 1..=step {
+                let n = s % 4 + 1;
+                let moved = take_over(&mut net, n, &key);
+                if s == step && !put {
+                    return (net, n, moved);
+                }
+                if let Some(w) = moved {
+                    net.send_write(id(n), w, true);
+                    net.quiesce();
+                }
+                net.now += 1;
+                let now = net.now;
+                let w = net.core(n).put(now, b(&key), b(&format!("v{s}"))).unwrap();
+                if s == step {
+                    return (net, n, Some(w));
+                }
+                net.send_write(id(n), w, true);
+                net.quiesce();
+            }
+            unreachable!("step >= 1")
+        };
+        for step in 1..=STEPS {
+            for put in [false, true] {
+                let (_, _, w) = setup(step, put);
+                let Some(w) = w else { continue };
+                let messages = w.full.len() + w.proxies.len();
+                for subset in 0u32..(1 << messages) {
+                    let (mut net, n, w) = setup(step, put);
+                    let w = w.unwrap();
+                    let full = w.full.len();
+                    net.send_write(id(n), w, true);
+                    // `send_write` queues the holders' messages first, then the proxies'.
+                    let mut i = 0;
+                    let mut reached_holders = true;
+                    for bit in 0..messages {
+                        if subset & (1 << bit) != 0 {
+                            net.deliver(i);
+                        } else {
+                            reached_holders &= bit >= full;
+                            i += 1;
+                        }
+                    }
+                    net.crash(n);
+                    net.quiesce();
+                    let held = copies(&net, &key);
+                    let newest = format!("v{step}");
+                    let answered = if put && reached_holders {
+                        newest.clone()
+                    } else {
+                        format!("v{}", step - 1)
+                    };
+                    assert!(
+                        held.iter()
+                            .any(|v| v[..] == *answered.as_bytes() || v[..] == *newest.as_bytes()),
+                        "{key} step={step} put={put} subset={subset:b}: survivors hold \
+                         {held:?}, {answered} was answered"
+                    );
+                    moves_checked += 1;
+                }
+            }
+        }
+    }
+    assert!(moves_checked > 100, "{moves_checked} cuts checked");
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Put(u8, u8, u8),
