@@ -19,11 +19,16 @@ use crate::seams::{ChannelMembership, ChannelTransport};
 use super::config::{AsyncFullPolicy, ChannelConfig, ChannelError};
 use super::stats::{ChannelCounters, ChannelStats, Mode, ModeStats};
 
+/// What handles ask of the owner task.
+///
+/// The rare variants box their `Member` (216 bytes): every send moves a `Command` through the
+/// owner's queue, and an enum is as large as its largest variant (256 bytes with the member
+/// inline, 112 boxed: a send's own fields).
 pub(super) enum Command {
     Send(Outbound, Arc<SendState>),
     SendBatch(Vec<Outbound>, Arc<SendState>),
-    ProbeResult(usize, Member, Result<(), ProbeError>),
-    Suspect(Member, Suspicion),
+    ProbeResult(usize, Box<Member>, Result<(), ProbeError>),
+    Suspect(Box<Member>, Suspicion),
     Leave(oneshot::Sender<()>),
     Stop(oneshot::Sender<()>),
 }

@@ -318,7 +318,7 @@ impl<N: Net> Owner<N> {
             // Staged above.
             Command::Send(..) | Command::SendBatch(..) => {}
             Command::ProbeResult(i, member, result) => {
-                self.pipeline.probe_result(now, i, member, result);
+                self.pipeline.probe_result(now, i, *member, result);
             }
             Command::Suspect(member, why) => {
                 self.pipeline.suspect(now, &member, &why);
@@ -455,7 +455,7 @@ impl<N: Net> Owner<N> {
                     self.tasks.spawn(async move {
                         let result = run_probe(&net, &codec, &local, &member, probe, test).await;
                         let _ = cmd
-                            .send(Command::ProbeResult(interceptor, member, result))
+                            .send(Command::ProbeResult(interceptor, Box::new(member), result))
                             .await;
                     });
                 }
@@ -695,7 +695,10 @@ impl SuspectOnFailure {
         };
         if self
             .cmd
-            .try_send(Command::Suspect(self.members[self.index].clone(), why))
+            .try_send(Command::Suspect(
+                Box::new(self.members[self.index].clone()),
+                why,
+            ))
             .is_err()
         {
             self.counters
@@ -796,7 +799,7 @@ mod tests {
             .check(&Err(err.clone()));
             let got = match rx.try_recv() {
                 Ok(Command::Suspect(m, why)) => {
-                    assert_eq!(m, member());
+                    assert_eq!(*m, member());
                     Some(why.to_string())
                 }
                 Ok(_) => panic!("{err}: not a suspicion"),
