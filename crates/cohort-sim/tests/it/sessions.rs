@@ -1,7 +1,10 @@
 //! Session managers (delta and backup) on the real stack under turmoil: sessions are used
-//! on one member at a time (a sticky load balancer), members crash one at a time and
-//! restart, and a crashed member's sessions move to another. No increment acknowledged with
-//! SYNC_ACK may be lost: every load sees at least the last acknowledged count.
+//! on one member at a time, members crash one at a time and restart, and a crashed member's
+//! sessions move to another. The load balancer is mostly sticky, but a member also takes a
+//! live member's idle session now and then (a session moving between requests, as behind a
+//! round-robin balancer: in a backup map every such move is a take-over on read). No increment
+//! acknowledged with SYNC_ACK may be lost: every load sees at least the last acknowledged
+//! count.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -24,6 +27,9 @@ struct World {
     sessions: BTreeMap<SessionId, (String, u64)>,
     /// Hosts down (their sessions go to another).
     down: Vec<String>,
+    /// Sessions with a request in flight: they do not move until it ends (one request of a
+    /// session at a time, as one client makes them).
+    busy: std::collections::BTreeSet<SessionId>,
     quiet: bool,
     acked: u64,
     /// Loads that saw less than the acknowledged count.
@@ -130,16 +136,37 @@ fn host(
                 let (quiet, mine) = {
                     let mut w = lock(&world);
                     let down = w.down.clone();
-                    // Take over the sessions of members that are down.
-                    for (_, (owner, _)) in w.sessions.iter_mut() {
+                    // Take over the sessions of members that are down (a request in flight
+                    // there died with its member).
+                    let mut freed = Vec::new();
+                    for (id, (owner, _)) in w.sessions.iter_mut() {
                         if down.contains(owner) {
                             *owner = name.to_owned();
+                            freed.push(*id);
+                        }
+                    }
+                    for id in freed {
+                        w.busy.remove(&id);
+                    }
+                    // Now and then, an idle session of another live member moves here.
+                    if rng.gen_bool(0.2) {
+                        let idle: Vec<SessionId> = w
+                            .sessions
+                            .iter()
+                            .filter(|(id, (o, _))| o != name && !w.busy.contains(*id))
+                            .map(|(id, _)| *id)
+                            .collect();
+                        if !idle.is_empty() {
+                            let id = idle[rng.gen_range(0..idle.len())];
+                            if let Some(e) = w.sessions.get_mut(&id) {
+                                e.0 = name.to_owned();
+                            }
                         }
                     }
                     let mine: Vec<(SessionId, u64)> = w
                         .sessions
                         .iter()
-                        .filter(|(_, (o, _))| o == name)
+                        .filter(|(id, (o, _))| o == name && !w.busy.contains(*id))
                         .map(|(id, (_, a))| (*id, *a))
                         .collect();
                     (w.quiet, mine)
@@ -180,7 +207,10 @@ fn host(
                 } else {
                     mine[rng.gen_range(0..mine.len())]
                 };
-                match bump(&manager, target.0, target.1, name).await {
+                lock(&world).busy.insert(target.0);
+                let bumped = bump(&manager, target.0, target.1, name).await;
+                lock(&world).busy.remove(&target.0);
+                match bumped {
                     Ok(n) => {
                         let mut w = lock(&world);
                         w.acked += 1;
