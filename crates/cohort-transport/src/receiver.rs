@@ -213,6 +213,7 @@ async fn serve<N: Net>(
         ack_tx,
         pending_acks: Arc::new(Semaphore::new(shared.config.max_pending_acks)),
         reserved: None,
+        large_hint: 0,
         seal_tx: Some(seal_tx),
         read_seal: ReadSeal::new(None),
     };
@@ -295,6 +296,10 @@ async fn serve<N: Net>(
     Counters::dec(&counters.connections_in);
 }
 
+/// The largest [`Inbound::large_hint`], in read buffers (`rx_buf_size`): it bounds what a
+/// connection keeps allocated after large frames (as the read loop's give-back does).
+const LARGE_HINT_MAX: usize = 4;
+
 struct Inbound<N: Net> {
     shared: Arc<Shared<N>>,
     from: SocketAddr,
@@ -305,6 +310,11 @@ struct Inbound<N: Net> {
     pending_acks: Arc<Semaphore>,
     /// Budget reserved for the large frame at the front of the buffer.
     reserved: Option<InboundPermit>,
+    /// The size of the last frame when it was larger than the read buffer (at most
+    /// [`LARGE_HINT_MAX`] read buffers), 0 after a smaller one: a fresh read buffer is made
+    /// that large, so that the next frame of a stream of large ones is read in place rather
+    /// than copied whole into a buffer of its size once its prefix says how large it is.
+    large_hint: usize,
     /// Hands the challenge and the connection's sealer to the ACK writer once the hello is in.
     seal_tx: Option<oneshot::Sender<(Nonce, Sealer)>>,
     /// Opens the frames after the hello.
@@ -414,6 +424,12 @@ impl<N: Net> Inbound<N> {
             match decoded {
                 Ok(Some(frame)) => {
                     *progressed = true;
+                    self.large_hint =
+                        if total > cfg.rx_buf_size && total <= LARGE_HINT_MAX * cfg.rx_buf_size {
+                            total
+                        } else {
+                            0
+                        };
                     if self.core.hello().is_some() && self.core.frame_opened() {
                         // The first frame opened under the connection key: authenticated.
                         self.bind();
@@ -452,6 +468,11 @@ impl<N: Net> Inbound<N> {
             // Until authenticated (hello, and when keyed a sealed frame): the hello deadline.
             let (deadline, which) = self.core.poll_timeout();
             let (deadline, what) = (Instant::from_std(deadline), which.name());
+            if buf.is_empty() && buf.capacity() < self.large_hint {
+                // Large frames in a row: the next is likely as large. Read its start into a
+                // buffer that can hold all of it (nothing buffered: nothing copied).
+                buf.reserve(self.large_hint);
+            }
             if room > cfg.rx_buf_size.saturating_sub(buf.len()) && buf.capacity() < buf.len() + room
             {
                 // The rest of a frame larger than the read buffer (its size already reserved

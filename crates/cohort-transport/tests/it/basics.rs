@@ -279,3 +279,66 @@ async fn data_frames_encoded_by_the_connection_arrive_whole_and_in_order() {
         }
     }
 }
+
+/// The read loop sizes a fresh read buffer for the next frame after a large one (so a stream
+/// of large frames is read in place, not copied whole once each prefix is parsed): frames of
+/// sizes either side of a small read buffer, in runs and mixed (large after large of the same
+/// size, a larger one, one beyond the hint's cap, small ones between), arrive whole and in
+/// order.
+#[tokio::test]
+async fn frames_either_side_of_the_read_buffer_arrive_whole_in_any_order_of_sizes() {
+    let rx = 4096;
+    let cfg = TransportConfig {
+        rx_buf_size: rx,
+        ..config()
+    };
+    let mut b = node_with(2, cfg.clone(), codec()).await;
+    let a = node_with(1, cfg, codec()).await;
+    let kinds = [
+        10,
+        rx - 200,
+        rx,
+        rx + 100,
+        2 * rx,
+        2 * rx,
+        3 * rx + 7,
+        4 * rx + 1000,
+        20 * rx,
+    ];
+    // A fixed walk through the kinds with runs of the same size.
+    let mut sizes = Vec::new();
+    let mut x: u64 = 7;
+    while sizes.len() < 300 {
+        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let kind = kinds[usize::try_from(x >> 33).unwrap() % kinds.len()];
+        let run = 1 + usize::try_from((x >> 20) % 4).unwrap();
+        sizes.extend(std::iter::repeat_n(kind, run));
+    }
+    let mut dones = Vec::new();
+    for (i, &size) in sizes.iter().enumerate() {
+        let msg_id = u64::try_from(i).unwrap() + 1;
+        let options = if i % 2 == 0 {
+            SendOptions::USE_ACK
+        } else {
+            SendOptions::ASYNCHRONOUS
+        };
+        dones.push(send(&a, &b.member, msg_id, options, &pattern(size, msg_id)));
+    }
+    for (i, &size) in sizes.iter().enumerate() {
+        let got = within(T, b.inbound.recv()).await.unwrap();
+        let msg_id = u64::try_from(i).unwrap() + 1;
+        assert_eq!(got.frame.header.msg_id, msg_id, "in order");
+        assert!(
+            got.frame.payload[..] == pattern(size, msg_id)[..],
+            "frame {i} ({size} bytes) whole"
+        );
+    }
+    for (i, done) in dones.into_iter().enumerate() {
+        let want = if i % 2 == 0 {
+            Delivered::Acked
+        } else {
+            Delivered::Sent
+        };
+        assert_eq!(within(T, done).await.unwrap(), Ok(want));
+    }
+}
