@@ -113,6 +113,8 @@ pub(crate) enum Cmd {
     /// The group's message was answered: the next may leave.
     GroupDone(Vec<MemberId>),
     Gone(Vec<MemberId>),
+    /// Every member was asked and none holds the key's value: drop the proxy (`lost`).
+    Lost(Bytes),
     AntiEntropy(MemberId),
     Stop(Reply<()>),
 }
@@ -577,6 +579,18 @@ impl RawMap {
                 return Ok(value);
             }
         }
+        // Last, every member: when all of them answer and none has the value (nor a removal),
+        // no live member holds it, though this member's placement names holders. The value
+        // was lost (more failures than `backup_count`, or a holder that never got it before
+        // its primary died): the read answers "absent", counted as `lost`, rather than
+        // "unavailable" on every read for ever.
+        let members = self.request(Cmd::Members).await?;
+        if !members.is_empty() && self.gone_everywhere(&key, &members).await? {
+            // The key is not logged: it may be a session id.
+            tracing::warn!(map = %self.name, key_len = key.len(), "no member holds an entry's value any more: read as absent, counted as lost");
+            self.send(Cmd::Lost(key)).await?;
+            return Ok(None);
+        }
         Err(MapError::Unavailable {
             map: self.name.clone(),
             reason: format!(
@@ -584,6 +598,36 @@ impl RawMap {
                  holders did not answer within rpc_timeout)"
             ),
         })
+    }
+
+    /// True when every one of `members` answered a fetch of `key` and none holds its value
+    /// or a removal of it.
+    async fn gone_everywhere(&self, key: &Bytes, members: &[Member]) -> Result<bool, MapError> {
+        let answer = self
+            .rpc
+            .call(
+                members,
+                Msg::Fetch { key: key.clone() }.encode(),
+                CallOptions::default()
+                    .mode(ReplyMode::All)
+                    .timeout(self.cfg.rpc_timeout),
+            )
+            .await?;
+        if answer.replies.len() < members.len() {
+            return Ok(false);
+        }
+        let mut held = false;
+        for r in &answer.replies {
+            match Msg::decode(&r.payload) {
+                Ok(Msg::Fetched { record: Some(rec) }) => {
+                    held |= rec.value.is_some() || rec.removed;
+                }
+                Ok(Msg::Fetched { record: None }) => {}
+                // An answer that says nothing: not evidence of absence.
+                _ => return Ok(false),
+            }
+        }
+        Ok(!held)
     }
 
     /// A proxy's read: ask the holders (all at once; the newest copy wins), then take the
@@ -1204,6 +1248,9 @@ impl Owner {
                 for id in ids {
                     self.budgeted((0, 0), (0, 0), |core| core.handle_member_down(now, id));
                 }
+            }
+            Cmd::Lost(key) => {
+                self.core.forget_lost(&key);
             }
             Cmd::AntiEntropy(with) => self.core.start_anti_entropy(Some(with)),
             Cmd::Stop(_) => {}

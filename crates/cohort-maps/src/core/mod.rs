@@ -159,7 +159,8 @@ pub struct CoreStats {
     pub rejected: u64,
     /// Tombstones forgotten early because `max_tombstones` was reached.
     pub tombstones_dropped: u64,
-    /// Lazy entries whose every holder left: their value is gone.
+    /// Lazy entries whose every holder left, or that no member held when all were asked:
+    /// their value is gone.
     pub lost: u64,
     /// Lazy entries this member promoted itself to primary of.
     pub promotions: u64,
@@ -1103,6 +1104,28 @@ impl MapCore {
             }
         }
         self.coalesce();
+    }
+
+    /// Every member was asked for `key` and none holds its value (nor a removal): the value
+    /// is gone, though this member's proxy still names holders (they lost it, or never got
+    /// it, in failures beyond `backup_count`). The proxy is dropped and counted as `lost`, so
+    /// that reads answer "absent" rather than "unavailable" for ever. Nothing happens to an
+    /// entry whose value is here, or to a removal. True when a proxy was dropped.
+    pub fn forget_lost(&mut self, key: &[u8]) -> bool {
+        let Some((k, e)) = self.entries.get_key_value(key) else {
+            return false;
+        };
+        if e.removed || e.value.is_some() {
+            return false;
+        }
+        let k = k.clone();
+        if let Some(o) = self.entries.remove(&k) {
+            self.forget(&k, &o);
+            self.holes.remove(&k);
+            self.stats.lost += 1;
+            self.emit(k, Some(Change::Removed), Origin::Remote, None);
+        }
+        true
     }
 
     /// A primary re-places an entry whose backups changed, and tells everyone.

@@ -560,6 +560,29 @@ fn a_primary_crashing_part_way_through_a_write_leaves_a_copy_of_the_answered_val
     assert!(moves_checked > 100, "{moves_checked} cuts checked");
 }
 
+/// `forget_lost` drops only a proxy (no value here, not a removal), and counts it.
+#[test]
+fn forget_lost_drops_a_proxy_and_nothing_else() {
+    let mut net = Net::new(3, Kind::Lazy, &MapConfig::default());
+    net.put(1, "held", "v");
+    net.put(1, "gone", "v");
+    net.quiesce();
+    net.remove(1, "gone");
+    net.quiesce();
+    let (_, backups) = net.core(1).placement(b"held").unwrap();
+    let proxy = (2..=3u8).find(|n| !backups.contains(&id(*n))).unwrap();
+    assert!(
+        !net.core(1).forget_lost(b"held"),
+        "the primary holds the value"
+    );
+    assert!(!net.core(proxy).forget_lost(b"gone"), "a removal stays");
+    assert!(!net.core(proxy).forget_lost(b"never"), "unknown key");
+    assert!(net.core(proxy).forget_lost(b"held"));
+    assert_eq!(net.core(proxy).stats().lost, 1);
+    assert_eq!(net.core(proxy).placement(b"held"), None);
+    assert!(net.core(1).placement(b"held").is_some(), "only here");
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Put(u8, u8, u8),

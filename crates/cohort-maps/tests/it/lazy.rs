@@ -134,3 +134,78 @@ async fn a_durable_write_with_too_few_members_says_so_and_gains_a_copy_when_one_
         c.stop().await;
     }
 }
+
+/// A proxy whose placement names a live member that lacks the value (the value went with
+/// failures beyond `backup_count`, or its holder never got it): every read used to fail with
+/// "unavailable" for ever. After its rounds, the read asks every member; when all answer and
+/// none holds the value, the entry reads as absent and counts as `lost`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_no_member_holds_reads_as_absent_and_counts_as_lost_not_unavailable_for_ever() {
+    use cohort_channel::{CallOptions, ReplyMode, RpcChannel, RpcHandler};
+    use cohort_maps::msg::{Msg, Record};
+    use cohort_maps::{Codec, Postcard, Version};
+
+    struct Silent;
+    impl RpcHandler for Silent {
+        fn reply_request(&self, _: &cohort_wire::Member, _: &bytes::Bytes) -> Option<bytes::Bytes> {
+            None
+        }
+    }
+    let ch = cluster(3).await;
+    // The map runs on the first two members; the third speaks its protocol by hand.
+    let m = maps(&ch[..2], "lost").await;
+    let forger = RpcChannel::new(
+        &ch[2],
+        "map/lost",
+        std::sync::Arc::new(Silent),
+        cohort_wire::SendOptions::default(),
+    )
+    .unwrap();
+    let key = Postcard.encode(&"s1".to_string()).unwrap();
+    let now_ms = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    let version = Version::new(now_ms << 16, ch[2].local().id);
+    // "s1 lives on the second member, no backups": which it never got.
+    let record = Record {
+        key,
+        version,
+        placed: version,
+        removed: false,
+        primary: *ch[1].local().id.as_bytes(),
+        backups: Vec::new(),
+        value: None,
+    };
+    forger
+        .call(
+            &[ch[0].local().clone()],
+            Msg::Update {
+                sync: true,
+                records: vec![record],
+            }
+            .encode(),
+            CallOptions::default().mode(ReplyMode::All),
+        )
+        .await
+        .unwrap();
+    assert_eq!(m[0].len().await.unwrap(), 1, "a proxy for s1");
+    assert_eq!(m[0].get(&"s1".into()).await.unwrap(), None);
+    let stats = m[0].stats().await.unwrap();
+    assert_eq!(stats.core.lost, 1);
+    assert_eq!(m[0].len().await.unwrap(), 0, "the proxy is gone");
+    // Writing it again works as for any new key.
+    m[0].put_with("s1".into(), "fresh".into(), WriteMode::SyncAck)
+        .await
+        .unwrap();
+    assert_eq!(
+        m[1].get(&"s1".into()).await.unwrap().as_deref(),
+        Some("fresh")
+    );
+    for c in &ch {
+        c.stop().await;
+    }
+}
