@@ -560,6 +560,7 @@ impl RawMap {
     pub(crate) async fn get(&self, key: Bytes) -> Result<Option<Bytes>, MapError> {
         // A lazy entry can move while it is fetched (another member read it): read again,
         // a few times, from where it went.
+        let mut named: Vec<Member> = Vec::new();
         for round in 0..MAX_READ_ROUNDS {
             if round > 0 {
                 // Let a move in flight land.
@@ -572,7 +573,10 @@ impl RawMap {
             let fetched = match answer.lookup {
                 Lookup::Value(v) => return Ok(Some(v)),
                 Lookup::Absent => return Ok(None),
-                Lookup::Remote(_) => self.fetch(key.clone(), answer.from, false).await?,
+                Lookup::Remote(_) => {
+                    named.clone_from(&answer.from);
+                    self.fetch(key.clone(), answer.from, false).await?
+                }
                 Lookup::Unknown(_) => self.fetch(key.clone(), answer.from, true).await?,
             };
             if let Some(value) = fetched {
@@ -584,8 +588,17 @@ impl RawMap {
         // was lost (more failures than `backup_count`, or a holder that never got it before
         // its primary died): the read answers "absent", counted as `lost`, rather than
         // "unavailable" on every read for ever.
-        let members = self.request(Cmd::Members).await?;
-        if !members.is_empty() && self.gone_everywhere(&key, &members).await? {
+        // Asked: the map's members, and the holders the placement names that are in the
+        // channel's view (a live holder whose map this member has not met yet; a holder
+        // that is gone cannot answer and holds nothing).
+        let mut ask = self.request(Cmd::Members).await?;
+        let view = self.channel.members();
+        for m in named {
+            if view.iter().any(|v| v.id == m.id) && !ask.iter().any(|a| a.id == m.id) {
+                ask.push(m);
+            }
+        }
+        if !ask.is_empty() && self.gone_everywhere(&key, &ask).await? {
             // The key is not logged: it may be a session id.
             tracing::warn!(map = %self.name, key_len = key.len(), "no member holds an entry's value any more: read as absent, counted as lost");
             self.send(Cmd::Lost(key)).await?;
@@ -613,7 +626,18 @@ impl RawMap {
                     .timeout(self.cfg.rpc_timeout),
             )
             .await?;
-        if answer.replies.len() < members.len() {
+        // Every member asked answered, or said it runs no such map; no send failed and no
+        // answer is missing (a reply counted twice must not hide a silent member).
+        if !answer.failed.is_empty() || !answer.no_reply.is_empty() {
+            return Ok(false);
+        }
+        let answered: std::collections::HashSet<MemberId> = answer
+            .replies
+            .iter()
+            .map(|r| r.from)
+            .chain(answer.no_channel.iter().copied())
+            .collect();
+        if !members.iter().all(|m| answered.contains(&m.id)) {
             return Ok(false);
         }
         let mut held = false;
@@ -743,7 +767,10 @@ impl RawMap {
                 missing.extend(self.send_full(&to, records, mode).await?);
             }
         }
-        for (to, records) in proxies.into_values() {
+        // A holder that did not apply the write: the proxies (among them a former holder,
+        // told to drop its copy) are not told now; they learn the placement from the digest
+        // exchange, by which time the copies are restored or the writer has retried.
+        for (to, records) in proxies.into_values().filter(|_| missing.is_empty()) {
             let body = Msg::Update {
                 sync: false,
                 records,
@@ -1250,7 +1277,10 @@ impl Owner {
                 }
             }
             Cmd::Lost(key) => {
-                self.core.forget_lost(&key);
+                // Through the budget, as every change: the proxy's bytes go back to the room.
+                self.budgeted((0, 0), (0, 0), |core| {
+                    core.forget_lost(&key);
+                });
             }
             Cmd::AntiEntropy(with) => self.core.start_anti_entropy(Some(with)),
             Cmd::Stop(_) => {}

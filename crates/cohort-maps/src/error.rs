@@ -58,7 +58,9 @@ pub enum MapError {
         /// Why.
         reason: String,
     },
-    /// A lazy map's entry is known here only as a proxy, and no holder gave its value.
+    /// A lazy map's entry is known here only as a proxy, and no holder gave its value (some
+    /// member did not answer; when all answer without it, the read is `None` and the entry
+    /// counts as lost).
     #[error("map `{map}`: entry unavailable: {reason}")]
     Unavailable {
         /// The map.

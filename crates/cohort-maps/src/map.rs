@@ -231,7 +231,9 @@ where
 
     /// The value under `key`. In a lazy map, a member holding only a proxy fetches it from
     /// the entry's holders and becomes its primary; [`MapError::Unavailable`] when none
-    /// answers.
+    /// answers. When every member answers and none holds the value (it was lost to more
+    /// failures than `backup_count`), `None`, and the loss is counted in
+    /// [`CoreStats::lost`](crate::CoreStats::lost).
     pub async fn get(&self, key: &K) -> Result<Option<V>, MapError> {
         let k = Codec::<K>::encode(&*self.codec, key)?;
         match self.raw.get(k).await? {

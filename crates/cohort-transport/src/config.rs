@@ -142,7 +142,8 @@ pub struct TransportConfig {
     /// (`rx_buf_size`) are only read once their size is reserved here, and every received
     /// frame holds its size until the layer above takes it. When spent, connections pause
     /// reading (backpressure; nothing is dropped). Must hold at least one largest frame.
-    /// Default 256 MiB.
+    /// Each connection's read buffer comes on top: `rx_buf_size`, or up to twice that after
+    /// frames larger than it (so that the next is read in place). Default 256 MiB.
     #[cfg_attr(
         feature = "serde",
         serde(deserialize_with = "cohort_wire::serde_ms::size")

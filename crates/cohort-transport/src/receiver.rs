@@ -296,9 +296,10 @@ async fn serve<N: Net>(
     Counters::dec(&counters.connections_in);
 }
 
-/// The largest [`Inbound::large_hint`], in read buffers (`rx_buf_size`): it bounds what a
-/// connection keeps allocated after large frames (as the read loop's give-back does).
-const LARGE_HINT_MAX: usize = 4;
+/// The largest [`Inbound::large_hint`], in read buffers (`rx_buf_size`): a connection that
+/// received large frames keeps at most this many read buffers allocated while idle (frames of
+/// up to twice the read buffer, 64 KiB payloads with the defaults, are read in place).
+const LARGE_HINT_MAX: usize = 2;
 
 struct Inbound<N: Net> {
     shared: Arc<Shared<N>>,
@@ -311,7 +312,7 @@ struct Inbound<N: Net> {
     /// Budget reserved for the large frame at the front of the buffer.
     reserved: Option<InboundPermit>,
     /// The size of the last frame when it was larger than the read buffer (at most
-    /// [`LARGE_HINT_MAX`] read buffers), 0 after a smaller one: a fresh read buffer is made
+    /// [`LARGE_HINT_MAX`] read buffers), 0 after a smaller one or a larger one: a fresh read buffer is made
     /// that large, so that the next frame of a stream of large ones is read in place rather
     /// than copied whole into a buffer of its size once its prefix says how large it is.
     large_hint: usize,

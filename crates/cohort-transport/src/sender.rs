@@ -637,11 +637,14 @@ impl<N: Net> Lane<N> {
                     Counters::inc(&counters.send_failures);
                     done(Err(err.clone()));
                 }
-                let reason = match &err {
-                    SendError::ConnectionLost { reason, .. } => reason.clone(),
-                    other => other.to_string(),
+                // A write the socket refused (reset, broken pipe) is the far side closing
+                // our connection: reported, as a read of its end is (strong evidence for a
+                // failure detector). A write that timed out is not: the peer may be slow.
+                let (reason, by_peer) = match &err {
+                    SendError::ConnectionLost { reason, .. } => (reason.clone(), true),
+                    other => (other.to_string(), false),
                 };
-                self.close_lost(&reason, false);
+                self.close_lost(&reason, by_peer);
             }
         }
         if self.buf.capacity() > 4 * cfg.write_batch_bytes {

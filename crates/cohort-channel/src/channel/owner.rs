@@ -685,14 +685,10 @@ impl SuspectOnFailure {
         ) {
             return;
         }
-        // A connection this node opened, broken by the far side while a message was on it,
-        // is the strong evidence a lost connection is (a killed process resets its sockets):
-        // a detector checks it at once even against a member verified moments ago. A failed
-        // connect or a timeout stays a failed send.
-        let why = match e {
-            E::ConnectionLost { .. } => Suspicion::ConnectionLost(e.to_string()),
-            _ => Suspicion::SendFailed(e.to_string()),
-        };
+        // Weak evidence, whatever the error: `ConnectionLost` also covers closes this node
+        // makes itself (keep-alive recycling, a stop). A connection the far side broke is
+        // reported by the transport as a peer event, which is strong evidence.
+        let why = Suspicion::SendFailed(e.to_string());
         if self
             .cmd
             .try_send(Command::Suspect(
@@ -750,11 +746,12 @@ mod tests {
         )
     }
 
-    /// Which suspicion a failed send raises: a connection broken under a message is a lost
-    /// connection (strong), a refused connect or a timeout a failed send (weak); a FAIL_ACK
-    /// none at all (the peer answered).
+    /// Which suspicion a failed send raises: a failed send (weak evidence) for a connection
+    /// lost under it, a refused connect or a timeout; none at all for a FAIL_ACK (the peer
+    /// answered). The strong evidence of a connection the peer broke comes from the
+    /// transport's peer events.
     #[test]
-    fn a_connection_broken_under_a_send_is_a_lost_connection() {
+    fn a_failed_send_is_weak_evidence_and_a_fail_ack_none() {
         use cohort_transport::SendError as E;
         let addr = "127.0.0.1:4000".parse().unwrap();
         let cases = [
@@ -763,7 +760,7 @@ mod tests {
                     addr,
                     reason: "Connection reset by peer".into(),
                 },
-                Some("connection lost"),
+                Some("send failed"),
             ),
             (
                 E::Connect {

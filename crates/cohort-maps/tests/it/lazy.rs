@@ -48,14 +48,18 @@ async fn a_value_lives_on_two_members_and_a_proxy_read_moves_it() {
     m[0].put_with("s1".into(), "cart".into(), WriteMode::SyncAck)
         .await
         .unwrap();
-    // Primary and one backup hold it; the other two hold proxies.
+    // Primary and one backup hold it (SYNC_ACK: applied when the put returns); the other
+    // two hold proxies (told after the holders applied it, without an ACK).
     assert_eq!(holders(&m, "s1").await, 2);
     for map in &m {
-        assert_eq!(
-            map.len().await.unwrap(),
-            1,
-            "a proxy counts as a known entry"
-        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while map.len().await.unwrap() != 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "a proxy counts as a known entry"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
     // Find a proxy and read there: it fetches, and becomes the primary.
     let mut proxy = None;
