@@ -12,7 +12,7 @@
 //! | membership: member added, suspected | suspicion cleared, nothing passed up |
 //! | membership: shutdown | trusted: removed, passed up, no probe |
 //! | membership: expired (no beacons) | probe **with the read test**; dead: failed; alive: kept (false positive counted) |
-//! | our connection to it closed or reset | probe **with the read test** |
+//! | our connection to it closed or reset, or every connect to it refused | probe **with the read test** |
 //! | a send to it failed / its inbound connection closed | probe (at most once per `recheck_interval`) |
 //! | heartbeat | re-probe suspects; forget those older than `remove_suspects_timeout` |
 //! | a peer's leaving notice | removed as shut down, no probe |

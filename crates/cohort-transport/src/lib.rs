@@ -85,8 +85,9 @@ pub type Completion = Box<dyn FnOnce(Result<Delivered, SendError>) + Send>;
 /// dropped and counted (`peer_events_dropped`).
 pub const PEER_EVENT_QUEUE: usize = 1024;
 
-/// A connection to or from a peer ended from the far side: evidence for a failure detector
-/// (a killed process's sockets close at once), not proof (a peer may close idle connections).
+/// A connection to or from a peer ended from the far side, or every attempt to connect to it
+/// was refused: evidence for a failure detector (a killed process's sockets close at once,
+/// its listener with them), not proof (a peer may close idle connections).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerEvent {
     /// The peer's receiver address (from its hello for inbound connections).
@@ -95,7 +96,7 @@ pub struct PeerEvent {
     pub member: Option<MemberId>,
     /// Which connection.
     pub direction: Direction,
-    /// What was seen: "closed by peer", the IO error, or the ACK timeout.
+    /// What was seen: "closed by peer", the IO error, the ACK timeout, or "connect refused".
     pub reason: String,
 }
 

@@ -671,6 +671,8 @@ impl<N: Net> Lane<N> {
         let cfg = &shared.config;
         let attempts = cfg.max_retry_attempts + 1;
         let mut last = String::new();
+        // Every attempt refused: nothing listens where the peer said it would.
+        let mut refused = true;
         let mut pause = Duration::from_millis(10);
         for attempt in 0..attempts {
             if attempt > 0 {
@@ -685,10 +687,19 @@ impl<N: Net> Lane<N> {
                         Counters::inc(&self.shared.counters.connects);
                         return Ok(());
                     }
-                    Err(e) => last = e.to_string(),
+                    Err(e) => {
+                        refused = false;
+                        last = e.to_string();
+                    }
                 },
-                Ok(Err(e)) => last = e.to_string(),
-                Err(_) => last = format!("timed out after {:?}", cfg.connect_timeout),
+                Ok(Err(e)) => {
+                    refused &= e.kind() == std::io::ErrorKind::ConnectionRefused;
+                    last = e.to_string();
+                }
+                Err(_) => {
+                    refused = false;
+                    last = format!("timed out after {:?}", cfg.connect_timeout);
+                }
             }
             Counters::inc(&self.shared.counters.connect_failures);
         }
@@ -698,7 +709,19 @@ impl<N: Net> Lane<N> {
             None => cfg.reconnect_backoff,
         };
         *down = Some((Instant::now() + backoff, backoff));
+        drop(down);
         tracing::debug!(peer = %self.addr, attempts, error = %last, "connect failed");
+        if refused {
+            // Reported as the far side closing: a process that died took its listener with it
+            // (strong evidence for a failure detector, as a reset connection is). At most once
+            // per connect round: sends in the backoff that follows fail without connecting.
+            self.shared.peer_event(crate::PeerEvent {
+                addr: self.addr,
+                member: None,
+                direction: crate::Direction::Outbound,
+                reason: format!("connect refused: {last}"),
+            });
+        }
         Err(SendError::Connect {
             addr: self.addr,
             attempts,

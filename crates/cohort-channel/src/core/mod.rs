@@ -241,8 +241,9 @@ impl std::fmt::Display for ProbeError {
 pub enum Suspicion {
     /// A send to it failed with an IO error or timeout (not a FAIL_ACK).
     SendFailed(String),
-    /// A connection this node opened to it was closed or reset by its side (strong evidence:
-    /// peers do not close connections they did not open, unless they stop).
+    /// A connection this node opened to it was closed or reset by its side, or a new one was
+    /// refused (strong evidence: peers do not close connections they did not open, unless
+    /// they stop, and a running member's listener accepts).
     ConnectionLost(String),
     /// A connection it opened to this node closed (weak evidence: peers close their own
     /// connections, probes among them).

@@ -342,3 +342,49 @@ async fn frames_either_side_of_the_read_buffer_arrive_whole_in_any_order_of_size
         assert_eq!(within(T, done).await.unwrap(), Ok(want));
     }
 }
+
+/// A peer whose listener is gone (a killed process): every connect is refused, the send fails,
+/// and the transport reports it as a peer event on the outbound side (strong evidence for a
+/// failure detector), once per connect round, not per send.
+#[tokio::test]
+async fn a_refused_connect_is_reported_as_a_peer_event() {
+    use cohort_transport::{Direction, Transport};
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let gone = cohort_wire::Member::new(
+        cohort_wire::MemberId::from_bytes([9; 16]),
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        port,
+    );
+    let mut bound = Transport::bind(config(), cohort_net::TokioNet, true)
+        .await
+        .unwrap();
+    let mut events = bound.peer_events();
+    let addr = bound.local_addr().unwrap();
+    let me = cohort_wire::Member::new(
+        cohort_wire::MemberId::from_bytes([1; 16]),
+        addr.ip(),
+        addr.port(),
+    );
+    let (handle, _inbound) = bound.start(me.clone(), codec());
+    let a = Node {
+        member: me,
+        handle,
+        inbound: _inbound,
+    };
+    let done = send(&a, &gone, 1, SendOptions::USE_ACK, b"hello");
+    let r = within(T, done).await.unwrap();
+    assert!(matches!(r, Err(SendError::Connect { .. })), "{r:?}");
+    let ev = within(T, events.recv()).await.unwrap();
+    assert_eq!(ev.addr, gone.data_addr());
+    assert_eq!(ev.direction, Direction::Outbound);
+    assert!(ev.reason.starts_with("connect refused"), "{}", ev.reason);
+    // A send during the backoff that follows fails at once and reports nothing more.
+    let r = within(T, send(&a, &gone, 2, SendOptions::USE_ACK, b"again"))
+        .await
+        .unwrap();
+    assert!(matches!(r, Err(SendError::PeerDown { .. })), "{r:?}");
+    assert!(events.try_recv().is_err(), "one event per connect round");
+}
