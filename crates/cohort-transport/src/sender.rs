@@ -553,6 +553,8 @@ impl<N: Net> Lane<N> {
         conn.last_write = now;
         // Write, reading ACKs meanwhile.
         let mut off = 0;
+        // Set when a write failed because the far side reset or closed the connection.
+        let mut reset_by_peer = false;
         let failure: Option<SendError> = loop {
             let Some(front) = parts.front() else {
                 break None;
@@ -603,10 +605,18 @@ impl<N: Net> Lane<N> {
                             }
                         }
                     }
-                    Err(e) => break Some(SendError::ConnectionLost {
-                        addr: self.addr,
-                        reason: e.to_string(),
-                    }),
+                    Err(e) => {
+                        reset_by_peer = matches!(
+                            e.kind(),
+                            std::io::ErrorKind::ConnectionReset
+                                | std::io::ErrorKind::BrokenPipe
+                                | std::io::ErrorKind::ConnectionAborted
+                        );
+                        break Some(SendError::ConnectionLost {
+                            addr: self.addr,
+                            reason: e.to_string(),
+                        });
+                    }
                 },
                 r = read.read_buf(read_buf) => {
                     if let Err(reason) = self.on_read(r) {
@@ -637,14 +647,15 @@ impl<N: Net> Lane<N> {
                     Counters::inc(&counters.send_failures);
                     done(Err(err.clone()));
                 }
-                // A write the socket refused (reset, broken pipe) is the far side closing
-                // our connection: reported, as a read of its end is (strong evidence for a
-                // failure detector). A write that timed out is not: the peer may be slow.
-                let (reason, by_peer) = match &err {
-                    SendError::ConnectionLost { reason, .. } => (reason.clone(), true),
-                    other => (other.to_string(), false),
+                // A write the socket refused because the far side reset or closed it is
+                // reported, as a read of its end is (strong evidence for a failure detector).
+                // Other write errors (a network fault) and a write that timed out are not:
+                // the peer may be alive, or only slow.
+                let reason = match &err {
+                    SendError::ConnectionLost { reason, .. } => reason.clone(),
+                    other => other.to_string(),
                 };
-                self.close_lost(&reason, by_peer);
+                self.close_lost(&reason, reset_by_peer);
             }
         }
         if self.buf.capacity() > 4 * cfg.write_batch_bytes {
