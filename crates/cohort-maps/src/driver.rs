@@ -613,10 +613,13 @@ impl RawMap {
         })
     }
 
-    /// True when every one of `members` answered a fetch of `key` and none holds its value
-    /// or a removal of it.
-    async fn gone_everywhere(&self, key: &Bytes, members: &[Member]) -> Result<bool, MapError> {
-        let answer = self
+    /// Asks `members` for their record of `key`, waiting for all within `rpc_timeout`.
+    async fn ask_fetch(
+        &self,
+        key: &Bytes,
+        members: &[Member],
+    ) -> Result<cohort_channel::CallResult, MapError> {
+        Ok(self
             .rpc
             .call(
                 members,
@@ -625,7 +628,13 @@ impl RawMap {
                     .mode(ReplyMode::All)
                     .timeout(self.cfg.rpc_timeout),
             )
-            .await?;
+            .await?)
+    }
+
+    /// True when every one of `members` answered a fetch of `key` and none holds its value
+    /// or a removal of it.
+    async fn gone_everywhere(&self, key: &Bytes, members: &[Member]) -> Result<bool, MapError> {
+        let answer = self.ask_fetch(key, members).await?;
         // Every member asked answered, or said it runs no such map; no send failed and no
         // answer is missing (a reply counted twice must not hide a silent member).
         if !answer.failed.is_empty() || !answer.no_reply.is_empty() {
@@ -667,16 +676,7 @@ impl RawMap {
         if from.is_empty() {
             return Ok(None);
         }
-        let answer = self
-            .rpc
-            .call(
-                &from,
-                Msg::Fetch { key: key.clone() }.encode(),
-                CallOptions::default()
-                    .mode(ReplyMode::All)
-                    .timeout(self.cfg.rpc_timeout),
-            )
-            .await?;
+        let answer = self.ask_fetch(&key, &from).await?;
         let mut records: Vec<(MemberId, Record)> = Vec::new();
         for r in &answer.replies {
             if let Ok(Msg::Fetched { record: Some(rec) }) = Msg::decode(&r.payload) {
@@ -770,13 +770,15 @@ impl RawMap {
         // A holder that did not apply the write: the proxies (among them a former holder,
         // told to drop its copy) are not told now; they learn the placement from the digest
         // exchange, by which time the copies are restored or the writer has retried.
-        for (to, records) in proxies.into_values().filter(|_| missing.is_empty()) {
-            let body = Msg::Update {
-                sync: false,
-                records,
+        if missing.is_empty() {
+            for (to, records) in proxies.into_values() {
+                let body = Msg::Update {
+                    sync: false,
+                    records,
+                }
+                .encode();
+                self.one_way(&to, body).await?;
             }
-            .encode();
-            self.one_way(&to, body).await?;
         }
         if !missing.is_empty() {
             return Err(MapError::NotApplied {

@@ -1093,12 +1093,7 @@ impl MapCore {
                     Some(_) => {}
                     None => {
                         // Every holder is gone: the value is lost.
-                        if let Some(o) = self.entries.remove(&key) {
-                            self.forget(&key, &o);
-                            self.holes.remove(&key);
-                            self.stats.lost += 1;
-                            self.emit(key, Some(Change::Removed), Origin::Remote, None);
-                        }
+                        self.drop_lost(&key);
                     }
                 }
             }
@@ -1112,20 +1107,24 @@ impl MapCore {
     /// that reads answer "absent" rather than "unavailable" for ever. Nothing happens to an
     /// entry whose value is here, or to a removal. True when a proxy was dropped.
     pub fn forget_lost(&mut self, key: &[u8]) -> bool {
-        let Some((k, e)) = self.entries.get_key_value(key) else {
-            return false;
-        };
-        if e.removed || e.value.is_some() {
-            return false;
+        let proxy = self
+            .entries
+            .get(key)
+            .is_some_and(|e| !e.removed && e.value.is_none());
+        if proxy {
+            self.drop_lost(key);
         }
-        let k = k.clone();
-        if let Some(o) = self.entries.remove(&k) {
+        proxy
+    }
+
+    /// Removes `key`'s entry as lost: out of every count, counted in `lost`, reported removed.
+    fn drop_lost(&mut self, key: &[u8]) {
+        if let Some((k, o)) = self.entries.remove_entry(key) {
             self.forget(&k, &o);
             self.holes.remove(&k);
             self.stats.lost += 1;
             self.emit(k, Some(Change::Removed), Origin::Remote, None);
         }
-        true
     }
 
     /// A primary re-places an entry whose backups changed, and tells everyone.
