@@ -312,9 +312,10 @@ struct Inbound<N: Net> {
     /// Budget reserved for the large frame at the front of the buffer.
     reserved: Option<InboundPermit>,
     /// The size of the last frame when it was larger than the read buffer (at most
-    /// [`LARGE_HINT_MAX`] read buffers), 0 after a smaller one or a larger one: a fresh read buffer is made
-    /// that large, so that the next frame of a stream of large ones is read in place rather
-    /// than copied whole into a buffer of its size once its prefix says how large it is.
+    /// [`LARGE_HINT_MAX`] read buffers), 0 after a smaller one or a larger one: a fresh read
+    /// buffer is made that large, so that the next frame of a stream of large ones is read in
+    /// place rather than copied whole into a buffer of its size once its prefix says how large
+    /// it is.
     large_hint: usize,
     /// Hands the challenge and the connection's sealer to the ACK writer once the hello is in.
     seal_tx: Option<oneshot::Sender<(Nonce, Sealer)>>,
