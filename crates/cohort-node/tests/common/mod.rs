@@ -16,6 +16,10 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_cohort");
 pub struct Proc {
     pub child: Child,
     pub lines: mpsc::Receiver<(Instant, Value)>,
+    /// Lines read while waiting for another, oldest first: a later wait takes them, so events
+    /// that may come in either order can be awaited one after the other. At most
+    /// [`BACKLOG_LIMIT`], the oldest dropped past it.
+    backlog: std::cell::RefCell<std::collections::VecDeque<(Instant, Value)>>,
     /// Its config and stderr log; removed on drop unless the test failed.
     dir: std::path::PathBuf,
 }
@@ -62,7 +66,12 @@ impl Proc {
                 }
             }
         });
-        Self { child, lines, dir }
+        Self {
+            child,
+            lines,
+            backlog: Default::default(),
+            dir,
+        }
     }
 
     /// Waits for an event line matching `pred`.
@@ -70,19 +79,41 @@ impl Proc {
         self.wait_for_at(what, pred).1
     }
 
-    /// Waits for an event line matching `pred`; also returns when it was read.
+    /// Waits for the oldest event line not yet taken that matches `pred` (from the backlog of
+    /// lines other waits passed over, then from new lines); also returns when it was read.
     pub fn wait_for_at(&self, what: &str, pred: impl Fn(&Value) -> bool) -> (Instant, Value) {
+        let mut backlog = self.backlog.borrow_mut();
+        if let Some(i) = backlog.iter().position(|(_, v)| pred(v)) {
+            return backlog.remove(i).expect("a position in the backlog");
+        }
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok((at, v)) if pred(&v) => return (at, v),
-                Ok(_) => {}
+                Ok(line) => {
+                    if backlog.len() == BACKLOG_LIMIT {
+                        backlog.pop_front();
+                    }
+                    backlog.push_back(line);
+                }
                 Err(_) => panic!("no {what} line within 20 s"),
             }
         }
     }
+
+    /// Forgets every line emitted so far that no wait took: later waits see only what comes
+    /// after (a test that changes something and waits for its effect must not be answered by
+    /// an older line).
+    pub fn forget_earlier_lines(&self) {
+        let mut backlog = self.backlog.borrow_mut();
+        backlog.clear();
+        while self.lines.try_recv().is_ok() {}
+    }
 }
+
+/// The most lines [`Proc`] keeps for later waits.
+const BACKLOG_LIMIT: usize = 10_000;
 
 pub use cohort_test_support::free_udp_port;
 
