@@ -115,8 +115,15 @@ fn log_format_json_writes_one_json_object_per_line() {
         .unwrap();
     let mut node = cohort_test_support::KillOnDrop(child);
     let mut stdout = std::io::BufReader::new(node.0.stdout.take().unwrap());
+    // Other event lines (the lead, multicast's state) may come before `ready`.
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    for _ in 0..100 {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        if n == 0 || line.contains("\"ready\"") {
+            break;
+        }
+    }
     assert!(line.contains("\"ready\""), "{line}");
     // SIGTERM by PID: a graceful stop, then stderr is complete.
     let pid = node.pid().to_string();

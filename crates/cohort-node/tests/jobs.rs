@@ -16,9 +16,7 @@ const EVERY_MS: u64 = 500;
 fn collect(procs: &[&Proc], until: Instant, out: &mut Vec<(usize, Instant, Value)>) {
     while Instant::now() < until {
         for (i, p) in procs.iter().enumerate() {
-            while let Ok((at, v)) = p.lines.try_recv() {
-                out.push((i, at, v));
-            }
+            out.extend(p.take_lines().into_iter().map(|(at, v)| (i, at, v)));
         }
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -56,8 +56,9 @@ async fn reply_modes() {
     let client = start(builder()).await;
     let rpc = RpcChannel::new(&client, "svc", Arc::new(Nothing), SendOptions::NONE).unwrap();
     let (b, _rb) = server("b", 0, false).await;
-    let (c, _rc) = server("c", 600, false).await;
-    let (d, _rd) = server("d", 900, false).await;
+    // Slow enough that "did not wait for them" holds on a loaded runner.
+    let (c, _rc) = server("c", 2000, false).await;
+    let (d, _rd) = server("d", 2500, false).await;
     let all = [b.local().clone(), c.local().clone(), d.local().clone()];
     let t = Duration::from_secs(5);
     let ack = SendOptions::USE_ACK;
@@ -79,7 +80,7 @@ async fn reply_modes() {
     assert_eq!(&r.replies[0].payload[..], b"qb");
     assert_eq!(r.no_reply.len(), 2, "c and d had not answered: {r:?}");
     assert!(
-        started.elapsed() < Duration::from_millis(500),
+        started.elapsed() < Duration::from_millis(1500),
         "first does not wait for c"
     );
 
@@ -131,7 +132,7 @@ async fn reply_modes() {
         .unwrap();
     assert!(r.replies.is_empty());
     assert!(
-        started.elapsed() < Duration::from_millis(500),
+        started.elapsed() < Duration::from_millis(1500),
         "fire and forget"
     );
 
@@ -194,7 +195,7 @@ async fn members_without_the_rpc_channel_do_not_stall_and_timeouts_return_what_c
     let took = started.elapsed();
     assert_eq!(r.replies.len(), 1, "the reply that came");
     assert_eq!(r.no_reply, [silent.local().id], "{r:?}");
-    assert!(took >= timeout && took < timeout * 3, "{took:?}");
+    assert!(took >= timeout && took < timeout * 10, "{took:?}");
     for ch in [client, b, plain, silent] {
         ch.stop().await;
     }

@@ -179,8 +179,16 @@ async fn files_of_every_size_arrive_identical_and_undeploys_follow() {
             .await;
         }
     }
-    let status = d[1].status().await.unwrap();
-    assert!(status.agree, "{status:?}");
+    // Each member announces a file once it is in place: the others agree when they heard it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = d[1].status().await.unwrap();
+        if status.agree {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Removed from the watch directory: undeployed everywhere.
     std::fs::remove_file(dirs(&root, 0).watch_dir.join("f1.bin")).unwrap();
     for i in 0..3 {

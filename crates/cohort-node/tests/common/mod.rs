@@ -102,6 +102,14 @@ impl Proc {
         }
     }
 
+    /// Every line not yet taken, oldest first (the backlog, then what has arrived since),
+    /// without waiting.
+    pub fn take_lines(&self) -> Vec<(Instant, Value)> {
+        let mut lines: Vec<_> = self.backlog.borrow_mut().drain(..).collect();
+        lines.extend(self.lines.try_iter());
+        lines
+    }
+
     /// Forgets every line emitted so far that no wait took: later waits see only what comes
     /// after (a test that changes something and waits for its effect must not be answered by
     /// an older line).

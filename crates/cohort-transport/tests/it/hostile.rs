@@ -58,7 +58,8 @@ async fn silent_connections_never_crowd_out_a_member() {
     let (mut ok, mut failed) = (0, Vec::new());
     let until = Instant::now() + Duration::from_secs(2);
     let mut id = 0;
-    while Instant::now() < until {
+    // For 2 s, and at least 60 sends however slow the runner.
+    while Instant::now() < until || id < 60 {
         id += 1;
         let r = send(&a, &b.member, id, SendOptions::USE_ACK, b"hi");
         match within(Duration::from_secs(10), r).await.unwrap() {
@@ -81,7 +82,7 @@ async fn silent_connections_never_crowd_out_a_member() {
         failed.len(),
         failed.first()
     );
-    assert!(ok > 50);
+    assert!(ok >= 60, "{ok}");
     a.handle.stop();
     b.handle.stop();
     let _ = a.inbound.try_recv();
@@ -215,7 +216,7 @@ async fn a_garbage_flood_gives_one_warning_per_kind_not_one_per_connection() {
 /// sends the rest of its second frame only after the budget came back.
 #[tokio::test]
 async fn waiting_for_the_inbound_budget_is_not_a_frame_timeout() {
-    let frame_timeout = Duration::from_millis(300);
+    let frame_timeout = Duration::from_secs(1);
     let config = TransportConfig {
         rx_buf_size: 4 * 1024,
         // Room for one 64 KiB frame at a time.
