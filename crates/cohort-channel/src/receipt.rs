@@ -160,6 +160,9 @@ pub(crate) struct SendState {
     pub(crate) msg_id: u64,
     /// Deliveries outstanding, plus one held by the driver until dispatch is over.
     remaining: AtomicUsize,
+    /// Whether anyone reads the results (a waiting receipt or an error handler): an
+    /// ASYNCHRONOUS send without an error handler keeps none (no allocation, no lock).
+    keep_results: bool,
     results: Mutex<Vec<MemberResult>>,
     tx: Mutex<Option<oneshot::Sender<SendOutcome>>>,
     /// Async admission (count and bytes), released when every delivery has completed.
@@ -177,6 +180,7 @@ impl SendState {
         Arc::new(Self {
             msg_id,
             remaining: AtomicUsize::new(1),
+            keep_results: tx.is_some() || error_handler.is_some(),
             results: Mutex::new(Vec::new()),
             tx: Mutex::new(tx),
             permits: Mutex::new(permits),
@@ -195,20 +199,37 @@ impl SendState {
         addr: SocketAddr,
         result: Result<Delivered, SendError>,
     ) {
-        self.results
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(MemberResult {
-                member,
-                addr,
-                result,
-            });
+        if self.keep_results {
+            self.results
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(MemberResult {
+                    member,
+                    addr,
+                    result,
+                });
+        }
         self.done_one();
+    }
+
+    /// Gives the ASYNCHRONOUS admission (count and bytes) back.
+    fn release_admission(&self) {
+        drop(
+            self.permits
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
     }
 
     /// One delivery (or the driver's hold) is over.
     pub(crate) fn done_one(&self) {
         if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        if !self.keep_results {
+            // Nobody reads an outcome: only the admission is given back.
+            self.release_admission();
             return;
         }
         let results =
@@ -220,12 +241,7 @@ impl SendState {
             results,
             lost,
         };
-        drop(
-            self.permits
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
+        self.release_admission();
         if let Some(h) = &self.error_handler {
             if outcome.is_ok() {
                 h.handle_completion(&outcome);

@@ -13,7 +13,7 @@
 //! bounds them); a lane takes no more from its queue than its in-flight table has room for
 //! (`max_in_flight`), so a slow peer's backlog waits in the queue, counted, and then refused.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -48,7 +48,7 @@ struct Outgoing {
 /// The peers with outbound state, by receiver address.
 #[derive(Default)]
 pub(crate) struct Peers {
-    map: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
+    map: Mutex<rustc_hash::FxHashMap<SocketAddr, Arc<Peer>>>,
 }
 
 struct Peer {

@@ -1,7 +1,6 @@
 //! `GroupChannel::builder()`: assembles transport, membership and pipeline, and starts the
 //! owner task.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
@@ -339,7 +338,7 @@ impl ChannelBuilder {
             local,
             transport,
             membership,
-            tickets: HashMap::new(),
+            tickets: rustc_hash::FxHashMap::default(),
             delivery,
             member_tx,
             membership_listeners: self.membership_listeners,

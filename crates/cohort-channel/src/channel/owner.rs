@@ -1,7 +1,6 @@
 //! The owner task: the only holder of the pipeline; turns transport, multicast and
 //! membership input into pipeline input and carries out the pipeline's outputs.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -34,7 +33,8 @@ pub(super) struct Owner<N: Net> {
     pub(super) local: Member,
     pub(super) transport: Arc<dyn ChannelTransport>,
     pub(super) membership: Option<Arc<dyn ChannelMembership>>,
-    pub(super) tickets: HashMap<Ticket, Arc<SendState>>,
+    /// By ticket (the channel's own message ids, so a fast hash is safe).
+    pub(super) tickets: rustc_hash::FxHashMap<Ticket, Arc<SendState>>,
     pub(super) delivery: DeliveryQueue,
     pub(super) member_tx: broadcast::Sender<ViewEvent>,
     pub(super) membership_listeners: Vec<Arc<dyn MembershipListener>>,

@@ -1,6 +1,8 @@
 //! One outbound connection's in-flight table.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
 use std::time::{Duration, Instant};
 
 use cohort_wire::AckFrame;
@@ -33,7 +35,8 @@ pub(crate) struct Completed<C> {
 /// with one outcome.
 #[derive(Debug)]
 pub(crate) struct Outbound<C> {
-    map: HashMap<u64, (C, Instant)>,
+    /// By message id (ids are this member's own, so a fast hash is safe).
+    map: FxHashMap<u64, (C, Instant)>,
     /// (deadline, id), in registration order; deadlines grow with it (one timeout for all).
     deadlines: VecDeque<(Instant, u64)>,
     done: VecDeque<Completed<C>>,
@@ -48,7 +51,7 @@ impl<C> Outbound<C> {
     /// An empty table holding at most `max_in_flight` messages, each for `send_timeout`.
     pub(crate) fn new(max_in_flight: usize, send_timeout: Duration) -> Self {
         Self {
-            map: HashMap::new(),
+            map: FxHashMap::default(),
             deadlines: VecDeque::new(),
             done: VecDeque::new(),
             closed: None,
