@@ -60,7 +60,9 @@ async fn reply_modes() {
     let (c, _rc) = server("c", 2000, false).await;
     let (d, _rd) = server("d", 2500, false).await;
     let all = [b.local().clone(), c.local().clone(), d.local().clone()];
-    let t = Duration::from_secs(5);
+    // Each server answers one request at a time: Majority waits for c behind First's
+    // request (about 4 s), All for d behind Majority's. The timeout leaves room for both.
+    let t = Duration::from_secs(15);
     let ack = SendOptions::USE_ACK;
 
     let started = Instant::now();

@@ -110,9 +110,10 @@ impl Proc {
         lines
     }
 
-    /// Forgets every line emitted so far that no wait took: later waits see only what comes
-    /// after (a test that changes something and waits for its effect must not be answered by
-    /// an older line).
+    /// Forgets every line read so far that no wait took: later waits see only lines read
+    /// after this (a test that changes something and waits for its effect must not be
+    /// answered by an older line). A line the node wrote but the reader thread has not passed
+    /// on yet survives, so call it before the change, not after.
     pub fn forget_earlier_lines(&self) {
         let mut backlog = self.backlog.borrow_mut();
         backlog.clear();

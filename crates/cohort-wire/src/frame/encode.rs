@@ -31,8 +31,8 @@ fn header_out_data(h: &DataHeader) -> Result<DataHeaderOut<'_>, EncodeError> {
 
 /// A data header encoded straight from its [`DataHeader`], byte for byte as prost encodes the
 /// same fields in a `DataHeaderPb` (fields in tag order; zero numbers and empty bytes left
-/// out), without the allocations building one would take (the sender id's `Vec`, the
-/// extensions' `Vec`): the sender writes one per frame. Decoding still goes through
+/// out), without the allocations building one would take (the sender id's `Vec`, and the
+/// extensions' when there are any): the sender writes one per frame. Decoding still goes through
 /// `DataHeaderPb`.
 struct DataHeaderOut<'a>(&'a DataHeader);
 
@@ -202,7 +202,8 @@ impl Sign<'_> {
     }
 }
 
-/// The prost header of a frame about to be encoded.
+/// The header of a frame about to be encoded: prost messages, and the data header written by
+/// hand.
 enum Header<'a> {
     Data(DataHeaderOut<'a>),
     Ack(AckPb),

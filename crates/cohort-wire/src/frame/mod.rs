@@ -69,7 +69,7 @@ impl FrameKind {
 
 /// An extension field of a data header: a tag owned by one interceptor and its bytes
 /// (fragment numbers, order sequence, compression marker, ...). At most
-/// [`MAX_EXTENSIONS`] per header.
+/// [`MAX_EXTENSIONS`](crate::MAX_EXTENSIONS) per header.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Extension {
     /// Which interceptor owns it (see docs/PROTOCOL.md for assigned tags).
@@ -144,7 +144,7 @@ impl AckRange {
 pub struct FailAck {
     /// The failed message.
     pub msg_id: u64,
-    /// Why, for the sender's error (cut to [`MAX_FAIL_REASON_LEN`] bytes on encode).
+    /// Why, for the sender's error (cut to [`MAX_FAIL_REASON_LEN`](crate::MAX_FAIL_REASON_LEN) bytes on encode).
     pub reason: String,
 }
 
