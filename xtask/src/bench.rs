@@ -400,9 +400,9 @@ fn results_markdown(lines: &[Line], rounds: usize) -> String {
     );
     let _ = writeln!(
         md,
-        "| size | impl / mode | msgs/s | MB/s | vs batched TCP (msgs/s) | vs one-write TCP | reordered | bad |"
+        "| size | impl / mode | msgs/s | MB/s | vs batched TCP (msgs/s) | vs one-write TCP | sender CPU µs/msg | sink CPU µs/msg | reordered | bad |"
     );
-    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &size in SIZES {
         let s = size.to_string();
         let batched =
@@ -425,14 +425,22 @@ fn results_markdown(lines: &[Line], rounds: usize) -> String {
                 base.filter(|b| *b > 0.0)
                     .map_or_else(|| "-".to_owned(), |b| format!("{:.2}", rate / b))
             };
+            // CPU per message: what a message costs each process, which moves less than
+            // throughput on a shared machine (absent from lines of older builds).
+            let cpu = |k: &str| match l.get(k) {
+                "" => "-".to_owned(),
+                v => v.to_owned(),
+            };
             let _ = writeln!(
                 md,
-                "| {size} | {} {mode} | {:.0} | {:.1} | {} | {} | {} | {} |",
+                "| {size} | {} {mode} | {:.0} | {:.1} | {} | {} | {} | {} | {} | {} |",
                 l.get("impl"),
                 rate,
                 l.num("mb_per_s"),
                 ratio(batched),
                 ratio(write),
+                cpu("cpu_us_per_msg"),
+                cpu("sink_cpu_us_per_msg"),
                 l.get("reordered"),
                 l.get("bad"),
             );

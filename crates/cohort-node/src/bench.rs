@@ -99,6 +99,27 @@ pub struct BenchResult {
     pub reordered: u64,
     /// Messages that failed, or arrived malformed.
     pub bad: u64,
+    /// CPU time (user and system) the sending process spent from the first send to the
+    /// last completion, when `/proc` tells it.
+    pub cpu: Option<Duration>,
+    /// CPU time the sink process spent from listening to its last message.
+    pub sink_cpu: Option<Duration>,
+}
+
+/// CPU time (user and system, every thread, finished ones included) this process has spent:
+/// `/proc/self/stat`'s `utime` and `stime`, in the kernel's `USER_HZ` ticks (100 per second on
+/// Linux, whatever the kernel's own tick rate). `None` where there is no `/proc`. A figure that
+/// moves less than throughput when the machine is shared: it counts the work a message costs,
+/// not the time the process waited for a CPU.
+pub fn process_cpu() -> Option<Duration> {
+    const USER_HZ: u64 = 100;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 1000 / USER_HZ))
 }
 
 impl std::fmt::Display for BenchResult {
@@ -120,13 +141,29 @@ impl std::fmt::Display for BenchResult {
             rate * self.size as f64 / 1e6,
             self.reordered,
             self.bad
-        )
+        )?;
+        let per_msg = |cpu: Duration| cpu.as_secs_f64() * 1e6 / self.count.max(1) as f64;
+        if let Some(cpu) = self.cpu {
+            write!(f, " cpu_us_per_msg={:.3}", per_msg(cpu))?;
+        }
+        if let Some(cpu) = self.sink_cpu {
+            write!(f, " sink_cpu_us_per_msg={:.3}", per_msg(cpu))?;
+        }
+        Ok(())
     }
 }
 
 /// The sink process: counts messages and, once `count` arrived, prints
-/// `done <reordered> <bad>`. Announces `listening <addr>` first.
+/// `done <reordered> <bad> <cpu_us>` (the last is the CPU time it spent from listening on, `-`
+/// when unknown). Announces `listening <addr>` first.
 pub async fn sink(raw: bool, count: u64, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    let cpu_at_start = process_cpu();
+    let cpu_used = move || {
+        cpu_at_start.zip(process_cpu()).map_or_else(
+            || "-".to_owned(),
+            |(a, b)| b.saturating_sub(a).as_micros().to_string(),
+        )
+    };
     if raw {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         writeln!(out, "listening {}", listener.local_addr()?)?;
@@ -154,7 +191,7 @@ pub async fn sink(raw: bool, count: u64, out: &mut (dyn Write + Send)) -> anyhow
             }
             pending.drain(..at);
         }
-        writeln!(out, "done {reordered} {}", count - seen)?;
+        writeln!(out, "done {reordered} {} {}", count - seen, cpu_used())?;
         out.flush()?;
         return Ok(());
     }
@@ -188,7 +225,12 @@ pub async fn sink(raw: bool, count: u64, out: &mut (dyn Write + Send)) -> anyhow
     writeln!(out, "listening {}", SocketAddr::new(local.addr, local.port))?;
     out.flush()?;
     counter.done.notified().await;
-    writeln!(out, "done {} 0", counter.reordered.load(Ordering::Relaxed))?;
+    writeln!(
+        out,
+        "done {} 0 {}",
+        counter.reordered.load(Ordering::Relaxed),
+        cpu_used()
+    )?;
     out.flush()?;
     // Keep serving: the last SYNCHRONIZED_ACKs leave after the listener returned, and the
     // sender still awaits them. The sender kills this process when it is done.
@@ -284,10 +326,12 @@ pub async fn run(mode: Mode, size: usize, count: u64) -> anyhow::Result<BenchRes
     let mut bad = 0u64;
     let mut first_error: Option<String> = None;
     let started;
+    let cpu_at_start;
     if mode == Mode::RawTcpWrite {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
         s.set_nodelay(true)?;
         let mut frame = Vec::with_capacity(4 + size);
+        cpu_at_start = process_cpu();
         started = Instant::now();
         for i in 0..count {
             payload[..8].copy_from_slice(&i.to_be_bytes());
@@ -301,6 +345,7 @@ pub async fn run(mode: Mode, size: usize, count: u64) -> anyhow::Result<BenchRes
         let s = tokio::net::TcpStream::connect(addr).await?;
         s.set_nodelay(true)?;
         let mut w = BufWriter::with_capacity(256 * 1024, s);
+        cpu_at_start = process_cpu();
         started = Instant::now();
         for i in 0..count {
             payload[..8].copy_from_slice(&i.to_be_bytes());
@@ -312,6 +357,7 @@ pub async fn run(mode: Mode, size: usize, count: u64) -> anyhow::Result<BenchRes
         let ch = bare_channel(None).await?;
         let to = [sink_member(addr)];
         let options = mode.options();
+        cpu_at_start = process_cpu();
         started = Instant::now();
         let mut receipts = std::collections::VecDeque::new();
         // Receipts outstanding: the transport refuses more than `max_peer_queue_bytes` (64 MiB)
@@ -356,6 +402,9 @@ pub async fn run(mode: Mode, size: usize, count: u64) -> anyhow::Result<BenchRes
         // drain in `stop`, which is when the last ones happen).
         bad += ch.stats().transport.send_failures;
     }
+    let cpu = cpu_at_start
+        .zip(process_cpu())
+        .map(|(a, b)| b.saturating_sub(a));
     if bad > 0 {
         bail!(
             "{bad} of {count} messages failed ({}, {size} bytes); first: {}",
@@ -377,6 +426,10 @@ pub async fn run(mode: Mode, size: usize, count: u64) -> anyhow::Result<BenchRes
     let mut parts = line.split_whitespace().skip(1);
     let reordered: u64 = parts.next().context("done line")?.parse()?;
     let missing: u64 = parts.next().context("done line")?.parse()?;
+    let sink_cpu = parts
+        .next()
+        .and_then(|us| us.parse().ok())
+        .map(Duration::from_micros);
     Ok(BenchResult {
         mode,
         size,
@@ -384,6 +437,8 @@ pub async fn run(mode: Mode, size: usize, count: u64) -> anyhow::Result<BenchRes
         secs,
         reordered,
         bad: bad + missing,
+        cpu,
+        sink_cpu,
     })
 }
 
@@ -560,4 +615,41 @@ pub async fn latency(api: Api, size: usize, count: u64) -> anyhow::Result<Latenc
     }
     rtt_us.sort_by(f64::total_cmp);
     Ok(LatencyResult { api, size, rtt_us })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_cpu_counts_the_work_this_process_does() {
+        let start = process_cpu().expect("/proc/self/stat on Linux");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut x = 0u64;
+        while process_cpu().expect("still readable") < start + Duration::from_millis(50) {
+            for i in 0..100_000 {
+                x = x.wrapping_mul(31).wrapping_add(i);
+            }
+            assert!(Instant::now() < deadline, "no CPU time counted");
+        }
+        std::hint::black_box(x);
+    }
+
+    #[test]
+    fn a_result_line_gives_cpu_per_message_when_known() {
+        let mut r = BenchResult {
+            mode: Mode::Async,
+            size: 1024,
+            count: 1000,
+            secs: 0.5,
+            reordered: 0,
+            bad: 0,
+            cpu: Some(Duration::from_millis(2)),
+            sink_cpu: None,
+        };
+        let line = r.to_string();
+        assert!(line.ends_with("bad=0 cpu_us_per_msg=2.000"), "{line}");
+        r.cpu = None;
+        assert!(r.to_string().ends_with("bad=0"));
+    }
 }
