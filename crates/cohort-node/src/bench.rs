@@ -122,6 +122,29 @@ pub fn process_cpu() -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 1000 / USER_HZ))
 }
 
+/// When a measurement started: the wall clock and this process's CPU time.
+#[derive(Clone, Copy)]
+struct Clocks {
+    wall: Instant,
+    cpu: Option<Duration>,
+}
+
+impl Clocks {
+    fn start() -> Self {
+        Self {
+            cpu: process_cpu(),
+            wall: Instant::now(),
+        }
+    }
+
+    /// The CPU time this process spent since [`Clocks::start`], when `/proc` tells it.
+    fn cpu_used(self) -> Option<Duration> {
+        self.cpu
+            .zip(process_cpu())
+            .map(|(a, b)| b.saturating_sub(a))
+    }
+}
+
 impl std::fmt::Display for BenchResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let imp = if self.mode.is_raw() {
@@ -157,12 +180,11 @@ impl std::fmt::Display for BenchResult {
 /// `done <reordered> <bad> <cpu_us>` (the last is the CPU time it spent from listening on, `-`
 /// when unknown). Announces `listening <addr>` first.
 pub async fn sink(raw: bool, count: u64, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
-    let cpu_at_start = process_cpu();
+    let clocks = Clocks::start();
     let cpu_used = move || {
-        cpu_at_start.zip(process_cpu()).map_or_else(
-            || "-".to_owned(),
-            |(a, b)| b.saturating_sub(a).as_micros().to_string(),
-        )
+        clocks
+            .cpu_used()
+            .map_or_else(|| "-".to_owned(), |cpu| cpu.as_micros().to_string())
     };
     if raw {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -326,13 +348,11 @@ pub async fn run(mode: Mode, size: usize, count: u64) -> anyhow::Result<BenchRes
     let mut bad = 0u64;
     let mut first_error: Option<String> = None;
     let started;
-    let cpu_at_start;
     if mode == Mode::RawTcpWrite {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
         s.set_nodelay(true)?;
         let mut frame = Vec::with_capacity(4 + size);
-        cpu_at_start = process_cpu();
-        started = Instant::now();
+        started = Clocks::start();
         for i in 0..count {
             payload[..8].copy_from_slice(&i.to_be_bytes());
             frame.clear();
@@ -345,8 +365,7 @@ pub async fn run(mode: Mode, size: usize, count: u64) -> anyhow::Result<BenchRes
         let s = tokio::net::TcpStream::connect(addr).await?;
         s.set_nodelay(true)?;
         let mut w = BufWriter::with_capacity(256 * 1024, s);
-        cpu_at_start = process_cpu();
-        started = Instant::now();
+        started = Clocks::start();
         for i in 0..count {
             payload[..8].copy_from_slice(&i.to_be_bytes());
             w.write_all(&u32::try_from(size)?.to_be_bytes()).await?;
@@ -357,8 +376,7 @@ pub async fn run(mode: Mode, size: usize, count: u64) -> anyhow::Result<BenchRes
         let ch = bare_channel(None).await?;
         let to = [sink_member(addr)];
         let options = mode.options();
-        cpu_at_start = process_cpu();
-        started = Instant::now();
+        started = Clocks::start();
         let mut receipts = std::collections::VecDeque::new();
         // Receipts outstanding: the transport refuses more than `max_peer_queue_bytes` (64 MiB)
         // of unwritten frames per peer with QueueFull, so big messages get a smaller window.
@@ -402,9 +420,7 @@ pub async fn run(mode: Mode, size: usize, count: u64) -> anyhow::Result<BenchRes
         // drain in `stop`, which is when the last ones happen).
         bad += ch.stats().transport.send_failures;
     }
-    let cpu = cpu_at_start
-        .zip(process_cpu())
-        .map(|(a, b)| b.saturating_sub(a));
+    let cpu = started.cpu_used();
     if bad > 0 {
         bail!(
             "{bad} of {count} messages failed ({}, {size} bytes); first: {}",
@@ -421,7 +437,7 @@ pub async fn run(mode: Mode, size: usize, count: u64) -> anyhow::Result<BenchRes
     let line = tokio::time::timeout(Duration::from_secs(300), line)
         .await
         .context("the sink did not finish within 300 s")??;
-    let secs = started.elapsed().as_secs_f64();
+    let secs = started.wall.elapsed().as_secs_f64();
     let line = line.context("sink exited")??;
     let mut parts = line.split_whitespace().skip(1);
     let reordered: u64 = parts.next().context("done line")?.parse()?;
