@@ -10,7 +10,7 @@ use cohort_membership::{
     FailureEvidence, MembershipEvent, MembershipHandle, MembershipStats, MembershipView,
 };
 use cohort_net::Net;
-use cohort_transport::{Completion, TransportHandle, TransportStats};
+use cohort_transport::{Completion, DataSend, TransportHandle, TransportStats};
 use cohort_wire::{CohortCodec, DataFrame, Member, MemberKey, SendOptions};
 use tokio::sync::broadcast;
 
@@ -41,6 +41,14 @@ pub trait ChannelTransport: Send + Sync + 'static {
                 addr: SocketAddr::new(to.addr, to.port),
                 reason: e.to_string(),
             })),
+        }
+    }
+    /// [`Self::send_data`] for several frames to one destination, in order (the channel
+    /// hands over the frames of one pass to each destination at once). Default: one
+    /// `send_data` each.
+    fn send_data_many(&self, to: &Member, frames: Vec<DataSend>, codec: &CohortCodec) {
+        for f in frames {
+            self.send_data(to, f.frame, codec, f.msg_id, f.options, f.done);
         }
     }
     /// True while at least one outbound connection to `addr` is established.
@@ -82,6 +90,10 @@ impl<N: Net> ChannelTransport for TransportHandle<N> {
         done: Completion,
     ) {
         TransportHandle::send_data(self, to, frame, msg_id, options, done);
+    }
+
+    fn send_data_many(&self, to: &Member, frames: Vec<DataSend>, _codec: &CohortCodec) {
+        TransportHandle::send_data_many(self, to, frames);
     }
 
     fn is_connected(&self, addr: SocketAddr) -> bool {

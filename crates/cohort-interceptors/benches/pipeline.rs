@@ -66,7 +66,7 @@ fn pipeline(local: u8, peer: &Member, now: Instant) -> Pipeline {
             ..
         } = o
         {
-            p.probe_result(now, interceptor, member, Ok(()));
+            p.probe_result(now, interceptor, *member, Ok(()));
         }
     }
     while p.poll_output().is_some() {}

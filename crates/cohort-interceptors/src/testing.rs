@@ -79,13 +79,13 @@ pub(crate) fn drain(p: &mut Pipeline) -> Drained {
         match o {
             Output::Transmit(m) => d.sent.push(m),
             Output::Deliver(m) => d.delivered.push(m),
-            Output::Member(ev) => d.members.push(ev),
+            Output::Member(ev) => d.members.push(*ev),
             Output::Probe {
                 interceptor,
                 member,
                 probe,
-            } => d.probes.push((interceptor, member, probe)),
-            Output::MemberFailed { member, detail } => d.failed.push((member, detail)),
+            } => d.probes.push((interceptor, *member, probe)),
+            Output::MemberFailed { member, detail } => d.failed.push((*member, detail)),
             Output::Disconnect(a) => d.disconnects.push(a),
             _ => {}
         }

@@ -81,6 +81,29 @@ use stats::Counters;
 /// short: it must not block.
 pub type Completion = Box<dyn FnOnce(Result<Delivered, SendError>) + Send>;
 
+/// One frame of [`TransportHandle::send_data_many`]: what [`TransportHandle::send_data`]
+/// takes, but the destination.
+pub struct DataSend {
+    /// The frame, encoded by the connection that writes it.
+    pub frame: Arc<DataFrame>,
+    /// Its message id (what the peer's ACK names).
+    pub msg_id: u64,
+    /// Its send options.
+    pub options: SendOptions,
+    /// Runs once, when the frame completes or fails.
+    pub done: Completion,
+}
+
+impl std::fmt::Debug for DataSend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataSend")
+            .field("msg_id", &self.msg_id)
+            .field("options", &self.options)
+            .field("payload_len", &self.frame.payload.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Capacity of the queue returned by [`BoundTransport::peer_events`]; events beyond it are
 /// dropped and counted (`peer_events_dropped`).
 pub const PEER_EVENT_QUEUE: usize = 1024;
@@ -537,6 +560,36 @@ impl<N: Net> TransportHandle<N> {
         done: Completion,
     ) {
         self.dispatch(to, OutFrame::Data(frame), msg_id, options, done);
+    }
+
+    /// [`Self::send_data`] for several frames to one destination, in order: one look-up of
+    /// the peer and one entry in its connection's queue for all of them (a batch of sends to
+    /// one member costs one queue operation, not one per frame). Each frame still completes
+    /// on its own, through its own `done`; frames refused at once (stopped, peer backing off,
+    /// queue full) fail one by one, as with `send_data`.
+    pub fn send_data_many(&self, to: &Member, frames: Vec<DataSend>) {
+        if frames.is_empty() {
+            return;
+        }
+        if *self.shared.stop_rx.borrow() {
+            for f in frames {
+                Counters::inc(&self.shared.counters.send_failures);
+                (f.done)(Err(SendError::Stopped));
+            }
+            return;
+        }
+        // UDP frames (rare in a batch) take the datagram path one by one, in their place:
+        // the run of TCP frames before one is handed over first.
+        let mut run = Vec::with_capacity(frames.len());
+        for f in frames {
+            if f.options.contains(SendOptions::UDP) {
+                sender::send_many(&self.shared, to.socket_addr(), std::mem::take(&mut run));
+                self.dispatch(to, OutFrame::Data(f.frame), f.msg_id, f.options, f.done);
+            } else {
+                run.push(f);
+            }
+        }
+        sender::send_many(&self.shared, to.socket_addr(), run);
     }
 
     /// Both sends: refused once stopped, then a datagram (encoded here: UDP takes whole

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use crate::core::{Outbound, Outcome};
 use crate::handshake::{self, ReadSeal, WriteSeal};
 use crate::stats::Counters;
-use crate::{Completion, Delivered, OutFrame, PeerState, SendError, Shared};
+use crate::{Completion, DataSend, Delivered, OutFrame, PeerState, SendError, Shared};
 
 /// Frames at least this large are written from their own bytes (vectored writes) instead of
 /// being copied into the write buffer.
@@ -40,9 +40,27 @@ const MAX_IO_SLICES: usize = 64;
 
 struct Outgoing {
     frame: OutFrame,
+    /// `frame.len()`, computed once: the queue's byte count adds and takes it back.
+    len: usize,
     msg_id: u64,
     want_ack: bool,
     done: Completion,
+}
+
+/// An entry in a lane's queue: one frame, or a run of frames to the same peer handed over at
+/// once ([`send_many`]), written in order.
+enum Entry {
+    One(Outgoing),
+    Many(Vec<Outgoing>),
+}
+
+impl Entry {
+    fn len(&self) -> usize {
+        match self {
+            Self::One(m) => m.len,
+            Self::Many(v) => v.iter().map(|m| m.len).sum(),
+        }
+    }
 }
 
 /// The peers with outbound state, by receiver address.
@@ -53,7 +71,7 @@ pub(crate) struct Peers {
 
 struct Peer {
     addr: SocketAddr,
-    lanes: Vec<mpsc::UnboundedSender<Outgoing>>,
+    lanes: Vec<mpsc::UnboundedSender<Entry>>,
     next_lane: AtomicUsize,
     queued_bytes: Arc<AtomicUsize>,
     connected: Arc<AtomicUsize>,
@@ -110,28 +128,75 @@ pub(crate) fn send<N: Net>(
     options: SendOptions,
     done: Completion,
 ) {
-    let peer = {
-        let mut map = lock(&shared.peers.map);
-        map.entry(addr)
-            .or_insert_with(|| spawn_peer(shared, addr))
-            .clone()
-    };
-    let fail = |e: SendError, done: Completion| {
-        Counters::inc(&shared.counters.send_failures);
-        done(Err(e));
-    };
-    if let Some((until, _)) = *lock(&peer.down_until) {
-        let now = Instant::now();
-        if until > now {
-            return fail(
-                SendError::PeerDown {
-                    addr,
-                    retry_in: until - now,
-                },
-                done,
-            );
-        }
+    let peer = peer(shared, addr);
+    if let Err(retry_in) = peer.accepting() {
+        return fail(shared, SendError::PeerDown { addr, retry_in }, done);
     }
+    let Some(out) = admit(shared, &peer, frame, msg_id, options, done) else {
+        return;
+    };
+    peer.enqueue(shared, Entry::One(out));
+}
+
+/// [`send`] for a run of data frames to one peer: one look-up, one queue entry.
+pub(crate) fn send_many<N: Net>(shared: &Arc<Shared<N>>, addr: SocketAddr, frames: Vec<DataSend>) {
+    if frames.is_empty() {
+        return;
+    }
+    let peer = peer(shared, addr);
+    if let Err(retry_in) = peer.accepting() {
+        for f in frames {
+            fail(shared, SendError::PeerDown { addr, retry_in }, f.done);
+        }
+        return;
+    }
+    let admitted: Vec<Outgoing> = frames
+        .into_iter()
+        .filter_map(|f| {
+            admit(
+                shared,
+                &peer,
+                OutFrame::Data(f.frame),
+                f.msg_id,
+                f.options,
+                f.done,
+            )
+        })
+        .collect();
+    match admitted.len() {
+        0 => {}
+        1 => {
+            let one = admitted.into_iter().next().map(Entry::One);
+            if let Some(entry) = one {
+                peer.enqueue(shared, entry);
+            }
+        }
+        _ => peer.enqueue(shared, Entry::Many(admitted)),
+    }
+}
+
+fn fail<N: Net>(shared: &Shared<N>, e: SendError, done: Completion) {
+    Counters::inc(&shared.counters.send_failures);
+    done(Err(e));
+}
+
+/// The peer's outbound state, made on first use.
+fn peer<N: Net>(shared: &Arc<Shared<N>>, addr: SocketAddr) -> Arc<Peer> {
+    let mut map = lock(&shared.peers.map);
+    map.entry(addr)
+        .or_insert_with(|| spawn_peer(shared, addr))
+        .clone()
+}
+
+/// Counts a frame into the peer's queue, or fails it when the queue is full.
+fn admit<N: Net>(
+    shared: &Shared<N>,
+    peer: &Peer,
+    frame: OutFrame,
+    msg_id: u64,
+    options: SendOptions,
+    done: Completion,
+) -> Option<Outgoing> {
     let len = frame.len();
     let limit = shared.config.max_peer_queue_bytes;
     let queued = peer.queued_bytes.fetch_add(len, Relaxed);
@@ -141,7 +206,9 @@ pub(crate) fn send<N: Net>(
     if queued > 0 && queued + len > limit && !bounded_upstream {
         peer.queued_bytes.fetch_sub(len, Relaxed);
         Counters::inc(&shared.counters.queue_full);
-        return fail(
+        let addr = peer.addr;
+        fail(
+            shared,
             SendError::QueueFull {
                 addr,
                 queued,
@@ -149,21 +216,47 @@ pub(crate) fn send<N: Net>(
             },
             done,
         );
+        return None;
     }
-    let lane = if peer.lanes.len() == 1 {
-        0
-    } else {
-        peer.next_lane.fetch_add(1, Relaxed) % peer.lanes.len()
-    };
-    let out = Outgoing {
+    Some(Outgoing {
         frame,
+        len,
         msg_id,
         want_ack: options.contains(SendOptions::USE_ACK),
         done,
-    };
-    if let Err(mpsc::error::SendError(out)) = peer.lanes[lane].send(out) {
-        peer.queued_bytes.fetch_sub(len, Relaxed);
-        fail(SendError::Stopped, out.done);
+    })
+}
+
+impl Peer {
+    /// `Err(retry in)` while the peer is backing off after failed connects: sends fail fast.
+    fn accepting(&self) -> Result<(), Duration> {
+        if let Some((until, _)) = *lock(&self.down_until) {
+            let now = Instant::now();
+            if until > now {
+                return Err(until - now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands an admitted entry to a lane (round robin when there are several); fails it
+    /// when the lane is gone.
+    fn enqueue<N: Net>(&self, shared: &Shared<N>, entry: Entry) {
+        let lane = if self.lanes.len() == 1 {
+            0
+        } else {
+            self.next_lane.fetch_add(1, Relaxed) % self.lanes.len()
+        };
+        if let Err(mpsc::error::SendError(entry)) = self.lanes[lane].send(entry) {
+            self.queued_bytes.fetch_sub(entry.len(), Relaxed);
+            let outs = match entry {
+                Entry::One(m) => vec![m],
+                Entry::Many(v) => v,
+            };
+            for m in outs {
+                fail(shared, SendError::Stopped, m.done);
+            }
+        }
     }
 }
 
@@ -173,7 +266,7 @@ fn spawn_peer<N: Net>(shared: &Arc<Shared<N>>, addr: SocketAddr) -> Arc<Peer> {
     let down_until = Arc::new(Mutex::new(None));
     let lanes = (0..shared.config.connections_per_peer.get())
         .map(|_| {
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = mpsc::unbounded_channel::<Entry>();
             let lane = Lane {
                 shared: shared.clone(),
                 addr,
@@ -223,10 +316,20 @@ struct Lane<N: Net> {
     buf: BytesMut,
 }
 
+/// Appends a queue entry's frames to the backlog, in order.
+fn push_entry(backlog: &mut VecDeque<Outgoing>, entry: Entry) {
+    match entry {
+        Entry::One(m) => backlog.push_back(m),
+        Entry::Many(v) => backlog.extend(v),
+    }
+}
+
 /// What woke a lane.
 enum Wake {
     Stop,
-    Message(Option<Outgoing>),
+    Message(Option<Entry>),
+    /// Frames of an earlier run wait in the backlog and the in-flight table has room.
+    Backlog,
     Read(std::io::Result<usize>),
     Deadline,
     Idle,
@@ -253,9 +356,12 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 impl<N: Net> Lane<N> {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Entry>) {
         let mut stop = self.shared.stop_rx.clone();
         let mut batch: Vec<Outgoing> = Vec::new();
+        // Frames taken off the queue in a run ([`Entry::Many`]) and not yet written: a batch
+        // takes from here first. Still counted in `queued_bytes`.
+        let mut backlog: VecDeque<Outgoing> = VecDeque::new();
         let idle = self.shared.config.idle_timeout / 2;
         loop {
             // A full in-flight table takes nothing more from the queue until ACKs come.
@@ -270,12 +376,14 @@ impl<N: Net> Lane<N> {
                 .map(Instant::from_std);
             let idle_at = self.conn.as_ref().map(|c| c.last_write + idle);
             let reading = self.conn.as_mut().map(|c| (&mut c.read, &mut c.read_buf));
+            let waiting = !backlog.is_empty();
             let wake = tokio::select! {
                 biased;
                 () = crate::stopped(&mut stop) => Wake::Stop,
                 r = read_some(reading) => Wake::Read(r),
                 () = sleep_until(deadline) => Wake::Deadline,
-                m = rx.recv(), if room > 0 => Wake::Message(m),
+                () = std::future::ready(()), if room > 0 && waiting => Wake::Backlog,
+                m = rx.recv(), if room > 0 && !waiting => Wake::Message(m),
                 () = sleep_until(idle_at) => Wake::Idle,
             };
             match wake {
@@ -287,22 +395,13 @@ impl<N: Net> Lane<N> {
                 }
                 Wake::Deadline => self.on_deadline(),
                 Wake::Idle => self.close_if_idle(),
-                Wake::Message(Some(first)) => {
-                    let max_acks = room;
-                    let mut bytes = first.frame.len();
-                    let mut acks = usize::from(first.want_ack);
-                    batch.push(first);
-                    while bytes < self.shared.config.write_batch_bytes && acks < max_acks {
-                        match rx.try_recv() {
-                            Ok(m) => {
-                                bytes += m.frame.len();
-                                acks += usize::from(m.want_ack);
-                                batch.push(m);
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    self.queued_bytes.fetch_sub(bytes, Relaxed);
+                Wake::Message(Some(entry)) => {
+                    push_entry(&mut backlog, entry);
+                    self.take_batch(room, &mut backlog, &mut rx, &mut batch);
+                    self.write_batch(&mut batch).await;
+                }
+                Wake::Backlog => {
+                    self.take_batch(room, &mut backlog, &mut rx, &mut batch);
                     self.write_batch(&mut batch).await;
                 }
             }
@@ -310,11 +409,47 @@ impl<N: Net> Lane<N> {
         // Stopped or removed: fail what is in flight and what is still queued.
         self.close_lost("transport stopped", false);
         rx.close();
-        while let Ok(m) = rx.try_recv() {
-            self.queued_bytes.fetch_sub(m.frame.len(), Relaxed);
+        while let Ok(entry) = rx.try_recv() {
+            push_entry(&mut backlog, entry);
+        }
+        for m in backlog {
+            self.queued_bytes.fetch_sub(m.len, Relaxed);
             Counters::inc(&self.shared.counters.send_failures);
             (m.done)(Err(SendError::Stopped));
         }
+    }
+
+    /// Fills `batch` from the backlog, then the queue, up to `write_batch_bytes` and `room`
+    /// ACK-wanting frames (the in-flight table's room); what it takes leaves the queue's
+    /// byte count.
+    fn take_batch(
+        &self,
+        room: usize,
+        backlog: &mut VecDeque<Outgoing>,
+        rx: &mut mpsc::UnboundedReceiver<Entry>,
+        batch: &mut Vec<Outgoing>,
+    ) {
+        let (mut bytes, mut acks) = (0usize, 0usize);
+        loop {
+            if backlog.is_empty() {
+                match rx.try_recv() {
+                    Ok(entry) => push_entry(backlog, entry),
+                    Err(_) => break,
+                }
+            }
+            let Some(front) = backlog.front() else { break };
+            // At least one frame per batch; then until either bound is reached.
+            let full = bytes >= self.shared.config.write_batch_bytes
+                || acks + usize::from(front.want_ack) > room;
+            if !batch.is_empty() && full {
+                break;
+            }
+            let Some(m) = backlog.pop_front() else { break };
+            bytes += m.len;
+            acks += usize::from(m.want_ack);
+            batch.push(m);
+        }
+        self.queued_bytes.fetch_sub(bytes, Relaxed);
     }
 
     fn fail_all(&self, batch: &mut Vec<Outgoing>, err: &SendError) {

@@ -343,6 +343,10 @@ impl ChannelBuilder {
             member_tx,
             membership_listeners: self.membership_listeners,
             cmd_self: handle.shared.cmd.clone(),
+            suspecter: Arc::new(super::completion::Suspecter {
+                cmd: handle.shared.cmd.clone(),
+                counters: counters.clone(),
+            }),
             enc: BytesMut::new(),
             heartbeat: self.config.heartbeat_interval,
             counters,
@@ -354,6 +358,7 @@ impl ChannelBuilder {
             staged: Vec::new(),
             staged_states: Vec::new(),
             wall_ms: 0,
+            pending: super::pending::PendingSends::default(),
         };
         tokio::spawn(owner.run(cmd_rx, inbound_rx, peer_rx));
         Ok(handle)

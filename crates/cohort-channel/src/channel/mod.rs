@@ -4,15 +4,23 @@
 //! - `builder`: [`GroupChannel`], [`ChannelBuilder`] (starts the owner task);
 //! - `handle`: [`ChannelHandle`], the application's side;
 //! - `owner`: the owner task, sole holder of the pipeline;
+//! - `completion`: what a send's completion does besides recording its result (a failed
+//!   send becomes a suspicion);
+//! - `inbound`: received frames as the pipeline's input;
+//! - `pending`: a drain's data frames grouped by destination, handed to the transport
+//!   together;
 //! - `delivery`: the delivery thread where listeners run;
 //! - `probes`: failure detectors' probes, carried out by the transport;
 //! - `stats`: [`ChannelStats`] and the per-mode counters.
 
 mod builder;
+mod completion;
 mod config;
 mod delivery;
 mod handle;
+mod inbound;
 mod owner;
+mod pending;
 mod probes;
 mod stats;
 

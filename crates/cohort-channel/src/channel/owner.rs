@@ -9,20 +9,23 @@ use std::time::Duration;
 use bytes::BytesMut;
 use cohort_membership::{MembershipEvent, MembershipListener};
 use cohort_net::Net;
-use cohort_transport::{Delivered, Received};
+use cohort_transport::{DataSend, Received};
 use cohort_wire::{
     CohortCodec, DataFrame, DataHeader, Frame, FrameCodec, Member, MemberId, MemberKey, SendOptions,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::core::{Acker, Inbound, Outbound, Output, Pipeline, Suspicion, TagKind, Ticket};
+use crate::core::{Outbound, Output, Pipeline, Suspicion, TagKind, Ticket};
 use crate::listener::ChannelMessage;
 use crate::receipt::SendState;
 use crate::seams::{ChannelMembership, ChannelTransport};
 
+use super::completion::{SuspectOnFailure, Suspecter};
 use super::delivery::{Delivery, DeliveryQueue};
 use super::handle::{Claim, Claimed, Command, ViewEvent};
+use super::inbound::to_inbound;
+use super::pending::PendingSends;
 use super::probes::{probe_test, run_probe};
 use super::stats::ChannelCounters;
 
@@ -39,6 +42,8 @@ pub(super) struct Owner<N: Net> {
     pub(super) member_tx: broadcast::Sender<ViewEvent>,
     pub(super) membership_listeners: Vec<Arc<dyn MembershipListener>>,
     pub(super) cmd_self: mpsc::Sender<Command>,
+    /// What failed sends' completions raise suspicions through (`cmd_self` and `counters`).
+    pub(super) suspecter: Arc<Suspecter>,
     pub(super) enc: BytesMut,
     pub(super) heartbeat: Duration,
     pub(super) counters: Arc<ChannelCounters>,
@@ -58,6 +63,8 @@ pub(super) struct Owner<N: Net> {
     /// The wall clock (ms) as read at the start of the current drain: frames are stamped
     /// with it.
     pub(super) wall_ms: u64,
+    /// Data frames of the current drain, by destination, not yet handed to the transport.
+    pub(super) pending: PendingSends,
 }
 
 /// The owner takes no more send commands from its queue in one pass once it staged this
@@ -350,6 +357,11 @@ impl<N: Net> Owner<N> {
         // Frames carried out in this drain are stamped with one reading of the clock.
         self.wall_ms = self.net.wall_clock_ms();
         while let Some(output) = self.pipeline.poll_output() {
+            if !matches!(output, Output::Transmit(_)) {
+                // Sends collected so far leave before anything else is done (a member's
+                // removal, a wait for the delivery queue): order, and no frame held back.
+                self.flush_pending();
+            }
             match output {
                 Output::Transmit(out) => self.transmit(out),
                 Output::Deliver(mut msg) => {
@@ -403,6 +415,7 @@ impl<N: Net> Owner<N> {
                     self.delivery.push(Delivery { msg: message, ack }).await;
                 }
                 Output::Member(ev) => {
+                    let ev = *ev;
                     let members: Arc<[Member]> = {
                         let mut view = self.view.write().unwrap_or_else(PoisonError::into_inner);
                         match &ev {
@@ -455,7 +468,7 @@ impl<N: Net> Owner<N> {
                     self.tasks.spawn(async move {
                         let result = run_probe(&net, &codec, &local, &member, probe, test).await;
                         let _ = cmd
-                            .send(Command::ProbeResult(interceptor, Box::new(member), result))
+                            .send(Command::ProbeResult(interceptor, member, result))
                             .await;
                     });
                 }
@@ -471,8 +484,18 @@ impl<N: Net> Owner<N> {
                 }
             }
         }
+        self.flush_pending();
         // One hand-over to the delivery thread for everything this input produced.
         self.delivery.flush().await;
+    }
+
+    /// Hands the frames collected in this drain to the transport, one call per destination.
+    fn flush_pending(&mut self) {
+        for mut g in self.pending.take() {
+            let frames = std::mem::take(&mut g.frames);
+            self.transport
+                .send_data_many(g.destination(), frames, &self.codec);
+        }
     }
 
     /// Asks the claim hooks; true when one took the message. Hooks whose owner is gone are
@@ -569,19 +592,20 @@ impl<N: Net> Owner<N> {
                 state.expect(out.destinations.len());
             }
             let frame = Arc::new(data);
-            for (index, dest) in out.destinations.iter().enumerate() {
+            for index in 0..out.destinations.len() {
                 let done = self.completion(state.as_ref(), &out.destinations, index);
-                self.transport.send_data(
-                    dest,
-                    frame.clone(),
-                    &self.codec,
-                    out.msg_id,
-                    out.options,
+                let send = DataSend {
+                    frame: frame.clone(),
+                    msg_id: out.msg_id,
+                    options: out.options,
                     done,
-                );
+                };
+                self.pending.push(&out.destinations, index, send);
             }
             return;
         }
+        // Frames already collected for the transport go first (order per destination).
+        self.flush_pending();
         let frame = Frame::Data(data);
         if let Err(e) = self.codec.encode_frame(&frame, &mut self.enc) {
             self.counters
@@ -641,10 +665,9 @@ impl<N: Net> Owner<N> {
             tx
         });
         let suspect = SuspectOnFailure {
-            cmd: self.cmd_self.clone(),
+            on: self.suspecter.clone(),
             members: destinations.clone(),
             index,
-            counters: self.counters.clone(),
         };
         match state {
             Some(state) => {
@@ -661,152 +684,6 @@ impl<N: Net> Owner<N> {
                 suspect.check(&r);
                 drop(watch);
             }),
-        }
-    }
-}
-
-/// Feeds a failed send back to the pipeline as a suspicion (IO failures and timeouts only: a
-/// FAIL_ACK or a full queue says nothing about the peer's health).
-pub(super) struct SuspectOnFailure {
-    pub(super) cmd: mpsc::Sender<Command>,
-    /// The message's destinations (shared: no copy of a member per send) and which one this is.
-    pub(super) members: Arc<[Member]>,
-    pub(super) index: usize,
-    pub(super) counters: Arc<ChannelCounters>,
-}
-
-impl SuspectOnFailure {
-    pub(super) fn check(self, r: &Result<Delivered, cohort_transport::SendError>) {
-        use cohort_transport::SendError as E;
-        let Err(e) = r else { return };
-        if !matches!(
-            e,
-            E::Connect { .. } | E::ConnectionLost { .. } | E::Timeout { .. }
-        ) {
-            return;
-        }
-        // Weak evidence, whatever the error: `ConnectionLost` also covers closes this node
-        // makes itself (keep-alive recycling, a stop). A connection the far side broke is
-        // reported by the transport as a peer event, which is strong evidence.
-        let why = Suspicion::SendFailed(e.to_string());
-        if self
-            .cmd
-            .try_send(Command::Suspect(
-                Box::new(self.members[self.index].clone()),
-                why,
-            ))
-            .is_err()
-        {
-            self.counters
-                .suspicions_dropped
-                .fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-pub(super) fn to_inbound(r: Received) -> Inbound {
-    let ack = r.ack.map(|token| {
-        Acker::new(move |result| match result {
-            Ok(()) => token.ack(),
-            Err(reason) => token.fail(&reason),
-        })
-    });
-    frame_to_inbound(r.frame, r.hello, r.peer, ack)
-}
-
-pub(super) fn frame_to_inbound(
-    data: DataFrame,
-    member: Option<Arc<Member>>,
-    peer: SocketAddr,
-    ack: Option<Acker>,
-) -> Inbound {
-    Inbound {
-        from: data.header.sender,
-        member,
-        peer,
-        msg_id: data.header.msg_id,
-        options: data.header.options,
-        seq: data.header.seq,
-        timestamp_ms: data.header.timestamp_ms,
-        extensions: data.header.extensions,
-        payload: data.payload,
-        ack,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn member() -> Member {
-        Member::new(
-            cohort_wire::MemberId::from_bytes([3; 16]),
-            std::net::Ipv4Addr::LOCALHOST.into(),
-            4000,
-        )
-    }
-
-    /// Which suspicion a failed send raises: a failed send (weak evidence) for a connection
-    /// lost under it, a refused connect or a timeout; none at all for a FAIL_ACK (the peer
-    /// answered). The strong evidence of a connection the peer broke comes from the
-    /// transport's peer events.
-    #[test]
-    fn a_failed_send_is_weak_evidence_and_a_fail_ack_none() {
-        use cohort_transport::SendError as E;
-        let addr = "127.0.0.1:4000".parse().unwrap();
-        let cases = [
-            (
-                E::ConnectionLost {
-                    addr,
-                    reason: "Connection reset by peer".into(),
-                },
-                Some("send failed"),
-            ),
-            (
-                E::Connect {
-                    addr,
-                    attempts: 2,
-                    reason: "Connection refused".into(),
-                },
-                Some("send failed"),
-            ),
-            (
-                E::Timeout {
-                    addr,
-                    after: std::time::Duration::from_secs(3),
-                },
-                Some("send failed"),
-            ),
-            (
-                E::FailAck {
-                    addr,
-                    reason: "no listener".into(),
-                },
-                None,
-            ),
-        ];
-        for (err, want) in cases {
-            let (tx, mut rx) = mpsc::channel(4);
-            SuspectOnFailure {
-                cmd: tx,
-                members: Arc::from(vec![member()]),
-                index: 0,
-                counters: Arc::default(),
-            }
-            .check(&Err(err.clone()));
-            let got = match rx.try_recv() {
-                Ok(Command::Suspect(m, why)) => {
-                    assert_eq!(*m, member());
-                    Some(why.to_string())
-                }
-                Ok(_) => panic!("{err}: not a suspicion"),
-                Err(_) => None,
-            };
-            match (want, got) {
-                (None, None) => {}
-                (Some(w), Some(g)) => assert!(g.starts_with(w), "{err}: {g}"),
-                (w, g) => panic!("{err}: wanted {w:?}, got {g:?}"),
-            }
         }
     }
 }

@@ -162,15 +162,17 @@ pub enum Output {
     Transmit(Outbound),
     /// Hand this message to the listeners.
     Deliver(Inbound),
-    /// Tell the application of this membership change.
-    Member(MembershipEvent),
+    /// Tell the application of this membership change (boxed, as are the other rare
+    /// variants that carry a member: a `Member` is large, and every `Transmit` and `Deliver`
+    /// would otherwise be moved at the size of the largest variant).
+    Member(Box<MembershipEvent>),
     /// Probe `member` over a fresh TCP connection as `probe` says and report with
     /// [`Pipeline::probe_result`] (a failure detector's evidence gathering).
     Probe {
         /// Which interceptor asked.
         interceptor: usize,
         /// The member to probe.
-        member: Member,
+        member: Box<Member>,
         /// What to test.
         probe: ProbeRequest,
     },
@@ -180,7 +182,7 @@ pub enum Output {
     /// Report a member as failed to the membership service.
     MemberFailed {
         /// The member.
-        member: Member,
+        member: Box<Member>,
         /// What was observed.
         detail: String,
     },
@@ -367,8 +369,8 @@ impl<'a> Cx<'a> {
     /// Passes a membership event up.
     pub fn emit_member(&mut self, ev: MembershipEvent) {
         match self.index.checked_sub(1) {
-            Some(i) => self.lanes.queue.push_back(Work::Member(i, ev)),
-            None => self.lanes.outputs.push_back(Output::Member(ev)),
+            Some(i) => self.lanes.queue.push_back(Work::Member(i, Box::new(ev))),
+            None => self.lanes.outputs.push_back(Output::Member(Box::new(ev))),
         }
     }
 
@@ -377,16 +379,17 @@ impl<'a> Cx<'a> {
     pub fn request_probe(&mut self, member: Member, probe: ProbeRequest) {
         self.lanes.outputs.push_back(Output::Probe {
             interceptor: self.index,
-            member,
+            member: Box::new(member),
             probe,
         });
     }
 
     /// Asks the driver to report `member` failed to membership.
     pub fn report_failed(&mut self, member: Member, detail: String) {
-        self.lanes
-            .outputs
-            .push_back(Output::MemberFailed { member, detail });
+        self.lanes.outputs.push_back(Output::MemberFailed {
+            member: Box::new(member),
+            detail,
+        });
     }
 
     /// A fresh message id for a frame this interceptor originates or derives.
@@ -482,7 +485,8 @@ pub trait Interceptor: Send + 'static {
 pub(crate) enum Work {
     Send(usize, Outbound),
     Receive(usize, Inbound),
-    Member(usize, MembershipEvent),
+    /// Boxed: see [`Output::Member`].
+    Member(usize, Box<MembershipEvent>),
 }
 
 /// Counters of the pipeline.
@@ -624,8 +628,8 @@ impl Pipeline {
     /// A membership event.
     pub fn member(&mut self, now: Instant, ev: MembershipEvent) {
         match self.stack.len().checked_sub(1) {
-            Some(i) => self.lanes.queue.push_back(Work::Member(i, ev)),
-            None => self.lanes.outputs.push_back(Output::Member(ev)),
+            Some(i) => self.lanes.queue.push_back(Work::Member(i, Box::new(ev))),
+            None => self.lanes.outputs.push_back(Output::Member(Box::new(ev))),
         }
         self.run(now);
     }
@@ -716,7 +720,7 @@ impl Pipeline {
                 }
                 Work::Member(i, ev) => {
                     let mut cx = Cx::new(now, i, &mut self.lanes);
-                    self.stack[i].on_member(ev, &mut cx);
+                    self.stack[i].on_member(*ev, &mut cx);
                 }
             }
             if self.lanes.queue.len() > self.max_work {

@@ -301,3 +301,22 @@ fn the_pipeline_asks_its_interceptors_what_a_tag_means() {
     let empty = Pipeline::new(Vec::new(), 16, Arc::new(AtomicU64::new(0)));
     assert_eq!(empty.tag_kind(100), None);
 }
+
+/// Every message moves through the pipeline's queues as a `Work` item and an `Output`: an
+/// enum is as large as its largest variant, so a rare variant carrying a `Member` (216 bytes)
+/// would make every send and delivery move that much. Those variants are boxed.
+#[test]
+fn work_items_and_outputs_are_no_larger_than_a_message() {
+    use std::mem::size_of;
+    let message = size_of::<Inbound>().max(size_of::<Outbound>());
+    assert!(
+        size_of::<Output>() <= message + 8,
+        "Output: {}",
+        size_of::<Output>()
+    );
+    assert!(
+        size_of::<super::Work>() <= message + 8,
+        "Work: {}",
+        size_of::<super::Work>()
+    );
+}

@@ -9,3 +9,4 @@ mod basics;
 mod hostile;
 mod multicast;
 mod replay;
+mod runs;

@@ -45,13 +45,64 @@ fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
-fn put_varint(mut v: u64, out: &mut BytesMut) {
+fn put_varint(mut v: u64, out: &mut impl Put) {
     while v >= 0x80 {
-        out.put_u8((v.to_le_bytes()[0] & 0x7f) | 0x80);
+        out.byte((v.to_le_bytes()[0] & 0x7f) | 0x80);
         v >>= 7;
     }
     // Below 0x80 here: the low byte is all of it.
-    out.put_u8(v.to_le_bytes()[0]);
+    out.byte(v.to_le_bytes()[0]);
+}
+
+/// Where a frame's prefix and header are written: the output itself, or [`HeadBuf`].
+trait Put {
+    fn bytes(&mut self, b: &[u8]);
+    fn byte(&mut self, b: u8);
+}
+
+impl Put for BytesMut {
+    fn bytes(&mut self, b: &[u8]) {
+        self.put_slice(b);
+    }
+    fn byte(&mut self, b: u8) {
+        self.put_u8(b);
+    }
+}
+
+/// Room for the prefix and a data header without extensions (at most 16 + 57 bytes).
+const HEAD_ROOM: usize = 96;
+
+/// A data frame's prefix and header (without extensions) are written here, on the stack,
+/// and copied into the output in one piece: one reservation and one copy instead of a
+/// couple of dozen small writes, each checking the output's capacity. Used only when what it
+/// will hold is known to fit.
+struct HeadBuf {
+    buf: [u8; HEAD_ROOM],
+    len: usize,
+}
+
+impl HeadBuf {
+    fn new() -> Self {
+        Self {
+            buf: [0; HEAD_ROOM],
+            len: 0,
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Put for HeadBuf {
+    fn bytes(&mut self, b: &[u8]) {
+        self.buf[self.len..self.len + b.len()].copy_from_slice(b);
+        self.len += b.len();
+    }
+    fn byte(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
 }
 
 fn key(tag: u64, wire: u64) -> u64 {
@@ -101,7 +152,7 @@ impl DataHeaderOut<'_> {
         n
     }
 
-    fn encode_raw(&self, out: &mut BytesMut) {
+    fn encode_raw(&self, out: &mut impl Put) {
         let id = self.0.sender.as_bytes();
         let [msg_id, options, timestamp, seq] = self.numbers();
         for (tag, v) in [msg_id, options] {
@@ -112,7 +163,7 @@ impl DataHeaderOut<'_> {
         }
         put_varint(key(3, WIRE_LEN), out);
         put_varint(id.len() as u64, out);
-        out.put_slice(id);
+        out.bytes(id);
         for (tag, v) in [timestamp, seq] {
             if v != 0 {
                 put_varint(key(tag, WIRE_VARINT), out);
@@ -129,7 +180,7 @@ impl DataHeaderOut<'_> {
             if !e.value.is_empty() {
                 put_varint(key(2, WIRE_LEN), out);
                 put_varint(e.value.len() as u64, out);
-                out.put_slice(&e.value);
+                out.bytes(&e.value);
             }
         }
     }
@@ -342,14 +393,30 @@ fn write_head(
     let tag_len = if signed { TAG_LEN } else { 0 };
     let start = out.len();
     out.reserve(FRAME_PREFIX_LEN + header_len + payload_len + tag_len + CRC_LEN);
-    out.put_slice(&FRAME_MAGIC);
-    out.put_u8(version);
-    out.put_u8(kind as u8);
-    out.put_u8(if signed { FLAG_AUTHENTICATED } else { 0 });
-    out.put_u8(0);
-    out.put_u32(header_len32);
-    out.put_u32(payload_len32);
-    header.encode_raw(out);
+    let prefix = [
+        version,
+        kind as u8,
+        if signed { FLAG_AUTHENTICATED } else { 0 },
+        0,
+    ];
+    let put_prefix = |o: &mut dyn Put| {
+        o.bytes(&FRAME_MAGIC);
+        o.bytes(&prefix);
+        o.bytes(&header_len32.to_be_bytes());
+        o.bytes(&payload_len32.to_be_bytes());
+    };
+    match header {
+        Header::Data(h) if FRAME_PREFIX_LEN + header_len <= HEAD_ROOM => {
+            let mut head = HeadBuf::new();
+            put_prefix(&mut head);
+            h.encode_raw(&mut head);
+            out.put_slice(head.as_slice());
+        }
+        _ => {
+            put_prefix(out);
+            header.encode_raw(out);
+        }
+    }
     debug_assert_eq!(out.len() - start, FRAME_PREFIX_LEN + header_len);
     Ok(())
 }
@@ -505,6 +572,52 @@ mod tests {
             let want = prost_bytes(&h);
             prop_assert_eq!(&ours[..], &want[..]);
             prop_assert_eq!(out.encoded_len(), want.len());
+            // The same through the stack buffer, when it fits there.
+            if want.len() <= HEAD_ROOM {
+                let mut head = HeadBuf::new();
+                out.encode_raw(&mut head);
+                prop_assert_eq!(head.as_slice(), &want[..]);
+            }
+        }
+
+        /// A whole data frame, whichever way its head was written (on the stack when the
+        /// header is small, into the output when extensions make it large): the prefix, the
+        /// header as prost encodes it, the payload and the CRC of all that, after whatever
+        /// the output already held.
+        #[test]
+        fn a_data_frame_is_its_prefix_header_payload_and_crc(
+            msg_id in number(),
+            seq in number(),
+            ext_len in prop_oneof![Just(None), (0usize..200).prop_map(Some)],
+            payload in proptest::collection::vec(any::<u8>(), 0..300),
+            before in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let h = DataHeader {
+                msg_id,
+                options: SendOptions::USE_ACK,
+                sender: MemberId::from_bytes([7; 16]),
+                timestamp_ms: 1_700_000_000_000,
+                seq,
+                extensions: ext_len
+                    .map(|n| Extension { tag: 9, value: Bytes::from(vec![1u8; n]) })
+                    .into_iter()
+                    .collect(),
+            };
+            let header = prost_bytes(&h);
+            let frame = DataFrame { header: h, payload: Bytes::from(payload.clone()) };
+            let mut out = BytesMut::from(&before[..]);
+            encode_data(&frame, 1, &WireLimits::default(), Sign::None, &mut out).unwrap();
+            let mut want = Vec::new();
+            want.extend_from_slice(&FRAME_MAGIC);
+            want.extend_from_slice(&[1, FrameKind::Data as u8, 0, 0]);
+            want.extend_from_slice(&u32::try_from(header.len()).unwrap().to_be_bytes());
+            want.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
+            want.extend_from_slice(&header);
+            want.extend_from_slice(&payload);
+            let crc = crc32fast::hash(&want);
+            want.extend_from_slice(&crc.to_be_bytes());
+            prop_assert_eq!(&out[..before.len()], &before[..]);
+            prop_assert_eq!(&out[before.len()..], &want[..]);
         }
     }
 }

@@ -1,0 +1,141 @@
+//! What a send's completion does besides recording its result: a failed send becomes a
+//! suspicion of its destination.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use cohort_transport::Delivered;
+use cohort_wire::Member;
+use tokio::sync::mpsc;
+
+use crate::core::Suspicion;
+
+use super::handle::Command;
+use super::stats::ChannelCounters;
+
+/// Feeds a failed send back to the pipeline as a suspicion (IO failures and timeouts only: a
+/// FAIL_ACK or a full queue says nothing about the peer's health).
+pub(super) struct SuspectOnFailure {
+    /// Where suspicions go; one per owner, shared by every completion (one reference count
+    /// per send instead of a queue sender's and the counters').
+    pub(super) on: Arc<Suspecter>,
+    /// The message's destinations (shared: no copy of a member per send) and which one this is.
+    pub(super) members: Arc<[Member]>,
+    pub(super) index: usize,
+}
+
+/// The owner's command queue and counters, as failed sends' completions use them.
+pub(super) struct Suspecter {
+    pub(super) cmd: mpsc::Sender<Command>,
+    pub(super) counters: Arc<ChannelCounters>,
+}
+
+impl SuspectOnFailure {
+    pub(super) fn check(self, r: &Result<Delivered, cohort_transport::SendError>) {
+        use cohort_transport::SendError as E;
+        let Err(e) = r else { return };
+        if !matches!(
+            e,
+            E::Connect { .. } | E::ConnectionLost { .. } | E::Timeout { .. }
+        ) {
+            return;
+        }
+        // Weak evidence, whatever the error: `ConnectionLost` also covers closes this node
+        // makes itself (keep-alive recycling, a stop). A connection the far side broke is
+        // reported by the transport as a peer event, which is strong evidence.
+        let why = Suspicion::SendFailed(e.to_string());
+        if self
+            .on
+            .cmd
+            .try_send(Command::Suspect(
+                Box::new(self.members[self.index].clone()),
+                why,
+            ))
+            .is_err()
+        {
+            self.on
+                .counters
+                .suspicions_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member() -> Member {
+        Member::new(
+            cohort_wire::MemberId::from_bytes([3; 16]),
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            4000,
+        )
+    }
+
+    /// Which suspicion a failed send raises: a failed send (weak evidence) for a connection
+    /// lost under it, a refused connect or a timeout; none at all for a FAIL_ACK (the peer
+    /// answered). The strong evidence of a connection the peer broke comes from the
+    /// transport's peer events.
+    #[test]
+    fn a_failed_send_is_weak_evidence_and_a_fail_ack_none() {
+        use cohort_transport::SendError as E;
+        let addr = "127.0.0.1:4000".parse().unwrap();
+        let cases = [
+            (
+                E::ConnectionLost {
+                    addr,
+                    reason: "Connection reset by peer".into(),
+                },
+                Some("send failed"),
+            ),
+            (
+                E::Connect {
+                    addr,
+                    attempts: 2,
+                    reason: "Connection refused".into(),
+                },
+                Some("send failed"),
+            ),
+            (
+                E::Timeout {
+                    addr,
+                    after: std::time::Duration::from_secs(3),
+                },
+                Some("send failed"),
+            ),
+            (
+                E::FailAck {
+                    addr,
+                    reason: "no listener".into(),
+                },
+                None,
+            ),
+        ];
+        for (err, want) in cases {
+            let (tx, mut rx) = mpsc::channel(4);
+            SuspectOnFailure {
+                on: Arc::new(Suspecter {
+                    cmd: tx,
+                    counters: Arc::default(),
+                }),
+                members: Arc::from(vec![member()]),
+                index: 0,
+            }
+            .check(&Err(err.clone()));
+            let got = match rx.try_recv() {
+                Ok(Command::Suspect(m, why)) => {
+                    assert_eq!(*m, member());
+                    Some(why.to_string())
+                }
+                Ok(_) => panic!("{err}: not a suspicion"),
+                Err(_) => None,
+            };
+            match (want, got) {
+                (None, None) => {}
+                (Some(w), Some(g)) => assert!(g.starts_with(w), "{err}: {g}"),
+                (w, g) => panic!("{err}: wanted {w:?}, got {g:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Data frames the owner collects during one drain, grouped by destination, so the transport
+//! takes each destination's frames in one call ([`ChannelTransport::send_data_many`]): one
+//! queue entry per destination and pass instead of one per frame.
+//!
+//! [`ChannelTransport::send_data_many`]: crate::ChannelTransport::send_data_many
+
+use std::sync::Arc;
+
+use cohort_transport::DataSend;
+use cohort_wire::Member;
+
+/// One destination's frames, in send order.
+pub(super) struct Group {
+    /// The destinations of the message that opened the group, and which one this is.
+    members: Arc<[Member]>,
+    index: usize,
+    pub(super) frames: Vec<DataSend>,
+}
+
+impl Group {
+    pub(super) fn destination(&self) -> &Member {
+        &self.members[self.index]
+    }
+}
+
+/// The groups of the current drain, in the order their destinations were first seen.
+/// Bounded by what one drain transmits: the owner empties it at the end of every drain and
+/// before it carries out any other output.
+#[derive(Default)]
+pub(super) struct PendingSends {
+    groups: Vec<Group>,
+}
+
+impl PendingSends {
+    /// Adds a frame for `destinations[index]`.
+    pub(super) fn push(&mut self, destinations: &Arc<[Member]>, index: usize, send: DataSend) {
+        let dest = &destinations[index];
+        let same = |g: &Group| {
+            let m = g.destination();
+            m.port == dest.port && m.addr == dest.addr && m.id == dest.id
+        };
+        // Messages to the same members usually list them in the same order: the group at
+        // the same position is tried first.
+        let at = match self.groups.get(index) {
+            Some(g) if same(g) => Some(index),
+            _ => self.groups.iter().position(same),
+        };
+        match at {
+            Some(i) => self.groups[i].frames.push(send),
+            None => self.groups.push(Group {
+                members: destinations.clone(),
+                index,
+                frames: vec![send],
+            }),
+        }
+    }
+
+    /// Empties it, giving each destination's group.
+    pub(super) fn take(&mut self) -> std::vec::Drain<'_, Group> {
+        self.groups.drain(..)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cohort_wire::{DataFrame, MemberId};
+
+    fn member(n: u8) -> Member {
+        Member::new(
+            MemberId::from_bytes([n; 16]),
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            4000 + u16::from(n),
+        )
+    }
+
+    fn send(msg_id: u64) -> DataSend {
+        DataSend {
+            frame: Arc::new(DataFrame {
+                header: cohort_wire::DataHeader::default(),
+                payload: bytes::Bytes::new(),
+            }),
+            msg_id,
+            options: cohort_wire::SendOptions::NONE,
+            done: Box::new(|_| {}),
+        }
+    }
+
+    /// Frames are grouped by destination, groups in the order their destinations first
+    /// came, each group in send order, whatever order the messages list their members in;
+    /// a member with the same address but another id is another destination.
+    #[test]
+    fn frames_group_by_destination_in_send_order() {
+        let (a, b, c) = (member(1), member(2), member(3));
+        let mut other_a = member(1);
+        other_a.id = MemberId::from_bytes([9; 16]);
+        let ab: Arc<[Member]> = Arc::from(vec![a.clone(), b.clone()]);
+        let ba: Arc<[Member]> = Arc::from(vec![b.clone(), a.clone()]);
+        let c_only: Arc<[Member]> = Arc::from(vec![c.clone()]);
+        let imposter: Arc<[Member]> = Arc::from(vec![other_a.clone()]);
+        let mut p = PendingSends::default();
+        p.push(&ab, 0, send(1));
+        p.push(&ab, 1, send(1));
+        p.push(&c_only, 0, send(2));
+        p.push(&ba, 0, send(3));
+        p.push(&ba, 1, send(3));
+        p.push(&imposter, 0, send(4));
+        p.push(&ab, 0, send(5));
+        let got: Vec<(Member, Vec<u64>)> = p
+            .take()
+            .map(|g| {
+                let ids = g.frames.iter().map(|f| f.msg_id).collect();
+                (g.destination().clone(), ids)
+            })
+            .collect();
+        let want = vec![
+            (a, vec![1, 3, 5]),
+            (b, vec![1, 3]),
+            (c, vec![2]),
+            (other_a, vec![4]),
+        ];
+        assert_eq!(got, want);
+        assert!(p.take().next().is_none(), "emptied");
+    }
+}
