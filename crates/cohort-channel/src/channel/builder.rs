@@ -314,6 +314,7 @@ impl ChannelBuilder {
             running: Mutex::new(services),
             counters: counters.clone(),
             claims: claims.clone(),
+            last_destinations: std::sync::Mutex::new(None),
         });
         let rt = tokio::runtime::Handle::current();
         let handle = ChannelHandle {

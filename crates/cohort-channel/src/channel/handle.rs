@@ -54,6 +54,66 @@ pub(super) struct HandleShared {
     pub(super) counters: Arc<ChannelCounters>,
     /// Hooks the owner task asks before it hands a message to the delivery thread.
     pub(super) claims: Arc<RwLock<Vec<Claim>>>,
+    /// The last send's destinations, shared by the next send to the same members.
+    pub(super) last_destinations: Mutex<Option<Arc<[Member]>>>,
+}
+
+impl HandleShared {
+    /// `to` as a shared slice: the last send's when it went to the same members (most sends
+    /// do), so a send neither allocates nor copies a member; otherwise a new one, kept for
+    /// the next send. One slice is kept.
+    fn destinations(&self, to: &[Member]) -> Arc<[Member]> {
+        let mut last = self
+            .last_destinations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(l) = last.as_ref() {
+            if l.len() == to.len() && l.iter().zip(to).all(|(a, b)| same_member(a, b)) {
+                return l.clone();
+            }
+        }
+        let fresh: Arc<[Member]> = to.into();
+        *last = Some(fresh.clone());
+        fresh
+    }
+}
+
+/// `a == b`, field by field, without comparing empty strings through `memcmp` (on some CPUs
+/// a zero-length `memcmp` of two empty strings, whose pointers are dangling, costs as much
+/// as allocating the member anew: docs/BENCHMARKS.md, issue 13's fourth stop).
+fn same_member(a: &Member, b: &Member) -> bool {
+    fn same(a: &[u8], b: &[u8]) -> bool {
+        a.len() == b.len() && (a.is_empty() || a == b)
+    }
+    // Destructured, so a new field cannot be forgotten here.
+    let Member {
+        id,
+        addr,
+        port,
+        udp_port,
+        cluster,
+        domain,
+        name,
+        host,
+        start_time_ms,
+        versions,
+        app_version,
+        same_app_version,
+        payload,
+    } = a;
+    *id == b.id
+        && *addr == b.addr
+        && *port == b.port
+        && *udp_port == b.udp_port
+        && *start_time_ms == b.start_time_ms
+        && *versions == b.versions
+        && *same_app_version == b.same_app_version
+        && same(cluster.as_bytes(), b.cluster.as_bytes())
+        && same(domain, &b.domain)
+        && same(name.as_bytes(), b.name.as_bytes())
+        && same(host.as_bytes(), b.host.as_bytes())
+        && same(app_version.as_bytes(), b.app_version.as_bytes())
+        && same(payload, &b.payload)
 }
 
 /// What a [`Claim`] says of a message.
@@ -196,7 +256,7 @@ impl ChannelHandle {
             .await?;
         let out = Outbound {
             msg_id,
-            destinations: destinations.into(),
+            destinations: s.destinations(destinations),
             options,
             seq: 0,
             extensions: Vec::new(),
@@ -303,7 +363,7 @@ impl ChannelHandle {
             }
         }
         let (state, receipt) = self.tracking(first, options, n, total, None).await?;
-        let destinations: Arc<[Member]> = destinations.into();
+        let destinations = s.destinations(destinations);
         let outs: Vec<Outbound> = payloads
             .into_iter()
             .enumerate()
@@ -576,5 +636,63 @@ impl ChannelHandle {
 impl HandleShared {
     pub(super) fn running(&self) -> Services {
         *self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full() -> Member {
+        let mut m = Member::new(
+            cohort_wire::MemberId::from_bytes([4; 16]),
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            4000,
+        );
+        m.udp_port = Some(4001);
+        m.cluster = "c".into();
+        m.domain = Bytes::from_static(b"d");
+        m.name = "n".into();
+        m.host = "h".into();
+        m.start_time_ms = 5;
+        m.app_version = "1.0".into();
+        m.same_app_version = true;
+        m.payload = Bytes::from_static(b"p");
+        m
+    }
+
+    /// `same_member` is `==`: true for equal members, empty fields or not, and false when
+    /// any one field differs (so a send never goes out with another member's record).
+    #[test]
+    fn same_member_is_equality_field_by_field() {
+        let empty = Member::new(
+            cohort_wire::MemberId::from_bytes([4; 16]),
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            4000,
+        );
+        assert!(same_member(&empty, &empty.clone()));
+        assert!(same_member(&full(), &full()));
+        let changes: Vec<fn(&mut Member)> = vec![
+            |m| m.id = cohort_wire::MemberId::from_bytes([5; 16]),
+            |m| m.addr = std::net::Ipv4Addr::new(127, 0, 0, 2).into(),
+            |m| m.port = 4002,
+            |m| m.udp_port = None,
+            |m| m.cluster = "x".into(),
+            |m| m.domain = Bytes::new(),
+            |m| m.name = "nn".into(),
+            |m| m.host = String::new(),
+            |m| m.start_time_ms = 6,
+            |m| m.versions.max = m.versions.max.wrapping_add(1),
+            |m| m.app_version = "1.1".into(),
+            |m| m.same_app_version = false,
+            |m| m.payload = Bytes::from_static(b"q"),
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let mut other = full();
+            change(&mut other);
+            assert_ne!(other, full(), "change {i} changes something");
+            assert!(!same_member(&full(), &other), "change {i}");
+            assert!(!same_member(&other, &full()), "change {i}, reversed");
+        }
     }
 }

@@ -218,9 +218,10 @@ impl<N: Net> Owner<N> {
                 Some(ev) = peer_event(&mut peer_rx) => {
                     // What the peer sent before its connection closed comes first (a leaving
                     // notice must beat the suspicion its closing sockets raise).
+                    let now = self.now();
                     for _ in 0..inbound_rx.max_capacity() {
                         let Ok(r) = inbound_rx.try_recv() else { break };
-                        self.on_received(r);
+                        self.on_received(now, r);
                     }
                     self.drain().await;
                     let member = self.member_at(ev.addr, ev.member);
@@ -234,7 +235,9 @@ impl<N: Net> Owner<N> {
                     }
                 }
                 Some(r) = inbound_rx.recv() => {
-                    self.on_received(r);
+                    // One reading of the clocks for the pass (the frames were all read by now).
+                    let now = self.now();
+                    self.on_received(now, r);
                     // What is already queued, in the same pass (one drain, one hand-over to
                     // the delivery thread), unless a view change waits: it goes first.
                     for _ in 1..INBOUND_BATCH {
@@ -242,7 +245,7 @@ impl<N: Net> Owner<N> {
                             break;
                         }
                         let Ok(r) = inbound_rx.try_recv() else { break };
-                        self.on_received(r);
+                        self.on_received(now, r);
                     }
                 }
                 () = &mut timer => {
@@ -524,7 +527,8 @@ impl<N: Net> Owner<N> {
         false
     }
 
-    pub(super) fn on_received(&mut self, mut r: Received) {
+    /// A received frame into the pipeline, at `now` (from [`Self::now`], read once per pass).
+    pub(super) fn on_received(&mut self, now: std::time::Instant, mut r: Received) {
         self.counters.received.fetch_add(1, Ordering::Relaxed);
         self.counters
             .count(r.frame.header.options, r.frame.payload.len(), false);
@@ -551,7 +555,6 @@ impl<N: Net> Owner<N> {
             }
         }
         let inbound = to_inbound(r);
-        let now = self.now();
         self.pipeline.receive(now, inbound);
     }
 
