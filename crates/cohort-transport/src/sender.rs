@@ -35,6 +35,12 @@ use crate::{Completion, DataSend, Delivered, OutFrame, PeerState, SendError, Sha
 /// being copied into the write buffer.
 const VECTORED_MIN: usize = 16 * 1024;
 
+/// What one batch may copy into the write buffer: `write_batch_bytes` (at most 1 MiB), plus
+/// the frame that crosses it (frames of `VECTORED_MIN` or more are not copied).
+fn batch_room(cfg: &crate::TransportConfig) -> usize {
+    cfg.write_batch_bytes.min(1 << 20) + VECTORED_MIN + 1024
+}
+
 /// Most buffers handed to one vectored write (well under the kernel's `IOV_MAX`).
 const MAX_IO_SLICES: usize = 64;
 
@@ -274,7 +280,7 @@ fn spawn_peer<N: Net>(shared: &Arc<Shared<N>>, addr: SocketAddr) -> Arc<Peer> {
                 connected: connected.clone(),
                 down_until: down_until.clone(),
                 conn: None,
-                buf: BytesMut::with_capacity(shared.config.write_batch_bytes.min(1 << 20)),
+                buf: BytesMut::with_capacity(batch_room(&shared.config)),
             };
             let span = tracing::debug_span!("peer", peer = %addr, direction = "out");
             tokio::spawn(tracing::Instrument::instrument(lane.run(rx), span));
@@ -609,6 +615,11 @@ impl<N: Net> Lane<N> {
         let now = Instant::now();
         let deadline = now + cfg.send_timeout;
         self.buf.clear();
+        // Room for the whole batch from here on, taken while the buffer is empty: the last
+        // batch's bytes were written and dropped, so this only moves the (empty) buffer back
+        // to the start of its allocation. Without it, a batch that outgrew what was left
+        // after the last one moved everything encoded so far (half a batch on average).
+        self.buf.reserve(batch_room(cfg));
         // Small frames are copied into one buffer; large ones are written from their own
         // bytes (vectored writes), so a big payload is never copied on its way out.
         let mut parts: VecDeque<Bytes> = VecDeque::new();
@@ -794,7 +805,7 @@ impl<N: Net> Lane<N> {
             }
         }
         if self.buf.capacity() > 4 * cfg.write_batch_bytes {
-            self.buf = BytesMut::with_capacity(cfg.write_batch_bytes.min(1 << 20));
+            self.buf = BytesMut::with_capacity(batch_room(cfg));
         }
     }
 
