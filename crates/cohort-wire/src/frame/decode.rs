@@ -152,6 +152,9 @@ pub(crate) fn decode_frame<'k>(
 
 fn data_header(header: Bytes) -> Result<DataHeader, DecodeError> {
     const WHAT: &str = "data header";
+    if let Some(h) = super::header::decode_common(&header) {
+        return Ok(h);
+    }
     let pb = DataHeaderPb::decode(header).map_err(|e| proto::prost_error(WHAT, &e))?;
     proto::check_len(WHAT, "extensions", pb.extensions.len(), MAX_EXTENSIONS)?;
     let sender = MemberId::from_slice(&pb.sender).ok_or_else(|| {

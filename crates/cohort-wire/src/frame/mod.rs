@@ -26,6 +26,7 @@ use crate::{Member, MemberId, SendOptions, TAG_LEN};
 
 mod decode;
 mod encode;
+mod header;
 
 pub(crate) use decode::{Check, decode_frame, peek_data_header, peek_prefix};
 pub(crate) use encode::{
