@@ -422,12 +422,16 @@ impl ChannelHandle {
         let take = |sem: &Arc<Semaphore>, k: u32| {
             let sem = sem.clone();
             async move {
-                if reject {
-                    sem.try_acquire_many_owned(k).map_err(try_err)
-                } else {
-                    sem.acquire_many_owned(k)
+                // Room is there in the common case: taken without building a waiter. Free
+                // permits exist only while nobody waits (released ones go to waiters first),
+                // so this jumps no queue.
+                match sem.clone().try_acquire_many_owned(k) {
+                    Ok(p) => Ok(p),
+                    Err(e) if reject => Err(try_err(e)),
+                    Err(_) => sem
+                        .acquire_many_owned(k)
                         .await
-                        .map_err(|_| ChannelError::Stopped)
+                        .map_err(|_| ChannelError::Stopped),
                 }
             }
         };
