@@ -804,7 +804,8 @@ impl<N: Net> Lane<N> {
                 self.close_lost(&reason, reset_by_peer);
             }
         }
-        if self.buf.capacity() > 4 * cfg.write_batch_bytes {
+        // A large frame encoded into the buffer (sealed) grew it: give that memory back.
+        if self.buf.capacity() > 2 * batch_room(cfg) {
             self.buf = BytesMut::with_capacity(batch_room(cfg));
         }
     }

@@ -35,9 +35,14 @@ impl PendingSends {
     /// Adds a frame for `destinations[index]`.
     pub(super) fn push(&mut self, destinations: &Arc<[Member]>, index: usize, send: DataSend) {
         let dest = &destinations[index];
+        // What the transport reads of a destination: its addresses (the UDP port for
+        // datagrams) and its id.
         let same = |g: &Group| {
             let m = g.destination();
-            m.port == dest.port && m.addr == dest.addr && m.id == dest.id
+            m.port == dest.port
+                && m.addr == dest.addr
+                && m.id == dest.id
+                && m.udp_port == dest.udp_port
         };
         // Messages to the same members usually list them in the same order: the group at
         // the same position is tried first.
@@ -88,7 +93,8 @@ mod tests {
 
     /// Frames are grouped by destination, groups in the order their destinations first
     /// came, each group in send order, whatever order the messages list their members in;
-    /// a member with the same address but another id is another destination.
+    /// a member with the same address but another id, or another UDP port (a record updated
+    /// between two sends), is another destination.
     #[test]
     fn frames_group_by_destination_in_send_order() {
         let (a, b, c) = (member(1), member(2), member(3));
@@ -98,6 +104,9 @@ mod tests {
         let ba: Arc<[Member]> = Arc::from(vec![b.clone(), a.clone()]);
         let c_only: Arc<[Member]> = Arc::from(vec![c.clone()]);
         let imposter: Arc<[Member]> = Arc::from(vec![other_a.clone()]);
+        let mut a_udp = member(1);
+        a_udp.udp_port = Some(4500);
+        let updated: Arc<[Member]> = Arc::from(vec![a_udp.clone()]);
         let mut p = PendingSends::default();
         p.push(&ab, 0, send(1));
         p.push(&ab, 1, send(1));
@@ -106,6 +115,7 @@ mod tests {
         p.push(&ba, 1, send(3));
         p.push(&imposter, 0, send(4));
         p.push(&ab, 0, send(5));
+        p.push(&updated, 0, send(6));
         let got: Vec<(Member, Vec<u64>)> = p
             .take()
             .map(|g| {
@@ -118,6 +128,7 @@ mod tests {
             (b, vec![1, 3]),
             (c, vec![2]),
             (other_a, vec![4]),
+            (a_udp, vec![6]),
         ];
         assert_eq!(got, want);
         assert!(p.take().next().is_none(), "emptied");

@@ -11,5 +11,6 @@ mod failures;
 mod forged;
 mod malformed;
 mod modes;
+mod order;
 mod rpc;
 mod truth;

@@ -88,6 +88,9 @@ async fn runs_longer_than_the_in_flight_table_arrive_in_order_and_are_acked() {
         assert_eq!(r, Ok(want), "frame {}", i + 1);
     }
     assert_eq!(a.handle.stats().send_failures, 0);
+    let addr = std::net::SocketAddr::new(b.member.addr, b.member.port);
+    let peer = a.handle.peer(addr).expect("a peer");
+    assert_eq!(peer.queued_bytes, 0, "every queued byte counted out");
 }
 
 /// The peer's byte bound holds inside a run: frames admitted while the queue has room go,
@@ -208,4 +211,35 @@ async fn a_run_waits_for_room_in_the_in_flight_table() {
     for done in dones {
         assert_eq!(within(T, done).await.unwrap(), Ok(Delivered::Acked));
     }
+}
+
+/// A transport stopped while a run waits in the lane's backlog (the in-flight table is full,
+/// the receiver holds its synchronized ACKs): the frames in flight fail as lost with the
+/// connection, the ones still in the backlog fail with `Stopped`, each once.
+#[tokio::test]
+async fn stopping_fails_a_waiting_backlog_frame_by_frame() {
+    let cfg = TransportConfig {
+        max_in_flight: 2,
+        ..config()
+    };
+    let mut b = node(2, config()).await;
+    let a = node(1, cfg).await;
+    let sync = SendOptions::USE_ACK | SendOptions::SYNCHRONIZED_ACK;
+    let (frames, dones) = run(&a.member, 1..8, sync);
+    a.handle.send_data_many(&b.member, frames);
+    let mut held = Vec::new();
+    for want in 1..=2u64 {
+        let got = within(T, b.inbound.recv()).await.unwrap();
+        assert_eq!(got.frame.header.msg_id, want);
+        held.push(got.ack.expect("a token"));
+    }
+    a.handle.stop();
+    for (i, done) in dones.into_iter().enumerate() {
+        match within(T, done).await.unwrap() {
+            Err(SendError::ConnectionLost { .. }) if i < 2 => {}
+            Err(SendError::Stopped) if i >= 2 => {}
+            other => panic!("frame {}: {other:?}", i + 1),
+        }
+    }
+    drop(held);
 }
