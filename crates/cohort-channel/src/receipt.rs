@@ -137,14 +137,18 @@ impl std::future::Future for SendReceipt {
     ) -> std::task::Poll<SendOutcome> {
         let msg_id = self.msg_id;
         match &mut self.state {
-            ReceiptState::Ready(o) => std::task::Poll::Ready(o.take().unwrap_or(SendOutcome {
-                msg_id,
-                queued: false,
-                results: Vec::new(),
-                lost: Some("the receipt was polled after it completed".into()),
-            })),
+            // `unwrap_or_else`: the fallback (a `String`) is built only when used, not on
+            // every poll.
+            ReceiptState::Ready(o) => {
+                std::task::Poll::Ready(o.take().unwrap_or_else(|| SendOutcome {
+                    msg_id,
+                    queued: false,
+                    results: Vec::new(),
+                    lost: Some("the receipt was polled after it completed".into()),
+                }))
+            }
             ReceiptState::Waiting(rx) => std::pin::Pin::new(rx).poll(cx).map(|r| {
-                r.unwrap_or(SendOutcome {
+                r.unwrap_or_else(|_| SendOutcome {
                     msg_id,
                     queued: false,
                     results: Vec::new(),
@@ -188,9 +192,17 @@ impl SendState {
         })
     }
 
-    /// `n` more deliveries will report.
+    /// `n` more deliveries will report. Room for their results is made now, exactly: the
+    /// first result would otherwise allocate room for four, a size the allocator serves more
+    /// slowly than one result's.
     pub(crate) fn expect(&self, n: usize) {
         self.remaining.fetch_add(n, Ordering::AcqRel);
+        if self.keep_results {
+            self.results
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .reserve_exact(n);
+        }
     }
 
     pub(crate) fn record(
