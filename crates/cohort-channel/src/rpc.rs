@@ -215,7 +215,9 @@ pub const MAX_ASYNC_REQUESTS: usize = 1024;
 ///
 /// `reply_request` itself is called on the channel's own task while a slot is free (no hop
 /// through the delivery thread), so it must return its future at once: do the work inside
-/// the future, never before it. Requests run concurrently, in no promised order, and are not
+/// the future, never before it. The future's first poll runs there too (an answer ready at
+/// once is sent without a task of its own); it becomes a task when it first waits. Like any
+/// future on a tokio runtime it must not block: put blocking work in `spawn_blocking`. Requests run concurrently, in no promised order, and are not
 /// shown to the channel's ordinary listeners.
 pub trait AsyncRpcHandler: Send + Sync + 'static {
     /// Handles a request from `from`; `Some` is sent back as the reply.
@@ -376,7 +378,15 @@ impl RpcChannel {
             }
         };
         let mut failed: Vec<(MemberId, String)> = Vec::new();
-        if let Ok(outcome) = tokio::time::timeout_at(deadline, receipt).await {
+        // One timer for both waits (a timer entry is registered and removed under a lock).
+        let expiry = tokio::time::sleep_until(deadline);
+        tokio::pin!(expiry);
+        let sent = tokio::select! {
+            biased;
+            outcome = receipt => Some(outcome),
+            () = &mut expiry => None,
+        };
+        if let Some(outcome) = sent {
             // Destinations that never got the request cannot answer.
             for f in outcome.failures() {
                 if let Err(e) = &f.result {
@@ -392,7 +402,11 @@ impl RpcChannel {
             }
         }
         if mode != ReplyMode::None {
-            let _ = tokio::time::timeout_at(deadline, rx).await;
+            tokio::select! {
+                biased;
+                _ = rx => {}
+                () = &mut expiry => {}
+            }
         }
         let (replies, no_channel) = self.take(id);
         let replies = if mode == ReplyMode::None {
@@ -497,13 +511,31 @@ impl Inner {
             self.rpc_id.clone(),
             self.reply_options,
         );
-        self.rt.spawn(async move {
+        run_now_or_spawn(&self.rt, async move {
             if let Some(reply) = answer.await {
                 let envelope = encode(REPLY, &rpc_id, id, &reply);
                 let _ = channel.send(&[(*from).clone()], envelope, options).await;
             }
             drop(slot);
         });
+    }
+}
+
+/// Polls `task` once here and spawns it on `rt` only if it must wait. An answer that is
+/// ready at once (most are) is then handed to the channel without a task of its own: from
+/// the channel's task, its send command is taken in the owner's next pass, with no hop. A
+/// task that waits is polled again by the runtime with a real waker, which replaces the
+/// no-op one of the first poll.
+fn run_now_or_spawn(
+    rt: &tokio::runtime::Handle,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    // The delivery thread is outside the runtime: in it for the poll (timers, spawns).
+    let _in_runtime = rt.enter();
+    let mut task = Box::pin(task);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    if task.as_mut().poll(&mut cx).is_pending() {
+        rt.spawn(task);
     }
 }
 
@@ -535,7 +567,7 @@ impl ChannelListener for Listener {
                     Handler::Sync(h) => {
                         if let Some(reply) = h.reply_request(&from, &body) {
                             let envelope = encode(REPLY, &rpc_id, id, &reply);
-                            inner.rt.spawn(async move {
+                            run_now_or_spawn(&inner.rt, async move {
                                 let _ = channel.send(&[(*from).clone()], envelope, options).await;
                             });
                         }
@@ -559,6 +591,33 @@ impl ChannelListener for Listener {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn ready_work_runs_in_the_call_and_waiting_work_becomes_a_task() {
+        use std::sync::atomic::AtomicBool;
+        let rt = tokio::runtime::Handle::current();
+        let ran = Arc::new(AtomicBool::new(false));
+        let r = ran.clone();
+        run_now_or_spawn(&rt, async move { r.store(true, Ordering::SeqCst) });
+        assert!(ran.load(Ordering::SeqCst), "ran before the call returned");
+
+        let (go, wait) = oneshot::channel::<()>();
+        let ran = Arc::new(AtomicBool::new(false));
+        let r = ran.clone();
+        run_now_or_spawn(&rt, async move {
+            let _ = wait.await;
+            r.store(true, Ordering::SeqCst);
+        });
+        assert!(!ran.load(Ordering::SeqCst), "it waits for its signal");
+        go.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !ran.load(Ordering::SeqCst) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the spawned rest ran once woken");
+    }
 
     #[test]
     fn envelopes_round_trip_and_garbage_is_not_rpc() {

@@ -25,8 +25,10 @@
 //! # }
 //! ```
 
+mod alarm;
 mod warn;
 
+pub use alarm::{Alarm, Ring};
 pub use warn::{WARN_INTERVAL, WarnLimiter};
 
 use std::future::Future;
@@ -126,6 +128,13 @@ pub trait Net: Clone + Send + Sync + 'static {
 
     /// This host's name, for member records.
     fn host_name(&self) -> String;
+
+    /// Asks the kernel to delay the TCP acknowledgements of `stream` (Linux: `TCP_QUICKACK`
+    /// off), so that they ride on data going back or on the next delayed ACK instead of each
+    /// going out alone. The kernel turns this off again by itself (when a delayed ACK timer
+    /// fires), so callers repeat it after each read. Best effort: no error, and a no-op where
+    /// there is no such control (other systems, simulated networks).
+    fn delay_acks(_stream: &Self::TcpStream) {}
 }
 
 /// Real sockets: tokio, with socket options set through socket2.
@@ -291,6 +300,15 @@ impl Net for TokioNet {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn delay_acks(stream: &Self::TcpStream) {
+        #[cfg(target_os = "linux")]
+        {
+            let _ = socket2::SockRef::from(stream).set_quickack(false);
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = stream;
     }
 
     fn host_name(&self) -> String {

@@ -274,9 +274,7 @@ async fn bare_channel(
     if let Some(l) = listener {
         builder = builder.listener(l);
     }
-    Ok(builder
-        .start_with(TokioNet, &mut rand::thread_rng())
-        .await?)
+    Ok(builder.start_with(TokioNet, &mut rand::rngs::OsRng).await?)
 }
 
 /// The sink as a destination: its address, and an id the sender need not know.

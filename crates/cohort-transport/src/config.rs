@@ -155,6 +155,11 @@ pub struct TransportConfig {
     /// Received messages queued for the layer above; when full, connections are not read
     /// (backpressure to the senders). Default 8,192.
     pub inbound_queue: usize,
+    /// Delay the TCP acknowledgements of inbound connections (Linux `TCP_QUICKACK` off after
+    /// each read), so that they ride on Cohort's ACK frames or on the kernel's delayed ACK
+    /// instead of each going out as a segment of its own. Default true; an RPC round trip on
+    /// loopback is about a tenth shorter with it. No effect elsewhere than Linux.
+    pub delayed_acks: bool,
     /// Wire limits; both ends should agree.
     pub limits: WireLimits,
 }
@@ -187,6 +192,7 @@ impl Default for TransportConfig {
             max_inbound_bytes: 256 * 1024 * 1024,
             max_pending_acks: 16_384,
             inbound_queue: 8192,
+            delayed_acks: true,
             limits: WireLimits::DEFAULT,
         }
     }

@@ -53,6 +53,7 @@
 
 mod config;
 mod core;
+mod delay_acks;
 mod error;
 mod handshake;
 mod mcast;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::{BufMut, BytesMut};
-use cohort_net::{Net, TcpListener};
+use cohort_net::{Alarm, Net, TcpListener};
 use cohort_wire::{
     AckFrame, FRAME_PREFIX_LEN, FailAck, Frame, FrameCodec, FramePrefix, MemberId, Nonce, Role,
     Sealer, SendOptions, Session,
@@ -15,6 +15,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::core::{InboundConn, Refusal, Timeouts};
+use crate::delay_acks::DelayAcks;
 use crate::handshake::{ReadSeal, WriteSeal, fresh_nonce};
 use crate::stats::Counters;
 use crate::{AckMsg, AckSink, AckToken, InboundPermit, Received, Shared, Via};
@@ -186,6 +187,7 @@ async fn serve<N: Net>(
     conn_id: u64,
     kill_rx: oneshot::Receiver<Kill>,
 ) {
+    let stream = DelayAcks::<N>::new(stream, shared.config.delayed_acks);
     let (mut read, write) = tokio::io::split(stream);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let (close_tx, close_rx) = oneshot::channel::<()>();
@@ -447,10 +449,14 @@ impl<N: Net> Inbound<N> {
             .room(buf.len(), self.hello_room(), cfg.rx_buf_size))
     }
 
-    async fn read_loop(&mut self, read: &mut tokio::io::ReadHalf<N::TcpStream>) -> Close {
+    async fn read_loop(&mut self, read: &mut tokio::io::ReadHalf<DelayAcks<N>>) -> Close {
         let shared = self.shared.clone();
         let cfg = &shared.config;
         let mut stop = self.shared.stop_rx.clone();
+        // Kept across reads: no timer entry and no stop waiter made and dropped per read.
+        let stopped = crate::stopped(&mut stop);
+        tokio::pin!(stopped);
+        let mut alarm = Alarm::new();
         let mut buf = BytesMut::new();
         loop {
             let mut progressed = false;
@@ -469,7 +475,8 @@ impl<N: Net> Inbound<N> {
             }
             // Until authenticated (hello, and when keyed a sealed frame): the hello deadline.
             let (deadline, which) = self.core.poll_timeout();
-            let (deadline, what) = (Instant::from_std(deadline), which.name());
+            alarm.set(Some(Instant::from_std(deadline)));
+            let what = which.name();
             if buf.is_empty() && buf.capacity() < self.large_hint {
                 // Large frames in a row: the next is likely as large. Read its start into a
                 // buffer that can hold all of it (nothing buffered: nothing copied).
@@ -488,16 +495,15 @@ impl<N: Net> Inbound<N> {
             // Grow with the bytes that arrive, a read buffer at a time.
             buf.reserve(room.min(cfg.rx_buf_size));
             let mut limited = (&mut buf).limit(room);
-            let read_some = tokio::time::timeout_at(deadline, read.read_buf(&mut limited));
             let n = tokio::select! {
                 biased;
-                () = crate::stopped(&mut stop) => return Close::Stopped,
-                r = read_some => match r {
-                    Err(_) => return Close::Timeout(what),
-                    Ok(Ok(0)) => return Close::Eof,
-                    Ok(Ok(n)) => n,
-                    Ok(Err(e)) => return Close::Io(e),
+                () = &mut stopped => return Close::Stopped,
+                r = read.read_buf(&mut limited) => match r {
+                    Ok(0) => return Close::Eof,
+                    Ok(n) => n,
+                    Err(e) => return Close::Io(e),
                 },
+                () = alarm.ring() => return Close::Timeout(what),
             };
             self.core.on_read(Instant::now().into_std());
             Counters::add(&self.shared.counters.bytes_received, n as u64);
@@ -621,7 +627,7 @@ impl<N: Net> Inbound<N> {
 /// the connection when keyed.
 async fn ack_writer<N: Net>(
     shared: Arc<Shared<N>>,
-    mut write: WriteHalf<N::TcpStream>,
+    mut write: WriteHalf<DelayAcks<N>>,
     mut rx: mpsc::UnboundedReceiver<AckMsg>,
     mut close: oneshot::Receiver<()>,
     keyed: Option<oneshot::Receiver<(Nonce, Sealer)>>,

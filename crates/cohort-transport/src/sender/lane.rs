@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use cohort_net::Net;
+use cohort_net::{Alarm, Net};
 use cohort_wire::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
@@ -90,13 +90,6 @@ async fn read_some<S: tokio::io::AsyncRead>(
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
-}
-
 impl<N: Net> Lane<N> {
     /// A lane for `addr`, sharing its peer's queue count, connection count and back-off.
     pub(super) fn new(
@@ -125,28 +118,33 @@ impl<N: Net> Lane<N> {
         // takes from here first. Still counted in `queued_bytes`.
         let mut backlog: VecDeque<Outgoing> = VecDeque::new();
         let idle = self.shared.config.idle_timeout / 2;
+        // Kept across passes: no timer entry and no stop waiter made and dropped per pass.
+        let (mut deadline_alarm, mut idle_alarm) = (Alarm::new(), Alarm::new());
+        let stopped = crate::stopped(&mut stop);
+        tokio::pin!(stopped);
         loop {
             // A full in-flight table takes nothing more from the queue until ACKs come.
             let room = self
                 .conn
                 .as_ref()
                 .map_or(self.shared.config.max_in_flight, |c| c.core.room());
-            let deadline = self
-                .conn
-                .as_ref()
-                .and_then(|c| c.core.poll_timeout())
-                .map(Instant::from_std);
-            let idle_at = self.conn.as_ref().map(|c| c.last_write + idle);
+            deadline_alarm.set(
+                self.conn
+                    .as_ref()
+                    .and_then(|c| c.core.poll_timeout())
+                    .map(Instant::from_std),
+            );
+            idle_alarm.set(self.conn.as_ref().map(|c| c.last_write + idle));
             let reading = self.conn.as_mut().map(|c| (&mut c.read, &mut c.read_buf));
             let waiting = !backlog.is_empty();
             let wake = tokio::select! {
                 biased;
-                () = crate::stopped(&mut stop) => Wake::Stop,
+                () = &mut stopped => Wake::Stop,
                 r = read_some(reading) => Wake::Read(r),
-                () = sleep_until(deadline) => Wake::Deadline,
+                () = deadline_alarm.ring() => Wake::Deadline,
                 () = std::future::ready(()), if room > 0 && waiting => Wake::Backlog,
                 m = rx.recv(), if room > 0 && !waiting => Wake::Message(m),
-                () = sleep_until(idle_at) => Wake::Idle,
+                () = idle_alarm.ring() => Wake::Idle,
             };
             match wake {
                 Wake::Stop | Wake::Message(None) => break,
