@@ -268,6 +268,8 @@ async fn bare_channel(
     let mut builder = GroupChannel::builder()
         .transport(TransportConfig {
             port: 0,
+            // `COHORT_BENCH_DELAYED_ACKS=0` measures without `transport.delayed_acks`.
+            delayed_acks: std::env::var("COHORT_BENCH_DELAYED_ACKS").map_or(true, |v| v != "0"),
             ..TransportConfig::default()
         })
         .services(Services::SND_RX | Services::SND_TX);

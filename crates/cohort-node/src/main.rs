@@ -54,6 +54,7 @@ enum Cmd {
     /// (`--test latency`) on loopback, one RESULT line per mode.
     ///
     /// Both processes run a one-thread runtime; COHORT_BENCH_THREADS=N gives them N.
+    /// COHORT_BENCH_DELAYED_ACKS=0 turns `transport.delayed_acks` off in both.
     Bench(BenchArgs),
     /// The far end of `cohort bench` (started by it).
     #[command(hide = true)]
