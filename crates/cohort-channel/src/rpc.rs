@@ -164,6 +164,8 @@ struct Inner {
     next: AtomicU64,
     reply_options: SendOptions,
     rt: tokio::runtime::Handle,
+    /// Limits the warning about panicking handlers.
+    warn: cohort_net::WarnLimiter,
 }
 
 impl Inner {
@@ -215,9 +217,12 @@ pub const MAX_ASYNC_REQUESTS: usize = 1024;
 ///
 /// `reply_request` itself is called on the channel's own task while a slot is free (no hop
 /// through the delivery thread), so it must return its future at once: do the work inside
-/// the future, never before it. The future's first poll runs there too (an answer ready at
-/// once is sent without a task of its own); it becomes a task when it first waits. Like any
-/// future on a tokio runtime it must not block: put blocking work in `spawn_blocking`. Requests run concurrently, in no promised order, and are not
+/// the future, never before it. On a one-thread runtime (the node's default) the future's
+/// first poll runs there too, since it would run on that thread anyway (an answer ready at
+/// once is sent without a task of its own), and it becomes a task when it first waits; on a
+/// multi-thread runtime it is a task from the start. A panic in a handler costs its request
+/// its reply, never the channel. Like any future on a tokio runtime it must not block: put
+/// blocking or long CPU work in `spawn_blocking`. Requests run concurrently, in no promised order, and are not
 /// shown to the channel's ordinary listeners.
 pub trait AsyncRpcHandler: Send + Sync + 'static {
     /// Handles a request from `from`; `Some` is sent back as the reply.
@@ -295,6 +300,7 @@ impl RpcChannel {
             next: AtomicU64::new(1),
             reply_options,
             rt,
+            warn: cohort_net::WarnLimiter::new(cohort_net::WARN_INTERVAL),
         });
         channel.add_rpc_listener(Arc::new(Listener(Arc::downgrade(&inner))));
         // Replies complete waiting calls on the owner task, without the listener thread; an
@@ -511,31 +517,69 @@ impl Inner {
             self.rpc_id.clone(),
             self.reply_options,
         );
-        run_now_or_spawn(&self.rt, async move {
+        // On a one-thread runtime (the node's default) the answer would run on this thread
+        // anyway: its first poll runs here, and an answer ready at once goes out with no task
+        // of its own. On a multi-thread runtime it is a task, free to run on another worker
+        // while this one carries on with the channel.
+        let inline = self.rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread;
+        let ran = run_now_or_spawn(&self.rt, inline, async move {
             if let Some(reply) = answer.await {
                 let envelope = encode(REPLY, &rpc_id, id, &reply);
                 let _ = channel.send(&[(*from).clone()], envelope, options).await;
             }
             drop(slot);
         });
+        if ran.is_err() {
+            self.handler_panicked();
+        }
+    }
+
+    /// A handler panicked in its first poll: the request gets no reply (its caller sees
+    /// none), as when its task panics.
+    fn handler_panicked(&self) {
+        if let Some(suppressed) = self
+            .warn
+            .allow("rpc_handler_panicked", std::time::Instant::now())
+        {
+            tracing::warn!(
+                rpc_id = %String::from_utf8_lossy(&self.rpc_id),
+                suppressed,
+                "an RPC handler panicked; its request gets no reply"
+            );
+        }
     }
 }
 
-/// Polls `task` once here and spawns it on `rt` only if it must wait. An answer that is
-/// ready at once (most are) is then handed to the channel without a task of its own: from
-/// the channel's task, its send command is taken in the owner's next pass, with no hop. A
-/// task that waits is polled again by the runtime with a real waker, which replaces the
-/// no-op one of the first poll.
+/// The task of [`run_now_or_spawn`] panicked in its first poll (and was dropped).
+#[derive(Debug)]
+struct Panicked;
+
+/// With `inline`, polls `task` once here and spawns it on `rt` only if it must wait: an
+/// answer that is ready at once is then handed to the channel without a task of its own
+/// (from the channel's task, its send command is taken in the owner's next pass, with no
+/// hop). A task that waits is polled again by the runtime with a real waker, which replaces
+/// the no-op one of the first poll. A panic in that first poll is caught (the channel's task
+/// must survive a handler's bug) and the task dropped. Without `inline`, spawns it.
 fn run_now_or_spawn(
     rt: &tokio::runtime::Handle,
+    inline: bool,
     task: impl std::future::Future<Output = ()> + Send + 'static,
-) {
+) -> Result<(), Panicked> {
+    if !inline {
+        rt.spawn(task);
+        return Ok(());
+    }
     // The delivery thread is outside the runtime: in it for the poll (timers, spawns).
     let _in_runtime = rt.enter();
     let mut task = Box::pin(task);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    if task.as_mut().poll(&mut cx).is_pending() {
-        rt.spawn(task);
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.as_mut().poll(&mut cx))) {
+        Ok(std::task::Poll::Ready(())) => Ok(()),
+        Ok(std::task::Poll::Pending) => {
+            rt.spawn(task);
+            Ok(())
+        }
+        Err(_) => Err(Panicked),
     }
 }
 
@@ -567,7 +611,8 @@ impl ChannelListener for Listener {
                     Handler::Sync(h) => {
                         if let Some(reply) = h.reply_request(&from, &body) {
                             let envelope = encode(REPLY, &rpc_id, id, &reply);
-                            run_now_or_spawn(&inner.rt, async move {
+                            // The channel's own send, no handler code: polled here.
+                            let _ = run_now_or_spawn(&inner.rt, true, async move {
                                 let _ = channel.send(&[(*from).clone()], envelope, options).await;
                             });
                         }
@@ -598,25 +643,58 @@ mod tests {
         let rt = tokio::runtime::Handle::current();
         let ran = Arc::new(AtomicBool::new(false));
         let r = ran.clone();
-        run_now_or_spawn(&rt, async move { r.store(true, Ordering::SeqCst) });
+        run_now_or_spawn(&rt, true, async move { r.store(true, Ordering::SeqCst) }).unwrap();
         assert!(ran.load(Ordering::SeqCst), "ran before the call returned");
 
-        let (go, wait) = oneshot::channel::<()>();
+        // Waits on a full bounded queue (as a reply's send waits on a full command queue):
+        // the first poll registers the no-op waker, the spawned task must still finish once
+        // room is made after it was first polled by the runtime.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<u8>(1);
+        tx.send(0).await.unwrap();
         let ran = Arc::new(AtomicBool::new(false));
         let r = ran.clone();
-        run_now_or_spawn(&rt, async move {
-            let _ = wait.await;
+        run_now_or_spawn(&rt, true, async move {
+            tx.send(1).await.unwrap();
             r.store(true, Ordering::SeqCst);
-        });
-        assert!(!ran.load(Ordering::SeqCst), "it waits for its signal");
-        go.send(()).unwrap();
+        })
+        .unwrap();
+        // Let the spawned task run and park on the full queue before room is made.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!ran.load(Ordering::SeqCst), "the queue is still full");
+        assert_eq!(rx.recv().await, Some(0));
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(10), rx.recv()).await,
+            Ok(Some(1)),
+            "the waiting rest ran once woken"
+        );
         tokio::time::timeout(Duration::from_secs(10), async {
             while !ran.load(Ordering::SeqCst) {
                 tokio::task::yield_now().await;
             }
         })
         .await
-        .expect("the spawned rest ran once woken");
+        .expect("and finished");
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_the_first_poll_is_caught_and_spawned_work_is_not_polled_here() {
+        let rt = tokio::runtime::Handle::current();
+        let r = run_now_or_spawn(&rt, true, async { panic!("a handler's bug") });
+        assert!(r.is_err(), "caught, reported");
+        let (tx, rx) = oneshot::channel();
+        run_now_or_spawn(&rt, false, async move {
+            let _ = tx.send(std::thread::current().id());
+        })
+        .unwrap();
+        let mut rx = rx;
+        assert!(rx.try_recv().is_err(), "not inline: not run in the call");
+        let id = tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .expect("spawned and run")
+            .unwrap();
+        assert_eq!(id, std::thread::current().id(), "one-thread test runtime");
     }
 
     #[test]

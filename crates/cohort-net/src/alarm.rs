@@ -40,6 +40,10 @@ impl Default for Alarm {
 
 impl Alarm {
     /// An alarm that is not set.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime with its time driver enabled, as `tokio::time::sleep` does.
     pub fn new() -> Self {
         // Not registered with the timer until first polled, so the instant is not used.
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
@@ -126,7 +130,7 @@ mod tests {
         let start = Instant::now();
         let mut alarm = Alarm::new();
         alarm.set(Some(start + Duration::from_secs(60)));
-        // Registered at 60 s by a poll that did not complete.
+        // Set (and registered with the timer) at 60 s, polled once without completing.
         let early = tokio::select! {
             () = alarm.ring() => true,
             () = tokio::time::sleep(Duration::from_millis(1)) => false,

@@ -115,6 +115,7 @@ mod tests {
     }
 
     #[tokio::test]
+    #[allow(clippy::print_stderr, reason = "says why the test checked nothing")]
     async fn reads_leave_the_connection_in_delayed_mode_when_on() {
         let (mut server, mut client) = accepted(true).await;
         assert!(!quickack(&server), "asked at once");
@@ -126,7 +127,9 @@ mod tests {
             let deadline = Instant::now() + Duration::from_secs(3);
             while !quickack(&server) {
                 if Instant::now() > deadline {
-                    // A kernel that stays in the delayed mode needs no asking again.
+                    // A kernel that stays in the delayed mode needs no asking again: nothing
+                    // to check here.
+                    eprintln!("skipped: this kernel kept the delayed-ACK mode for 3 s");
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;

@@ -294,7 +294,8 @@ impl ChannelBuilder {
         let listeners = Arc::new(RwLock::new(self.listeners));
         let cluster_listeners: Arc<[Arc<dyn ClusterListener>]> = self.cluster_listeners.into();
         let counters = Arc::new(ChannelCounters::default());
-        let claims = Arc::new(RwLock::new(Vec::new()));
+        let claims: Arc<RwLock<Arc<[super::handle::Claim]>>> =
+            Arc::new(RwLock::new(Arc::from(Vec::new())));
         let shared = Arc::new(HandleShared {
             cmd: cmd_tx,
             ids,

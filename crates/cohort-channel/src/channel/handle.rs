@@ -53,7 +53,7 @@ pub(super) struct HandleShared {
     pub(super) running: Mutex<Services>,
     pub(super) counters: Arc<ChannelCounters>,
     /// Hooks the owner task asks before it hands a message to the delivery thread.
-    pub(super) claims: Arc<RwLock<Vec<Claim>>>,
+    pub(super) claims: Arc<RwLock<Arc<[Claim]>>>,
     /// The last send's destinations, shared by the next send to the same members.
     pub(super) last_destinations: Mutex<Option<Arc<[Member]>>>,
 }
@@ -514,11 +514,14 @@ impl ChannelHandle {
 
     /// Installs a hook the owner task asks before the delivery thread (see [`Claim`]).
     pub(crate) fn add_claim(&self, claim: Claim) {
-        self.shared
+        let mut claims = self
+            .shared
             .claims
             .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(claim);
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut grown = claims.to_vec();
+        grown.push(claim);
+        *claims = grown.into();
     }
 
     /// Adds an RPC channel's listener: RPC envelopes go to these, and only to these.

@@ -56,7 +56,7 @@ pub(super) struct Owner<N: Net> {
     /// aborted when the owner ends, by `stop()` or when the last handle is dropped.
     pub(super) tasks: tokio::task::JoinSet<()>,
     /// Hooks asked before the delivery thread (RPC replies).
-    pub(super) claims: Arc<RwLock<Vec<Claim>>>,
+    pub(super) claims: Arc<RwLock<Arc<[Claim]>>>,
     /// Tickets of the send commands in the current pass, and their receipts.
     pub(super) staged: Vec<Ticket>,
     pub(super) staged_states: Vec<Arc<SendState>>,
@@ -502,27 +502,33 @@ impl<N: Net> Owner<N> {
     }
 
     /// Asks the claim hooks; true when one took the message. Hooks whose owner is gone are
-    /// removed.
+    /// removed. The hooks run on a snapshot of the list, with no lock held: a hook (an RPC
+    /// handler's first poll) may itself add one.
     fn claim(&self, msg: &ChannelMessage) -> bool {
-        let claims = self.claims.read().unwrap_or_else(PoisonError::into_inner);
+        let claims = self
+            .claims
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         if claims.is_empty() {
             return false;
         }
-        let mut gone = Vec::new();
-        for (i, c) in claims.iter().enumerate() {
+        let mut gone: Vec<&Claim> = Vec::new();
+        for c in claims.iter() {
             match c(msg) {
                 Claimed::Yes => return true,
                 Claimed::No => {}
-                Claimed::Gone => gone.push(i),
+                Claimed::Gone => gone.push(c),
             }
         }
-        drop(claims);
         if !gone.is_empty() {
-            // Hooks are only ever appended, so the indices still point at the same hooks.
-            let mut claims = self.claims.write().unwrap_or_else(PoisonError::into_inner);
-            for i in gone.into_iter().rev() {
-                claims.remove(i);
-            }
+            let mut now = self.claims.write().unwrap_or_else(PoisonError::into_inner);
+            let kept: Vec<Claim> = now
+                .iter()
+                .filter(|c| !gone.iter().any(|g| Arc::ptr_eq(g, c)))
+                .cloned()
+                .collect();
+            *now = kept.into();
         }
         false
     }

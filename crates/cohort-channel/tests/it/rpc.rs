@@ -364,3 +364,78 @@ async fn async_handlers_answer_while_the_delivery_thread_is_busy() {
     client.stop().await;
     server.stop().await;
 }
+
+/// On a one-thread runtime an asynchronous handler's first poll runs on the channel's own
+/// task: a handler that panics there costs its request its reply, never the channel, and a
+/// handler that registers another RPC channel there does not deadlock on the hook list.
+#[tokio::test(flavor = "current_thread")]
+async fn a_panicking_or_registering_async_handler_leaves_the_channel_working() {
+    struct Moody {
+        channel: ChannelHandle,
+        extra: std::sync::Mutex<Vec<RpcChannel>>,
+    }
+    impl cohort_channel::AsyncRpcHandler for Moody {
+        fn reply_request(
+            &self,
+            _from: Member,
+            request: Bytes,
+        ) -> cohort_channel::BoxFuture<'static, Option<Bytes>> {
+            match &request[..] {
+                b"panic" => Box::pin(async { panic!("a handler's bug") }),
+                b"register" => {
+                    // Registered inside the future's first poll, as a handler might lazily.
+                    let channel = self.channel.clone();
+                    let n = self.extra.lock().unwrap().len();
+                    let made = RpcChannel::new(
+                        &channel,
+                        format!("extra-{n}"),
+                        Arc::new(Nothing),
+                        SendOptions::NONE,
+                    )
+                    .unwrap();
+                    self.extra.lock().unwrap().push(made);
+                    Box::pin(async move { Some(request) })
+                }
+                _ => Box::pin(async move { Some(request) }),
+            }
+        }
+    }
+    let client = start(builder()).await;
+    let server = start(builder()).await;
+    let handler = Arc::new(Moody {
+        channel: server.clone(),
+        extra: std::sync::Mutex::new(Vec::new()),
+    });
+    let _rs = RpcChannel::new_async(&server, "svc", handler.clone(), SendOptions::NONE).unwrap();
+    let rpc = RpcChannel::new(&client, "svc", Arc::new(Nothing), SendOptions::NONE).unwrap();
+    let call = |body: &'static [u8], timeout_ms: u64| {
+        let (rpc, to) = (rpc.clone(), server.local().clone());
+        async move {
+            rpc.call(
+                &[to],
+                Bytes::from_static(body),
+                CallOptions {
+                    timeout: Duration::from_millis(timeout_ms),
+                    ..CallOptions::default()
+                },
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let r = call(b"panic", 500).await;
+    assert!(
+        r.replies.is_empty(),
+        "no reply from a panicked handler: {r:?}"
+    );
+    assert_eq!(r.no_reply.len(), 1, "{r:?}");
+    let r = tokio::time::timeout(Duration::from_secs(10), call(b"register", 5_000))
+        .await
+        .expect("no deadlock on the hook list");
+    assert_eq!(r.replies.len(), 1, "{r:?}");
+    assert_eq!(handler.extra.lock().unwrap().len(), 1);
+    let r = call(b"still here", 5_000).await;
+    assert_eq!(&r.replies[0].payload[..], b"still here");
+    client.stop().await;
+    server.stop().await;
+}
