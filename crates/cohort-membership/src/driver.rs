@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cohort_net::{Net, UdpSocket};
+use cohort_net::{Alarm, Net, UdpSocket};
 use cohort_wire::{Member, MemberId, MemberKey, Services};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -475,22 +475,17 @@ async fn recv_on<S: UdpSocket>(
     }
 }
 
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
-}
-
 impl<N: Net> Driver<N> {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut mbuf = vec![0u8; RECV_BUFFER];
         let mut sbuf = vec![0u8; RECV_BUFFER];
         let receive = self.services.contains(Services::MBR_RX);
+        // One timer each for the loop's life, moved when its deadline moves.
+        let (mut deadline, mut reopen_at) = (Alarm::new(), Alarm::new());
         loop {
             self.flush().await;
-            let deadline = self.core.poll_timeout().map(Instant::from_std);
-            let reopen_at = self.reopen.map(|(t, _)| t);
+            deadline.set(self.core.poll_timeout().map(Instant::from_std));
+            reopen_at.set(self.reopen.map(|(t, _)| t));
             let msock = self.multicast_socket.as_ref().filter(|_| receive);
             let ssock = self.static_socket.as_ref().filter(|_| receive);
             tokio::select! {
@@ -527,8 +522,8 @@ impl<N: Net> Driver<N> {
                     Some(o) => self.dns_outcome(o),
                     None => self.dns_rx = None,
                 },
-                () = sleep_until_opt(deadline) => self.core.handle_timeout(Instant::now().into_std()),
-                () = sleep_until_opt(reopen_at) => self.try_reopen().await,
+                () = deadline.ring() => self.core.handle_timeout(Instant::now().into_std()),
+                () = reopen_at.ring() => self.try_reopen().await,
             }
         }
     }
