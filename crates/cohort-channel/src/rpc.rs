@@ -222,8 +222,8 @@ pub const MAX_ASYNC_REQUESTS: usize = 1024;
 /// once is sent without a task of its own), and it becomes a task when it first waits; on a
 /// multi-thread runtime it is a task from the start. A panic in a handler costs its request
 /// its reply, never the channel. Like any future on a tokio runtime it must not block: put
-/// blocking or long CPU work in `spawn_blocking`. Requests run concurrently, in no promised order, and are not
-/// shown to the channel's ordinary listeners.
+/// blocking or long CPU work in `spawn_blocking`. Requests run concurrently, in no promised
+/// order, and are not shown to the channel's ordinary listeners.
 pub trait AsyncRpcHandler: Send + Sync + 'static {
     /// Handles a request from `from`; `Some` is sent back as the reply.
     fn reply_request(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use cohort_membership::{MembershipEvent, MembershipListener};
-use cohort_net::Net;
+use cohort_net::{Alarm, Net};
 use cohort_transport::{DataSend, Received};
 use cohort_wire::{
     CohortCodec, DataFrame, DataHeader, Frame, FrameCodec, Member, MemberId, MemberKey, SendOptions,
@@ -144,18 +144,15 @@ impl<N: Net> Owner<N> {
         }
         let mut next_heartbeat = Instant::now() + self.heartbeat;
         // One timer, moved when the deadline moves (not a new one per pass).
-        let timer = tokio::time::sleep_until(next_heartbeat);
-        tokio::pin!(timer);
+        let mut timer = Alarm::new();
         loop {
             // Reap finished tasks: the set holds only what still runs.
             while self.tasks.try_join_next().is_some() {}
-            let wake = self
-                .pipeline
-                .poll_timeout()
-                .map_or(next_heartbeat, |t| Instant::from_std(t).min(next_heartbeat));
-            if timer.deadline() != wake {
-                timer.as_mut().reset(wake);
-            }
+            timer.set(Some(
+                self.pipeline
+                    .poll_timeout()
+                    .map_or(next_heartbeat, |t| Instant::from_std(t).min(next_heartbeat)),
+            ));
             tokio::select! {
                 // Order matters: commands (a stop ends the loop at once), then view changes before
                 // the data of members they add, then connection events, then data, then timers.
@@ -248,7 +245,7 @@ impl<N: Net> Owner<N> {
                         self.on_received(now, r);
                     }
                 }
-                () = &mut timer => {
+                () = timer.ring() => {
                     let now = Instant::now();
                     self.pipeline.handle_timeout(now.into_std());
                     if now >= next_heartbeat {

@@ -4,8 +4,9 @@
 //! - inbound (`inbound.rs`): a connection's handshake stage (hello, keyed binding), which
 //!   frames it may send, who it is, which deadline runs.
 //!
-//! Drivers (`sender/lane.rs`, `receiver.rs`) own one core per connection in one task, feed it what
-//! they read and the time, and carry out what it says. No clock, no sockets, no tokio.
+//! Drivers (`sender/lane.rs`, `receiver.rs`) own one core per connection in one task, feed
+//! it what they read and the time, and carry out what it says. No clock, no sockets, no
+//! tokio.
 
 mod inbound;
 mod outbound;

@@ -176,26 +176,43 @@ async fn a_run_after_stop_fails_whole() {
     }
 }
 
-/// A run never puts more frames awaiting an ACK on the connection than the in-flight table
-/// holds: with `max_in_flight` 4 and synchronized ACKs the receiver holds back, only four of
-/// a run of ten arrive; each ACK lets one more through.
-#[tokio::test]
-async fn a_run_waits_for_room_in_the_in_flight_table() {
+/// Node `a` (in-flight table of `max_in_flight`) sends `b` the run `ids` with synchronized
+/// ACKs; `b` takes the first `max_in_flight` frames, checks their order, and holds their ACK
+/// tokens.
+async fn held_run(
+    max_in_flight: usize,
+    ids: std::ops::Range<u64>,
+) -> (
+    Node,
+    Node,
+    Vec<Done>,
+    std::collections::VecDeque<cohort_transport::AckToken>,
+) {
     let cfg = TransportConfig {
-        max_in_flight: 4,
+        max_in_flight,
         ..config()
     };
     let mut b = node(2, config()).await;
     let a = node(1, cfg).await;
     let sync = SendOptions::USE_ACK | SendOptions::SYNCHRONIZED_ACK;
-    let (frames, dones) = run(&a.member, 1..11, sync);
+    let first = ids.start;
+    let (frames, dones) = run(&a.member, ids, sync);
     a.handle.send_data_many(&b.member, frames);
     let mut held = std::collections::VecDeque::new();
-    for want in 1..=4u64 {
+    for want in first..first + max_in_flight as u64 {
         let got = within(T, b.inbound.recv()).await.unwrap();
         assert_eq!(got.frame.header.msg_id, want);
         held.push_back(got.ack.expect("a token"));
     }
+    (a, b, dones, held)
+}
+
+/// A run never puts more frames awaiting an ACK on the connection than the in-flight table
+/// holds: with `max_in_flight` 4 and synchronized ACKs the receiver holds back, only four of
+/// a run of ten arrive; each ACK lets one more through.
+#[tokio::test]
+async fn a_run_waits_for_room_in_the_in_flight_table() {
+    let (_a, mut b, dones, mut held) = held_run(4, 1..11).await;
     // The fifth waits for room (nothing else could hold it back on loopback).
     let early = tokio::time::timeout(Duration::from_millis(300), b.inbound.recv()).await;
     assert!(early.is_err(), "a fifth frame came before any ACK");
@@ -218,21 +235,7 @@ async fn a_run_waits_for_room_in_the_in_flight_table() {
 /// connection, the ones still in the backlog fail with `Stopped`, each once.
 #[tokio::test]
 async fn stopping_fails_a_waiting_backlog_frame_by_frame() {
-    let cfg = TransportConfig {
-        max_in_flight: 2,
-        ..config()
-    };
-    let mut b = node(2, config()).await;
-    let a = node(1, cfg).await;
-    let sync = SendOptions::USE_ACK | SendOptions::SYNCHRONIZED_ACK;
-    let (frames, dones) = run(&a.member, 1..8, sync);
-    a.handle.send_data_many(&b.member, frames);
-    let mut held = Vec::new();
-    for want in 1..=2u64 {
-        let got = within(T, b.inbound.recv()).await.unwrap();
-        assert_eq!(got.frame.header.msg_id, want);
-        held.push(got.ack.expect("a token"));
-    }
+    let (a, _b, dones, held) = held_run(2, 1..8).await;
     a.handle.stop();
     for (i, done) in dones.into_iter().enumerate() {
         match within(T, done).await.unwrap() {
