@@ -276,6 +276,13 @@ async fn bare_channel(
     if let Some(l) = listener {
         builder = builder.listener(l);
     }
+    // `COHORT_BENCH_ASYNC_QUEUE_BYTES=N` measures with another `channel.async_queue_bytes`.
+    if let Some(q) = std::env::var("COHORT_BENCH_ASYNC_QUEUE_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        builder.config_mut().async_queue_bytes = q;
+    }
     Ok(builder.start_with(TokioNet, &mut rand::rngs::OsRng).await?)
 }
 

@@ -158,8 +158,9 @@ pub struct Received {
     pub ack: Option<AckToken>,
     /// The path it came by.
     pub via: Via,
-    /// The frame's share of the transport's `max_inbound_bytes`, released when this is
-    /// dropped (`None` for datagrams and for frames from a custom transport).
+    /// The frame's share of the transport's `max_inbound_bytes` (`None` for datagrams and for
+    /// frames from a custom transport). The frames of one read share one reservation, released
+    /// when the last of them is dropped.
     pub budget: Option<InboundPermit>,
 }
 
@@ -189,12 +190,36 @@ impl OutFrame {
     }
 }
 
-/// A received frame's reservation against [`TransportConfig::max_inbound_bytes`]; released on
-/// drop.
+/// A received frame's reservation against [`TransportConfig::max_inbound_bytes`]. The frames
+/// decoded from one read share one reservation, taken for all of them at once; it is released
+/// when the last of them is dropped.
 pub struct InboundPermit {
+    share: Arc<Reservation>,
+    bytes: u64,
+}
+
+/// Bytes reserved against the inbound budget, released on drop.
+pub(crate) struct Reservation {
     _permit: OwnedSemaphorePermit,
     bytes: u64,
     counters: Arc<Counters>,
+}
+
+impl Reservation {
+    pub(crate) fn new(permit: OwnedSemaphorePermit, bytes: u64, counters: Arc<Counters>) -> Self {
+        Counters::add(&counters.inbound_bytes, bytes);
+        Self {
+            _permit: permit,
+            bytes,
+            counters,
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        Counters::sub(&self.counters.inbound_bytes, self.bytes);
+    }
 }
 
 impl std::fmt::Debug for InboundPermit {
@@ -204,15 +229,20 @@ impl std::fmt::Debug for InboundPermit {
 }
 
 impl InboundPermit {
-    /// The bytes reserved.
+    /// `bytes` of a reservation.
+    pub(crate) fn of(share: Arc<Reservation>, bytes: u64) -> Self {
+        Self { share, bytes }
+    }
+
+    /// The frame's bytes.
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
-}
 
-impl Drop for InboundPermit {
-    fn drop(&mut self) {
-        Counters::sub(&self.counters.inbound_bytes, self.bytes);
+    /// The bytes of the reservation this frame shares (its own, and those of the frames read
+    /// with it).
+    pub fn reserved(&self) -> u64 {
+        self.share.bytes
     }
 }
 

@@ -18,7 +18,7 @@ use crate::core::{InboundConn, Refusal, Timeouts};
 use crate::delay_acks::DelayAcks;
 use crate::handshake::{ReadSeal, WriteSeal, fresh_nonce};
 use crate::stats::Counters;
-use crate::{AckMsg, AckSink, AckToken, InboundPermit, Received, Shared, Via};
+use crate::{AckMsg, AckSink, AckToken, InboundPermit, Received, Reservation, Shared, Via};
 
 pub(crate) async fn accept_loop<N: Net>(shared: Arc<Shared<N>>, listener: N::TcpListener) {
     let mut stop = shared.stop_rx.clone();
@@ -215,6 +215,7 @@ async fn serve<N: Net>(
         ack_tx,
         pending_acks: Arc::new(Semaphore::new(shared.config.max_pending_acks)),
         reserved: None,
+        batch: None,
         large_hint: 0,
         seal_tx: Some(seal_tx),
         read_seal: ReadSeal::new(None),
@@ -313,6 +314,9 @@ struct Inbound<N: Net> {
     pending_acks: Arc<Semaphore>,
     /// Budget reserved for the large frame at the front of the buffer.
     reserved: Option<InboundPermit>,
+    /// The reservation the whole frames of the current read share, and its bytes not yet
+    /// taken by one of them. Dropped once the read's frames are decoded.
+    batch: Option<(Arc<Reservation>, u64)>,
     /// The size of the last frame when it was larger than the read buffer (at most
     /// [`LARGE_HINT_MAX`] read buffers), 0 after a smaller one or a larger one: a fresh read
     /// buffer is made that large, so that the next frame of a stream of large ones is read in
@@ -340,7 +344,7 @@ impl<N: Net> Inbound<N> {
     }
 
     /// Reserves `bytes` of the inbound budget; waits (reading paused) while it is spent.
-    async fn reserve(&self, bytes: usize) -> Result<InboundPermit, Close> {
+    async fn reserve(&self, bytes: usize) -> Result<Arc<Reservation>, Close> {
         let shared = &self.shared;
         let n = u32::try_from(bytes).map_err(|_| Close::Violation("frame too large".into()))?;
         let permit = match shared.budget.clone().try_acquire_many_owned(n) {
@@ -357,12 +361,38 @@ impl<N: Net> Inbound<N> {
                 }
             }
         };
-        Counters::add(&shared.counters.inbound_bytes, u64::from(n));
-        Ok(InboundPermit {
-            _permit: permit,
-            bytes: u64::from(n),
-            counters: shared.counters.clone(),
-        })
+        Ok(Arc::new(Reservation::new(
+            permit,
+            u64::from(n),
+            shared.counters.clone(),
+        )))
+    }
+
+    /// The budget of the whole frame of `total` bytes at the front of `buf`. The first frame
+    /// of a read reserves for every whole frame behind it in `buf` as well (at most a quarter
+    /// of `max_inbound_bytes`, and at least this frame): one reservation per read, not one per
+    /// frame. The frames after it take their share of it.
+    async fn frame_budget(&mut self, buf: &[u8], total: usize) -> Result<InboundPermit, Close> {
+        let bytes = total as u64;
+        if let Some((share, left)) = &mut self.batch {
+            if *left >= bytes {
+                *left -= bytes;
+                return Ok(InboundPermit::of(share.clone(), bytes));
+            }
+        }
+        let cap = (self.shared.config.max_inbound_bytes / 4).max(total);
+        let (mut at, mut want) = (total, total);
+        while let Ok(Some(p)) = self.shared.codec.peek_frame_prefix(&buf[at..]) {
+            let t = p.total_len();
+            if at + t > buf.len() || want + t > cap {
+                break;
+            }
+            at += t;
+            want += t;
+        }
+        let share = self.reserve(want).await?;
+        self.batch = Some((share.clone(), (want - total) as u64));
+        Ok(InboundPermit::of(share, bytes))
     }
 
     /// Decodes every complete frame at the front of `buf`, setting `progressed` when a frame
@@ -371,6 +401,17 @@ impl<N: Net> Inbound<N> {
     /// and, for a frame larger than the read buffer, its remainder once its header has been
     /// checked and its size reserved against the inbound budget.
     async fn decode_all(
+        &mut self,
+        buf: &mut BytesMut,
+        progressed: &mut bool,
+    ) -> Result<usize, Close> {
+        let room = self.decode_frames(buf, progressed).await;
+        // What a read's frames did not take goes back with the last of them.
+        self.batch = None;
+        room
+    }
+
+    async fn decode_frames(
         &mut self,
         buf: &mut BytesMut,
         progressed: &mut bool,
@@ -400,7 +441,8 @@ impl<N: Net> Inbound<N> {
                         return Ok(prefix.header_end() - buf.len());
                     };
                     self.check_sender(header.sender)?;
-                    self.reserved = Some(self.reserve(total).await?);
+                    let share = self.reserve(total).await?;
+                    self.reserved = Some(InboundPermit::of(share, total as u64));
                     // Time spent waiting for the budget is not the peer's slowness.
                     *progressed = true;
                 }
@@ -408,7 +450,7 @@ impl<N: Net> Inbound<N> {
             }
             let budget = match self.reserved.take() {
                 Some(p) => Some(p),
-                None if self.core.hello().is_some() => Some(self.reserve(total).await?),
+                None if self.core.hello().is_some() => Some(self.frame_budget(buf, total).await?),
                 None => None,
             };
             let decoded = if self.core.hello().is_none() {

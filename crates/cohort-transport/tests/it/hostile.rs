@@ -284,3 +284,56 @@ async fn waiting_for_the_inbound_budget_is_not_a_frame_timeout() {
     let stats = b.handle.stats();
     assert_eq!(stats.frame_timeouts, 0, "{stats:?}");
 }
+
+/// The whole frames of one read share one reservation of the inbound budget: it covers all of
+/// them from the first, and goes back only when the last of them is dropped.
+#[tokio::test]
+async fn the_frames_of_one_read_share_one_budget_reservation() {
+    let mut b = node(2, config()).await;
+    let who = Member::new(MemberId::from_bytes([6; 16]), b.member.addr, 1);
+    let mut bytes = BytesMut::new();
+    codec()
+        .encode_frame(
+            &Frame::Hello(Box::new(cohort_wire::Hello::new(who.clone()))),
+            &mut bytes,
+        )
+        .unwrap();
+    let frames: Vec<_> = (1..=3)
+        .map(|id: u8| frame_with(&codec(), &who, u64::from(id), SendOptions::NONE, &[id; 100]))
+        .collect();
+    let sizes: Vec<u64> = frames.iter().map(|f| f.len() as u64).collect();
+    for f in &frames {
+        bytes.extend_from_slice(f);
+    }
+    // Hello and frames in one write: one read on loopback.
+    let mut s = TcpStream::connect(b.member.data_addr()).await.unwrap();
+    s.write_all(&bytes).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(
+            within(Duration::from_secs(5), b.inbound.recv())
+                .await
+                .unwrap(),
+        );
+    }
+    let all: u64 = sizes.iter().sum();
+    for (r, size) in got.iter().zip(&sizes) {
+        let budget = r.budget.as_ref().expect("a TCP frame has a budget");
+        assert_eq!(budget.bytes(), *size);
+        assert_eq!(budget.reserved(), all, "one reservation for the read");
+    }
+    assert_eq!(b.handle.stats().inbound_bytes, all);
+    let last = got.pop().unwrap();
+    drop(got);
+    assert_eq!(
+        b.handle.stats().inbound_bytes,
+        all,
+        "the last frame holds it"
+    );
+    drop(last);
+    assert_eq!(
+        b.handle.stats().inbound_bytes,
+        0,
+        "released with the last frame"
+    );
+}
