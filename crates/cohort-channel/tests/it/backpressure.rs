@@ -114,3 +114,39 @@ async fn a_slow_receiver_makes_async_sends_wait_with_bounded_memory() {
     a.stop().await;
     b.stop().await;
 }
+
+/// The default ASYNCHRONOUS queue (1 MiB) takes messages larger than all of it: each waits for
+/// the queue to empty, then takes the whole budget. Large and small messages arrive whole, in
+/// the order sent, and the queue never counts more than its budget.
+#[tokio::test]
+async fn async_messages_larger_than_the_whole_queue_pass_in_order() {
+    let got = collector();
+    let b = start(builder().listener(got.clone())).await;
+    let a = start(builder()).await;
+    let budget = ChannelConfig::default().async_queue_bytes;
+    let to = [b.local().clone()];
+    let sizes = [3 * budget, 16, budget + 1, 64 * 1024, 2 * budget, 8];
+    for (i, &size) in sizes.iter().enumerate() {
+        let payload = vec![u8::try_from(i).unwrap(); size];
+        let r = a
+            .send(&to, Bytes::from(payload), SendOptions::ASYNCHRONOUS)
+            .await
+            .unwrap();
+        assert!(r.await.queued);
+        assert!(a.stats().async_queued_bytes <= budget);
+    }
+    wait_for("every message", Duration::from_secs(30), || {
+        got.len() == sizes.len()
+    })
+    .await;
+    for (i, (p, &size)) in got.payloads().iter().zip(&sizes).enumerate() {
+        assert_eq!(p.len(), size, "message {i} whole");
+        assert!(
+            p.iter().all(|&x| usize::from(x) == i),
+            "message {i} in order"
+        );
+    }
+    assert_eq!(a.stats().transport.send_failures, 0);
+    a.stop().await;
+    b.stop().await;
+}
