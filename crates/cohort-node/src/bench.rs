@@ -291,9 +291,11 @@ fn sink_member(addr: SocketAddr) -> Member {
     Member::new(MemberId::from_bytes([0; 16]), addr.ip(), addr.port())
 }
 
-/// Bytes of messages a throughput run keeps outstanding (half the transport's default
-/// `max_peer_queue_bytes`).
-const RECEIPT_WINDOW_BYTES: usize = 32 << 20;
+/// Bytes of messages a throughput run keeps outstanding: enough to keep loopback busy (an
+/// ACK comes back within a few hundred 1 KiB messages), few enough that a message's state is
+/// still in the CPU's caches when its ACK completes it. 32 MiB cost the ACKed modes 10–25 %
+/// (docs/BENCHMARKS.md, issue 13's seventh stop). `COHORT_BENCH_WINDOW_BYTES=N` sets another.
+const RECEIPT_WINDOW_BYTES: usize = 4 << 20;
 
 fn count_failures(o: &cohort_channel::SendOutcome, first: &mut Option<String>) -> u64 {
     if let Some(f) = o.failures().next() {
@@ -385,9 +387,14 @@ pub async fn run(mode: Mode, size: usize, count: u64) -> anyhow::Result<BenchRes
         let options = mode.options();
         started = Clocks::start();
         let mut receipts = std::collections::VecDeque::new();
-        // Receipts outstanding: the transport refuses more than `max_peer_queue_bytes` (64 MiB)
-        // of unwritten frames per peer with QueueFull, so big messages get a smaller window.
-        let window = (RECEIPT_WINDOW_BYTES / size).clamp(16, 8192);
+        // Receipts outstanding, in messages: `RECEIPT_WINDOW_BYTES`' worth, at least 16 (the
+        // transport refuses more than `max_peer_queue_bytes` of unwritten frames per peer).
+        let window = (std::env::var("COHORT_BENCH_WINDOW_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(RECEIPT_WINDOW_BYTES)
+            / size)
+            .clamp(16, 8192);
         let batched = matches!(mode, Mode::AsyncBatch | Mode::AckBatch);
         let mut i = 0;
         while batched && i < count {

@@ -139,9 +139,11 @@ pub struct TransportConfig {
     /// connections. Default 64.
     pub max_unauthenticated_per_source: usize,
     /// Memory for received frames across all connections: frames beyond the read buffer
-    /// (`rx_buf_size`) are only read once their size is reserved here, and every received
-    /// frame holds its size until the layer above takes it. When spent, connections pause
-    /// reading (backpressure; nothing is dropped). Must hold at least one largest frame.
+    /// (`rx_buf_size`) are only read once their size is reserved here; the whole frames of one
+    /// read are reserved together, and hold their sizes until the layer above has taken the
+    /// last of them. When spent, connections pause reading (backpressure; nothing is dropped);
+    /// a connection waiting for it holds no reservation of its own. Must hold at least one
+    /// largest frame.
     /// Each connection's read buffer comes on top: `rx_buf_size`, or up to twice that after
     /// frames larger than it (so that the next is read in place). Default 256 MiB.
     #[cfg_attr(

@@ -374,10 +374,12 @@ impl<N: Net> Inbound<N> {
     /// frame. The frames after it take their share of it.
     async fn frame_budget(&mut self, buf: &[u8], total: usize) -> Result<InboundPermit, Close> {
         let bytes = total as u64;
-        if let Some((share, left)) = &mut self.batch {
-            if *left >= bytes {
-                *left -= bytes;
-                return Ok(InboundPermit::of(share.clone(), bytes));
+        // Taken out first: a connection must hold no budget of its own while it waits for
+        // more (the frames it already queued hold theirs until the layer above takes them).
+        if let Some((share, left)) = self.batch.take() {
+            if left >= bytes {
+                self.batch = Some((share.clone(), left - bytes));
+                return Ok(InboundPermit::of(share, bytes));
             }
         }
         let cap = (self.shared.config.max_inbound_bytes / 4).max(total);
@@ -441,6 +443,9 @@ impl<N: Net> Inbound<N> {
                         return Ok(prefix.header_end() - buf.len());
                     };
                     self.check_sender(header.sender)?;
+                    // What the read's small frames left of their reservation is not held
+                    // while this one waits for the budget.
+                    self.batch = None;
                     let share = self.reserve(total).await?;
                     self.reserved = Some(InboundPermit::of(share, total as u64));
                     // Time spent waiting for the budget is not the peer's slowness.

@@ -111,7 +111,8 @@ counters! {
     /// Connections closed after `idle_timeout` without a byte.
     idle_closed,
     /// Bytes of received frames held against `max_inbound_bytes` now (a gauge): frames being
-    /// read beyond the read buffer, and frames queued for the layer above.
+    /// read beyond the read buffer, and frames queued for the layer above (the frames of one
+    /// read are released together, when the last of them is taken).
     inbound_bytes,
     /// Times a connection paused reading because `max_inbound_bytes` was spent.
     inbound_budget_waits,

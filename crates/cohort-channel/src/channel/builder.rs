@@ -2,7 +2,7 @@
 //! owner task.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::BytesMut;
@@ -301,6 +301,7 @@ impl ChannelBuilder {
             ids,
             async_count: Arc::new(Semaphore::new(self.config.async_queue_messages)),
             async_bytes: Arc::new(Semaphore::new(self.config.async_queue_bytes)),
+            paced: AtomicUsize::new(0),
             config: self.config.clone(),
             max_payload: self.transport.limits.max_frame_payload,
             local: local.clone(),

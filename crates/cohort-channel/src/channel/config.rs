@@ -18,10 +18,11 @@ pub struct ChannelConfig {
     )]
     pub heartbeat_interval: Duration,
     /// Bytes of ASYNCHRONOUS messages queued and not yet completed; a send beyond it waits
-    /// (backpressure). Default 1 MiB (Tribes' `maxQueueSize` is 64 MiB: a queue that deep
-    /// only fills when the sender outruns the network, and then every payload has left the
-    /// CPU's caches before it is written; docs/DEVIATIONS.md). A message larger than the whole
-    /// budget waits for the queue to empty, then takes all of it.
+    /// (backpressure). Default 64 MiB (Tribes' `maxQueueSize`). A message larger than the
+    /// whole budget waits for the queue to empty, then takes all of it. While more than 1 MiB
+    /// is queued, ASYNCHRONOUS sends yield to the runtime once per 64 KiB sent, so the
+    /// channel's task and its connections write what is queued while it is still in the CPU's
+    /// caches; a queue that cannot drain (a stalled member) still fills to this bound.
     #[cfg_attr(
         feature = "serde",
         serde(deserialize_with = "cohort_wire::serde_ms::size")
@@ -69,7 +70,7 @@ impl Default for ChannelConfig {
     fn default() -> Self {
         Self {
             heartbeat_interval: Duration::from_secs(5),
-            async_queue_bytes: 1024 * 1024,
+            async_queue_bytes: 64 * 1024 * 1024,
             async_queue_messages: 65_536,
             command_queue: 1024,
             delivery_queue: 8192,

@@ -2,7 +2,7 @@
 //! command queue.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use bytes::Bytes;
@@ -38,6 +38,9 @@ pub(super) struct HandleShared {
     pub(super) ids: Arc<AtomicU64>,
     pub(super) async_count: Arc<Semaphore>,
     pub(super) async_bytes: Arc<Semaphore>,
+    /// ASYNCHRONOUS bytes sent into a deep queue since a send last yielded (see
+    /// [`ChannelHandle::pace`]).
+    pub(super) paced: AtomicUsize,
     pub(super) config: ChannelConfig,
     pub(super) max_payload: u32,
     pub(super) local: Member,
@@ -155,6 +158,15 @@ pub struct ChannelHandle {
     pub(super) _life: Option<Arc<Life>>,
 }
 
+/// ASYNCHRONOUS bytes queued beyond which sends yield ([`ChannelHandle::pace`]): about what a
+/// core's L2 cache holds.
+const ASYNC_PACE_BYTES: usize = 1 << 20;
+
+/// Beyond [`ASYNC_PACE_BYTES`], sends yield once per this many bytes sent: a sender of 1 KiB
+/// messages pays a task switch per 64 of them, not per message; one of 64 KiB messages or of
+/// batches yields after each send.
+const ASYNC_PACE_EVERY: usize = 64 << 10;
+
 /// Held by every application handle; the last one dropped stops the channel.
 pub(super) struct Life {
     pub(super) shared: Arc<HandleShared>,
@@ -188,6 +200,10 @@ impl ChannelHandle {
     /// Sends `payload` to `destinations` with `options`. Waits only for admission: with
     /// ASYNCHRONOUS, until the bounded queue has room (backpressure); otherwise until the
     /// channel task takes the message. The receipt resolves as the options promise.
+    ///
+    /// For throughput, pipeline: send on, and await receipts a few MiB behind the newest
+    /// send. Thousands of receipts outstanding cost more than they gain: by the time an ACK
+    /// completes a message, its state has left the CPU's caches (docs/BENCHMARKS.md).
     pub async fn send(
         &self,
         destinations: &[Member],
@@ -269,6 +285,7 @@ impl ChannelHandle {
             .map_err(|_| ChannelError::Stopped)?;
         s.counters.sent.fetch_add(1, Ordering::Relaxed);
         s.counters.count(options, len, true);
+        self.pace(options, len).await;
         Ok(receipt)
     }
 
@@ -386,7 +403,28 @@ impl ChannelHandle {
             .await
             .map_err(|_| ChannelError::Stopped)?;
         s.counters.sent.fetch_add(n as u64, Ordering::Relaxed);
+        self.pace(options, total).await;
         Ok(receipt)
+    }
+
+    /// After an ASYNCHRONOUS send of `len` bytes, while more than [`ASYNC_PACE_BYTES`] are
+    /// queued: a yield to the runtime once per [`ASYNC_PACE_EVERY`] bytes sent, so the
+    /// channel's task and the connections write what is queued before this sender queues
+    /// more. Without it a sender on the same thread runs ahead until the queue is full
+    /// (`async_queue_bytes`), and every payload has left the CPU's caches by the time a
+    /// connection encodes it. A queue that cannot drain (a stalled member) still fills to its
+    /// bound: the yield never waits.
+    async fn pace(&self, options: SendOptions, len: usize) {
+        let s = &self.shared;
+        if !options.contains(SendOptions::ASYNCHRONOUS)
+            || s.config.async_queue_bytes - s.async_bytes.available_permits() <= ASYNC_PACE_BYTES
+        {
+            return;
+        }
+        if s.paced.fetch_add(len, Ordering::Relaxed) + len >= ASYNC_PACE_EVERY {
+            s.paced.store(0, Ordering::Relaxed);
+            tokio::task::yield_now().await;
+        }
     }
 
     /// Takes room in the ASYNCHRONOUS queue for `n` messages of `total` bytes at once, as the
