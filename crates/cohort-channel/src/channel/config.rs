@@ -20,9 +20,10 @@ pub struct ChannelConfig {
     /// Bytes of ASYNCHRONOUS messages queued and not yet completed; a send beyond it waits
     /// (backpressure). Default 64 MiB (Tribes' `maxQueueSize`). A message larger than the
     /// whole budget waits for the queue to empty, then takes all of it. While more than 1 MiB
-    /// is queued, ASYNCHRONOUS sends yield to the runtime once per 64 KiB sent, so the
-    /// channel's task and its connections write what is queued while it is still in the CPU's
-    /// caches; a queue that cannot drain (a stalled member) still fills to this bound.
+    /// is queued, ASYNCHRONOUS sends yield to the runtime once per 64 KiB sent: on a one-thread
+    /// runtime (the node's default) the channel's task and its connections then write what is
+    /// queued while it is still in the CPU's caches. A queue that cannot drain (a stalled
+    /// member) still fills to this bound; a bound of 1 MiB or less never paces.
     #[cfg_attr(
         feature = "serde",
         serde(deserialize_with = "cohort_wire::serde_ms::size")

@@ -204,6 +204,10 @@ impl ChannelHandle {
     /// For throughput, pipeline: send on, and await receipts a few MiB behind the newest
     /// send. Thousands of receipts outstanding cost more than they gain: by the time an ACK
     /// completes a message, its state has left the CPU's caches (docs/BENCHMARKS.md).
+    ///
+    /// Cancelling: dropping this future before admission sends nothing. An ASYNCHRONOUS send
+    /// into a deep queue may yield once more after its message was queued (see
+    /// `ChannelConfig::async_queue_bytes`); dropped there, the message still goes out.
     pub async fn send(
         &self,
         destinations: &[Member],
@@ -328,7 +332,8 @@ impl ChannelHandle {
     /// channel task, and one receipt whose outcome holds a result per message and destination
     /// (its `msg_id` is the first message's; the others follow it). For many small messages
     /// this is much cheaper than a `send` each. At most [`MAX_BATCH`] payloads (and, with
-    /// ASYNCHRONOUS, at most `async_queue_messages`).
+    /// ASYNCHRONOUS, at most `async_queue_messages`). Cancelling is as for
+    /// [`ChannelHandle::send`].
     ///
     /// ```no_run
     /// # async fn demo(ch: cohort_channel::ChannelHandle) -> Result<(), cohort_channel::ChannelError> {

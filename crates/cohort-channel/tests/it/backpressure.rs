@@ -116,49 +116,53 @@ async fn a_slow_receiver_makes_async_sends_wait_with_bounded_memory() {
 }
 
 /// An ASYNCHRONOUS queue takes messages larger than all of it: each waits for the queue to
-/// empty, then takes the whole budget. Large and small messages arrive whole, in the order sent.
+/// empty, then takes the whole budget. Large and small messages arrive whole, in the order
+/// sent: with a 1 MiB queue (every large message larger than all of it), and with the default
+/// queue (past 1 MiB queued the sends yield as they go).
 #[tokio::test]
 async fn async_messages_larger_than_the_whole_queue_pass_in_order() {
-    const BUDGET: usize = 1024 * 1024;
-    let got = collector();
-    let b = start(builder().listener(got.clone())).await;
-    let a = start(builder().config(ChannelConfig {
-        async_queue_bytes: BUDGET,
-        ..ChannelConfig::default()
-    }))
-    .await;
-    let to = [b.local().clone()];
-    let sizes = [3 * BUDGET, 16, BUDGET + 1, 64 * 1024, 2 * BUDGET, 8];
-    for (i, &size) in sizes.iter().enumerate() {
-        let payload = vec![u8::try_from(i).unwrap(); size];
-        let send = a.send(&to, Bytes::from(payload), SendOptions::ASYNCHRONOUS);
-        let r = tokio::time::timeout(Duration::from_secs(10), send)
-            .await
-            .expect("admitted once the queue emptied")
-            .unwrap();
-        assert!(r.await.queued);
+    const MIB: usize = 1024 * 1024;
+    for queue in [MIB, ChannelConfig::default().async_queue_bytes] {
+        let got = collector();
+        let b = start(builder().listener(got.clone())).await;
+        let a = start(builder().config(ChannelConfig {
+            async_queue_bytes: queue,
+            ..ChannelConfig::default()
+        }))
+        .await;
+        let to = [b.local().clone()];
+        let sizes = [3 * MIB, 16, MIB + 1, 64 * 1024, 2 * MIB, 8];
+        for (i, &size) in sizes.iter().enumerate() {
+            let payload = vec![u8::try_from(i).unwrap(); size];
+            let send = a.send(&to, Bytes::from(payload), SendOptions::ASYNCHRONOUS);
+            let r = tokio::time::timeout(Duration::from_secs(10), send)
+                .await
+                .expect("admitted once the queue emptied")
+                .unwrap();
+            assert!(r.await.queued);
+        }
+        wait_for("every message", Duration::from_secs(30), || {
+            got.len() == sizes.len()
+        })
+        .await;
+        for (i, (p, &size)) in got.payloads().iter().zip(&sizes).enumerate() {
+            assert_eq!(p.len(), size, "queue {queue}: message {i} whole");
+            assert!(
+                p.iter().all(|&x| usize::from(x) == i),
+                "queue {queue}: message {i} in order"
+            );
+        }
+        assert_eq!(a.stats().transport.send_failures, 0);
+        a.stop().await;
+        b.stop().await;
     }
-    wait_for("every message", Duration::from_secs(30), || {
-        got.len() == sizes.len()
-    })
-    .await;
-    for (i, (p, &size)) in got.payloads().iter().zip(&sizes).enumerate() {
-        assert_eq!(p.len(), size, "message {i} whole");
-        assert!(
-            p.iter().all(|&x| usize::from(x) == i),
-            "message {i} in order"
-        );
-    }
-    assert_eq!(a.stats().transport.send_failures, 0);
-    a.stop().await;
-    b.stop().await;
 }
 
 /// While more than 1 MiB is queued, ASYNCHRONOUS sends let the runtime's other tasks run
 /// (once per 64 KiB sent; on a one-thread runtime: the channel's task and the connections,
 /// which then write what is queued while it is in cache); below that they return without a
-/// yield.
-#[tokio::test]
+/// yield. One thread: nothing else may run unless the send yields.
+#[tokio::test(flavor = "current_thread")]
 async fn a_send_into_a_deep_async_queue_yields_to_the_runtime() {
     let b = start(builder().listener(collector())).await;
     let a = start(builder()).await;
