@@ -277,13 +277,15 @@ async fn bare_channel(
         builder = builder.listener(l);
     }
     // `COHORT_BENCH_ASYNC_QUEUE_BYTES=N` measures with another `channel.async_queue_bytes`.
-    if let Some(q) = std::env::var("COHORT_BENCH_ASYNC_QUEUE_BYTES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(q) = env_bytes("COHORT_BENCH_ASYNC_QUEUE_BYTES") {
         builder.config_mut().async_queue_bytes = q;
     }
     Ok(builder.start_with(TokioNet, &mut rand::rngs::OsRng).await?)
+}
+
+/// A byte count from the environment variable `name`, when set and a number.
+fn env_bytes(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
 /// The sink as a destination: its address, and an id the sender need not know.
@@ -389,10 +391,7 @@ pub async fn run(mode: Mode, size: usize, count: u64) -> anyhow::Result<BenchRes
         let mut receipts = std::collections::VecDeque::new();
         // Receipts outstanding, in messages: `RECEIPT_WINDOW_BYTES`' worth, at least 16 (the
         // transport refuses more than `max_peer_queue_bytes` of unwritten frames per peer).
-        let window = (std::env::var("COHORT_BENCH_WINDOW_BYTES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(RECEIPT_WINDOW_BYTES)
+        let window = (env_bytes("COHORT_BENCH_WINDOW_BYTES").unwrap_or(RECEIPT_WINDOW_BYTES)
             / size)
             .clamp(16, 8192);
         let batched = matches!(mode, Mode::AsyncBatch | Mode::AckBatch);

@@ -383,13 +383,13 @@ impl<N: Net> Inbound<N> {
             }
         }
         let cap = (self.shared.config.max_inbound_bytes / 4).max(total);
-        let (mut at, mut want) = (total, total);
-        while let Ok(Some(p)) = self.shared.codec.peek_frame_prefix(&buf[at..]) {
+        // The frames from the front of `buf` this reservation covers, in bytes.
+        let mut want = total;
+        while let Ok(Some(p)) = self.shared.codec.peek_frame_prefix(&buf[want..]) {
             let t = p.total_len();
-            if at + t > buf.len() || want + t > cap {
+            if want + t > buf.len().min(cap) {
                 break;
             }
-            at += t;
             want += t;
         }
         let share = self.reserve(want).await?;

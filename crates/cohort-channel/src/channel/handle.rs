@@ -62,6 +62,11 @@ pub(super) struct HandleShared {
 }
 
 impl HandleShared {
+    /// ASYNCHRONOUS bytes admitted and not yet completed.
+    fn async_queued_bytes(&self) -> usize {
+        self.config.async_queue_bytes - self.async_bytes.available_permits()
+    }
+
     /// `to` as a shared slice: the last send's when it went to the same members (most sends
     /// do), so a send neither allocates nor copies a member; otherwise a new one, kept for
     /// the next send. One slice is kept.
@@ -422,7 +427,7 @@ impl ChannelHandle {
     async fn pace(&self, options: SendOptions, len: usize) {
         let s = &self.shared;
         if !options.contains(SendOptions::ASYNCHRONOUS)
-            || s.config.async_queue_bytes - s.async_bytes.available_permits() <= ASYNC_PACE_BYTES
+            || s.async_queued_bytes() <= ASYNC_PACE_BYTES
         {
             return;
         }
@@ -616,8 +621,7 @@ impl ChannelHandle {
             suspicions_dropped: l(&c.suspicions_dropped),
             async_queued: self.shared.config.async_queue_messages
                 - self.shared.async_count.available_permits(),
-            async_queued_bytes: self.shared.config.async_queue_bytes
-                - self.shared.async_bytes.available_permits(),
+            async_queued_bytes: self.shared.async_queued_bytes(),
             by_mode: Mode::ALL.map(|m| {
                 let c = &c.by_mode[m.index()];
                 ModeStats {

@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use cohort_transport::TransportConfig;
-use cohort_wire::{Frame, FrameCodec, Member, MemberId, SendOptions};
+use cohort_wire::{Member, MemberId, SendOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -118,14 +117,7 @@ async fn a_hello_is_due_within_hello_timeout_and_idle_connections_close() {
     assert!(t.elapsed() < Duration::from_secs(2));
     // A hello, then silence: closed after the idle timeout (without a key anyone can say hello).
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut hello = BytesMut::new();
-    let who = Member::new(MemberId::from_bytes([5; 16]), addr.ip(), 1);
-    codec()
-        .encode_frame(
-            &Frame::Hello(Box::new(cohort_wire::Hello::new(who))),
-            &mut hello,
-        )
-        .unwrap();
+    let hello = hello_from(&Member::new(MemberId::from_bytes([5; 16]), addr.ip(), 1));
     s.write_all(&hello).await.unwrap();
     let t = Instant::now();
     assert_eq!(
@@ -235,13 +227,7 @@ async fn waiting_for_the_inbound_budget_is_not_a_frame_timeout() {
     };
     let mut b = node(2, config).await;
     let who = Member::new(MemberId::from_bytes([5; 16]), b.member.addr, 1);
-    let mut bytes = BytesMut::new();
-    codec()
-        .encode_frame(
-            &Frame::Hello(Box::new(cohort_wire::Hello::new(who.clone()))),
-            &mut bytes,
-        )
-        .unwrap();
+    let mut bytes = hello_from(&who);
     let payload = vec![7u8; 64 * 1024];
     bytes.extend_from_slice(&frame_with(
         &codec(),
@@ -291,13 +277,7 @@ async fn waiting_for_the_inbound_budget_is_not_a_frame_timeout() {
 async fn the_frames_of_one_read_share_one_budget_reservation() {
     let mut b = node(2, config()).await;
     let who = Member::new(MemberId::from_bytes([6; 16]), b.member.addr, 1);
-    let mut bytes = BytesMut::new();
-    codec()
-        .encode_frame(
-            &Frame::Hello(Box::new(cohort_wire::Hello::new(who.clone()))),
-            &mut bytes,
-        )
-        .unwrap();
+    let mut bytes = hello_from(&who);
     let frames: Vec<_> = (1..=3)
         .map(|id: u8| frame_with(&codec(), &who, u64::from(id), SendOptions::NONE, &[id; 100]))
         .collect();
@@ -364,13 +344,7 @@ async fn a_large_frame_waits_for_the_budget_without_holding_its_reads_small_fram
     };
     let mut b = node(2, config).await;
     let who = Member::new(MemberId::from_bytes([7; 16]), b.member.addr, 1);
-    let mut bytes = BytesMut::new();
-    codec()
-        .encode_frame(
-            &Frame::Hello(Box::new(cohort_wire::Hello::new(who.clone()))),
-            &mut bytes,
-        )
-        .unwrap();
+    let mut bytes = hello_from(&who);
     // Two small frames (20 KiB each: the read after the hello's holds both whole, 40 KiB,
     // more than the budget's slack over one large frame, about 16 KiB of unused header room)
     // and a large one (more than the 64 KiB read buffer), in one write.

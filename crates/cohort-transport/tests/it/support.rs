@@ -50,6 +50,18 @@ pub(crate) async fn node_with(id: u8, config: TransportConfig, codec: CohortCode
     }
 }
 
+/// An encoded hello frame from `who` (what a hand-driven peer writes first).
+pub(crate) fn hello_from(who: &Member) -> BytesMut {
+    let mut out = BytesMut::new();
+    codec()
+        .encode_frame(
+            &Frame::Hello(Box::new(cohort_wire::Hello::new(who.clone()))),
+            &mut out,
+        )
+        .unwrap();
+    out
+}
+
 pub(crate) fn frame_with(
     codec: &CohortCodec,
     from: &Member,
