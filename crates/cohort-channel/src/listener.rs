@@ -32,9 +32,17 @@ pub struct ChannelMessage {
 pub type ListenerError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Receives messages (Tribes' `ChannelListener`). Every listener whose [`accept`] is true gets
-/// each message, in registration order, on the channel's delivery task: return promptly.
+/// each message, in registration order: return promptly.
+///
+/// Where it runs: on the channel's delivery thread, a thread of its own, so that a listener
+/// may block (wait on a lock, a file, a `blocking_recv`) without stalling the runtime. When
+/// every listener of the channel says it never blocks ([`may_block`] false), the channel
+/// runs them on its own task instead, as Tribes runs its listeners on the thread that read
+/// the frame: no hand-over to another thread, no thread woken per batch (a quarter of a
+/// receiving process's CPU at 1 KiB messages, docs/BENCHMARKS.md).
 ///
 /// [`accept`]: ChannelListener::accept
+/// [`may_block`]: ChannelListener::may_block
 pub trait ChannelListener: Send + Sync + 'static {
     /// Whether this listener wants `msg`. Default: every message.
     fn accept(&self, msg: &ChannelMessage) -> bool {
@@ -44,6 +52,24 @@ pub trait ChannelListener: Send + Sync + 'static {
 
     /// Handles `msg`; an error becomes FAIL_ACK for synchronized-ACK senders.
     fn message_received(&self, msg: &ChannelMessage) -> Result<(), ListenerError>;
+
+    /// Whether [`accept`] or [`message_received`] may block the thread it runs on: wait for
+    /// a lock another thread holds long, for IO, for a channel, or call a `blocking_*`
+    /// function or `block_on`. Default true: the listener runs on the delivery thread.
+    ///
+    /// Say false only for a listener that does bounded work without waiting: counts,
+    /// updates a map under a short lock, hands the message to a non-blocking queue
+    /// (`try_send`, an unbounded sender). When every listener (and every RPC channel's) says
+    /// false, messages are delivered on the channel's task, which reads the transport and
+    /// sends; a listener that blocks there stalls the channel, and on a one-thread runtime
+    /// everything else. A listener added later that may block moves delivery back to the
+    /// delivery thread, in order.
+    ///
+    /// [`accept`]: ChannelListener::accept
+    /// [`message_received`]: ChannelListener::message_received
+    fn may_block(&self) -> bool {
+        true
+    }
 }
 
 /// Observes every message the channel sends and receives (Tribes' `ClusterListener`, seed

@@ -5,9 +5,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use cohort_transport::{Delivered, SendError};
-use cohort_wire::MemberId;
+use cohort_wire::{Member, MemberId};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
+use crate::channel::Suspecter;
 use crate::listener::ErrorHandler;
 
 /// How one destination's delivery ended.
@@ -159,9 +160,16 @@ impl std::future::Future for SendReceipt {
     }
 }
 
-/// Collects per-destination results of one application message (all its frames).
+/// Collects per-destination results of one application message (all its frames), or of a
+/// batch's messages. The transport's completions report to it directly
+/// ([`cohort_transport::Completion::shared`], by index into `destinations`): no closure is
+/// allocated per frame.
 pub(crate) struct SendState {
     pub(crate) msg_id: u64,
+    /// The destinations as the application gave them: a completion's index points here.
+    destinations: Arc<[Member]>,
+    /// Where failed sends raise suspicions.
+    suspecter: Arc<Suspecter>,
     /// Deliveries outstanding, plus one held by the driver until dispatch is over.
     remaining: AtomicUsize,
     /// Whether anyone reads the results (a waiting receipt or an error handler): an
@@ -177,12 +185,15 @@ pub(crate) struct SendState {
 impl SendState {
     pub(crate) fn new(
         msg_id: u64,
+        (destinations, suspecter): (Arc<[Member]>, Arc<Suspecter>),
         tx: Option<oneshot::Sender<SendOutcome>>,
         permits: Option<(OwnedSemaphorePermit, Option<OwnedSemaphorePermit>)>,
         error_handler: Option<Arc<dyn ErrorHandler>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             msg_id,
+            destinations,
+            suspecter,
             remaining: AtomicUsize::new(1),
             keep_results: tx.is_some() || error_handler.is_some(),
             results: Mutex::new(Vec::new()),
@@ -222,6 +233,12 @@ impl SendState {
                 });
         }
         self.done_one();
+    }
+
+    /// The destinations the send was made to: completions made with
+    /// [`cohort_transport::Completion::shared`] for this state index into them.
+    pub(crate) fn destinations(&self) -> &Arc<[Member]> {
+        &self.destinations
     }
 
     /// Gives the ASYNCHRONOUS admission (count and bytes) back.
@@ -269,5 +286,19 @@ impl SendState {
         {
             let _ = tx.send(outcome);
         }
+    }
+}
+
+impl cohort_transport::Completions for SendState {
+    /// The frame to `destinations[index]` completed: a suspicion when it failed on IO, and
+    /// its result recorded.
+    fn complete(&self, index: usize, result: Result<Delivered, SendError>) {
+        let Some(dest) = self.destinations.get(index) else {
+            // Never made so; counted all the same, or the receipt would wait forever.
+            self.done_one();
+            return;
+        };
+        self.suspecter.check(dest, &result);
+        self.record(dest.id, SocketAddr::new(dest.addr, dest.port), result);
     }
 }

@@ -3,15 +3,14 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use cohort_membership::{
     FailureEvidence, MembershipEvent, MembershipHandle, MembershipStats, MembershipView,
 };
 use cohort_net::Net;
-use cohort_transport::{Completion, DataSend, TransportHandle, TransportStats};
-use cohort_wire::{CohortCodec, DataFrame, Member, MemberKey, SendOptions};
+use cohort_transport::{Completion, DataSend, OutData, TransportHandle, TransportStats};
+use cohort_wire::{CohortCodec, Member, MemberKey, SendOptions};
 use tokio::sync::broadcast;
 
 /// A boxed future, for object-safe async methods.
@@ -28,7 +27,7 @@ pub trait ChannelTransport: Send + Sync + 'static {
     fn send_data(
         &self,
         to: &Member,
-        frame: Arc<DataFrame>,
+        frame: OutData,
         codec: &CohortCodec,
         msg_id: u64,
         options: SendOptions,
@@ -37,7 +36,7 @@ pub trait ChannelTransport: Send + Sync + 'static {
         let mut buf = bytes::BytesMut::new();
         match codec.encode_data(&frame, None, &mut buf) {
             Ok(()) => self.send(to, buf.freeze(), msg_id, options, done),
-            Err(e) => done(Err(cohort_transport::SendError::BadFrame {
+            Err(e) => done.complete(Err(cohort_transport::SendError::BadFrame {
                 addr: SocketAddr::new(to.addr, to.port),
                 reason: e.to_string(),
             })),
@@ -71,7 +70,7 @@ pub trait ChannelTransport: Send + Sync + 'static {
     /// once. Default: no multicast path (`SendError::NoMulticast`).
     fn send_multicast(&self, frame: Bytes, done: Completion) {
         let _ = frame;
-        done(Err(cohort_transport::SendError::NoMulticast));
+        done.complete(Err(cohort_transport::SendError::NoMulticast));
     }
 }
 
@@ -83,7 +82,7 @@ impl<N: Net> ChannelTransport for TransportHandle<N> {
     fn send_data(
         &self,
         to: &Member,
-        frame: Arc<DataFrame>,
+        frame: OutData,
         _codec: &CohortCodec,
         msg_id: u64,
         options: SendOptions,

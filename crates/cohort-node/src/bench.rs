@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use cohort_channel::{ChannelListener, ChannelMessage, GroupChannel, ListenerError};
 use cohort_net::TokioNet;
 use cohort_transport::TransportConfig;
@@ -235,6 +235,11 @@ pub async fn sink(raw: bool, count: u64, out: &mut (dyn Write + Send)) -> anyhow
             }
             Ok(())
         }
+
+        // Two atomic adds and a notify: it never waits.
+        fn may_block(&self) -> bool {
+            false
+        }
     }
     let counter = Arc::new(Count {
         seen: AtomicU64::new(0),
@@ -298,6 +303,42 @@ fn sink_member(addr: SocketAddr) -> Member {
 /// still in the CPU's caches when its ACK completes it. 32 MiB cost the ACKed modes 10–25 %
 /// (docs/BENCHMARKS.md, issue 13's seventh stop). `COHORT_BENCH_WINDOW_BYTES=N` sets another.
 const RECEIPT_WINDOW_BYTES: usize = 4 << 20;
+
+/// Where the channel modes' payloads come from: each is the template with its sequence number
+/// in front, written into a shared chunk of [`PAYLOAD_CHUNK`] bytes and split off it, as an
+/// application that serializes its messages into one buffer would. A payload allocated and
+/// copied on its own (`Bytes::copy_from_slice`) costs the sending process about 1,000
+/// instructions per 1 KiB message (a glibc `malloc` that misses its thread cache, and the
+/// `free` when the frame is written): the application's cost, which plain TCP's loop, writing
+/// straight into its buffer, never pays (docs/BENCHMARKS.md, issue 13's eighth stop).
+struct Payloads {
+    template: Vec<u8>,
+    chunk: BytesMut,
+}
+
+/// The size of the chunks [`Payloads`] carves messages from (a larger message gets a chunk of
+/// its own size).
+const PAYLOAD_CHUNK: usize = 1 << 20;
+
+impl Payloads {
+    fn new(template: Vec<u8>) -> Self {
+        Self {
+            template,
+            chunk: BytesMut::new(),
+        }
+    }
+
+    /// The payload of message `seq`.
+    fn next(&mut self, seq: u64) -> Bytes {
+        let size = self.template.len();
+        if self.chunk.capacity() < size {
+            self.chunk = BytesMut::with_capacity(PAYLOAD_CHUNK.max(size));
+        }
+        self.chunk.extend_from_slice(&seq.to_be_bytes());
+        self.chunk.extend_from_slice(&self.template[8..]);
+        self.chunk.split().freeze()
+    }
+}
 
 fn count_failures(o: &cohort_channel::SendOutcome, first: &mut Option<String>) -> u64 {
     if let Some(f) = o.failures().next() {
@@ -395,15 +436,11 @@ pub async fn run(mode: Mode, size: usize, count: u64) -> anyhow::Result<BenchRes
             / size)
             .clamp(16, 8192);
         let batched = matches!(mode, Mode::AsyncBatch | Mode::AckBatch);
+        let mut payloads = Payloads::new(payload);
         let mut i = 0;
         while batched && i < count {
             let n = BATCH.min(count - i);
-            let batch: Vec<Bytes> = (i..i + n)
-                .map(|k| {
-                    payload[..8].copy_from_slice(&k.to_be_bytes());
-                    Bytes::copy_from_slice(&payload)
-                })
-                .collect();
+            let batch: Vec<Bytes> = (i..i + n).map(|k| payloads.next(k)).collect();
             i += n;
             receipts.push_back(ch.send_many(&to, batch, options).await?);
             let in_batches = (window / usize::try_from(BATCH).unwrap_or(1)).max(2);
@@ -413,10 +450,7 @@ pub async fn run(mode: Mode, size: usize, count: u64) -> anyhow::Result<BenchRes
             }
         }
         for i in (0..count).filter(|_| !batched) {
-            payload[..8].copy_from_slice(&i.to_be_bytes());
-            let r = ch
-                .send(&to, Bytes::copy_from_slice(&payload), options)
-                .await?;
+            let r = ch.send(&to, payloads.next(i), options).await?;
             receipts.push_back(r);
             if receipts.len() >= window {
                 while receipts.len() > window / 2 {

@@ -21,7 +21,7 @@
 //! use std::net::SocketAddr;
 //! use bytes::{Bytes, BytesMut};
 //! use cohort_net::TokioNet;
-//! use cohort_transport::{Delivered, Transport, TransportConfig};
+//! use cohort_transport::{Completion, Delivered, Transport, TransportConfig};
 //! use cohort_wire::*;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -43,7 +43,7 @@
 //! let mut bytes = BytesMut::new();
 //! codec.encode_frame(&frame, &mut bytes)?;
 //! let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-//! a.send(&b_member, bytes.freeze(), 1, SendOptions::USE_ACK, Box::new(move |r| { let _ = done_tx.send(r); }));
+//! a.send(&b_member, bytes.freeze(), 1, SendOptions::USE_ACK, Completion::new(move |r| { let _ = done_tx.send(r); }));
 //! let got = inbound.recv().await.unwrap();
 //! assert_eq!(&got.frame.payload[..], b"hi");
 //! assert_eq!(done_rx.await?, Ok(Delivered::Acked));
@@ -80,13 +80,92 @@ use stats::Counters;
 
 /// Called once per destination when its delivery completes, from a transport task. Keep it
 /// short: it must not block.
-pub type Completion = Box<dyn FnOnce(Result<Delivered, SendError>) + Send>;
+///
+/// Either a closure of its own ([`Completion::new`]), or one of many completions that report
+/// to the same object ([`Completion::shared`]): a receipt that collects the results of its
+/// frames to every destination. A shared completion costs no allocation per frame.
+pub struct Completion(CompletionFn);
+
+enum CompletionFn {
+    Once(Box<dyn FnOnce(Result<Delivered, SendError>) + Send>),
+    Shared(Arc<dyn Completions>, usize),
+}
+
+/// What [`Completion::shared`] completions report to: told which of its frames (by the index
+/// the completion was made with) completed, and how.
+pub trait Completions: Send + Sync + 'static {
+    /// The frame made with `index` completed with `result`.
+    fn complete(&self, index: usize, result: Result<Delivered, SendError>);
+}
+
+impl Completion {
+    /// A completion that runs `f`.
+    pub fn new(f: impl FnOnce(Result<Delivered, SendError>) + Send + 'static) -> Self {
+        Self(CompletionFn::Once(Box::new(f)))
+    }
+
+    /// A completion that reports to `to` as its frame `index`.
+    pub fn shared(to: Arc<dyn Completions>, index: usize) -> Self {
+        Self(CompletionFn::Shared(to, index))
+    }
+
+    /// Runs the completion with the frame's result.
+    pub fn complete(self, result: Result<Delivered, SendError>) {
+        match self.0 {
+            CompletionFn::Once(f) => f(result),
+            CompletionFn::Shared(to, index) => to.complete(index, result),
+        }
+    }
+}
+
+impl std::fmt::Debug for Completion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            CompletionFn::Once(_) => "Completion::Once",
+            CompletionFn::Shared(..) => "Completion::Shared",
+        })
+    }
+}
+
+/// A data frame handed to the transport ([`TransportHandle::send_data`], [`DataSend`]),
+/// encoded by the connection that writes it: one send's own (no allocation), or shared by the
+/// sends of one message to several destinations.
+#[derive(Clone, Debug)]
+pub enum OutData {
+    /// One destination's frame.
+    Own(DataFrame),
+    /// A frame several destinations' sends share.
+    Shared(Arc<DataFrame>),
+}
+
+impl std::ops::Deref for OutData {
+    type Target = DataFrame;
+
+    fn deref(&self) -> &DataFrame {
+        match self {
+            Self::Own(f) => f,
+            Self::Shared(f) => f,
+        }
+    }
+}
+
+impl From<DataFrame> for OutData {
+    fn from(f: DataFrame) -> Self {
+        Self::Own(f)
+    }
+}
+
+impl From<Arc<DataFrame>> for OutData {
+    fn from(f: Arc<DataFrame>) -> Self {
+        Self::Shared(f)
+    }
+}
 
 /// One frame of [`TransportHandle::send_data_many`]: what [`TransportHandle::send_data`]
 /// takes, but the destination.
 pub struct DataSend {
     /// The frame, encoded by the connection that writes it.
-    pub frame: Arc<DataFrame>,
+    pub frame: OutData,
     /// Its message id (what the peer's ACK names).
     pub msg_id: u64,
     /// Its send options.
@@ -169,7 +248,7 @@ pub struct Received {
 #[derive(Clone, Debug)]
 pub(crate) enum OutFrame {
     Encoded(Bytes),
-    Data(Arc<DataFrame>),
+    Data(OutData),
 }
 
 /// What a data frame's encoding adds to its payload, at most, for the queue's byte count
@@ -585,12 +664,12 @@ impl<N: Net> TransportHandle<N> {
     pub fn send_data(
         &self,
         to: &Member,
-        frame: Arc<DataFrame>,
+        frame: impl Into<OutData>,
         msg_id: u64,
         options: SendOptions,
         done: Completion,
     ) {
-        self.dispatch(to, OutFrame::Data(frame), msg_id, options, done);
+        self.dispatch(to, OutFrame::Data(frame.into()), msg_id, options, done);
     }
 
     /// [`Self::send_data`] for several frames to one destination, in order: one look-up of
@@ -605,7 +684,7 @@ impl<N: Net> TransportHandle<N> {
         if *self.shared.stop_rx.borrow() {
             for f in frames {
                 Counters::inc(&self.shared.counters.send_failures);
-                (f.done)(Err(SendError::Stopped));
+                f.done.complete(Err(SendError::Stopped));
             }
             return;
         }
@@ -635,7 +714,7 @@ impl<N: Net> TransportHandle<N> {
     ) {
         let fail = |e: SendError, done: Completion| {
             Counters::inc(&self.shared.counters.send_failures);
-            done(Err(e));
+            done.complete(Err(e));
         };
         if *self.shared.stop_rx.borrow() {
             return fail(SendError::Stopped, done);

@@ -43,7 +43,7 @@ pub(crate) fn start<N: Net>(shared: &Arc<Shared<N>>, socket: N::UdpSocket, group
 pub(crate) fn send<N: Net>(shared: &Arc<Shared<N>>, frame: Bytes, done: Completion) {
     let fail = |e: SendError, done: Completion| {
         Counters::inc(&shared.counters.send_failures);
-        done(Err(e));
+        done.complete(Err(e));
     };
     let Some(path) = shared.mcast.get() else {
         return fail(SendError::NoMulticast, done);
@@ -97,11 +97,11 @@ async fn run<N: Net>(
                     Ok(_) => {
                         Counters::inc(&counters.multicast_sent);
                         Counters::add(&counters.bytes_sent, out.frame.len() as u64);
-                        (out.done)(Ok(Delivered::Sent));
+                        out.done.complete(Ok(Delivered::Sent));
                     }
                     Err(e) => {
                         Counters::inc(&counters.send_failures);
-                        (out.done)(Err(SendError::Udp { addr: group, reason: format!("multicast: {e}") }));
+                        out.done.complete(Err(SendError::Udp { addr: group, reason: format!("multicast: {e}") }));
                     }
                 }
             }
@@ -146,6 +146,6 @@ async fn run<N: Net>(
     // Closed first: a send racing the stop fails at once instead of being left in the queue.
     out_rx.close();
     while let Ok(out) = out_rx.try_recv() {
-        (out.done)(Err(SendError::Stopped));
+        out.done.complete(Err(SendError::Stopped));
     }
 }

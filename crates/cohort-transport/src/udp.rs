@@ -74,7 +74,7 @@ pub(crate) fn send<N: Net>(
     let addr = SocketAddr::new(to.addr, to.port);
     let fail = |e: SendError, done: Completion| {
         Counters::inc(&shared.counters.send_failures);
-        done(Err(e));
+        done.complete(Err(e));
     };
     let Some(path) = shared.udp.get() else {
         return fail(
@@ -154,7 +154,7 @@ async fn run<N: Net>(
                 if out.want_ack && lock().len() >= shared.config.max_in_flight {
                     Counters::inc(&counters.queue_full);
                     Counters::inc(&counters.send_failures);
-                    (out.done)(Err(SendError::InFlightFull { addr: out.to, limit: shared.config.max_in_flight }));
+                    out.done.complete(Err(SendError::InFlightFull { addr: out.to, limit: shared.config.max_in_flight }));
                     continue;
                 }
                 match socket.send_to(&out.frame, out.to).await {
@@ -165,12 +165,12 @@ async fn run<N: Net>(
                         if out.want_ack {
                             lock().insert(out.msg_id, (out.done, Instant::now() + timeout, out.to));
                         } else {
-                            (out.done)(Ok(Delivered::Sent));
+                            out.done.complete(Ok(Delivered::Sent));
                         }
                     }
                     Err(e) => {
                         Counters::inc(&counters.send_failures);
-                        (out.done)(Err(SendError::Udp { addr: out.to, reason: e.to_string() }));
+                        out.done.complete(Err(SendError::Udp { addr: out.to, reason: e.to_string() }));
                     }
                 }
             }
@@ -234,11 +234,11 @@ async fn run<N: Net>(
                         }
                         for (d, failure) in done {
                             match failure {
-                                None => { Counters::inc(&counters.acked); d(Ok(Delivered::Acked)); }
+                                None => { Counters::inc(&counters.acked); d.complete(Ok(Delivered::Acked)); }
                                 Some(reason) => {
                                     Counters::inc(&counters.fail_acked);
                                     Counters::inc(&counters.send_failures);
-                                    d(Err(SendError::FailAck { addr: from, reason }));
+                                    d.complete(Err(SendError::FailAck { addr: from, reason }));
                                 }
                             }
                         }
@@ -256,13 +256,13 @@ async fn run<N: Net>(
                 for (d, _, addr) in expired {
                     Counters::inc(&counters.ack_timeouts);
                     Counters::inc(&counters.send_failures);
-                    d(Err(SendError::Timeout { addr, after: timeout }));
+                    d.complete(Err(SendError::Timeout { addr, after: timeout }));
                 }
             }
         }
     }
     let rest: Vec<_> = lock().drain().collect();
     for (_, (d, _, _)) in rest {
-        d(Err(SendError::Stopped));
+        d.complete(Err(SendError::Stopped));
     }
 }

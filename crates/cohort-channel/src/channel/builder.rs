@@ -289,14 +289,19 @@ impl ChannelBuilder {
         pipeline.set_local(local.clone());
         let view = Arc::new(RwLock::new(Vec::new()));
         let (cmd_tx, cmd_rx) = mpsc::channel(self.config.command_queue);
-        let (delivery, delivery_rx) = delivery_queue(self.config.delivery_queue);
+        let (mut delivery, delivery_rx) = delivery_queue(self.config.delivery_queue);
         let (member_tx, _) = broadcast::channel(1024);
         let listeners = Arc::new(RwLock::new(self.listeners));
         let cluster_listeners: Arc<[Arc<dyn ClusterListener>]> = self.cluster_listeners.into();
         let counters = Arc::new(ChannelCounters::default());
         let claims: Arc<RwLock<Arc<[super::handle::Claim]>>> =
             Arc::new(RwLock::new(Arc::from(Vec::new())));
+        let suspecter = Arc::new(super::completion::Suspecter {
+            cmd: cmd_tx.clone(),
+            counters: counters.clone(),
+        });
         let shared = Arc::new(HandleShared {
+            suspecter: suspecter.clone(),
             cmd: cmd_tx,
             ids,
             async_count: Arc::new(Semaphore::new(self.config.async_queue_messages)),
@@ -326,6 +331,10 @@ impl ChannelBuilder {
             })),
             shared,
         };
+        delivery.set_inline(super::delivery::Inline {
+            handle: handle.internal(),
+            rt: rt.clone(),
+        });
         let delivering = handle.internal();
         std::thread::Builder::new()
             .name("cohort-delivery".into())
@@ -346,10 +355,7 @@ impl ChannelBuilder {
             member_tx,
             membership_listeners: self.membership_listeners,
             cmd_self: handle.shared.cmd.clone(),
-            suspecter: Arc::new(super::completion::Suspecter {
-                cmd: handle.shared.cmd.clone(),
-                counters: counters.clone(),
-            }),
+            suspecter,
             enc: BytesMut::new(),
             heartbeat: self.config.heartbeat_interval,
             counters,

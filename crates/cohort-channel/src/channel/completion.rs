@@ -13,25 +13,22 @@ use crate::core::Suspicion;
 use super::handle::Command;
 use super::stats::ChannelCounters;
 
-/// Feeds a failed send back to the pipeline as a suspicion (IO failures and timeouts only: a
-/// FAIL_ACK or a full queue says nothing about the peer's health).
-pub(super) struct SuspectOnFailure {
-    /// Where suspicions go; one per owner, shared by every completion (one reference count
-    /// per send instead of a queue sender's and the counters').
-    pub(super) on: Arc<Suspecter>,
-    /// The message's destinations (shared: no copy of a member per send) and which one this is.
-    pub(super) members: Arc<[Member]>,
-    pub(super) index: usize,
-}
-
-/// The owner's command queue and counters, as failed sends' completions use them.
-pub(super) struct Suspecter {
+/// The owner's command queue and counters, as failed sends' completions use them to feed a
+/// failed send back to the pipeline as a suspicion (IO failures and timeouts only: a FAIL_ACK
+/// or a full queue says nothing about the peer's health). One per channel, shared by every
+/// completion.
+pub(crate) struct Suspecter {
     pub(super) cmd: mpsc::Sender<Command>,
     pub(super) counters: Arc<ChannelCounters>,
 }
 
-impl SuspectOnFailure {
-    pub(super) fn check(self, r: &Result<Delivered, cohort_transport::SendError>) {
+impl Suspecter {
+    /// Raises a suspicion of `member` when `r` says its send failed on IO or a timeout.
+    pub(crate) fn check(
+        &self,
+        member: &Member,
+        r: &Result<Delivered, cohort_transport::SendError>,
+    ) {
         use cohort_transport::SendError as E;
         let Err(e) = r else { return };
         if !matches!(
@@ -45,16 +42,11 @@ impl SuspectOnFailure {
         // reported by the transport as a peer event, which is strong evidence.
         let why = Suspicion::SendFailed(e.to_string());
         if self
-            .on
             .cmd
-            .try_send(Command::Suspect(
-                Box::new(self.members[self.index].clone()),
-                why,
-            ))
+            .try_send(Command::Suspect(Box::new(member.clone()), why))
             .is_err()
         {
-            self.on
-                .counters
+            self.counters
                 .suspicions_dropped
                 .fetch_add(1, Ordering::Relaxed);
         }
@@ -114,15 +106,11 @@ mod tests {
         ];
         for (err, want) in cases {
             let (tx, mut rx) = mpsc::channel(4);
-            SuspectOnFailure {
-                on: Arc::new(Suspecter {
-                    cmd: tx,
-                    counters: Arc::default(),
-                }),
-                members: Arc::from(vec![member()]),
-                index: 0,
+            Suspecter {
+                cmd: tx,
+                counters: Arc::default(),
             }
-            .check(&Err(err.clone()));
+            .check(&member(), &Err(err.clone()));
             let got = match rx.try_recv() {
                 Ok(Command::Suspect(m, why)) => {
                     assert_eq!(*m, member());

@@ -37,6 +37,16 @@ pub(super) struct DeliveryQueue {
     pending: Vec<Delivery>,
     /// The largest batch: never more than the queue's bound.
     batch: usize,
+    /// The queue's bound: all of `room` is free when the delivery thread holds nothing.
+    capacity: usize,
+    /// What delivering on the owner task needs (set once the channel's handle exists).
+    inline: Option<Inline>,
+}
+
+/// The channel and runtime the listeners see when they run on the owner task.
+pub(super) struct Inline {
+    pub(super) handle: ChannelHandle,
+    pub(super) rt: tokio::runtime::Handle,
 }
 
 /// The delivery thread's end.
@@ -55,6 +65,8 @@ pub(super) fn delivery_queue(capacity: usize) -> (DeliveryQueue, DeliveryRx) {
         room: room.clone(),
         pending: Vec::new(),
         batch: DELIVERY_BATCH.min(capacity),
+        capacity,
+        inline: None,
     };
     (queue, DeliveryRx { rx, room })
 }
@@ -68,9 +80,15 @@ impl DeliveryQueue {
         }
     }
 
-    /// Hands what is queued to the delivery thread, waiting for room when the queue is full.
+    /// Lets [`Self::flush`] run listeners that never block on the owner task.
+    pub(super) fn set_inline(&mut self, inline: Inline) {
+        self.inline = Some(inline);
+    }
+
+    /// Hands what is queued to the delivery thread, waiting for room when the queue is full;
+    /// or runs its listeners here (see [`Self::deliver_inline`]).
     pub(super) async fn flush(&mut self) {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() || self.deliver_inline() {
             return;
         }
         let n = u32::try_from(self.pending.len()).unwrap_or(u32::MAX);
@@ -88,6 +106,71 @@ impl DeliveryQueue {
     }
 }
 
+impl DeliveryQueue {
+    /// Runs the queued messages' listeners on this (the owner's) task, when every listener
+    /// says it never blocks ([`ChannelListener::may_block`]) and the delivery thread holds
+    /// nothing: a message delivered here never overtakes one handed to the thread. Returns
+    /// whether it did.
+    fn deliver_inline(&mut self) -> bool {
+        let Some(inline) = &self.inline else {
+            return false;
+        };
+        if self.room.available_permits() != self.capacity {
+            return false;
+        }
+        let shared = &inline.handle.shared;
+        let (listeners, rpc_listeners) = listener_lists(shared);
+        if listeners
+            .iter()
+            .chain(&rpc_listeners)
+            .any(|l| l.may_block())
+        {
+            return false;
+        }
+        shared
+            .counters
+            .delivered_inline
+            .fetch_add(self.pending.len() as u64, Ordering::Relaxed);
+        deliver_batch(
+            shared,
+            &inline.rt,
+            &listeners,
+            &rpc_listeners,
+            self.pending.drain(..),
+        );
+        true
+    }
+}
+
+type Listeners = Vec<Arc<dyn ChannelListener>>;
+
+/// The channel's listeners and its RPC channels' listeners, as they are now (copies: a
+/// listener may add another while it runs).
+fn listener_lists(shared: &HandleShared) -> (Listeners, Listeners) {
+    let read =
+        |l: &std::sync::RwLock<Listeners>| l.read().unwrap_or_else(PoisonError::into_inner).clone();
+    (read(&shared.listeners), read(&shared.rpc_listeners))
+}
+
+/// Delivers `batch` in order: RPC envelopes to the RPC channels' listeners only, everything
+/// else to the listeners.
+fn deliver_batch(
+    shared: &Arc<HandleShared>,
+    rt: &tokio::runtime::Handle,
+    listeners: &[Arc<dyn ChannelListener>],
+    rpc_listeners: &[Arc<dyn ChannelListener>],
+    batch: impl Iterator<Item = Delivery>,
+) {
+    for Delivery { msg, ack } in batch {
+        let to = if crate::rpc::is_envelope(&msg.payload) {
+            rpc_listeners
+        } else {
+            listeners
+        };
+        deliver_one(shared, rt, to, &msg, ack);
+    }
+}
+
 /// The delivery thread: listeners run here, off the runtime (they are synchronous and may
 /// block, as Tribes' listeners may), in arrival order. A listener that panics counts as a
 /// failed one (FAIL_ACK); the thread carries on. The listener lists are read once per batch.
@@ -96,20 +179,8 @@ pub(super) fn deliver(handle: &ChannelHandle, rt: &tokio::runtime::Handle, mut q
     let shared = handle.shared.clone();
     while let Some(batch) = queue.rx.blocking_recv() {
         let n = batch.len();
-        let read = |l: &std::sync::RwLock<Vec<_>>| {
-            l.read().unwrap_or_else(PoisonError::into_inner).clone()
-        };
-        let listeners = read(&shared.listeners);
-        let rpc_listeners = read(&shared.rpc_listeners);
-        for Delivery { msg, ack } in batch {
-            // RPC envelopes go to the RPC channels only; everything else to the listeners.
-            let to = if crate::rpc::is_envelope(&msg.payload) {
-                &rpc_listeners
-            } else {
-                &listeners
-            };
-            deliver_one(&shared, rt, to, &msg, ack);
-        }
+        let (listeners, rpc_listeners) = listener_lists(&shared);
+        deliver_batch(&shared, rt, &listeners, &rpc_listeners, batch.into_iter());
         queue.room.add_permits(n);
     }
 }

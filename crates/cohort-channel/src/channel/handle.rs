@@ -16,6 +16,7 @@ use crate::listener::{ChannelListener, ChannelMessage, ClusterListener, ErrorHan
 use crate::receipt::{SendOutcome, SendReceipt, SendState};
 use crate::seams::{ChannelMembership, ChannelTransport};
 
+use super::completion::Suspecter;
 use super::config::{AsyncFullPolicy, ChannelConfig, ChannelError};
 use super::stats::{ChannelCounters, ChannelStats, Mode, ModeStats};
 
@@ -55,6 +56,8 @@ pub(super) struct HandleShared {
     pub(super) error_handler: Option<Arc<dyn ErrorHandler>>,
     pub(super) running: Mutex<Services>,
     pub(super) counters: Arc<ChannelCounters>,
+    /// Where failed sends raise suspicions (every send's state reports through it).
+    pub(super) suspecter: Arc<Suspecter>,
     /// Hooks the owner task asks before it hands a message to the delivery thread.
     pub(super) claims: Arc<RwLock<Arc<[Claim]>>>,
     /// The last send's destinations, shared by the next send to the same members.
@@ -276,12 +279,13 @@ impl ChannelHandle {
         for l in s.cluster_listeners.iter() {
             l.message_sent(destinations, &payload, options);
         }
+        let destinations = s.destinations(destinations);
         let (state, receipt) = self
-            .tracking(msg_id, options, 1, payload.len(), reserved)
+            .tracking(msg_id, &destinations, options, (1, payload.len()), reserved)
             .await?;
         let out = Outbound {
             msg_id,
-            destinations: s.destinations(destinations),
+            destinations,
             options,
             seq: 0,
             extensions: Vec::new(),
@@ -304,15 +308,17 @@ impl ChannelHandle {
     async fn tracking(
         &self,
         msg_id: u64,
+        destinations: &Arc<[Member]>,
         options: SendOptions,
-        n: usize,
-        total: usize,
+        (n, total): (usize, usize),
         reserved: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<(Arc<SendState>, SendReceipt), ChannelError> {
+        let to = (destinations.clone(), self.shared.suspecter.clone());
         if options.contains(SendOptions::ASYNCHRONOUS) {
             let permits = self.admit(n, total, reserved).await?;
             let state = SendState::new(
                 msg_id,
+                to,
                 None,
                 Some(permits),
                 self.shared.error_handler.clone(),
@@ -327,7 +333,7 @@ impl ChannelHandle {
         }
         let (tx, rx) = oneshot::channel();
         Ok((
-            SendState::new(msg_id, Some(tx), None, None),
+            SendState::new(msg_id, to, Some(tx), None, None),
             SendReceipt::waiting(msg_id, rx),
         ))
     }
@@ -389,8 +395,10 @@ impl ChannelHandle {
                 l.message_sent(destinations, p, options);
             }
         }
-        let (state, receipt) = self.tracking(first, options, n, total, None).await?;
         let destinations = s.destinations(destinations);
+        let (state, receipt) = self
+            .tracking(first, &destinations, options, (n, total), None)
+            .await?;
         let outs: Vec<Outbound> = payloads
             .into_iter()
             .enumerate()
@@ -611,6 +619,7 @@ impl ChannelHandle {
             sent: l(&c.sent),
             received: l(&c.received),
             delivered: l(&c.delivered),
+            delivered_inline: l(&c.delivered_inline),
             listener_errors: l(&c.listener_errors),
             no_listener: l(&c.no_listener),
             encode_failures: l(&c.encode_failures),

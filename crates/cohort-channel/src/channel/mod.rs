@@ -4,12 +4,12 @@
 //! - `builder`: [`GroupChannel`], [`ChannelBuilder`] (starts the owner task);
 //! - `handle`: [`ChannelHandle`], the application's side;
 //! - `owner`: the owner task, sole holder of the pipeline;
-//! - `completion`: what a send's completion does besides recording its result (a failed
-//!   send becomes a suspicion);
+//! - `completion`: a failed send becomes a suspicion of its destination;
 //! - `inbound`: received frames as the pipeline's input;
 //! - `pending`: a drain's data frames grouped by destination, handed to the transport
 //!   together;
-//! - `delivery`: the delivery thread where listeners run;
+//! - `delivery`: the delivery thread where listeners run (or the owner task, when every
+//!   listener says it never blocks);
 //! - `probes`: failure detectors' probes, carried out by the transport;
 //! - `stats`: [`ChannelStats`] and the per-mode counters.
 
@@ -25,6 +25,7 @@ mod probes;
 mod stats;
 
 pub use builder::{ChannelBuilder, CustomTransport, GroupChannel};
+pub(crate) use completion::Suspecter;
 pub use config::{AsyncFullPolicy, ChannelConfig, ChannelError, MembershipSetup};
 pub(crate) use handle::Claimed;
 pub use handle::{ChannelHandle, MAX_BATCH, ViewEvent};

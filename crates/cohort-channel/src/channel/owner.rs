@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use cohort_membership::{MembershipEvent, MembershipListener};
 use cohort_net::{Alarm, Net};
-use cohort_transport::{DataSend, Received};
+use cohort_transport::{DataSend, OutData, Received};
 use cohort_wire::{
     CohortCodec, DataFrame, DataHeader, Frame, FrameCodec, Member, MemberId, MemberKey, SendOptions,
 };
@@ -21,7 +21,7 @@ use crate::listener::ChannelMessage;
 use crate::receipt::SendState;
 use crate::seams::{ChannelMembership, ChannelTransport};
 
-use super::completion::{SuspectOnFailure, Suspecter};
+use super::completion::Suspecter;
 use super::delivery::{Delivery, DeliveryQueue};
 use super::handle::{Claim, Claimed, Command, ViewEvent};
 use super::inbound::to_inbound;
@@ -597,11 +597,22 @@ impl<N: Net> Owner<N> {
             if let Some(state) = &state {
                 state.expect(out.destinations.len());
             }
-            let frame = Arc::new(data);
+            // One destination (the usual case) owns its frame; several share one.
+            let mut own = Some(data);
+            let shared = if out.destinations.len() > 1 {
+                own.take().map(Arc::new)
+            } else {
+                None
+            };
             for index in 0..out.destinations.len() {
                 let done = self.completion(state.as_ref(), &out.destinations, index);
+                let frame = match (&shared, own.take()) {
+                    (Some(f), _) => OutData::Shared(f.clone()),
+                    (None, Some(f)) => OutData::Own(f),
+                    (None, None) => unreachable!("one destination, one frame"),
+                };
                 let send = DataSend {
-                    frame: frame.clone(),
+                    frame,
                     msg_id: out.msg_id,
                     options: out.options,
                     done,
@@ -630,20 +641,22 @@ impl<N: Net> Owner<N> {
             let dests = out.destinations;
             self.transport.send_multicast(
                 bytes,
-                Box::new(move |r| {
-                    if let Some(state) = state {
-                        for d in dests.iter() {
-                            let result = match &r {
-                                Ok(delivered) => Ok(*delivered),
-                                Err(e) => Err(cohort_transport::SendError::Udp {
-                                    addr: SocketAddr::new(d.addr, d.port),
-                                    reason: e.to_string(),
-                                }),
-                            };
-                            state.record(d.id, SocketAddr::new(d.addr, d.port), result);
+                cohort_transport::Completion::new(
+                    move |r: Result<_, cohort_transport::SendError>| {
+                        if let Some(state) = state {
+                            for d in dests.iter() {
+                                let result = match &r {
+                                    Ok(delivered) => Ok(*delivered),
+                                    Err(e) => Err(cohort_transport::SendError::Udp {
+                                        addr: SocketAddr::new(d.addr, d.port),
+                                        reason: e.to_string(),
+                                    }),
+                                };
+                                state.record(d.id, SocketAddr::new(d.addr, d.port), result);
+                            }
                         }
-                    }
-                }),
+                    },
+                ),
             );
             return;
         }
@@ -670,26 +683,24 @@ impl<N: Net> Owner<N> {
             w.push(rx);
             tx
         });
-        let suspect = SuspectOnFailure {
-            on: self.suspecter.clone(),
-            members: destinations.clone(),
-            index,
-        };
-        match state {
-            Some(state) => {
-                let state = state.clone();
-                let dest = &destinations[index];
-                let (id, addr) = (dest.id, SocketAddr::new(dest.addr, dest.port));
-                Box::new(move |r| {
-                    suspect.check(&r);
-                    state.record(id, addr, r);
-                    drop(watch);
-                })
+        if let (Some(state), None) = (state, &watch) {
+            if Arc::ptr_eq(state.destinations(), destinations) {
+                // The usual case: the frame reports to its send's state, by index.
+                return cohort_transport::Completion::shared(state.clone(), index);
             }
-            None => Box::new(move |r| {
-                suspect.check(&r);
-                drop(watch);
-            }),
         }
+        // An interceptor's message, or the destinations an interceptor changed, or a leave
+        // waiting for this frame: a closure of its own.
+        let suspecter = self.suspecter.clone();
+        let members = destinations.clone();
+        let state = state.cloned();
+        cohort_transport::Completion::new(move |r| {
+            let dest = &members[index];
+            suspecter.check(dest, &r);
+            if let Some(state) = state {
+                state.record(dest.id, SocketAddr::new(dest.addr, dest.port), r);
+            }
+            drop(watch);
+        })
     }
 }

@@ -23,12 +23,18 @@ impl Group {
     }
 }
 
+/// The most room a group is made with: the largest batch.
+const MAX_ROOM: usize = super::handle::MAX_BATCH;
+
 /// The groups of the current drain, in the order their destinations were first seen.
 /// Bounded by what one drain transmits: the owner empties it at the end of every drain and
 /// before it carries out any other output.
 #[derive(Default)]
 pub(super) struct PendingSends {
     groups: Vec<Group>,
+    /// The most frames a group held in the last drain: a new group's room (a group grown a
+    /// frame at a time is reallocated and copied at every doubling).
+    room: usize,
 }
 
 impl PendingSends {
@@ -52,16 +58,23 @@ impl PendingSends {
         };
         match at {
             Some(i) => self.groups[i].frames.push(send),
-            None => self.groups.push(Group {
-                members: destinations.clone(),
-                index,
-                frames: vec![send],
-            }),
+            None => {
+                let mut frames = Vec::with_capacity(self.room.clamp(1, MAX_ROOM));
+                frames.push(send);
+                self.groups.push(Group {
+                    members: destinations.clone(),
+                    index,
+                    frames,
+                });
+            }
         }
     }
 
     /// Empties it, giving each destination's group.
     pub(super) fn take(&mut self) -> std::vec::Drain<'_, Group> {
+        if let Some(most) = self.groups.iter().map(|g| g.frames.len()).max() {
+            self.room = most;
+        }
         self.groups.drain(..)
     }
 }
@@ -81,13 +94,13 @@ mod tests {
 
     fn send(msg_id: u64) -> DataSend {
         DataSend {
-            frame: Arc::new(DataFrame {
+            frame: cohort_transport::OutData::Own(DataFrame {
                 header: cohort_wire::DataHeader::default(),
                 payload: bytes::Bytes::new(),
             }),
             msg_id,
             options: cohort_wire::SendOptions::NONE,
-            done: Box::new(|_| {}),
+            done: cohort_transport::Completion::new(|_| {}),
         }
     }
 

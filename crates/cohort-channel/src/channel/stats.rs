@@ -10,6 +10,7 @@ pub(super) struct ChannelCounters {
     pub(super) sent: AtomicU64,
     pub(super) received: AtomicU64,
     pub(super) delivered: AtomicU64,
+    pub(super) delivered_inline: AtomicU64,
     pub(super) listener_errors: AtomicU64,
     pub(super) encode_failures: AtomicU64,
     pub(super) no_listener: AtomicU64,
@@ -110,6 +111,9 @@ pub struct ChannelStats {
     pub received: u64,
     /// Messages handed to listeners.
     pub delivered: u64,
+    /// Of those, the ones whose listeners ran on the channel's task, not the delivery thread
+    /// (every listener said it never blocks: `ChannelListener::may_block`).
+    pub delivered_inline: u64,
     /// Listener calls that returned an error.
     pub listener_errors: u64,
     /// Messages no listener accepted.

@@ -251,6 +251,71 @@ async fn a_dead_member_does_not_block_the_others() {
     b.stop().await;
 }
 
+/// A batch to a live and a dead member: the receipt holds a result for every message and
+/// destination, each under its own member (the frames' completions report to the batch's
+/// state by destination index), for ACKed sends and, through the error handler, for
+/// ASYNCHRONOUS ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_reports_every_message_for_every_destination() {
+    struct Outcomes(std::sync::Mutex<Vec<cohort_channel::SendOutcome>>);
+    impl cohort_channel::ErrorHandler for Outcomes {
+        fn handle_error(&self, outcome: &cohort_channel::SendOutcome) {
+            self.0.lock().unwrap().push(outcome.clone());
+        }
+    }
+    let sink = collector();
+    let b = start(builder().listener(sink.clone())).await;
+    let handler = Arc::new(Outcomes(std::sync::Mutex::default()));
+    let a = start(
+        builder()
+            .transport(TransportConfig {
+                connect_timeout: Duration::from_millis(300),
+                reconnect_backoff: Duration::from_secs(30),
+                max_reconnect_backoff: Duration::from_secs(30),
+                ..transport()
+            })
+            .error_handler(handler.clone()),
+    )
+    .await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut m = b.local().clone();
+        m.id = cohort_wire::MemberId::from_bytes([9; 16]);
+        m.port = l.local_addr().unwrap().port();
+        m
+    };
+    let to = [dead.clone(), b.local().clone()];
+    let batch = || -> Vec<Bytes> { (0..50u8).map(|i| Bytes::from(vec![i])).collect() };
+    let count = |o: &cohort_channel::SendOutcome, id, ok: bool| {
+        o.results
+            .iter()
+            .filter(|r| r.member == id && r.result.is_ok() == ok)
+            .count()
+    };
+    let o = a
+        .send_many(&to, batch(), SendOptions::USE_ACK)
+        .await
+        .unwrap()
+        .await;
+    assert_eq!(o.results.len(), 100, "{o:?}");
+    assert_eq!(count(&o, b.local().id, true), 50, "{o:?}");
+    assert_eq!(count(&o, dead.id, false), 50, "{o:?}");
+    a.send_many(&to, batch(), SendOptions::ASYNCHRONOUS)
+        .await
+        .unwrap();
+    wait_for("the batch's outcome", Duration::from_secs(10), || {
+        !handler.0.lock().unwrap().is_empty()
+    })
+    .await;
+    let o = handler.0.lock().unwrap()[0].clone();
+    assert_eq!(o.results.len(), 100, "{o:?}");
+    assert_eq!(count(&o, b.local().id, true), 50, "{o:?}");
+    assert_eq!(count(&o, dead.id, false), 50, "{o:?}");
+    wait_for("both batches", Duration::from_secs(10), || sink.len() == 100).await;
+    a.stop().await;
+    b.stop().await;
+}
+
 /// Panics on payloads that say "panic"; counts what it handled.
 #[derive(Default)]
 struct Panicky {

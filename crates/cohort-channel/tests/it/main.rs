@@ -7,6 +7,7 @@ mod support;
 
 mod backpressure;
 mod cluster;
+mod delivery;
 mod failures;
 mod forged;
 mod malformed;

@@ -29,7 +29,7 @@ fn first_byte(p: &Bytes) -> u8 {
 impl ChannelTransport for Recording {
     fn send(&self, to: &Member, _frame: Bytes, msg_id: u64, _o: SendOptions, done: Completion) {
         self.log(format!("encoded {} #{msg_id}", to.port));
-        done(Ok(Delivered::Sent));
+        done.complete(Ok(Delivered::Sent));
     }
 
     fn send_data_many(&self, to: &Member, frames: Vec<DataSend>, _codec: &CohortCodec) {
@@ -39,13 +39,13 @@ impl ChannelTransport for Recording {
             .collect();
         self.log(format!("data {} {bytes:?}", to.port));
         for f in frames {
-            (f.done)(Ok(Delivered::Sent));
+            f.done.complete(Ok(Delivered::Sent));
         }
     }
 
     fn send_multicast(&self, _frame: Bytes, done: Completion) {
         self.log("multicast".into());
-        done(Ok(Delivered::Sent));
+        done.complete(Ok(Delivered::Sent));
     }
 
     fn is_connected(&self, _addr: SocketAddr) -> bool {

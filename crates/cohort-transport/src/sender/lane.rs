@@ -175,7 +175,7 @@ impl<N: Net> Lane<N> {
         for m in backlog {
             self.queued_bytes.fetch_sub(m.len, Relaxed);
             Counters::inc(&self.shared.counters.send_failures);
-            (m.done)(Err(SendError::Stopped));
+            m.done.complete(Err(SendError::Stopped));
         }
     }
 
@@ -215,7 +215,7 @@ impl<N: Net> Lane<N> {
     fn fail_all(&self, batch: &mut Vec<Outgoing>, err: &SendError) {
         for m in batch.drain(..) {
             Counters::inc(&self.shared.counters.send_failures);
-            (m.done)(Err(err.clone()));
+            m.done.complete(Err(err.clone()));
         }
     }
 
@@ -262,7 +262,7 @@ impl<N: Net> Lane<N> {
                     })
                 }
             };
-            (c.token)(result);
+            c.token.complete(result);
         }
     }
 
@@ -439,7 +439,7 @@ impl<N: Net> Lane<N> {
         }
         for (done, e) in refused {
             Counters::inc(&shared.counters.send_failures);
-            done(Err(SendError::BadFrame {
+            done.complete(Err(SendError::BadFrame {
                 addr: self.addr,
                 reason: e.to_string(),
             }));
@@ -536,7 +536,7 @@ impl<N: Net> Lane<N> {
                 Counters::add(&counters.frames_sent, n_frames);
                 Counters::add(&counters.bytes_sent, total as u64);
                 for done in sent_only {
-                    done(Ok(Delivered::Sent));
+                    done.complete(Ok(Delivered::Sent));
                 }
             }
             Some(err) => {
@@ -545,7 +545,7 @@ impl<N: Net> Lane<N> {
                 }
                 for done in sent_only {
                     Counters::inc(&counters.send_failures);
-                    done(Err(err.clone()));
+                    done.complete(Err(err.clone()));
                 }
                 // A write the socket refused because the far side reset or closed it is
                 // reported, as a read of its end is (strong evidence for a failure detector).

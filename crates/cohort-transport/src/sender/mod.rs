@@ -146,19 +146,20 @@ pub(crate) fn send_many<N: Net>(shared: &Arc<Shared<N>>, addr: SocketAddr, frame
         }
         return;
     }
-    let admitted: Vec<Outgoing> = frames
-        .into_iter()
-        .filter_map(|f| {
-            admit(
-                shared,
-                &peer,
-                OutFrame::Data(f.frame),
-                f.msg_id,
-                f.options,
-                f.done,
-            )
-        })
-        .collect();
+    // Made at its size: collected in place, the run would be reallocated (an `Outgoing` is
+    // larger than a `DataSend`) and copied whole.
+    let mut admitted: Vec<Outgoing> = Vec::with_capacity(frames.len());
+    for f in frames {
+        let out = admit(
+            shared,
+            &peer,
+            OutFrame::Data(f.frame),
+            f.msg_id,
+            f.options,
+            f.done,
+        );
+        admitted.extend(out);
+    }
     match admitted.len() {
         0 => {}
         1 => {
@@ -173,7 +174,7 @@ pub(crate) fn send_many<N: Net>(shared: &Arc<Shared<N>>, addr: SocketAddr, frame
 
 fn fail<N: Net>(shared: &Shared<N>, e: SendError, done: Completion) {
     Counters::inc(&shared.counters.send_failures);
-    done(Err(e));
+    done.complete(Err(e));
 }
 
 /// The peer's outbound state, made on first use.

@@ -255,7 +255,7 @@ async fn data_frames_encoded_by_the_connection_arrive_whole_and_in_order() {
                 std::sync::Arc::new(frame),
                 msg_id,
                 options,
-                Box::new(move |r| {
+                cohort_transport::Completion::new(move |r| {
                     let _ = tx.send(r);
                 }),
             );

@@ -38,7 +38,7 @@ fn multicast(
     );
     node.handle.send_multicast(
         frame,
-        Box::new(move |r| {
+        cohort_transport::Completion::new(move |r| {
             let _ = tx.send(r);
         }),
     );

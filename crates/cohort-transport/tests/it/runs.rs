@@ -1,6 +1,5 @@
 //! `send_data_many`: runs of data frames to one peer, handed over as one queue entry.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use cohort_transport::{DataSend, Delivered, SendError, TransportConfig};
@@ -28,10 +27,10 @@ fn data(from: &Member, msg_id: u64, options: SendOptions, size: usize) -> (DataS
     };
     let (tx, rx) = oneshot::channel();
     let send = DataSend {
-        frame: Arc::new(frame),
+        frame: frame.into(),
         msg_id,
         options,
-        done: Box::new(move |r| {
+        done: cohort_transport::Completion::new(move |r| {
             let _ = tx.send(r);
         }),
     };

@@ -96,7 +96,7 @@ pub(crate) fn send(
         frame_with(from.handle.codec(), &from.member, msg_id, options, payload),
         msg_id,
         options,
-        Box::new(move |r| {
+        cohort_transport::Completion::new(move |r| {
             let _ = tx.send(r);
         }),
     );

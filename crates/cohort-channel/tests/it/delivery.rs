@@ -1,0 +1,177 @@
+//! Where listeners run: on the delivery thread, or on the channel's own task when every
+//! listener says it never blocks (`ChannelListener::may_block`), and never out of order when
+//! delivery moves between the two.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cohort_channel::{ChannelListener, ChannelMessage, ListenerError, SendError};
+use cohort_wire::SendOptions;
+
+use crate::support::*;
+
+const SYNC_ACK: SendOptions = SendOptions::USE_ACK.union(SendOptions::SYNCHRONIZED_ACK);
+
+/// Records each message's number and whether it ran on the delivery thread; says it may
+/// block as `blocking` says (the test changes it); takes `pause` per message; panics on a
+/// payload of "panic".
+struct Where {
+    blocking: AtomicBool,
+    pause: Duration,
+    seen: Mutex<Vec<(u32, bool)>>,
+}
+
+impl Where {
+    fn new(blocking: bool, pause: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            blocking: AtomicBool::new(blocking),
+            pause,
+            seen: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn seen(&self) -> Vec<(u32, bool)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl ChannelListener for Where {
+    fn message_received(&self, msg: &ChannelMessage) -> Result<(), ListenerError> {
+        if &msg.payload[..] == b"panic" {
+            panic!("asked to");
+        }
+        let n = u32::from_be_bytes(msg.payload[..4].try_into()?);
+        let on_thread = std::thread::current().name() == Some("cohort-delivery");
+        if !self.pause.is_zero() {
+            // A listener at work, not a wait for a condition.
+            std::thread::sleep(self.pause);
+        }
+        self.seen.lock().unwrap().push((n, on_thread));
+        Ok(())
+    }
+
+    fn may_block(&self) -> bool {
+        self.blocking.load(Ordering::SeqCst)
+    }
+}
+
+fn numbered(range: std::ops::Range<u32>) -> Vec<Bytes> {
+    range
+        .map(|i| Bytes::copy_from_slice(&i.to_be_bytes()))
+        .collect()
+}
+
+/// Every listener says it never blocks: the listeners run on the channel's task, a
+/// SYNCHRONIZED_ACK still waits for them, and a panic is still a FAIL_ACK after which
+/// delivery goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_that_never_block_run_on_the_channel_task() {
+    let listener = Where::new(false, Duration::ZERO);
+    let b = start(builder().listener(listener.clone())).await;
+    let a = start(builder()).await;
+    let to = [b.local().clone()];
+    let o = a
+        .send_many(&to, numbered(0..200), SYNC_ACK)
+        .await
+        .unwrap()
+        .await;
+    assert!(o.is_ok(), "{o:?}");
+    // SYNCHRONIZED_ACK: every listener ran before the outcome.
+    let seen = listener.seen();
+    assert_eq!(
+        seen.iter().map(|s| s.0).collect::<Vec<_>>(),
+        (0..200).collect::<Vec<_>>()
+    );
+    assert!(seen.iter().all(|s| !s.1), "none on the delivery thread");
+    let o = a
+        .send(&to, Bytes::from_static(b"panic"), SYNC_ACK)
+        .await
+        .unwrap()
+        .await;
+    match &o.results[0].result {
+        Err(SendError::FailAck { reason, .. }) => assert!(reason.contains("panicked"), "{reason}"),
+        other => panic!("expected FAIL_ACK, got {other:?}"),
+    }
+    let o = a
+        .send_many(&to, numbered(200..210), SYNC_ACK)
+        .await
+        .unwrap()
+        .await;
+    assert!(o.is_ok(), "delivery goes on after a panic: {o:?}");
+    let stats = b.stats();
+    assert_eq!(stats.delivered, 211);
+    assert_eq!(stats.delivered_inline, 211);
+    assert_eq!(stats.listener_errors, 1);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// One listener that may block (the default) keeps every listener on the delivery thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_listener_that_may_block_keeps_delivery_on_the_thread() {
+    let listener = Where::new(false, Duration::ZERO);
+    let b = start(builder().listener(listener.clone()).listener(collector())).await;
+    let a = start(builder()).await;
+    let o = a
+        .send_many(&[b.local().clone()], numbered(0..100), SYNC_ACK)
+        .await
+        .unwrap()
+        .await;
+    assert!(o.is_ok(), "{o:?}");
+    let seen = listener.seen();
+    assert_eq!(seen.len(), 100);
+    assert!(seen.iter().all(|s| s.1), "all on the delivery thread");
+    assert_eq!(b.stats().delivered_inline, 0);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Delivery moves from the thread to the channel's task only once the thread has delivered
+/// everything handed to it: messages that arrive while it still works go to it as well, and
+/// nothing overtakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_leaves_the_thread_only_once_it_is_idle_and_keeps_order() {
+    let listener = Where::new(true, Duration::from_millis(2));
+    let b = start(builder().listener(listener.clone())).await;
+    let a = start(builder()).await;
+    let to = [b.local().clone()];
+    a.send_many(&to, numbered(0..300), SendOptions::ASYNCHRONOUS)
+        .await
+        .unwrap();
+    // The thread has started on the first batch (about 600 ms of work): the listener now
+    // says it never blocks, and more messages arrive while the thread still works.
+    wait_for("the first message", Duration::from_secs(10), || {
+        !listener.seen().is_empty()
+    })
+    .await;
+    listener.blocking.store(false, Ordering::SeqCst);
+    a.send_many(&to, numbered(300..600), SendOptions::ASYNCHRONOUS)
+        .await
+        .unwrap();
+    wait_for("600 messages", Duration::from_secs(20), || {
+        listener.seen().len() == 600
+    })
+    .await;
+    // Once the thread is idle, delivery is on the channel's task.
+    a.send_many(&to, numbered(600..700), SendOptions::ASYNCHRONOUS)
+        .await
+        .unwrap();
+    wait_for("700 messages", Duration::from_secs(20), || {
+        listener.seen().len() == 700
+    })
+    .await;
+    let seen = listener.seen();
+    assert_eq!(
+        seen.iter().map(|s| s.0).collect::<Vec<_>>(),
+        (0..700).collect::<Vec<_>>(),
+        "in order across the move"
+    );
+    assert!(seen[..300].iter().all(|s| s.1), "the first batch on the thread");
+    assert!(seen[600..].iter().all(|s| !s.1), "the last batch on the task");
+    let inline = b.stats().delivered_inline;
+    assert!((100..=400).contains(&inline), "{inline}");
+    a.stop().await;
+    b.stop().await;
+}
