@@ -688,6 +688,11 @@ impl<N: Net> TransportHandle<N> {
             }
             return;
         }
+        if !frames.iter().any(|f| f.options.contains(SendOptions::UDP)) {
+            // All TCP (the usual case): handed over as they are.
+            sender::send_many(&self.shared, to.socket_addr(), frames);
+            return;
+        }
         // UDP frames (rare in a batch) take the datagram path one by one, in their place:
         // the run of TCP frames before one is handed over first.
         let mut run = Vec::with_capacity(frames.len());

@@ -168,8 +168,14 @@ async fn delivery_leaves_the_thread_only_once_it_is_idle_and_keeps_order() {
         (0..700).collect::<Vec<_>>(),
         "in order across the move"
     );
-    assert!(seen[..300].iter().all(|s| s.1), "the first batch on the thread");
-    assert!(seen[600..].iter().all(|s| !s.1), "the last batch on the task");
+    assert!(
+        seen[..300].iter().all(|s| s.1),
+        "the first batch on the thread"
+    );
+    assert!(
+        seen[600..].iter().all(|s| !s.1),
+        "the last batch on the task"
+    );
     let inline = b.stats().delivered_inline;
     assert!((100..=400).contains(&inline), "{inline}");
     a.stop().await;

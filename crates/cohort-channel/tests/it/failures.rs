@@ -311,7 +311,10 @@ async fn a_batch_reports_every_message_for_every_destination() {
     assert_eq!(o.results.len(), 100, "{o:?}");
     assert_eq!(count(&o, b.local().id, true), 50, "{o:?}");
     assert_eq!(count(&o, dead.id, false), 50, "{o:?}");
-    wait_for("both batches", Duration::from_secs(10), || sink.len() == 100).await;
+    wait_for("both batches", Duration::from_secs(10), || {
+        sink.len() == 100
+    })
+    .await;
     a.stop().await;
     b.stop().await;
 }

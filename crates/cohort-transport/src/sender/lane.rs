@@ -58,11 +58,69 @@ pub(super) struct Lane<N: Net> {
     buf: BytesMut,
 }
 
-/// Appends a queue entry's frames to the backlog, in order.
-fn push_entry(backlog: &mut VecDeque<Outgoing>, entry: Entry) {
-    match entry {
-        Entry::One(m) => backlog.push_back(m),
-        Entry::Many(v) => backlog.extend(v),
+/// Frames taken off the queue and not yet written, in order, kept as the entries that brought
+/// them: a run's frames move once, into a batch, not first into a queue of frames. Every run
+/// it holds has a frame left (an exhausted one is removed at once).
+#[derive(Default)]
+struct Backlog {
+    entries: VecDeque<Run>,
+}
+
+/// A queue entry in the backlog: what is left of it.
+enum Run {
+    One(Option<Outgoing>),
+    Many(std::vec::IntoIter<Outgoing>),
+}
+
+impl Run {
+    fn front(&self) -> Option<&Outgoing> {
+        match self {
+            Self::One(m) => m.as_ref(),
+            Self::Many(v) => v.as_slice().first(),
+        }
+    }
+
+    fn take(&mut self) -> Option<Outgoing> {
+        match self {
+            Self::One(m) => m.take(),
+            Self::Many(v) => v.next(),
+        }
+    }
+}
+
+impl Backlog {
+    /// Appends a queue entry's frames, in order.
+    fn push(&mut self, entry: Entry) {
+        let run = match entry {
+            Entry::One(m) => Run::One(Some(m)),
+            Entry::Many(v) => Run::Many(v.into_iter()),
+        };
+        if run.front().is_some() {
+            self.entries.push_back(run);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.front().is_none()
+    }
+
+    /// The next frame.
+    fn front(&self) -> Option<&Outgoing> {
+        self.entries.front().and_then(Run::front)
+    }
+
+    /// Takes the next frame.
+    fn pop_front(&mut self) -> Option<Outgoing> {
+        loop {
+            let run = self.entries.front_mut()?;
+            if let Some(m) = run.take() {
+                if run.front().is_none() {
+                    self.entries.pop_front();
+                }
+                return Some(m);
+            }
+            self.entries.pop_front();
+        }
     }
 }
 
@@ -116,7 +174,7 @@ impl<N: Net> Lane<N> {
         let mut batch: Vec<Outgoing> = Vec::new();
         // Frames taken off the queue in a run ([`Entry::Many`]) and not yet written: a batch
         // takes from here first. Still counted in `queued_bytes`.
-        let mut backlog: VecDeque<Outgoing> = VecDeque::new();
+        let mut backlog = Backlog::default();
         let idle = self.shared.config.idle_timeout / 2;
         // Kept across passes: no timer entry and no stop waiter made and dropped per pass.
         let (mut deadline_alarm, mut idle_alarm) = (Alarm::new(), Alarm::new());
@@ -156,7 +214,7 @@ impl<N: Net> Lane<N> {
                 Wake::Deadline => self.on_deadline(),
                 Wake::Idle => self.close_if_idle(),
                 Wake::Message(Some(entry)) => {
-                    push_entry(&mut backlog, entry);
+                    backlog.push(entry);
                     self.take_batch(room, &mut backlog, &mut rx, &mut batch);
                     self.write_batch(&mut batch).await;
                 }
@@ -170,9 +228,9 @@ impl<N: Net> Lane<N> {
         self.close_lost("transport stopped", false);
         rx.close();
         while let Ok(entry) = rx.try_recv() {
-            push_entry(&mut backlog, entry);
+            backlog.push(entry);
         }
-        for m in backlog {
+        while let Some(m) = backlog.pop_front() {
             self.queued_bytes.fetch_sub(m.len, Relaxed);
             Counters::inc(&self.shared.counters.send_failures);
             m.done.complete(Err(SendError::Stopped));
@@ -185,7 +243,7 @@ impl<N: Net> Lane<N> {
     fn take_batch(
         &self,
         room: usize,
-        backlog: &mut VecDeque<Outgoing>,
+        backlog: &mut Backlog,
         rx: &mut mpsc::UnboundedReceiver<Entry>,
         batch: &mut Vec<Outgoing>,
     ) {
@@ -193,7 +251,7 @@ impl<N: Net> Lane<N> {
         loop {
             if backlog.is_empty() {
                 match rx.try_recv() {
-                    Ok(entry) => push_entry(backlog, entry),
+                    Ok(entry) => backlog.push(entry),
                     Err(_) => break,
                 }
             }
@@ -667,5 +725,46 @@ impl<N: Net> Lane<N> {
             messages: 0,
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(msg_id: u64) -> Outgoing {
+        Outgoing {
+            frame: OutFrame::Encoded(Bytes::from_static(b"x")),
+            len: 1,
+            msg_id,
+            want_ack: false,
+            done: Completion::new(|_| {}),
+        }
+    }
+
+    /// Runs of every shape (one frame, many, none) come out in the order they went in, and an
+    /// empty run never hides the frames behind it.
+    #[test]
+    fn the_backlog_keeps_order_across_runs() {
+        let mut b = Backlog::default();
+        assert!(b.is_empty());
+        b.push(Entry::Many(Vec::new()));
+        assert!(b.is_empty());
+        b.push(Entry::One(frame(1)));
+        b.push(Entry::Many(vec![frame(2), frame(3)]));
+        b.push(Entry::Many(Vec::new()));
+        b.push(Entry::Many(vec![frame(4)]));
+        assert_eq!(b.front().map(|m| m.msg_id), Some(1));
+        let mut got = Vec::new();
+        while let Some(m) = b.pop_front() {
+            got.push(m.msg_id);
+            // More arrives while the backlog is drained.
+            if m.msg_id == 2 {
+                b.push(Entry::One(frame(5)));
+            }
+        }
+        assert_eq!(got, [1, 2, 3, 4, 5]);
+        assert!(b.is_empty());
+        assert!(b.entries.is_empty(), "exhausted runs are removed");
     }
 }
