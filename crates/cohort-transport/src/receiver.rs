@@ -659,11 +659,17 @@ impl<N: Net> Inbound<N> {
                     via: Via::Tcp,
                     budget,
                 };
-                self.shared
-                    .inbound_tx
-                    .send(received)
-                    .await
-                    .map_err(|_| Close::Upstream)
+                // Room is there in the common case: queued without building a waiter.
+                match self.shared.inbound_tx.try_send(received) {
+                    Ok(()) => Ok(()),
+                    Err(mpsc::error::TrySendError::Full(received)) => self
+                        .shared
+                        .inbound_tx
+                        .send(received)
+                        .await
+                        .map_err(|_| Close::Upstream),
+                    Err(mpsc::error::TrySendError::Closed(_)) => Err(Close::Upstream),
+                }
             }
         }
     }

@@ -356,6 +356,7 @@ impl<N: Net> Owner<N> {
     pub(super) async fn drain(&mut self) {
         // Frames carried out in this drain are stamped with one reading of the clock.
         self.wall_ms = self.net.wall_clock_ms();
+        let mut claims: Option<Arc<[Claim]>> = None;
         while let Some(output) = self.pipeline.poll_output() {
             if !matches!(output, Output::Transmit(_)) {
                 // Sends collected so far leave before anything else is done (a member's
@@ -404,7 +405,15 @@ impl<N: Net> Owner<N> {
                         timestamp_ms: msg.timestamp_ms,
                         payload: msg.payload,
                     };
-                    if self.claim(&message) {
+                    // The hooks as they were when the pass first needed them: one read of the
+                    // shared list per pass, not per message.
+                    let claims = claims.get_or_insert_with(|| {
+                        self.claims
+                            .read()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .clone()
+                    });
+                    if self.claim(claims, &message) {
                         self.counters.delivered.fetch_add(1, Ordering::Relaxed);
                         if let Some(ack) = ack {
                             ack.ack();
@@ -501,12 +510,7 @@ impl<N: Net> Owner<N> {
     /// Asks the claim hooks; true when one took the message. Hooks whose owner is gone are
     /// removed. The hooks run on a snapshot of the list, with no lock held: a hook (an RPC
     /// handler's first poll) may itself add one.
-    fn claim(&self, msg: &ChannelMessage) -> bool {
-        let claims = self
-            .claims
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+    fn claim(&self, claims: &Arc<[Claim]>, msg: &ChannelMessage) -> bool {
         if claims.is_empty() {
             return false;
         }
