@@ -305,8 +305,9 @@ fn sink_member(addr: SocketAddr) -> Member {
 const RECEIPT_WINDOW_BYTES: usize = 4 << 20;
 
 /// Where the channel modes' payloads come from: each is the template with its sequence number
-/// in front, written into a shared chunk of [`PAYLOAD_CHUNK`] bytes and split off it, as an
-/// application that serializes its messages into one buffer would. A payload allocated and
+/// in front, written into a shared chunk of [`PAYLOAD_CHUNK`] bytes and split off it (up to
+/// [`CHUNKED_MAX`] bytes; a larger one has a buffer of its own), as an application that
+/// serializes its messages into one buffer would. A payload allocated and
 /// copied on its own (`Bytes::copy_from_slice`) costs the sending process about 1,000
 /// instructions per 1 KiB message (a glibc `malloc` that misses its thread cache, and the
 /// `free` when the frame is written): the application's cost, which plain TCP's loop, writing
@@ -316,9 +317,14 @@ struct Payloads {
     chunk: BytesMut,
 }
 
-/// The size of the chunks [`Payloads`] carves messages from (a larger message gets a chunk of
-/// its own size).
+/// The size of the chunks [`Payloads`] carves messages from.
 const PAYLOAD_CHUNK: usize = 1 << 20;
+
+/// The largest payload carved from a shared chunk; a larger one gets a buffer of its own, as
+/// an application would give it. 64 KiB payloads in 1 MiB chunks halved the 64 KiB figures:
+/// chunks freed and allocated at that rate were unmapped and faulted in again, page by page
+/// (docs/BENCHMARKS.md, issue 13's eighth stop).
+const CHUNKED_MAX: usize = 16 * 1024;
 
 impl Payloads {
     fn new(template: Vec<u8>) -> Self {
@@ -332,7 +338,11 @@ impl Payloads {
     fn next(&mut self, seq: u64) -> Bytes {
         let size = self.template.len();
         if self.chunk.capacity() < size {
-            self.chunk = BytesMut::with_capacity(PAYLOAD_CHUNK.max(size));
+            self.chunk = BytesMut::with_capacity(if size > CHUNKED_MAX {
+                size
+            } else {
+                PAYLOAD_CHUNK
+            });
         }
         self.chunk.extend_from_slice(&seq.to_be_bytes());
         self.chunk.extend_from_slice(&self.template[8..]);
