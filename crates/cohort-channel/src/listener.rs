@@ -60,7 +60,8 @@ pub trait ChannelListener: Send + Sync + 'static {
     /// Say false only for a listener that does bounded work without waiting: counts,
     /// updates a map under a short lock, hands the message to a non-blocking queue
     /// (`try_send`, an unbounded sender). When every listener (and every RPC channel's) says
-    /// false, messages are delivered on the channel's task, which reads the transport and
+    /// false, and the channel has no [`ClusterListener`], messages are delivered on the
+    /// channel's task, which reads the transport and
     /// sends; a listener that blocks there stalls the channel, and on a one-thread runtime
     /// everything else. A listener added later that may block moves delivery back to the
     /// delivery thread, in order.
@@ -73,7 +74,9 @@ pub trait ChannelListener: Send + Sync + 'static {
 }
 
 /// Observes every message the channel sends and receives (Tribes' `ClusterListener`, seed
-/// 003): for metrics, audits, debugging. Called on the owner task: keep it cheap.
+/// 003): for metrics, audits, debugging. `message_sent` runs on the sending task,
+/// `message_received` on the delivery thread just before the channel listeners: keep both
+/// cheap. A channel with a cluster listener always delivers on its delivery thread.
 pub trait ClusterListener: Send + Sync + 'static {
     /// A message left through the channel (after the application handed it over).
     fn message_sent(&self, to: &[Member], payload: &Bytes, options: SendOptions) {

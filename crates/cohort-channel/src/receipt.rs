@@ -293,6 +293,11 @@ impl cohort_transport::Completions for SendState {
     /// The frame to `destinations[index]` completed: a suspicion when it failed on IO, and
     /// its result recorded.
     fn complete(&self, index: usize, result: Result<Delivered, SendError>) {
+        debug_assert!(
+            index < self.destinations.len(),
+            "a completion made for destination {index} of {}",
+            self.destinations.len()
+        );
         let Some(dest) = self.destinations.get(index) else {
             // Never made so; counted all the same, or the receipt would wait forever.
             self.done_one();

@@ -1,5 +1,6 @@
-//! The delivery thread: listeners run here (they may block, as Tribes' do), never on the
-//! owner task.
+//! The delivery thread: listeners run here (they may block, as Tribes' do), not on the owner
+//! task; unless every listener says it never blocks (`ChannelListener::may_block`), and then
+//! the owner task runs them itself.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
@@ -72,12 +73,14 @@ pub(super) fn delivery_queue(capacity: usize) -> (DeliveryQueue, DeliveryRx) {
 }
 
 impl DeliveryQueue {
-    /// Queues a message; hands the batch over when it is full (waiting for room).
-    pub(super) async fn push(&mut self, d: Delivery) {
+    /// Queues a message; hands the batch over when it is full (waiting for room). Returns
+    /// whether it had to wait.
+    pub(super) async fn push(&mut self, d: Delivery) -> bool {
         self.pending.push(d);
         if self.pending.len() >= self.batch {
-            self.flush().await;
+            return self.flush().await;
         }
+        false
     }
 
     /// Lets [`Self::flush`] run listeners that never block on the owner task.
@@ -86,15 +89,15 @@ impl DeliveryQueue {
     }
 
     /// Hands what is queued to the delivery thread, waiting for room when the queue is full;
-    /// or runs its listeners here (see [`Self::deliver_inline`]).
-    pub(super) async fn flush(&mut self) {
+    /// or runs its listeners here (see [`Self::deliver_inline`]). Returns whether it waited.
+    pub(super) async fn flush(&mut self) -> bool {
         if self.pending.is_empty() || self.deliver_inline() {
-            return;
+            return false;
         }
         let n = u32::try_from(self.pending.len()).unwrap_or(u32::MAX);
-        let permit = match self.room.try_acquire_many(n) {
-            Ok(p) => Some(p),
-            Err(_) => self.room.acquire_many(n).await.ok(),
+        let (permit, waited) = match self.room.try_acquire_many(n) {
+            Ok(p) => (Some(p), false),
+            Err(_) => (self.room.acquire_many(n).await.ok(), true),
         };
         // The delivery thread gives the permits back, message by message batch.
         if let Some(p) = permit {
@@ -103,6 +106,7 @@ impl DeliveryQueue {
         let batch = std::mem::take(&mut self.pending);
         // Closed: the delivery thread is gone (the channel is stopping); nothing to deliver to.
         let _ = self.tx.send(batch);
+        waited
     }
 }
 
@@ -119,12 +123,16 @@ impl DeliveryQueue {
             return false;
         }
         let shared = &inline.handle.shared;
+        // Cluster listeners are not asked: any of them keeps delivery on the thread.
+        if !shared.cluster_listeners.is_empty() {
+            return false;
+        }
         let (listeners, rpc_listeners) = listener_lists(shared);
-        if listeners
-            .iter()
-            .chain(&rpc_listeners)
-            .any(|l| l.may_block())
-        {
+        // A listener that panics here is taken to block (this is the owner task).
+        let may_block = |l: &Arc<dyn ChannelListener>| {
+            catch_unwind(AssertUnwindSafe(|| l.may_block())).unwrap_or(true)
+        };
+        if listeners.iter().chain(&rpc_listeners).any(may_block) {
             return false;
         }
         shared

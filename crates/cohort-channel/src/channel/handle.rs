@@ -161,8 +161,8 @@ pub const MAX_BATCH: usize = 4096;
 #[derive(Clone)]
 pub struct ChannelHandle {
     pub(super) shared: Arc<HandleShared>,
-    /// `None` in the channel's own copies (the delivery thread's), which must not keep it
-    /// running.
+    /// `None` in the channel's own copies (the delivery thread's, the owner task's for inline
+    /// delivery), which must not keep it running.
     pub(super) _life: Option<Arc<Life>>,
 }
 
@@ -292,10 +292,7 @@ impl ChannelHandle {
             payload,
             ticket: Ticket(msg_id),
         };
-        s.cmd
-            .send(Command::Send(out, state))
-            .await
-            .map_err(|_| ChannelError::Stopped)?;
+        self.command(Command::Send(out, state)).await?;
         s.counters.sent.fetch_add(1, Ordering::Relaxed);
         s.counters.count(options, len, true);
         self.pace(options, len).await;
@@ -416,13 +413,26 @@ impl ChannelHandle {
                 }
             })
             .collect();
-        s.cmd
-            .send(Command::SendBatch(outs, state))
-            .await
-            .map_err(|_| ChannelError::Stopped)?;
+        self.command(Command::SendBatch(outs, state)).await?;
         s.counters.sent.fetch_add(n as u64, Ordering::Relaxed);
         self.pace(options, total).await;
         Ok(receipt)
+    }
+
+    /// Hands a send to the owner task. Room is there in the common case: queued without
+    /// building a waiter (free room exists only while no sender waits, so this jumps no
+    /// queue); otherwise waits for it.
+    async fn command(&self, cmd: Command) -> Result<(), ChannelError> {
+        match self.shared.cmd.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(cmd)) => self
+                .shared
+                .cmd
+                .send(cmd)
+                .await
+                .map_err(|_| ChannelError::Stopped),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(ChannelError::Stopped),
+        }
     }
 
     /// After an ASYNCHRONOUS send of `len` bytes, while more than [`ASYNC_PACE_BYTES`] are
@@ -481,7 +491,7 @@ impl ChannelHandle {
                 // Room is there in the common case: taken without building a waiter. Free
                 // permits exist only while nobody waits (released ones go to waiters first),
                 // so this jumps no queue.
-                match sem.clone().try_acquire_many_owned(k) {
+                match Arc::clone(&sem).try_acquire_many_owned(k) {
                     Ok(p) => Ok(p),
                     Err(e) if reject => Err(try_err(e)),
                     Err(_) => sem

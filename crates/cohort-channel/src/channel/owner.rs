@@ -407,21 +407,24 @@ impl<N: Net> Owner<N> {
                     };
                     // The hooks as they were when the pass first needed them: one read of the
                     // shared list per pass, not per message.
-                    let claims = claims.get_or_insert_with(|| {
+                    let hooks = claims.get_or_insert_with(|| {
                         self.claims
                             .read()
                             .unwrap_or_else(PoisonError::into_inner)
                             .clone()
                     });
-                    if self.claim(claims, &message) {
+                    if self.claim(hooks, &message) {
                         self.counters.delivered.fetch_add(1, Ordering::Relaxed);
                         if let Some(ack) = ack {
                             ack.ack();
                         }
                         continue;
                     }
-                    // Full: wait (the transport stops being read meanwhile).
-                    self.delivery.push(Delivery { msg: message, ack }).await;
+                    // Full: wait (the transport stops being read meanwhile). Hooks added
+                    // during a wait are read again for the next message.
+                    if self.delivery.push(Delivery { msg: message, ack }).await {
+                        claims = None;
+                    }
                 }
                 Output::Member(ev) => {
                     let ev = *ev;
@@ -510,7 +513,7 @@ impl<N: Net> Owner<N> {
     /// Asks the claim hooks; true when one took the message. Hooks whose owner is gone are
     /// removed. The hooks run on a snapshot of the list, with no lock held: a hook (an RPC
     /// handler's first poll) may itself add one.
-    fn claim(&self, claims: &Arc<[Claim]>, msg: &ChannelMessage) -> bool {
+    fn claim(&self, claims: &mut Arc<[Claim]>, msg: &ChannelMessage) -> bool {
         if claims.is_empty() {
             return false;
         }
@@ -530,6 +533,8 @@ impl<N: Net> Owner<N> {
                 .cloned()
                 .collect();
             *now = kept.into();
+            // The pass's own copy loses them too.
+            *claims = now.clone();
         }
         false
     }

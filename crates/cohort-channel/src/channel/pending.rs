@@ -23,8 +23,9 @@ impl Group {
     }
 }
 
-/// The most room a group is made with: the largest batch.
-const MAX_ROOM: usize = super::handle::MAX_BATCH;
+/// The most room a group is made with: a group that needs more grows (a drain that follows a
+/// large batch with a send to many members makes no large group per member).
+const MAX_ROOM: usize = 256;
 
 /// The groups of the current drain, in the order their destinations were first seen.
 /// Bounded by what one drain transmits: the owner empties it at the end of every drain and

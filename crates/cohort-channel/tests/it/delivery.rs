@@ -154,18 +154,40 @@ async fn delivery_leaves_the_thread_only_once_it_is_idle_and_keeps_order() {
         listener.seen().len() == 600
     })
     .await;
-    // Once the thread is idle, delivery is on the channel's task.
-    a.send_many(&to, numbered(600..700), SendOptions::ASYNCHRONOUS)
+    // The thread gives its room back just after its last listener call: one message at a
+    // time until one is delivered on the channel's task.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut next = 600;
+    loop {
+        a.send_many(&to, numbered(next..next + 1), SendOptions::ASYNCHRONOUS)
+            .await
+            .unwrap();
+        next += 1;
+        wait_for("the probe", Duration::from_secs(20), || {
+            listener.seen().len() == next as usize
+        })
+        .await;
+        if listener.seen().last().is_some_and(|s| !s.1) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "delivery stayed on the thread"
+        );
+    }
+    // From then on, delivery is on the channel's task.
+    a.send_many(&to, numbered(next..next + 100), SendOptions::ASYNCHRONOUS)
         .await
         .unwrap();
-    wait_for("700 messages", Duration::from_secs(20), || {
-        listener.seen().len() == 700
+    let end = next + 100;
+    wait_for("every message", Duration::from_secs(20), || {
+        listener.seen().len() == end as usize
     })
     .await;
     let seen = listener.seen();
     assert_eq!(
         seen.iter().map(|s| s.0).collect::<Vec<_>>(),
-        (0..700).collect::<Vec<_>>(),
+        (0..end).collect::<Vec<_>>(),
         "in order across the move"
     );
     assert!(
@@ -173,11 +195,40 @@ async fn delivery_leaves_the_thread_only_once_it_is_idle_and_keeps_order() {
         "the first batch on the thread"
     );
     assert!(
-        seen[600..].iter().all(|s| !s.1),
+        seen[next as usize..].iter().all(|s| !s.1),
         "the last batch on the task"
     );
     let inline = b.stats().delivered_inline;
-    assert!((100..=400).contains(&inline), "{inline}");
+    assert!(inline >= 101, "{inline}");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A cluster listener is never asked whether it blocks: a channel with one delivers on its
+/// thread, whatever its channel listeners say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_listener_keeps_delivery_on_the_thread() {
+    struct Audit;
+    impl cohort_channel::ClusterListener for Audit {}
+    let listener = Where::new(false, Duration::ZERO);
+    let b = start(
+        builder()
+            .listener(listener.clone())
+            .cluster_listener(Arc::new(Audit)),
+    )
+    .await;
+    let a = start(builder()).await;
+    let o = a
+        .send_many(&[b.local().clone()], numbered(0..50), SYNC_ACK)
+        .await
+        .unwrap()
+        .await;
+    assert!(o.is_ok(), "{o:?}");
+    assert!(
+        listener.seen().iter().all(|s| s.1),
+        "all on the delivery thread"
+    );
+    assert_eq!(b.stats().delivered_inline, 0);
     a.stop().await;
     b.stop().await;
 }
