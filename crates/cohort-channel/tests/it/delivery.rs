@@ -232,3 +232,39 @@ async fn a_cluster_listener_keeps_delivery_on_the_thread() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A listener whose `may_block` panics is taken to block: the channel's task survives, and
+/// delivery goes on, on the thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_may_block_that_panics_is_taken_to_block() {
+    struct Odd(Arc<Where>);
+    impl ChannelListener for Odd {
+        fn message_received(&self, msg: &ChannelMessage) -> Result<(), ListenerError> {
+            self.0.message_received(msg)
+        }
+        fn may_block(&self) -> bool {
+            panic!("cannot say")
+        }
+    }
+    let listener = Where::new(false, Duration::ZERO);
+    let b = start(builder().listener(Arc::new(Odd(listener.clone())))).await;
+    let a = start(builder()).await;
+    for round in 0..2u32 {
+        let o = a
+            .send_many(
+                &[b.local().clone()],
+                numbered(round * 20..round * 20 + 20),
+                SYNC_ACK,
+            )
+            .await
+            .unwrap()
+            .await;
+        assert!(o.is_ok(), "{o:?}");
+    }
+    let seen = listener.seen();
+    assert_eq!(seen.len(), 40);
+    assert!(seen.iter().all(|s| s.1), "all on the delivery thread");
+    assert_eq!(b.stats().delivered_inline, 0);
+    a.stop().await;
+    b.stop().await;
+}
