@@ -8,7 +8,6 @@ use cohort_transport::{Delivered, SendError};
 use cohort_wire::{Member, MemberId};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
-use crate::channel::Suspecter;
 use crate::listener::ErrorHandler;
 
 /// How one destination's delivery ended.
@@ -160,6 +159,13 @@ impl std::future::Future for SendReceipt {
     }
 }
 
+/// Where a failed send raises a suspicion of its destination (the channel's `Suspecter`; a
+/// trait here so that this module imports nothing from the channel's).
+pub(crate) trait SuspectOnFailure: Send + Sync {
+    /// Raises a suspicion of `member` when `r` says its send failed on IO or a timeout.
+    fn check(&self, member: &Member, r: &Result<Delivered, SendError>);
+}
+
 /// Collects per-destination results of one application message (all its frames), or of a
 /// batch's messages. The transport's completions report to it directly
 /// ([`cohort_transport::Completion::shared`], by index into `destinations`): no closure is
@@ -169,7 +175,7 @@ pub(crate) struct SendState {
     /// The destinations as the application gave them: a completion's index points here.
     destinations: Arc<[Member]>,
     /// Where failed sends raise suspicions.
-    suspecter: Arc<Suspecter>,
+    suspecter: Arc<dyn SuspectOnFailure>,
     /// Deliveries outstanding, plus one held by the driver until dispatch is over.
     remaining: AtomicUsize,
     /// Whether anyone reads the results (a waiting receipt or an error handler): an
@@ -185,7 +191,7 @@ pub(crate) struct SendState {
 impl SendState {
     pub(crate) fn new(
         msg_id: u64,
-        (destinations, suspecter): (Arc<[Member]>, Arc<Suspecter>),
+        (destinations, suspecter): (Arc<[Member]>, Arc<dyn SuspectOnFailure>),
         tx: Option<oneshot::Sender<SendOutcome>>,
         permits: Option<(OwnedSemaphorePermit, Option<OwnedSemaphorePermit>)>,
         error_handler: Option<Arc<dyn ErrorHandler>>,

@@ -17,14 +17,20 @@ use super::stats::ChannelCounters;
 /// failed send back to the pipeline as a suspicion (IO failures and timeouts only: a FAIL_ACK
 /// or a full queue says nothing about the peer's health). One per channel, shared by every
 /// completion.
-pub(crate) struct Suspecter {
+pub(super) struct Suspecter {
     pub(super) cmd: mpsc::Sender<Command>,
     pub(super) counters: Arc<ChannelCounters>,
 }
 
+impl crate::receipt::SuspectOnFailure for Suspecter {
+    fn check(&self, member: &Member, r: &Result<Delivered, cohort_transport::SendError>) {
+        Suspecter::check(self, member, r);
+    }
+}
+
 impl Suspecter {
     /// Raises a suspicion of `member` when `r` says its send failed on IO or a timeout.
-    pub(crate) fn check(
+    pub(super) fn check(
         &self,
         member: &Member,
         r: &Result<Delivered, cohort_transport::SendError>,

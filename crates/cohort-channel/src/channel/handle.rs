@@ -13,10 +13,9 @@ use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 
 use crate::core::{Outbound, ProbeError, Suspicion, Ticket};
 use crate::listener::{ChannelListener, ChannelMessage, ClusterListener, ErrorHandler};
-use crate::receipt::{SendOutcome, SendReceipt, SendState};
+use crate::receipt::{SendOutcome, SendReceipt, SendState, SuspectOnFailure};
 use crate::seams::{ChannelMembership, ChannelTransport};
 
-use super::completion::Suspecter;
 use super::config::{AsyncFullPolicy, ChannelConfig, ChannelError};
 use super::stats::{ChannelCounters, ChannelStats, Mode, ModeStats};
 
@@ -57,7 +56,7 @@ pub(super) struct HandleShared {
     pub(super) running: Mutex<Services>,
     pub(super) counters: Arc<ChannelCounters>,
     /// Where failed sends raise suspicions (every send's state reports through it).
-    pub(super) suspecter: Arc<Suspecter>,
+    pub(super) suspecter: Arc<dyn SuspectOnFailure>,
     /// Hooks the owner task asks before it hands a message to the delivery thread.
     pub(super) claims: Arc<RwLock<Arc<[Claim]>>>,
     /// The last send's destinations, shared by the next send to the same members.

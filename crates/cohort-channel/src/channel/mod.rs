@@ -25,7 +25,6 @@ mod probes;
 mod stats;
 
 pub use builder::{ChannelBuilder, CustomTransport, GroupChannel};
-pub(crate) use completion::Suspecter;
 pub use config::{AsyncFullPolicy, ChannelConfig, ChannelError, MembershipSetup};
 pub(crate) use handle::Claimed;
 pub use handle::{ChannelHandle, MAX_BATCH, ViewEvent};
