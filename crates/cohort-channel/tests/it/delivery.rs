@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cohort_channel::{ChannelListener, ChannelMessage, ListenerError, SendError};
+use cohort_channel::{ChannelListener, ChannelMessage, ListenerError};
 use cohort_wire::SendOptions;
 
 use crate::support::*;
@@ -63,6 +63,31 @@ fn numbered(range: std::ops::Range<u32>) -> Vec<Bytes> {
         .collect()
 }
 
+/// Starts `b` and a sender, sends two SYNC_ACK batches of 50 to `b`, and checks that all of
+/// them reached `listener`, each on the delivery thread.
+async fn assert_delivered_on_the_thread(b: cohort_channel::ChannelBuilder, listener: &Where) {
+    let b = start(b).await;
+    let a = start(builder()).await;
+    for round in 0..2u32 {
+        let o = a
+            .send_many(
+                &[b.local().clone()],
+                numbered(round * 50..round * 50 + 50),
+                SYNC_ACK,
+            )
+            .await
+            .unwrap()
+            .await;
+        assert!(o.is_ok(), "{o:?}");
+    }
+    let seen = listener.seen();
+    assert_eq!(seen.len(), 100);
+    assert!(seen.iter().all(|s| s.1), "all on the delivery thread");
+    assert_eq!(b.stats().delivered_inline, 0);
+    a.stop().await;
+    b.stop().await;
+}
+
 /// Every listener says it never blocks: the listeners run on the channel's task, a
 /// SYNCHRONIZED_ACK still waits for them, and a panic is still a FAIL_ACK after which
 /// delivery goes on.
@@ -90,10 +115,7 @@ async fn listeners_that_never_block_run_on_the_channel_task() {
         .await
         .unwrap()
         .await;
-    match &o.results[0].result {
-        Err(SendError::FailAck { reason, .. }) => assert!(reason.contains("panicked"), "{reason}"),
-        other => panic!("expected FAIL_ACK, got {other:?}"),
-    }
+    assert_fail_ack(&o, "panicked");
     let o = a
         .send_many(&to, numbered(200..210), SYNC_ACK)
         .await
@@ -112,20 +134,8 @@ async fn listeners_that_never_block_run_on_the_channel_task() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_listener_that_may_block_keeps_delivery_on_the_thread() {
     let listener = Where::new(false, Duration::ZERO);
-    let b = start(builder().listener(listener.clone()).listener(collector())).await;
-    let a = start(builder()).await;
-    let o = a
-        .send_many(&[b.local().clone()], numbered(0..100), SYNC_ACK)
-        .await
-        .unwrap()
-        .await;
-    assert!(o.is_ok(), "{o:?}");
-    let seen = listener.seen();
-    assert_eq!(seen.len(), 100);
-    assert!(seen.iter().all(|s| s.1), "all on the delivery thread");
-    assert_eq!(b.stats().delivered_inline, 0);
-    a.stop().await;
-    b.stop().await;
+    let b = builder().listener(listener.clone()).listener(collector());
+    assert_delivered_on_the_thread(b, &listener).await;
 }
 
 /// Delivery moves from the thread to the channel's task only once the thread has delivered
@@ -211,26 +221,10 @@ async fn a_cluster_listener_keeps_delivery_on_the_thread() {
     struct Audit;
     impl cohort_channel::ClusterListener for Audit {}
     let listener = Where::new(false, Duration::ZERO);
-    let b = start(
-        builder()
-            .listener(listener.clone())
-            .cluster_listener(Arc::new(Audit)),
-    )
-    .await;
-    let a = start(builder()).await;
-    let o = a
-        .send_many(&[b.local().clone()], numbered(0..50), SYNC_ACK)
-        .await
-        .unwrap()
-        .await;
-    assert!(o.is_ok(), "{o:?}");
-    assert!(
-        listener.seen().iter().all(|s| s.1),
-        "all on the delivery thread"
-    );
-    assert_eq!(b.stats().delivered_inline, 0);
-    a.stop().await;
-    b.stop().await;
+    let b = builder()
+        .listener(listener.clone())
+        .cluster_listener(Arc::new(Audit));
+    assert_delivered_on_the_thread(b, &listener).await;
 }
 
 /// A listener whose `may_block` panics is taken to block: the channel's task survives, and
@@ -247,24 +241,6 @@ async fn a_may_block_that_panics_is_taken_to_block() {
         }
     }
     let listener = Where::new(false, Duration::ZERO);
-    let b = start(builder().listener(Arc::new(Odd(listener.clone())))).await;
-    let a = start(builder()).await;
-    for round in 0..2u32 {
-        let o = a
-            .send_many(
-                &[b.local().clone()],
-                numbered(round * 20..round * 20 + 20),
-                SYNC_ACK,
-            )
-            .await
-            .unwrap()
-            .await;
-        assert!(o.is_ok(), "{o:?}");
-    }
-    let seen = listener.seen();
-    assert_eq!(seen.len(), 40);
-    assert!(seen.iter().all(|s| s.1), "all on the delivery thread");
-    assert_eq!(b.stats().delivered_inline, 0);
-    a.stop().await;
-    b.stop().await;
+    let b = builder().listener(Arc::new(Odd(listener.clone())));
+    assert_delivered_on_the_thread(b, &listener).await;
 }

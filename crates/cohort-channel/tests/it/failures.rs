@@ -195,26 +195,32 @@ async fn a_hung_receiver_fails_acked_sends_at_the_send_timeout() {
     b.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_member_does_not_block_the_others() {
-    let sink = collector();
-    let b = start(builder().listener(sink.clone())).await;
-    // A backoff long enough that the second send surely falls in it, however slow the runner.
-    let a = start(builder().transport(TransportConfig {
+/// A transport whose backoff after a failed connect is long enough that a second send
+/// surely falls in it, however slow the runner.
+fn backing_off() -> TransportConfig {
+    TransportConfig {
         connect_timeout: Duration::from_millis(300),
         reconnect_backoff: Duration::from_secs(30),
         max_reconnect_backoff: Duration::from_secs(30),
         ..transport()
-    }))
-    .await;
-    // A member whose port nobody listens on.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut m = b.local().clone();
-        m.id = cohort_wire::MemberId::from_bytes([9; 16]);
-        m.port = l.local_addr().unwrap().port();
-        m
-    };
+    }
+}
+
+/// A member like `like` (another id) at a port nobody listens on.
+fn dead_member(like: &cohort_wire::Member) -> cohort_wire::Member {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut m = like.clone();
+    m.id = cohort_wire::MemberId::from_bytes([9; 16]);
+    m.port = l.local_addr().unwrap().port();
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_member_does_not_block_the_others() {
+    let sink = collector();
+    let b = start(builder().listener(sink.clone())).await;
+    let a = start(builder().transport(backing_off())).await;
+    let dead = dead_member(b.local());
     let o = a
         .send(
             &[dead.clone(), b.local().clone()],
@@ -268,22 +274,11 @@ async fn a_batch_reports_every_message_for_every_destination() {
     let handler = Arc::new(Outcomes(std::sync::Mutex::default()));
     let a = start(
         builder()
-            .transport(TransportConfig {
-                connect_timeout: Duration::from_millis(300),
-                reconnect_backoff: Duration::from_secs(30),
-                max_reconnect_backoff: Duration::from_secs(30),
-                ..transport()
-            })
+            .transport(backing_off())
             .error_handler(handler.clone()),
     )
     .await;
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut m = b.local().clone();
-        m.id = cohort_wire::MemberId::from_bytes([9; 16]);
-        m.port = l.local_addr().unwrap().port();
-        m
-    };
+    let dead = dead_member(b.local());
     let to = [dead.clone(), b.local().clone()];
     let batch = || -> Vec<Bytes> { (0..50u8).map(|i| Bytes::from(vec![i])).collect() };
     let count = |o: &cohort_channel::SendOutcome, id, ok: bool| {
@@ -354,12 +349,7 @@ async fn a_panicking_listener_is_a_failed_one_and_delivery_carries_on() {
             .await
             .unwrap()
             .await;
-        match &o.results[0].result {
-            Err(SendError::FailAck { reason, .. }) => {
-                assert!(reason.contains("panicked"), "{reason}");
-            }
-            other => panic!("round {round}: expected FAIL_ACK, got {other:?}"),
-        }
+        assert_fail_ack(&o, "panicked");
         let o = a
             .send(&to, Bytes::from_static(b"ok"), SYNC_ACK)
             .await

@@ -33,3 +33,13 @@ pub(crate) async fn start(b: ChannelBuilder) -> ChannelHandle {
 pub(crate) fn collector() -> Arc<Collect> {
     Collect::new()
 }
+
+/// Asserts that the first result of `o` is a FAIL_ACK whose reason contains `text`.
+pub(crate) fn assert_fail_ack(o: &cohort_channel::SendOutcome, text: &str) {
+    match o.results.first().map(|r| &r.result) {
+        Some(Err(cohort_channel::SendError::FailAck { reason, .. })) => {
+            assert!(reason.contains(text), "{reason}");
+        }
+        other => panic!("expected a FAIL_ACK with {text:?}, got {other:?}"),
+    }
+}

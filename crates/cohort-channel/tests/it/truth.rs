@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use cohort_channel::{Cx, Interceptor, Outbound, SendError};
+use cohort_channel::{Cx, Interceptor, Outbound};
 use cohort_wire::SendOptions;
 
 use crate::support::*;
@@ -21,12 +21,7 @@ async fn sync_ack_to_a_node_without_listeners_is_fail_acked() {
         .unwrap()
         .await;
     assert!(!o.is_ok(), "{o:?}");
-    match &o.results[0].result {
-        Err(SendError::FailAck { reason, .. }) => {
-            assert!(reason.contains("no listener"), "{reason}");
-        }
-        other => panic!("expected FAIL_ACK, got {other:?}"),
-    }
+    assert_fail_ack(&o, "no listener");
     assert_eq!(b.stats().no_listener, 1);
     a.stop().await;
     b.stop().await;

@@ -1,0 +1,114 @@
+//! What the layer above hands the transport to send: data frames ([`OutData`], [`DataSend`])
+//! and what runs when each completes ([`Completion`]).
+
+use std::sync::Arc;
+
+use cohort_wire::{DataFrame, SendOptions};
+
+use crate::{Delivered, SendError};
+
+/// Called once per destination when its delivery completes, from a transport task. Keep it
+/// short: it must not block.
+///
+/// Either a closure of its own ([`Completion::new`]), or one of many completions that report
+/// to the same object ([`Completion::shared`]): a receipt that collects the results of its
+/// frames to every destination. A shared completion costs no allocation per frame.
+pub struct Completion(CompletionFn);
+
+enum CompletionFn {
+    Once(Box<dyn FnOnce(Result<Delivered, SendError>) + Send>),
+    Shared(Arc<dyn Completions>, usize),
+}
+
+/// What [`Completion::shared`] completions report to: told which of its frames (by the index
+/// the completion was made with) completed, and how.
+pub trait Completions: Send + Sync + 'static {
+    /// The frame made with `index` completed with `result`.
+    fn complete(&self, index: usize, result: Result<Delivered, SendError>);
+}
+
+impl Completion {
+    /// A completion that runs `f`.
+    pub fn new(f: impl FnOnce(Result<Delivered, SendError>) + Send + 'static) -> Self {
+        Self(CompletionFn::Once(Box::new(f)))
+    }
+
+    /// A completion that reports to `to` as its frame `index`.
+    pub fn shared(to: Arc<dyn Completions>, index: usize) -> Self {
+        Self(CompletionFn::Shared(to, index))
+    }
+
+    /// Runs the completion with the frame's result.
+    pub fn complete(self, result: Result<Delivered, SendError>) {
+        match self.0 {
+            CompletionFn::Once(f) => f(result),
+            CompletionFn::Shared(to, index) => to.complete(index, result),
+        }
+    }
+}
+
+impl std::fmt::Debug for Completion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            CompletionFn::Once(_) => "Completion::Once",
+            CompletionFn::Shared(..) => "Completion::Shared",
+        })
+    }
+}
+
+/// A data frame handed to the transport ([`TransportHandle::send_data`], [`DataSend`]),
+/// encoded by the connection that writes it: one send's own (no allocation), or shared by the
+/// sends of one message to several destinations.
+#[derive(Clone, Debug)]
+pub enum OutData {
+    /// One destination's frame.
+    Own(DataFrame),
+    /// A frame several destinations' sends share.
+    Shared(Arc<DataFrame>),
+}
+
+impl std::ops::Deref for OutData {
+    type Target = DataFrame;
+
+    fn deref(&self) -> &DataFrame {
+        match self {
+            Self::Own(f) => f,
+            Self::Shared(f) => f,
+        }
+    }
+}
+
+impl From<DataFrame> for OutData {
+    fn from(f: DataFrame) -> Self {
+        Self::Own(f)
+    }
+}
+
+impl From<Arc<DataFrame>> for OutData {
+    fn from(f: Arc<DataFrame>) -> Self {
+        Self::Shared(f)
+    }
+}
+
+/// One frame of [`TransportHandle::send_data_many`]: what [`TransportHandle::send_data`]
+/// takes, but the destination.
+pub struct DataSend {
+    /// The frame, encoded by the connection that writes it.
+    pub frame: OutData,
+    /// Its message id (what the peer's ACK names).
+    pub msg_id: u64,
+    /// Its send options.
+    pub options: SendOptions,
+    /// Runs once, when the frame completes or fails.
+    pub done: Completion,
+}
+
+impl std::fmt::Debug for DataSend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataSend")
+            .field("msg_id", &self.msg_id)
+            .field("options", &self.options)
+            .field("payload_len", &self.frame.payload.len())
+            .finish_non_exhaustive()
+    }
+}
