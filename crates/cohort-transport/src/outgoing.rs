@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use cohort_wire::{DataFrame, SendOptions};
 
+#[cfg(doc)]
+use crate::TransportHandle;
 use crate::{Delivered, SendError};
 
 /// Called once per destination when its delivery completes, from a transport task. Keep it
