@@ -60,6 +60,7 @@
 //! # }
 //! ```
 
+mod admission;
 mod channel;
 pub mod core;
 mod listener;

@@ -1,13 +1,14 @@
 //! Send receipts: what a send promised, and how it ended per member.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use cohort_transport::{Delivered, SendError};
 use cohort_wire::{Member, MemberId};
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::oneshot;
 
+use crate::admission::{Admission, Room};
 use crate::listener::ErrorHandler;
 
 /// How one destination's delivery ended.
@@ -166,6 +167,17 @@ pub(crate) trait SuspectOnFailure: Send + Sync {
     fn check(&self, member: &Member, r: &Result<Delivered, SendError>);
 }
 
+/// What every send's state reports to: the same for all of a channel's sends, so a send
+/// clones one reference, not three.
+pub(crate) struct SendContext {
+    /// Where failed sends raise suspicions.
+    pub(crate) suspecter: Arc<dyn SuspectOnFailure>,
+    /// The ASYNCHRONOUS queue, given back its room once a send has completed.
+    pub(crate) admission: Arc<Admission>,
+    /// Gets the outcomes of ASYNCHRONOUS sends.
+    pub(crate) error_handler: Option<Arc<dyn ErrorHandler>>,
+}
+
 /// Collects per-destination results of one application message (all its frames), or of a
 /// batch's messages. The transport's completions report to it directly
 /// ([`cohort_transport::Completion::shared`], by index into `destinations`): no closure is
@@ -174,38 +186,42 @@ pub(crate) struct SendState {
     pub(crate) msg_id: u64,
     /// The destinations as the application gave them: a completion's index points here.
     destinations: Arc<[Member]>,
-    /// Where failed sends raise suspicions.
-    suspecter: Arc<dyn SuspectOnFailure>,
+    ctx: Arc<SendContext>,
     /// Deliveries outstanding, plus one held by the driver until dispatch is over.
     remaining: AtomicUsize,
+    /// Whether the outcome goes to the error handler (ASYNCHRONOUS sends, when there is one).
+    to_handler: bool,
     /// Whether anyone reads the results (a waiting receipt or an error handler): an
     /// ASYNCHRONOUS send without an error handler keeps none (no allocation, no lock).
     keep_results: bool,
     results: Mutex<Vec<MemberResult>>,
     tx: Mutex<Option<oneshot::Sender<SendOutcome>>>,
-    /// Async admission (count and bytes), released when every delivery has completed.
-    permits: Mutex<Option<(OwnedSemaphorePermit, Option<OwnedSemaphorePermit>)>>,
-    error_handler: Option<Arc<dyn ErrorHandler>>,
+    /// ASYNCHRONOUS room (a packed [`Room`]) taken for this send, given back (and zeroed)
+    /// when every delivery has completed, or when the state is dropped before that.
+    admitted: AtomicU64,
 }
 
 impl SendState {
+    /// A send's state: `tx` gets the outcome of a send with a waiting receipt; an
+    /// ASYNCHRONOUS one holds the room it was `admitted` and reports to the error handler.
     pub(crate) fn new(
         msg_id: u64,
-        (destinations, suspecter): (Arc<[Member]>, Arc<dyn SuspectOnFailure>),
+        destinations: Arc<[Member]>,
+        ctx: &Arc<SendContext>,
         tx: Option<oneshot::Sender<SendOutcome>>,
-        permits: Option<(OwnedSemaphorePermit, Option<OwnedSemaphorePermit>)>,
-        error_handler: Option<Arc<dyn ErrorHandler>>,
+        admitted: Option<Room>,
     ) -> Arc<Self> {
+        let to_handler = admitted.is_some() && ctx.error_handler.is_some();
         Arc::new(Self {
             msg_id,
             destinations,
-            suspecter,
+            ctx: ctx.clone(),
             remaining: AtomicUsize::new(1),
-            keep_results: tx.is_some() || error_handler.is_some(),
+            to_handler,
+            keep_results: tx.is_some() || to_handler,
             results: Mutex::new(Vec::new()),
             tx: Mutex::new(tx),
-            permits: Mutex::new(permits),
-            error_handler,
+            admitted: AtomicU64::new(admitted.unwrap_or_default().into()),
         })
     }
 
@@ -247,14 +263,10 @@ impl SendState {
         &self.destinations
     }
 
-    /// Gives the ASYNCHRONOUS admission (count and bytes) back.
+    /// Gives the ASYNCHRONOUS room back, once.
     fn release_admission(&self) {
-        drop(
-            self.permits
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
+        let room = Room::from(self.admitted.swap(0, Ordering::AcqRel));
+        self.ctx.admission.release(room);
     }
 
     /// One delivery (or the driver's hold) is over.
@@ -277,7 +289,7 @@ impl SendState {
             lost,
         };
         self.release_admission();
-        if let Some(h) = &self.error_handler {
+        if let Some(h) = self.ctx.error_handler.as_ref().filter(|_| self.to_handler) {
             if outcome.is_ok() {
                 h.handle_completion(&outcome);
             } else {
@@ -309,7 +321,15 @@ impl cohort_transport::Completions for SendState {
             self.done_one();
             return;
         };
-        self.suspecter.check(dest, &result);
+        self.ctx.suspecter.check(dest, &result);
         self.record(dest.id, SocketAddr::new(dest.addr, dest.port), result);
+    }
+}
+
+impl Drop for SendState {
+    /// A state dropped before its deliveries completed (the channel stopped) gives its room
+    /// back all the same.
+    fn drop(&mut self) {
+        self.release_admission();
     }
 }

@@ -4,12 +4,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use cohort_wire::{Member, SendOptions};
-use tokio_util::sync::PollSemaphore;
-
+use crate::admission::{Reservation, Room};
 use crate::channel::{ChannelError, ChannelHandle};
 use crate::receipt::SendReceipt;
+use bytes::Bytes;
+use cohort_wire::{Member, SendOptions};
 
 /// A send, as a tower request.
 #[derive(Clone, Debug)]
@@ -28,17 +27,17 @@ pub struct SendRequest {
 /// rate-limit, timeout and load-shed layers see the channel's backpressure.
 pub struct ChannelService {
     handle: ChannelHandle,
-    ready: PollSemaphore,
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The wait for a place, while `poll_ready` is pending.
+    waiting: Option<Pin<Box<dyn Future<Output = Reservation> + Send>>>,
+    permit: Option<Reservation>,
 }
 
 impl ChannelHandle {
     /// This handle as a tower service.
     pub fn into_service(self) -> ChannelService {
-        let ready = PollSemaphore::new(self.async_permits());
         ChannelService {
             handle: self,
-            ready,
+            waiting: None,
             permit: None,
         }
     }
@@ -53,12 +52,16 @@ impl tower_service::Service<SendRequest> for ChannelService {
         if self.permit.is_some() {
             return Poll::Ready(Ok(()));
         }
-        match self.ready.poll_acquire(cx) {
-            Poll::Ready(Some(p)) => {
+        let handle = &self.handle;
+        let waiting = self.waiting.get_or_insert_with(|| {
+            Box::pin(Reservation::take(handle.admission(), Room::new(1, 0)))
+        });
+        match waiting.as_mut().poll(cx) {
+            Poll::Ready(p) => {
+                self.waiting = None;
                 self.permit = Some(p);
                 Poll::Ready(Ok(()))
             }
-            Poll::Ready(None) => Poll::Ready(Err(ChannelError::Stopped)),
             Poll::Pending => Poll::Pending,
         }
     }

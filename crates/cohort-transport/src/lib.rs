@@ -59,6 +59,7 @@ mod handshake;
 mod mcast;
 mod outgoing;
 mod probe;
+mod read_buffers;
 mod receiver;
 mod sender;
 mod stats;

@@ -10,10 +10,12 @@ use cohort_membership::{LocalMemberConfig, Membership, MembershipListener, Multi
 use cohort_net::Net;
 use cohort_transport::{Received, Transport, TransportConfig};
 use cohort_wire::{CohortCodec, KeyRing, Member, MemberId, Services};
-use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc};
 
+use crate::admission::{Admission, MAX_BYTES, MAX_MESSAGES, Room};
 use crate::core::{Interceptor, Pipeline};
 use crate::listener::{ChannelListener, ClusterListener, ErrorHandler};
+use crate::receipt::SendContext;
 use crate::seams::{ChannelMembership, ChannelTransport};
 
 use super::config::{ChannelConfig, ChannelError, MembershipSetup};
@@ -300,12 +302,20 @@ impl ChannelBuilder {
             cmd: cmd_tx.clone(),
             counters: counters.clone(),
         });
+        // Both bounds fit a packed room: the config's validation checks them.
+        let admission = Arc::new(Admission::new(Room::new(
+            u32::try_from(self.config.async_queue_messages).unwrap_or(MAX_MESSAGES),
+            u32::try_from(self.config.async_queue_bytes).unwrap_or(MAX_BYTES),
+        )));
         let shared = Arc::new(HandleShared {
-            suspecter: suspecter.clone(),
+            send_ctx: Arc::new(SendContext {
+                suspecter: suspecter.clone(),
+                admission: admission.clone(),
+                error_handler: self.error_handler,
+            }),
             cmd: cmd_tx,
             ids,
-            async_count: Arc::new(Semaphore::new(self.config.async_queue_messages)),
-            async_bytes: Arc::new(Semaphore::new(self.config.async_queue_bytes)),
+            admission,
             paced: AtomicUsize::new(0),
             config: self.config.clone(),
             max_payload: self.transport.limits.max_frame_payload,
@@ -317,7 +327,6 @@ impl ChannelBuilder {
             rpc_listeners: Arc::new(RwLock::new(Vec::new())),
             cluster_listeners: cluster_listeners.clone(),
             member_tx: member_tx.clone(),
-            error_handler: self.error_handler,
             running: Mutex::new(services),
             counters: counters.clone(),
             claims: claims.clone(),

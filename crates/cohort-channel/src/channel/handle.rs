@@ -9,11 +9,12 @@ use bytes::Bytes;
 use cohort_membership::MembershipView;
 
 use cohort_wire::{Member, SendOptions, Services};
-use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::admission::{Admission, Reservation, Room};
 use crate::core::{Outbound, ProbeError, Suspicion, Ticket};
-use crate::listener::{ChannelListener, ChannelMessage, ClusterListener, ErrorHandler};
-use crate::receipt::{SendOutcome, SendReceipt, SendState, SuspectOnFailure};
+use crate::listener::{ChannelListener, ChannelMessage, ClusterListener};
+use crate::receipt::{SendContext, SendOutcome, SendReceipt, SendState};
 use crate::seams::{ChannelMembership, ChannelTransport};
 
 use super::config::{AsyncFullPolicy, ChannelConfig, ChannelError};
@@ -36,8 +37,8 @@ pub(super) enum Command {
 pub(super) struct HandleShared {
     pub(super) cmd: mpsc::Sender<Command>,
     pub(super) ids: Arc<AtomicU64>,
-    pub(super) async_count: Arc<Semaphore>,
-    pub(super) async_bytes: Arc<Semaphore>,
+    /// The bounded ASYNCHRONOUS queue (also in `send_ctx`, which gives room back).
+    pub(super) admission: Arc<Admission>,
     /// ASYNCHRONOUS bytes sent into a deep queue since a send last yielded (see
     /// [`ChannelHandle::pace`]).
     pub(super) paced: AtomicUsize,
@@ -52,11 +53,10 @@ pub(super) struct HandleShared {
     pub(super) rpc_listeners: Arc<RwLock<Vec<Arc<dyn ChannelListener>>>>,
     pub(super) cluster_listeners: Arc<[Arc<dyn ClusterListener>]>,
     pub(super) member_tx: broadcast::Sender<ViewEvent>,
-    pub(super) error_handler: Option<Arc<dyn ErrorHandler>>,
     pub(super) running: Mutex<Services>,
     pub(super) counters: Arc<ChannelCounters>,
-    /// Where failed sends raise suspicions (every send's state reports through it).
-    pub(super) suspecter: Arc<dyn SuspectOnFailure>,
+    /// What every send's state reports to: suspicions, queue room, the error handler.
+    pub(super) send_ctx: Arc<SendContext>,
     /// Hooks the owner task asks before it hands a message to the delivery thread.
     pub(super) claims: Arc<RwLock<Arc<[Claim]>>>,
     /// The last send's destinations, shared by the next send to the same members.
@@ -66,7 +66,7 @@ pub(super) struct HandleShared {
 impl HandleShared {
     /// ASYNCHRONOUS bytes admitted and not yet completed.
     fn async_queued_bytes(&self) -> usize {
-        self.config.async_queue_bytes - self.async_bytes.available_permits()
+        self.admission.queued().bytes() as usize
     }
 
     /// `to` as a shared slice: the last send's when it went to the same members (most sends
@@ -258,7 +258,7 @@ impl ChannelHandle {
         destinations: &[Member],
         payload: Bytes,
         options: SendOptions,
-        reserved: Option<tokio::sync::OwnedSemaphorePermit>,
+        reserved: Option<Reservation>,
     ) -> Result<SendReceipt, ChannelError> {
         let s = &self.shared;
         if destinations.is_empty() {
@@ -307,18 +307,12 @@ impl ChannelHandle {
         destinations: &Arc<[Member]>,
         options: SendOptions,
         (n, total): (usize, usize),
-        reserved: Option<tokio::sync::OwnedSemaphorePermit>,
+        reserved: Option<Reservation>,
     ) -> Result<(Arc<SendState>, SendReceipt), ChannelError> {
-        let to = (destinations.clone(), self.shared.suspecter.clone());
+        let ctx = &self.shared.send_ctx;
         if options.contains(SendOptions::ASYNCHRONOUS) {
-            let permits = self.admit(n, total, reserved).await?;
-            let state = SendState::new(
-                msg_id,
-                to,
-                None,
-                Some(permits),
-                self.shared.error_handler.clone(),
-            );
+            let room = self.admit(n, total, reserved).await?;
+            let state = SendState::new(msg_id, destinations.clone(), ctx, None, Some(room));
             let receipt = SendReceipt::ready(SendOutcome {
                 msg_id,
                 queued: true,
@@ -329,7 +323,7 @@ impl ChannelHandle {
         }
         let (tx, rx) = oneshot::channel();
         Ok((
-            SendState::new(msg_id, to, Some(tx), None, None),
+            SendState::new(msg_id, destinations.clone(), ctx, Some(tx), None),
             SendReceipt::waiting(msg_id, rx),
         ))
     }
@@ -457,69 +451,38 @@ impl ChannelHandle {
     /// Takes room in the ASYNCHRONOUS queue for `n` messages of `total` bytes at once, as the
     /// policy says: waits for it (`Block`), or fails at once when it is not there (`Reject`).
     /// A place already `reserved` (by the tower service's `poll_ready`) stands for the first
-    /// message's.
+    /// message's. A payload larger than the queue takes all of its bytes.
     async fn admit(
         &self,
         n: usize,
         total: usize,
-        reserved: Option<tokio::sync::OwnedSemaphorePermit>,
-    ) -> Result<
-        (
-            tokio::sync::OwnedSemaphorePermit,
-            Option<tokio::sync::OwnedSemaphorePermit>,
-        ),
-        ChannelError,
-    > {
+        reserved: Option<Reservation>,
+    ) -> Result<Room, ChannelError> {
         let s = &self.shared;
-        let want_bytes = u32::try_from(total.min(s.config.async_queue_bytes)).unwrap_or(u32::MAX);
-        let full = || {
-            let st = self.stats();
-            ChannelError::QueueFull {
-                messages: st.async_queued,
-                bytes: st.async_queued_bytes,
-            }
-        };
-        let try_err = |e| match e {
-            tokio::sync::TryAcquireError::Closed => ChannelError::Stopped,
-            tokio::sync::TryAcquireError::NoPermits => full(),
-        };
-        let reject = s.config.async_full_policy == AsyncFullPolicy::Reject;
-        let take = |sem: &Arc<Semaphore>, k: u32| {
-            let sem = sem.clone();
-            async move {
-                // Room is there in the common case: taken without building a waiter. Free
-                // permits exist only while nobody waits (released ones go to waiters first),
-                // so this jumps no queue.
-                match Arc::clone(&sem).try_acquire_many_owned(k) {
-                    Ok(p) => Ok(p),
-                    Err(e) if reject => Err(try_err(e)),
-                    Err(_) => sem
-                        .acquire_many_owned(k)
-                        .await
-                        .map_err(|_| ChannelError::Stopped),
-                }
-            }
-        };
-        // The messages that still need a place (a reserved one stands for the first).
+        let q = &s.admission;
+        let bytes = u32::try_from(total)
+            .unwrap_or(u32::MAX)
+            .min(q.capacity().bytes());
+        // The messages that still need a place (a reserved one stands for the first); `n` is
+        // at most the queue's message bound (checked by the callers).
         let extra = n.saturating_sub(usize::from(reserved.is_some()));
-        let mut count = reserved;
-        if extra > 0 {
-            let got = take(&s.async_count, u32::try_from(extra).unwrap_or(u32::MAX)).await?;
-            match &mut count {
-                Some(c) => c.merge(got),
-                None => count = Some(got),
+        let want = Room::new(u32::try_from(extra).unwrap_or(u32::MAX), bytes);
+        if s.config.async_full_policy == AsyncFullPolicy::Reject {
+            if !q.try_admit(want) {
+                let st = self.stats();
+                return Err(ChannelError::QueueFull {
+                    messages: st.async_queued,
+                    bytes: st.async_queued_bytes,
+                });
             }
-        }
-        let count = count.ok_or(ChannelError::BatchSize {
-            len: 0,
-            max: MAX_BATCH,
-        })?;
-        let bytes = if want_bytes == 0 {
-            None
         } else {
-            Some(take(&s.async_bytes, want_bytes).await?)
-        };
-        Ok((count, bytes))
+            q.admit(want).await;
+        }
+        let reserved = reserved.map_or(Room::ZERO, Reservation::into_room);
+        Ok(Room::new(
+            want.messages() + reserved.messages(),
+            want.bytes() + reserved.bytes(),
+        ))
     }
 
     /// Sends to every member in the current view except the local one. Fails with
@@ -637,8 +600,7 @@ impl ChannelHandle {
             control_dropped: l(&c.control_dropped),
             untransformed_dropped: l(&c.untransformed_dropped),
             suspicions_dropped: l(&c.suspicions_dropped),
-            async_queued: self.shared.config.async_queue_messages
-                - self.shared.async_count.available_permits(),
+            async_queued: self.shared.admission.queued().messages() as usize,
             async_queued_bytes: self.shared.async_queued_bytes(),
             by_mode: Mode::ALL.map(|m| {
                 let c = &c.by_mode[m.index()];
@@ -680,9 +642,11 @@ impl ChannelHandle {
             }
         }
         if stopping.contains(Services::SND_TX) {
-            let all = u32::try_from(s.config.async_queue_messages).unwrap_or(u32::MAX);
-            let _ =
-                tokio::time::timeout(s.config.drain_timeout, s.async_count.acquire_many(all)).await;
+            // Queued messages complete (or the time is up): all of the queue's room, taken
+            // and given back at once.
+            let all = Room::new(s.admission.capacity().messages(), 0);
+            let drained = Reservation::take(s.admission.clone(), all);
+            let _ = tokio::time::timeout(s.config.drain_timeout, drained).await;
         }
         {
             let mut running = s.running.lock().unwrap_or_else(PoisonError::into_inner);
@@ -700,8 +664,8 @@ impl ChannelHandle {
     }
 
     #[cfg(feature = "tower")]
-    pub(crate) fn async_permits(&self) -> Arc<Semaphore> {
-        self.shared.async_count.clone()
+    pub(crate) fn admission(&self) -> Arc<Admission> {
+        self.shared.admission.clone()
     }
 }
 

@@ -1,0 +1,332 @@
+//! Admission to the bounded ASYNCHRONOUS queue: room in messages and in bytes, taken and
+//! given back together.
+//!
+//! Every ASYNCHRONOUS send takes room here and gives it back once each of its deliveries has
+//! completed. Two tokio semaphores did this before (one per bound): a send paid two
+//! acquisitions, two reference counts and, on release, two locks of their waiter lists,
+//! about 460 instructions of the 6,100 a 1 KiB send costs (docs/BENCHMARKS.md, issue 13's
+//! ninth stop). Here the room left in both units is one atomic word: a send takes it with
+//! one compare-and-swap, and a completion gives it back with one add and one load.
+//!
+//! Senders that find no room wait their turn in arrival order (tokio's mutex is fair), and
+//! while any waits, nobody takes room without waiting: a large send is not starved by small
+//! ones, as with tokio's semaphore. Room is never handed to a waiter: the waiter whose turn
+//! it is takes it itself, so a cancelled wait leaks nothing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+
+use tokio::sync::{Mutex, Notify};
+
+/// Bytes sit in the low 32 bits of a packed [`Room`], messages above them.
+const BYTES_BITS: u32 = 32;
+const BYTES_MASK: u64 = (1 << BYTES_BITS) - 1;
+
+/// The most messages and bytes a queue may hold: the fields of a packed [`Room`] (the
+/// channel's config checks its bounds against these).
+pub(crate) const MAX_MESSAGES: u32 = 1 << 24;
+/// See [`MAX_MESSAGES`].
+pub(crate) const MAX_BYTES: u32 = u32::MAX;
+
+/// An amount of queue room: messages and bytes, packed in one word.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Room(u64);
+
+impl Room {
+    /// No room.
+    pub(crate) const ZERO: Self = Self(0);
+
+    /// `messages` (at most [`MAX_MESSAGES`]) and `bytes`.
+    pub(crate) fn new(messages: u32, bytes: u32) -> Self {
+        debug_assert!(messages <= MAX_MESSAGES);
+        Self((u64::from(messages.min(MAX_MESSAGES)) << BYTES_BITS) | u64::from(bytes))
+    }
+
+    pub(crate) fn messages(self) -> u32 {
+        (self.0 >> BYTES_BITS) as u32
+    }
+
+    pub(crate) fn bytes(self) -> u32 {
+        (self.0 & BYTES_MASK) as u32
+    }
+
+    /// Whether `self` holds at least `want` in both units.
+    fn covers(self, want: Self) -> bool {
+        self.messages() >= want.messages() && self.bytes() >= want.bytes()
+    }
+
+    fn is_zero(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl From<Room> for u64 {
+    fn from(r: Room) -> u64 {
+        r.0
+    }
+}
+
+impl From<u64> for Room {
+    /// A room packed by `u64::from`.
+    fn from(v: u64) -> Room {
+        Room(v)
+    }
+}
+
+/// The bounded ASYNCHRONOUS queue's room (see the module's docs).
+pub(crate) struct Admission {
+    /// Room left, packed as a [`Room`]. Never more than `capacity` in either unit, so adding
+    /// room given back never carries from the bytes into the messages.
+    free: AtomicU64,
+    capacity: Room,
+    /// Senders waiting for room, or for their turn to wait.
+    waiting: AtomicUsize,
+    /// Waiting senders' turns, in arrival order.
+    turn: Mutex<()>,
+    /// Room was given back while someone waited.
+    released: Notify,
+}
+
+/// Counts a sender as waiting for as long as it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, SeqCst);
+        Self(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
+}
+
+impl Admission {
+    /// An empty queue that holds at most `capacity`.
+    pub(crate) fn new(capacity: Room) -> Self {
+        Self {
+            free: AtomicU64::new(capacity.0),
+            capacity,
+            waiting: AtomicUsize::new(0),
+            turn: Mutex::new(()),
+            released: Notify::new(),
+        }
+    }
+
+    /// Takes `want` if it is there now, unless senders are waiting (that would jump their
+    /// queue). `want` must fit in the capacity, or it is never there.
+    pub(crate) fn try_admit(&self, want: Room) -> bool {
+        self.waiting.load(SeqCst) == 0 && self.take(want)
+    }
+
+    /// Takes `want`, waiting for it (behind the senders that waited first) when it is not
+    /// there. `want` must fit in the capacity, or this waits forever. Cancel-safe: dropped
+    /// while waiting, it has taken nothing.
+    pub(crate) async fn admit(&self, want: Room) {
+        if self.try_admit(want) {
+            return;
+        }
+        let _waiting = Waiting::new(&self.waiting);
+        let _turn = self.turn.lock().await;
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            // Registered before looking: room given back after the look wakes this.
+            released.as_mut().enable();
+            if self.take(want) {
+                return;
+            }
+            released.await;
+        }
+    }
+
+    /// Gives `room` back (taken before by this queue's `admit` or `try_admit`).
+    pub(crate) fn release(&self, room: Room) {
+        if room.is_zero() {
+            return;
+        }
+        let before = Room(self.free.fetch_add(room.0, SeqCst));
+        debug_assert!(
+            Room(before.0 + room.0).messages() <= self.capacity.messages()
+                && u64::from(before.bytes()) + u64::from(room.bytes())
+                    <= u64::from(self.capacity.bytes()),
+            "more room given back than was taken"
+        );
+        // After the add: a sender that counted itself waiting before this load sees the room
+        // or is woken (a wake-up with nobody registered is kept for the next one).
+        if self.waiting.load(SeqCst) > 0 {
+            self.released.notify_one();
+        }
+    }
+
+    /// What the queue holds now: messages and bytes taken and not given back.
+    pub(crate) fn queued(&self) -> Room {
+        let free = Room(self.free.load(SeqCst));
+        Room::new(
+            self.capacity.messages() - free.messages(),
+            self.capacity.bytes() - free.bytes(),
+        )
+    }
+
+    /// The most it holds.
+    pub(crate) fn capacity(&self) -> Room {
+        self.capacity
+    }
+
+    /// Takes `want` if both units are there.
+    fn take(&self, want: Room) -> bool {
+        let mut cur = self.free.load(SeqCst);
+        loop {
+            if !Room(cur).covers(want) {
+                return false;
+            }
+            // Both fields are at least want's: no borrow crosses from one to the other.
+            match self
+                .free
+                .compare_exchange_weak(cur, cur - want.0, SeqCst, SeqCst)
+            {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+}
+
+/// Room taken ahead of a send (by the tower service's `poll_ready`), given back when dropped
+/// unless a send took it over ([`Reservation::into_room`]).
+pub(crate) struct Reservation {
+    admission: Arc<Admission>,
+    room: Room,
+}
+
+impl Reservation {
+    /// Waits for `want` (as [`Admission::admit`]) and holds it.
+    pub(crate) async fn take(admission: Arc<Admission>, want: Room) -> Self {
+        admission.admit(want).await;
+        Self {
+            admission,
+            room: want,
+        }
+    }
+
+    /// The room, now the caller's to give back.
+    pub(crate) fn into_room(mut self) -> Room {
+        std::mem::take(&mut self.room)
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.admission.release(self.room);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn queue(messages: u32, bytes: u32) -> Arc<Admission> {
+        Arc::new(Admission::new(Room::new(messages, bytes)))
+    }
+
+    #[test]
+    fn room_is_taken_in_both_units_and_given_back() {
+        let q = queue(3, 100);
+        assert!(q.try_admit(Room::new(2, 60)));
+        assert!(!q.try_admit(Room::new(1, 41)), "41 bytes of 40 left");
+        assert!(!q.try_admit(Room::new(2, 1)), "2 messages of 1 left");
+        assert!(q.try_admit(Room::new(1, 40)));
+        assert_eq!(q.queued(), Room::new(3, 100));
+        q.release(Room::new(2, 60));
+        assert_eq!(q.queued(), Room::new(1, 40));
+        q.release(Room::new(1, 40));
+        assert_eq!(q.queued(), Room::ZERO);
+    }
+
+    #[test]
+    fn the_largest_bounds_pack_without_carrying() {
+        let q = queue(MAX_MESSAGES, MAX_BYTES);
+        let all = Room::new(MAX_MESSAGES, MAX_BYTES);
+        assert!(q.try_admit(all));
+        assert!(!q.try_admit(Room::new(0, 1)));
+        assert!(!q.try_admit(Room::new(1, 0)));
+        q.release(Room::new(0, MAX_BYTES));
+        assert_eq!(q.queued(), Room::new(MAX_MESSAGES, 0));
+        q.release(Room::new(MAX_MESSAGES, 0));
+        assert_eq!(q.queued(), Room::ZERO);
+    }
+
+    #[tokio::test]
+    async fn waiters_are_served_in_arrival_order_and_none_is_jumped() {
+        let q = queue(4, 1 << 20);
+        assert!(q.try_admit(Room::new(4, 0)));
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        // A large request first, then small ones: the large one is not starved.
+        for (i, n) in [(0, 3), (1, 1), (2, 1)] {
+            let (q2, order) = (q.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                q2.admit(Room::new(n, 0)).await;
+                order.lock().unwrap().push(i);
+            }));
+            // Each has queued before the next starts.
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while q.waiting.load(SeqCst) < i + 1 {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .expect("the waiter queues");
+        }
+        // Room appears, but a sender arriving now must not take it past the waiters.
+        q.release(Room::new(1, 0));
+        assert!(!q.try_admit(Room::new(1, 0)));
+        q.release(Room::new(3, 0));
+        for t in tasks.drain(..1) {
+            tokio::time::timeout(Duration::from_secs(5), t)
+                .await
+                .expect("the large waiter is served")
+                .unwrap();
+        }
+        q.release(Room::new(3, 0));
+        for t in tasks {
+            tokio::time::timeout(Duration::from_secs(5), t)
+                .await
+                .expect("every waiter is served")
+                .unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), vec![0, 1, 2]);
+        assert_eq!(q.queued(), Room::new(2, 0));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_wait_takes_nothing_and_a_dropped_reservation_gives_back() {
+        let q = queue(1, 1 << 20);
+        let held = Reservation::take(q.clone(), Room::new(1, 0)).await;
+        let waiter = tokio::spawn({
+            let q = q.clone();
+            async move { q.admit(Room::new(1, 0)).await }
+        });
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while q.waiting.load(SeqCst) == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the waiter queues");
+        waiter.abort();
+        assert!(waiter.await.unwrap_err().is_cancelled());
+        assert_eq!(q.waiting.load(SeqCst), 0);
+        drop(held);
+        assert_eq!(q.queued(), Room::ZERO);
+        // Taken over by a send, a reservation gives nothing back when dropped.
+        let r = Reservation::take(q.clone(), Room::new(1, 0)).await;
+        let room = r.into_room();
+        assert_eq!(q.queued(), Room::new(1, 0));
+        q.release(room);
+        assert_eq!(q.queued(), Room::ZERO);
+    }
+}
