@@ -145,7 +145,9 @@ pub struct TransportConfig {
     /// a connection waiting for it holds no reservation of its own. Must hold at least one
     /// largest frame.
     /// Each connection's read buffer comes on top: `rx_buf_size`, or up to twice that after
-    /// frames larger than it (so that the next is read in place). Default 256 MiB.
+    /// frames larger than it (so that the next is read in place); and the transport keeps at
+    /// most 16 more read buffers, the ones connections replaced, to read into again once
+    /// their frames are dropped. Default 256 MiB.
     #[cfg_attr(
         feature = "serde",
         serde(deserialize_with = "cohort_wire::serde_ms::size")

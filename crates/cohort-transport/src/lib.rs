@@ -447,6 +447,7 @@ impl<N: Net> BoundTransport<N> {
             inbound: std::sync::Mutex::new(std::collections::HashMap::new()),
             budget,
             warn: cohort_net::WarnLimiter::default(),
+            spare_buffers: read_buffers::SpareBuffers::default(),
         });
         if let Some(listener) = self.listener {
             tokio::spawn(receiver::accept_loop(shared.clone(), listener));
@@ -480,6 +481,8 @@ pub(crate) struct Shared<N: Net> {
     budget: Arc<tokio::sync::Semaphore>,
     /// One warning line per kind per interval.
     warn: cohort_net::WarnLimiter,
+    /// Read buffers connections replaced, read into again once their frames are dropped.
+    spare_buffers: read_buffers::SpareBuffers,
 }
 
 impl<N: Net> Shared<N> {

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use crate::core::{InboundConn, Refusal, Timeouts};
 use crate::delay_acks::DelayAcks;
 use crate::handshake::{ReadSeal, WriteSeal, fresh_nonce};
-use crate::read_buffers::ReadBuffers;
+use crate::read_buffers::ReadBuffer;
 use crate::stats::Counters;
 use crate::{AckMsg, AckSink, AckToken, InboundPermit, Received, Reservation, Shared, Via};
 
@@ -506,7 +506,7 @@ impl<N: Net> Inbound<N> {
         tokio::pin!(stopped);
         let mut alarm = Alarm::new();
         let mut buf = BytesMut::new();
-        let mut buffers = ReadBuffers::default();
+        let mut read_buffer = ReadBuffer::default();
         loop {
             let mut progressed = false;
             let room = match self.decode_all(&mut buf, &mut progressed).await {
@@ -530,7 +530,7 @@ impl<N: Net> Inbound<N> {
                 // Large frames in a row: the next is likely as large. Read its start into a
                 // buffer that can hold all of it (nothing buffered: nothing copied).
                 buf.reserve(self.large_hint);
-                buffers.replaced_for_large();
+                read_buffer.replaced_for_large();
             }
             if room > cfg.rx_buf_size.saturating_sub(buf.len()) && buf.capacity() < buf.len() + room
             {
@@ -541,11 +541,16 @@ impl<N: Net> Inbound<N> {
                 let mut exact = BytesMut::with_capacity(buf.len() + room);
                 exact.extend_from_slice(&buf);
                 buf = exact;
-                buffers.replaced_for_large();
+                read_buffer.replaced_for_large();
             }
             // Grow with the bytes that arrive, a read buffer at a time, into a buffer whose
             // frames upstream has dropped where there is one.
-            buffers.reserve(&mut buf, room.min(cfg.rx_buf_size), cfg.rx_buf_size);
+            shared.spare_buffers.reserve(
+                &mut read_buffer,
+                &mut buf,
+                room.min(cfg.rx_buf_size),
+                cfg.rx_buf_size,
+            );
             let mut limited = (&mut buf).limit(room);
             let n = tokio::select! {
                 biased;
