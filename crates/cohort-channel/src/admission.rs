@@ -246,6 +246,35 @@ mod tests {
         assert_eq!(q.queued(), Room::ZERO);
     }
 
+    proptest::proptest! {
+        /// Any mix of admissions and releases: the queue holds exactly what was taken and not
+        /// given back, never more than its capacity in either unit, and admits exactly when
+        /// both units have room.
+        #[test]
+        fn the_queue_holds_what_was_taken(
+            cap in (1u32..64, 1u32..4096),
+            ops in proptest::collection::vec((proptest::bool::ANY, 0u32..70, 0u32..5000, 0usize..64), 1..200),
+        ) {
+            let q = Admission::new(Room::new(cap.0, cap.1));
+            let mut held: Vec<Room> = Vec::new();
+            for (admit, m, b, pick) in ops {
+                if admit || held.is_empty() {
+                    let want = Room::new(m, b);
+                    let (qm, qb) = held.iter().fold((0, 0), |(x, y), r| (x + r.messages(), y + r.bytes()));
+                    let fits = qm + m <= cap.0 && qb + b <= cap.1;
+                    proptest::prop_assert_eq!(q.try_admit(want), fits);
+                    if fits {
+                        held.push(want);
+                    }
+                } else {
+                    q.release(held.swap_remove(pick % held.len()));
+                }
+                let (qm, qb) = held.iter().fold((0, 0), |(x, y), r| (x + r.messages(), y + r.bytes()));
+                proptest::prop_assert_eq!(q.queued(), Room::new(qm, qb));
+            }
+        }
+    }
+
     #[test]
     fn the_largest_bounds_pack_without_carrying() {
         let q = queue(MAX_MESSAGES, MAX_BYTES);
