@@ -10,8 +10,14 @@
 //!
 //! Senders that find no room wait their turn in arrival order (tokio's mutex is fair), and
 //! while any waits, nobody takes room without waiting: a large send is not starved by small
-//! ones, as with tokio's semaphore. Room is never handed to a waiter: the waiter whose turn
-//! it is takes it itself, so a cancelled wait leaks nothing.
+//! ones (tokio's semaphore was fair in the same way). Room is never handed to a waiter: the
+//! waiter whose turn it is takes it itself, so a cancelled wait leaks nothing.
+//!
+//! Two kinds of wait do not queue ([`Admission::admit_ahead`]): the rest of a send whose
+//! place the tower service reserved (its place already counts, so a queued sender that
+//! needs that place must not be waited behind), and the tower service's wait for a place
+//! (a future that may sit unpolled must not hold the queue's turn). They take room whenever
+//! a release leaves enough, ahead of the queue.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -81,6 +87,8 @@ pub(crate) struct Admission {
     capacity: Room,
     /// Senders waiting for room, or for their turn to wait.
     waiting: AtomicUsize,
+    /// Waits that do not queue ([`Admission::admit_ahead`]).
+    ahead: AtomicUsize,
     /// Waiting senders' turns, in arrival order.
     turn: Mutex<()>,
     /// Room was given back while someone waited.
@@ -110,6 +118,7 @@ impl Admission {
             free: AtomicU64::new(capacity.0),
             capacity,
             waiting: AtomicUsize::new(0),
+            ahead: AtomicUsize::new(0),
             turn: Mutex::new(()),
             released: Notify::new(),
         }
@@ -142,6 +151,31 @@ impl Admission {
         }
     }
 
+    /// Takes `want`, waiting for it when it is not there, without queueing: ahead of the
+    /// senders that wait their turn, and without keeping them waiting. For waits that must
+    /// not queue (see the module's docs). Cancel-safe, as [`Admission::admit`].
+    pub(crate) async fn admit_ahead(&self, want: Room) {
+        if self.take(want) {
+            return;
+        }
+        let _ahead = Waiting::new(&self.ahead);
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if self.take(want) {
+                return;
+            }
+            released.await;
+        }
+    }
+
+    /// Takes `want` if it is there now, even past waiting senders (see
+    /// [`Admission::admit_ahead`]).
+    pub(crate) fn try_admit_ahead(&self, want: Room) -> bool {
+        self.take(want)
+    }
+
     /// Gives `room` back (taken before by this queue's `admit` or `try_admit`).
     pub(crate) fn release(&self, room: Room) {
         if room.is_zero() {
@@ -154,10 +188,11 @@ impl Admission {
                     <= u64::from(self.capacity.bytes()),
             "more room given back than was taken"
         );
-        // After the add: a sender that counted itself waiting before this load sees the room
-        // or is woken (a wake-up with nobody registered is kept for the next one).
-        if self.waiting.load(SeqCst) > 0 {
-            self.released.notify_one();
+        // After the add: a waiter that counted itself before these loads registered for the
+        // wake-up before it looked, so it sees the room or is woken. Every registered waiter
+        // is woken (the queue's turn holder, and any waits ahead of it); each looks again.
+        if self.waiting.load(SeqCst) > 0 || self.ahead.load(SeqCst) > 0 {
+            self.released.notify_waiters();
         }
     }
 
@@ -202,6 +237,15 @@ pub(crate) struct Reservation {
 }
 
 impl Reservation {
+    /// Waits for `want`, without queueing (as [`Admission::admit_ahead`]), and holds it.
+    pub(crate) async fn take_ahead(admission: Arc<Admission>, want: Room) -> Self {
+        admission.admit_ahead(want).await;
+        Self {
+            admission,
+            room: want,
+        }
+    }
+
     /// Waits for `want` (as [`Admission::admit`]) and holds it.
     pub(crate) async fn take(admission: Arc<Admission>, want: Room) -> Self {
         admission.admit(want).await;
@@ -329,6 +373,56 @@ mod tests {
         }
         assert_eq!(*order.lock().unwrap(), vec![0, 1, 2]);
         assert_eq!(q.queued(), Room::new(2, 0));
+    }
+
+    #[tokio::test]
+    async fn a_wait_ahead_is_not_held_behind_the_queue_nor_holds_it() {
+        let q = queue(4, 1000);
+        // A reserved place's worth is out, and a queued sender wants every place: only that
+        // reserved place could satisfy it.
+        assert!(q.try_admit(Room::new(1, 0)));
+        let all = tokio::spawn({
+            let q = q.clone();
+            async move { q.admit(Room::new(4, 0)).await }
+        });
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while q.waiting.load(SeqCst) == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the sender queues");
+        // The reserved send's bytes: past the queue, at once and by waiting.
+        assert!(!q.try_admit(Room::new(0, 100)));
+        assert!(q.try_admit_ahead(Room::new(0, 100)));
+        assert!(!q.try_admit(Room::new(0, 1000)));
+        tokio::time::timeout(Duration::from_secs(5), q.admit_ahead(Room::new(0, 900)))
+            .await
+            .expect("bytes are there: a wait ahead does not queue behind the sender");
+        // The send completes: its place and bytes come back, and the queued sender is served.
+        q.release(Room::new(1, 1000));
+        tokio::time::timeout(Duration::from_secs(5), all)
+            .await
+            .expect("the queued sender is served")
+            .unwrap();
+        assert_eq!(q.queued(), Room::new(4, 0));
+        // A wait ahead that is never polled again keeps nobody waiting.
+        let mut stale = Box::pin(q.admit_ahead(Room::new(1, 0)));
+        assert!(futures_poll_once(stale.as_mut()).await.is_pending());
+        q.release(Room::new(4, 0));
+        assert!(
+            q.try_admit(Room::new(3, 0)),
+            "room is taken past a stale wait ahead"
+        );
+        drop(stale);
+        assert_eq!(q.ahead.load(SeqCst), 0);
+    }
+
+    /// Polls `f` once.
+    async fn futures_poll_once<F: std::future::Future + Unpin>(
+        mut f: F,
+    ) -> std::task::Poll<F::Output> {
+        std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut f).poll(cx))).await
     }
 
     #[tokio::test]

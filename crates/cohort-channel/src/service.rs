@@ -28,7 +28,7 @@ pub struct SendRequest {
 pub struct ChannelService {
     handle: ChannelHandle,
     /// The wait for a place, while `poll_ready` is pending.
-    waiting: Option<Pin<Box<dyn Future<Output = Reservation> + Send>>>,
+    waiting: Option<Pin<Box<dyn Future<Output = Reservation> + Send + Sync>>>,
     permit: Option<Reservation>,
 }
 
@@ -54,7 +54,8 @@ impl tower_service::Service<SendRequest> for ChannelService {
         }
         let handle = &self.handle;
         let waiting = self.waiting.get_or_insert_with(|| {
-            Box::pin(Reservation::take(handle.admission(), Room::new(1, 0)))
+            // Not queued: a future that may sit unpolled must not hold the queue's turn.
+            Box::pin(Reservation::take_ahead(handle.admission(), Room::new(1, 0)))
         });
         match waiting.as_mut().poll(cx) {
             Poll::Ready(p) => {

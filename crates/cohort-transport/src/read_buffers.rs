@@ -60,16 +60,20 @@ impl SpareBuffers {
             return;
         }
         let want = buf.len() + additional;
-        let mut spares = self.spares.lock().unwrap_or_else(PoisonError::into_inner);
-        let reused = spares
-            .iter_mut()
-            .position(|s| s.try_reclaim(want))
-            .and_then(|i| spares.remove(i));
+        let reused = {
+            let mut spares = self.spares.lock().unwrap_or_else(PoisonError::into_inner);
+            spares
+                .iter_mut()
+                .position(|s| s.try_reclaim(want))
+                .and_then(|i| spares.remove(i))
+        };
+        // Allocated and copied outside the lock.
         let mut next = reused.unwrap_or_else(|| BytesMut::with_capacity(want.max(size)));
         next.extend_from_slice(buf);
         let mut old = std::mem::replace(buf, next);
         if std::mem::replace(&mut state.pooled, true) {
             old.clear();
+            let mut spares = self.spares.lock().unwrap_or_else(PoisonError::into_inner);
             if spares.len() == SPARE_BUFFERS {
                 spares.pop_front();
             }

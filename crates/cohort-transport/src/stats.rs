@@ -181,18 +181,77 @@ pub(crate) struct Latency {
     sum_us: AtomicU64,
 }
 
-impl Latency {
-    pub(crate) fn observe(&self, d: std::time::Duration) {
-        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        let i = ACK_LATENCY_BOUNDS_US.partition_point(|b| *b < us);
-        self.counts[i].fetch_add(1, Relaxed);
-        self.sum_us.fetch_add(us, Relaxed);
+/// The bucket of `d`, and `d` in microseconds.
+fn bucket(d: std::time::Duration) -> (usize, u64) {
+    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    (ACK_LATENCY_BOUNDS_US.partition_point(|b| *b < us), us)
+}
+
+/// Latencies observed by one task and added to a [`Latency`] together: one atomic add per
+/// bucket touched, not two per observation (a lane completes the messages of an ACK frame
+/// at once).
+#[derive(Default)]
+pub(crate) struct LatencyBatch {
+    counts: [u64; ACK_LATENCY_BOUNDS_US.len() + 1],
+    sum_us: u64,
+}
+
+impl LatencyBatch {
+    pub(crate) fn observe(&mut self, d: std::time::Duration) {
+        let (i, us) = bucket(d);
+        self.counts[i] += 1;
+        self.sum_us = self.sum_us.saturating_add(us);
     }
 
+    /// Adds what was observed to `to`, and starts over.
+    pub(crate) fn add_to(&mut self, to: &Latency) {
+        for (c, n) in to.counts.iter().zip(&mut self.counts) {
+            if *n > 0 {
+                c.fetch_add(std::mem::take(n), Relaxed);
+            }
+        }
+        if self.sum_us > 0 {
+            to.sum_us
+                .fetch_add(std::mem::take(&mut self.sum_us), Relaxed);
+        }
+    }
+}
+
+impl Latency {
     fn snapshot(&self) -> LatencyHistogram {
         LatencyHistogram {
             counts: self.counts.iter().map(|c| c.load(Relaxed)).collect(),
             sum_us: self.sum_us.load(Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_latency_batch_adds_each_observation_once() {
+        let l = Latency::default();
+        let mut b = LatencyBatch::default();
+        for us in [50, 99, 300, 7_000_000] {
+            b.observe(Duration::from_micros(us));
+        }
+        b.add_to(&l);
+        // Added once: a second add has nothing left to add.
+        b.add_to(&l);
+        b.observe(Duration::from_micros(60));
+        b.add_to(&l);
+        let h = l.snapshot();
+        assert_eq!(h.count(), 5);
+        assert_eq!(h.counts[0], 3, "three at or below 100 µs");
+        assert_eq!(h.counts[2], 1, "one at or below 500 µs");
+        assert_eq!(
+            h.counts[ACK_LATENCY_BOUNDS_US.len()],
+            1,
+            "one above the last bound"
+        );
+        assert_eq!(h.sum_us, 50 + 99 + 300 + 7_000_000 + 60);
     }
 }

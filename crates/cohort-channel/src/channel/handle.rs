@@ -467,14 +467,24 @@ impl ChannelHandle {
         // at most the queue's message bound (checked by the callers).
         let extra = n.saturating_sub(usize::from(reserved.is_some()));
         let want = Room::new(u32::try_from(extra).unwrap_or(u32::MAX), bytes);
+        // A send with a reserved place does not queue for the rest: a queued sender may be
+        // waiting for that very place.
+        let ahead = reserved.is_some();
         if s.config.async_full_policy == AsyncFullPolicy::Reject {
-            if !q.try_admit(want) {
+            let admitted = if ahead {
+                q.try_admit_ahead(want)
+            } else {
+                q.try_admit(want)
+            };
+            if !admitted {
                 let st = self.stats();
                 return Err(ChannelError::QueueFull {
                     messages: st.async_queued,
                     bytes: st.async_queued_bytes,
                 });
             }
+        } else if ahead {
+            q.admit_ahead(want).await;
         } else {
             q.admit(want).await;
         }

@@ -160,6 +160,48 @@ async fn poll_ready_reserves_the_place_call_uses() {
     b.stop().await;
 }
 
+/// A reserved place is not waited behind: a batch that needs every place of the queue waits
+/// for the reserved one, and the tower call that holds it goes out (it once waited behind the
+/// batch for its bytes, and neither moved).
+#[cfg(feature = "tower")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reserved_place_is_not_waited_behind() {
+    use tower_service::Service;
+    let sink = collector();
+    let b = start(builder().listener(sink.clone())).await;
+    let a = start(builder().config(cohort_channel::ChannelConfig {
+        async_queue_messages: 4,
+        ..cohort_channel::ChannelConfig::default()
+    }))
+    .await;
+    let mut svc = a.clone().into_service();
+    std::future::poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    let to = vec![b.local().clone()];
+    let payloads = (0..4).map(|i| Bytes::from(vec![i; 8])).collect();
+    let mut batch = Box::pin(a.send_many(&to, payloads, SendOptions::ASYNCHRONOUS));
+    // Polled once: the batch has queued for the place the service holds.
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(batch.as_mut().poll(cx))).await;
+    assert!(first.is_pending(), "the batch waits for the reserved place");
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        svc.call(cohort_channel::SendRequest {
+            destinations: to.clone(),
+            payload: Bytes::from_static(b"reserved"),
+            options: SendOptions::ASYNCHRONOUS,
+        }),
+    )
+    .await
+    .expect("the reserved call goes out")
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), batch)
+        .await
+        .expect("the batch goes out once the reserved message has")
+        .unwrap();
+    wait_for("every message", Duration::from_secs(5), || sink.len() == 5).await;
+    a.stop().await;
+    b.stop().await;
+}
+
 /// A batch: one receipt for every message and destination, delivered in order, in every mode.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_many_delivers_a_batch_in_order_with_one_receipt() {

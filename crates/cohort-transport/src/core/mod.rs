@@ -12,7 +12,7 @@ mod inbound;
 mod outbound;
 
 pub(crate) use inbound::{InboundConn, Refusal, Stage, Timeouts};
-pub(crate) use outbound::{Outbound, Outcome};
+pub(crate) use outbound::{Completed, Outbound, Outcome};
 
 #[cfg(test)]
 mod tests;

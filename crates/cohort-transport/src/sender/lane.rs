@@ -15,9 +15,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{Entry, Outgoing, lock};
-use crate::core::{Outbound, Outcome};
+use crate::core::{Completed, Outbound, Outcome};
 use crate::handshake::{self, ReadSeal, WriteSeal};
-use crate::stats::Counters;
+use crate::stats::{Counters, LatencyBatch};
 use crate::{Completion, Delivered, OutFrame, SendError, Shared};
 
 /// Frames at least this large are written from their own bytes (vectored writes) instead of
@@ -56,6 +56,9 @@ pub(super) struct Lane<N: Net> {
     down_until: Arc<Mutex<Option<(Instant, Duration)>>>,
     conn: Option<Conn<N::TcpStream>>,
     buf: BytesMut,
+    /// Completions taken from the core, run outside its borrow; kept for its room (at most
+    /// `max_in_flight` entries).
+    completed: Vec<Completed<Completion>>,
 }
 
 /// Frames taken off the queue and not yet written, in order, kept as the entries that brought
@@ -166,6 +169,7 @@ impl<N: Net> Lane<N> {
             down_until,
             conn: None,
             buf,
+            completed: Vec::new(),
         }
     }
 
@@ -283,17 +287,20 @@ impl<N: Net> Lane<N> {
             return;
         };
         let counters = &self.shared.counters;
-        let mut done = Vec::new();
+        let mut done = std::mem::take(&mut self.completed);
         while let Some(c) = conn.core.poll_completed() {
             done.push(c);
         }
-        for c in done {
+        // Counted together, once per call.
+        let mut latencies = LatencyBatch::default();
+        let mut acked = 0;
+        for c in done.drain(..) {
             if let Some(latency) = c.latency {
-                counters.ack_latency.observe(latency);
+                latencies.observe(latency);
             }
             let result = match c.outcome {
                 Outcome::Acked => {
-                    Counters::inc(&counters.acked);
+                    acked += 1;
                     Ok(Delivered::Acked)
                 }
                 Outcome::FailAck(reason) => {
@@ -322,6 +329,9 @@ impl<N: Net> Lane<N> {
             };
             c.token.complete(result);
         }
+        latencies.add_to(&counters.ack_latency);
+        Counters::add(&counters.acked, acked);
+        self.completed = done;
     }
 
     /// Bytes read from the connection: decodes the ACK frames and hands them to the core.
