@@ -194,11 +194,18 @@ pub(crate) struct SendState {
     /// Whether anyone reads the results (a waiting receipt or an error handler): an
     /// ASYNCHRONOUS send without an error handler keeps none (no allocation, no lock).
     keep_results: bool,
-    results: Mutex<Vec<MemberResult>>,
-    tx: Mutex<Option<oneshot::Sender<SendOutcome>>>,
+    /// The results so far, and where the outcome goes: one lock for both.
+    collected: Mutex<Collected>,
     /// ASYNCHRONOUS room (a packed [`Room`]) taken for this send, given back (and zeroed)
     /// when every delivery has completed, or when the state is dropped before that.
     admitted: AtomicU64,
+}
+
+/// What a [`SendState`] gathers under its lock.
+struct Collected {
+    results: Vec<MemberResult>,
+    /// Gets the outcome (a send with a waiting receipt).
+    tx: Option<oneshot::Sender<SendOutcome>>,
 }
 
 impl SendState {
@@ -219,8 +226,10 @@ impl SendState {
             remaining: AtomicUsize::new(1),
             to_handler,
             keep_results: tx.is_some() || to_handler,
-            results: Mutex::new(Vec::new()),
-            tx: Mutex::new(tx),
+            collected: Mutex::new(Collected {
+                results: Vec::new(),
+                tx,
+            }),
             admitted: AtomicU64::new(admitted.unwrap_or_default().into()),
         })
     }
@@ -231,10 +240,7 @@ impl SendState {
     pub(crate) fn expect(&self, n: usize) {
         self.remaining.fetch_add(n, Ordering::AcqRel);
         if self.keep_results {
-            self.results
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .reserve_exact(n);
+            self.collected().results.reserve_exact(n);
         }
     }
 
@@ -245,14 +251,11 @@ impl SendState {
         result: Result<Delivered, SendError>,
     ) {
         if self.keep_results {
-            self.results
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(MemberResult {
-                    member,
-                    addr,
-                    result,
-                });
+            self.collected().results.push(MemberResult {
+                member,
+                addr,
+                result,
+            });
         }
         self.done_one();
     }
@@ -261,6 +264,12 @@ impl SendState {
     /// [`cohort_transport::Completion::shared`] for this state index into them.
     pub(crate) fn destinations(&self) -> &Arc<[Member]> {
         &self.destinations
+    }
+
+    fn collected(&self) -> std::sync::MutexGuard<'_, Collected> {
+        self.collected
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Gives the ASYNCHRONOUS room back, once.
@@ -279,8 +288,10 @@ impl SendState {
             self.release_admission();
             return;
         }
-        let results =
-            std::mem::take(&mut *self.results.lock().unwrap_or_else(PoisonError::into_inner));
+        let (results, tx) = {
+            let mut c = self.collected();
+            (std::mem::take(&mut c.results), c.tx.take())
+        };
         let lost = results.is_empty().then(|| LOST_IN_PIPELINE.to_owned());
         let outcome = SendOutcome {
             msg_id: self.msg_id,
@@ -296,12 +307,7 @@ impl SendState {
                 h.handle_error(&outcome);
             }
         }
-        if let Some(tx) = self
-            .tx
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
+        if let Some(tx) = tx {
             let _ = tx.send(outcome);
         }
     }

@@ -643,12 +643,16 @@ impl<N: Net> Inbound<N> {
                 let msg_id = data.header.msg_id;
                 let mut ack = None;
                 if opts.contains(SendOptions::USE_ACK) {
-                    let permit = self
-                        .pending_acks
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .map_err(|_| Close::Upstream)?;
+                    // Room is there in the common case: taken without building a waiter.
+                    let permit = match self.pending_acks.clone().try_acquire_owned() {
+                        Ok(p) => p,
+                        Err(_) => self
+                            .pending_acks
+                            .clone()
+                            .acquire_owned()
+                            .await
+                            .map_err(|_| Close::Upstream)?,
+                    };
                     if opts.contains(SendOptions::SYNCHRONIZED_ACK) {
                         ack = Some(AckToken {
                             msg_id,
