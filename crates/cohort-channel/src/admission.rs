@@ -238,6 +238,7 @@ pub(crate) struct Reservation {
 
 impl Reservation {
     /// Waits for `want`, without queueing (as [`Admission::admit_ahead`]), and holds it.
+    #[cfg(feature = "tower")]
     pub(crate) async fn take_ahead(admission: Arc<Admission>, want: Room) -> Self {
         admission.admit_ahead(want).await;
         Self {

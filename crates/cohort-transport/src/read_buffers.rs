@@ -32,13 +32,14 @@ pub(crate) struct SpareBuffers {
 /// What a connection knows of the buffer it reads into.
 #[derive(Default)]
 pub(crate) struct ReadBuffer {
-    /// Whether the pool made it (a read buffer's size): a buffer made for one large frame,
-    /// or the empty one a connection starts with, is not kept once replaced.
+    /// Whether the pool made it (at most twice a read buffer's size: the connection asks for
+    /// no more): a buffer made for one larger frame, or the empty one a connection starts
+    /// with, is not kept once replaced.
     pooled: bool,
 }
 
 impl ReadBuffer {
-    /// `buf` was replaced by a buffer made for a large frame.
+    /// `buf` was replaced by a buffer made for one frame larger than twice the read buffer.
     pub(crate) fn replaced_for_large(&mut self) {
         self.pooled = false;
     }

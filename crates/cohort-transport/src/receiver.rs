@@ -529,8 +529,14 @@ impl<N: Net> Inbound<N> {
             if buf.is_empty() && buf.capacity() < self.large_hint {
                 // Large frames in a row: the next is likely as large. Read its start into a
                 // buffer that can hold all of it (nothing buffered: nothing copied).
-                buf.reserve(self.large_hint);
-                read_buffer.replaced_for_large();
+                // From the spare pool too: a buffer freed and allocated per large frame was
+                // fresh pages, faulted in by every read (docs/BENCHMARKS.md, ninth stop).
+                shared.spare_buffers.reserve(
+                    &mut read_buffer,
+                    &mut buf,
+                    self.large_hint,
+                    self.large_hint,
+                );
             }
             if room > cfg.rx_buf_size.saturating_sub(buf.len()) && buf.capacity() < buf.len() + room
             {
