@@ -9,15 +9,18 @@
 //! one compare-and-swap, and a completion gives it back with one add and one load.
 //!
 //! Senders that find no room wait their turn in arrival order (tokio's mutex is fair), and
-//! while any waits, nobody takes room without waiting: a large send is not starved by small
-//! ones (tokio's semaphore was fair in the same way). Room is never handed to a waiter: the
-//! waiter whose turn it is takes it itself, so a cancelled wait leaks nothing.
+//! while any waits, a sender that finds room does not take it past them: a large send is not
+//! starved by small ones (tokio's semaphore was fair in the same way). Room is never handed
+//! to a waiter: the waiter whose turn it is takes it itself, so a cancelled wait leaks
+//! nothing.
 //!
-//! Two kinds of wait do not queue ([`Admission::admit_ahead`]): the rest of a send whose
-//! place the tower service reserved (its place already counts, so a queued sender that
-//! needs that place must not be waited behind), and the tower service's wait for a place
-//! (a future that may sit unpolled must not hold the queue's turn). They take room whenever
-//! a release leaves enough, ahead of the queue.
+//! Two waits keep out of that queue, for the tower service, whose `poll_ready` reserves a
+//! place before its `call` sends:
+//! - the rest of a reserved send ([`Admission::admit_reserved`]): its place already counts, so
+//!   it must not wait behind a queued sender that may need that very place. It waits apart,
+//!   but counts as waiting, so senders that find room do not take it past it either;
+//! - `poll_ready`'s own wait ([`Admission::admit_when_idle`]): a future that may sit unpolled
+//!   must hold no turn and keep nobody waiting, so it takes room only while nobody queues.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -87,8 +90,8 @@ pub(crate) struct Admission {
     capacity: Room,
     /// Senders waiting for room, or for their turn to wait.
     waiting: AtomicUsize,
-    /// Waits that do not queue ([`Admission::admit_ahead`]).
-    ahead: AtomicUsize,
+    /// Waits that take room only while nobody waits ([`Admission::admit_when_idle`]).
+    idle_waiting: AtomicUsize,
     /// Waiting senders' turns, in arrival order.
     turn: Mutex<()>,
     /// Room was given back while someone waited.
@@ -118,7 +121,7 @@ impl Admission {
             free: AtomicU64::new(capacity.0),
             capacity,
             waiting: AtomicUsize::new(0),
-            ahead: AtomicUsize::new(0),
+            idle_waiting: AtomicUsize::new(0),
             turn: Mutex::new(()),
             released: Notify::new(),
         }
@@ -139,41 +142,49 @@ impl Admission {
         }
         let _waiting = Waiting::new(&self.waiting);
         let _turn = self.turn.lock().await;
+        self.wait_for(want, || true).await;
+    }
+
+    /// The rest of a send whose place was reserved: takes `want`, waiting for it when it is
+    /// not there, apart from the queue (see the module's docs). Cancel-safe, as
+    /// [`Admission::admit`].
+    pub(crate) async fn admit_reserved(&self, want: Room) {
+        if self.take(want) {
+            return;
+        }
+        let _waiting = Waiting::new(&self.waiting);
+        self.wait_for(want, || true).await;
+    }
+
+    /// The rest of a reserved send, now or never (the `Reject` policy): it may take room past
+    /// waiting senders, as [`Admission::admit_reserved`] does.
+    pub(crate) fn try_admit_reserved(&self, want: Room) -> bool {
+        self.take(want)
+    }
+
+    /// Takes `want` once it is there while nobody waits for room; until then it waits, holding
+    /// nothing and keeping nobody waiting (see the module's docs). Cancel-safe.
+    #[cfg(any(feature = "tower", test))]
+    pub(crate) async fn admit_when_idle(&self, want: Room) {
+        if self.try_admit(want) {
+            return;
+        }
+        let _waiting = Waiting::new(&self.idle_waiting);
+        self.wait_for(want, || self.waiting.load(SeqCst) == 0).await;
+    }
+
+    /// Waits for a release until `may` allows taking `want` and it is there, then takes it.
+    async fn wait_for(&self, want: Room, may: impl Fn() -> bool) {
         loop {
             let released = self.released.notified();
             tokio::pin!(released);
             // Registered before looking: room given back after the look wakes this.
             released.as_mut().enable();
-            if self.take(want) {
+            if may() && self.take(want) {
                 return;
             }
             released.await;
         }
-    }
-
-    /// Takes `want`, waiting for it when it is not there, without queueing: ahead of the
-    /// senders that wait their turn, and without keeping them waiting. For waits that must
-    /// not queue (see the module's docs). Cancel-safe, as [`Admission::admit`].
-    pub(crate) async fn admit_ahead(&self, want: Room) {
-        if self.take(want) {
-            return;
-        }
-        let _ahead = Waiting::new(&self.ahead);
-        loop {
-            let released = self.released.notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
-            if self.take(want) {
-                return;
-            }
-            released.await;
-        }
-    }
-
-    /// Takes `want` if it is there now, even past waiting senders (see
-    /// [`Admission::admit_ahead`]).
-    pub(crate) fn try_admit_ahead(&self, want: Room) -> bool {
-        self.take(want)
     }
 
     /// Gives `room` back (taken before by this queue's `admit` or `try_admit`).
@@ -190,8 +201,8 @@ impl Admission {
         );
         // After the add: a waiter that counted itself before these loads registered for the
         // wake-up before it looked, so it sees the room or is woken. Every registered waiter
-        // is woken (the queue's turn holder, and any waits ahead of it); each looks again.
-        if self.waiting.load(SeqCst) > 0 || self.ahead.load(SeqCst) > 0 {
+        // is woken (the queue's turn holder, reserved sends, idle waits); each looks again.
+        if self.waiting.load(SeqCst) > 0 || self.idle_waiting.load(SeqCst) > 0 {
             self.released.notify_waiters();
         }
     }
@@ -237,10 +248,10 @@ pub(crate) struct Reservation {
 }
 
 impl Reservation {
-    /// Waits for `want`, without queueing (as [`Admission::admit_ahead`]), and holds it.
+    /// Waits for `want` as [`Admission::admit_when_idle`] does, and holds it.
     #[cfg(feature = "tower")]
-    pub(crate) async fn take_ahead(admission: Arc<Admission>, want: Room) -> Self {
-        admission.admit_ahead(want).await;
+    pub(crate) async fn take_when_idle(admission: Arc<Admission>, want: Room) -> Self {
+        admission.admit_when_idle(want).await;
         Self {
             admission,
             room: want,
@@ -377,7 +388,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_wait_ahead_is_not_held_behind_the_queue_nor_holds_it() {
+    async fn a_reserved_send_is_not_held_behind_the_queue_and_holds_back_the_fast_path() {
         let q = queue(4, 1000);
         // A reserved place's worth is out, and a queued sender wants every place: only that
         // reserved place could satisfy it.
@@ -395,11 +406,10 @@ mod tests {
         .expect("the sender queues");
         // The reserved send's bytes: past the queue, at once and by waiting.
         assert!(!q.try_admit(Room::new(0, 100)));
-        assert!(q.try_admit_ahead(Room::new(0, 100)));
-        assert!(!q.try_admit(Room::new(0, 1000)));
-        tokio::time::timeout(Duration::from_secs(5), q.admit_ahead(Room::new(0, 900)))
+        assert!(q.try_admit_reserved(Room::new(0, 100)));
+        tokio::time::timeout(Duration::from_secs(5), q.admit_reserved(Room::new(0, 900)))
             .await
-            .expect("bytes are there: a wait ahead does not queue behind the sender");
+            .expect("bytes are there: a reserved send does not queue behind the sender");
         // The send completes: its place and bytes come back, and the queued sender is served.
         q.release(Room::new(1, 1000));
         tokio::time::timeout(Duration::from_secs(5), all)
@@ -407,22 +417,69 @@ mod tests {
             .expect("the queued sender is served")
             .unwrap();
         assert_eq!(q.queued(), Room::new(4, 0));
-        // A wait ahead that is never polled again keeps nobody waiting.
-        let mut stale = Box::pin(q.admit_ahead(Room::new(1, 0)));
-        assert!(futures_poll_once(stale.as_mut()).await.is_pending());
+        // A reserved send waiting for bytes counts as waiting: a sender that finds room does
+        // not take it past it.
         q.release(Room::new(4, 0));
+        assert!(q.try_admit(Room::new(0, 1000)));
+        let mut reserved = Box::pin(q.admit_reserved(Room::new(0, 600)));
+        assert!(poll_once(reserved.as_mut()).await.is_pending());
+        q.release(Room::new(0, 500));
         assert!(
-            q.try_admit(Room::new(3, 0)),
-            "room is taken past a stale wait ahead"
+            !q.try_admit(Room::new(0, 100)),
+            "the reserved send waits for these"
+        );
+        q.release(Room::new(0, 500));
+        tokio::time::timeout(Duration::from_secs(5), reserved)
+            .await
+            .expect("the reserved send gets its bytes");
+    }
+
+    #[tokio::test]
+    async fn an_idle_wait_keeps_nobody_waiting_and_passes_nobody() {
+        let q = queue(2, 1000);
+        assert!(q.try_admit(Room::new(2, 0)));
+        // A wait that is never polled again keeps nobody waiting.
+        let mut stale = Box::pin(q.admit_when_idle(Room::new(1, 0)));
+        assert!(poll_once(stale.as_mut()).await.is_pending());
+        q.release(Room::new(1, 0));
+        assert!(
+            q.try_admit(Room::new(1, 0)),
+            "room is taken past a stale idle wait"
         );
         drop(stale);
-        assert_eq!(q.ahead.load(SeqCst), 0);
+        assert_eq!(q.idle_waiting.load(SeqCst), 0);
+        // An idle wait does not take room a queued sender waits for.
+        let queued = tokio::spawn({
+            let q = q.clone();
+            async move { q.admit(Room::new(2, 0)).await }
+        });
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while q.waiting.load(SeqCst) == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the sender queues");
+        let mut idle = Box::pin(q.admit_when_idle(Room::new(1, 0)));
+        assert!(poll_once(idle.as_mut()).await.is_pending());
+        q.release(Room::new(1, 0));
+        assert!(
+            poll_once(idle.as_mut()).await.is_pending(),
+            "the queued sender comes first"
+        );
+        q.release(Room::new(1, 0));
+        tokio::time::timeout(Duration::from_secs(5), queued)
+            .await
+            .expect("the queued sender is served")
+            .unwrap();
+        q.release(Room::new(1, 0));
+        tokio::time::timeout(Duration::from_secs(5), idle)
+            .await
+            .expect("the idle wait is served once nobody queues");
     }
 
     /// Polls `f` once.
-    async fn futures_poll_once<F: std::future::Future + Unpin>(
-        mut f: F,
-    ) -> std::task::Poll<F::Output> {
+    async fn poll_once<F: std::future::Future + Unpin>(mut f: F) -> std::task::Poll<F::Output> {
         std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut f).poll(cx))).await
     }
 

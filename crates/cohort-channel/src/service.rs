@@ -55,7 +55,10 @@ impl tower_service::Service<SendRequest> for ChannelService {
         let handle = &self.handle;
         let waiting = self.waiting.get_or_insert_with(|| {
             // Not queued: a future that may sit unpolled must not hold the queue's turn.
-            Box::pin(Reservation::take_ahead(handle.admission(), Room::new(1, 0)))
+            Box::pin(Reservation::take_when_idle(
+                handle.admission(),
+                Room::new(1, 0),
+            ))
         });
         match waiting.as_mut().poll(cx) {
             Poll::Ready(p) => {

@@ -469,10 +469,10 @@ impl ChannelHandle {
         let want = Room::new(u32::try_from(extra).unwrap_or(u32::MAX), bytes);
         // A send with a reserved place does not queue for the rest: a queued sender may be
         // waiting for that very place.
-        let ahead = reserved.is_some();
+        let reserved_place = reserved.is_some();
         if s.config.async_full_policy == AsyncFullPolicy::Reject {
-            let admitted = if ahead {
-                q.try_admit_ahead(want)
+            let admitted = if reserved_place {
+                q.try_admit_reserved(want)
             } else {
                 q.try_admit(want)
             };
@@ -483,8 +483,8 @@ impl ChannelHandle {
                     bytes: st.async_queued_bytes,
                 });
             }
-        } else if ahead {
-            q.admit_ahead(want).await;
+        } else if reserved_place {
+            q.admit_reserved(want).await;
         } else {
             q.admit(want).await;
         }

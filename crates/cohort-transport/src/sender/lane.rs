@@ -288,21 +288,22 @@ impl<N: Net> Lane<N> {
         };
         let counters = &self.shared.counters;
         let mut done = std::mem::take(&mut self.completed);
-        while let Some(c) = conn.core.poll_completed() {
-            done.push(c);
-        }
-        // Counted together, once per call.
+        // ACKs and their latencies are counted together, once per call, and before any
+        // completion runs (one that panics loses no count).
         let mut latencies = LatencyBatch::default();
         let mut acked = 0;
-        for c in done.drain(..) {
+        while let Some(c) = conn.core.poll_completed() {
             if let Some(latency) = c.latency {
                 latencies.observe(latency);
             }
+            acked += u64::from(matches!(c.outcome, Outcome::Acked));
+            done.push(c);
+        }
+        latencies.add_to(&counters.ack_latency);
+        Counters::add(&counters.acked, acked);
+        for c in done.drain(..) {
             let result = match c.outcome {
-                Outcome::Acked => {
-                    acked += 1;
-                    Ok(Delivered::Acked)
-                }
+                Outcome::Acked => Ok(Delivered::Acked),
                 Outcome::FailAck(reason) => {
                     Counters::inc(&counters.fail_acked);
                     Counters::inc(&counters.send_failures);
@@ -329,8 +330,6 @@ impl<N: Net> Lane<N> {
             };
             c.token.complete(result);
         }
-        latencies.add_to(&counters.ack_latency);
-        Counters::add(&counters.acked, acked);
         self.completed = done;
     }
 
