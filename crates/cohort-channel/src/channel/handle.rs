@@ -402,7 +402,8 @@ impl ChannelHandle {
                     seq: 0,
                     extensions: Vec::new(),
                     payload,
-                    ticket: Ticket(msg_id),
+                    // One receipt for the batch: one ticket, the first message's.
+                    ticket: Ticket(first),
                 }
             })
             .collect();

@@ -272,9 +272,14 @@ impl<N: Net> Owner<N> {
         outs: impl IntoIterator<Item = Outbound>,
         state: &Arc<SendState>,
     ) {
+        // A batch's messages share one ticket (they complete one receipt): entered once.
+        let mut last = None;
         for out in outs {
-            self.tickets.insert(out.ticket, state.clone());
-            self.staged.push(out.ticket);
+            if last != Some(out.ticket) {
+                last = Some(out.ticket);
+                self.tickets.insert(out.ticket, state.clone());
+                self.staged.push(out.ticket);
+            }
             self.pipeline.send(now, out);
         }
         self.staged_states.push(state.clone());
