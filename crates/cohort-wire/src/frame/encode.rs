@@ -370,6 +370,11 @@ fn write_head(
     signed: bool,
     out: &mut BytesMut,
 ) -> Result<(), EncodeError> {
+    if let Header::Data(h) = header {
+        if h.0.extensions.is_empty() {
+            return write_data_head(kind, h, payload_len, version, limits, signed, out);
+        }
+    }
     let header_len = header.encoded_len();
     if header_len > limits.max_frame_header as usize {
         return Err(too_large(
@@ -418,6 +423,61 @@ fn write_head(
         }
     }
     debug_assert_eq!(out.len() - start, FRAME_PREFIX_LEN + header_len);
+    Ok(())
+}
+
+/// [`write_head`] for a data header without extensions (every frame the channel sends
+/// without an interceptor's tag): the header is written once, straight after the prefix's
+/// place in a [`HeadBuf`], its length taken from what was written (not computed first), and the
+/// prefix filled in before the whole head is copied out. The same bytes, and the same checks
+/// in the same order, as the general path.
+fn write_data_head(
+    kind: FrameKind,
+    h: &DataHeaderOut<'_>,
+    payload_len: usize,
+    version: u8,
+    limits: &WireLimits,
+    signed: bool,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let mut head = HeadBuf::new();
+    head.len = FRAME_PREFIX_LEN;
+    // Without extensions at most 57 bytes: it fits.
+    h.encode_raw(&mut head);
+    let header_len = head.len - FRAME_PREFIX_LEN;
+    if header_len > limits.max_frame_header as usize {
+        return Err(too_large(
+            "frame header",
+            header_len,
+            limits.max_frame_header.into(),
+        ));
+    }
+    if payload_len > limits.max_frame_payload as usize {
+        return Err(too_large(
+            "frame payload",
+            payload_len,
+            limits.max_frame_payload.into(),
+        ));
+    }
+    let (header_len32, payload_len32) = (
+        u32::try_from(header_len).map_err(|_| too_large("frame header", header_len, 0))?,
+        u32::try_from(payload_len).map_err(|_| too_large("frame payload", payload_len, 0))?,
+    );
+    let mut prefix = HeadBuf::new();
+    prefix.bytes(&FRAME_MAGIC);
+    prefix.bytes(&[
+        version,
+        kind as u8,
+        if signed { FLAG_AUTHENTICATED } else { 0 },
+        0,
+    ]);
+    prefix.bytes(&header_len32.to_be_bytes());
+    prefix.bytes(&payload_len32.to_be_bytes());
+    debug_assert_eq!(prefix.len, FRAME_PREFIX_LEN);
+    head.buf[..FRAME_PREFIX_LEN].copy_from_slice(prefix.as_slice());
+    let tag_len = if signed { TAG_LEN } else { 0 };
+    out.reserve(head.len + payload_len + tag_len + CRC_LEN);
+    out.put_slice(head.as_slice());
     Ok(())
 }
 
@@ -540,6 +600,62 @@ mod tests {
             (1u32..64).prop_map(|b| (1u64 << b) - 1),
             any::<u64>(),
         ]
+    }
+
+    /// Over `max_frame_header` or `max_frame_payload`: refused, and nothing written, with and
+    /// without extensions (the two ways a data frame's head is written).
+    #[test]
+    fn a_data_frame_over_a_limit_is_refused_and_nothing_written() {
+        for extensions in [
+            vec![],
+            vec![Extension {
+                tag: 9,
+                value: Bytes::from_static(b"x"),
+            }],
+        ] {
+            let frame = DataFrame {
+                header: DataHeader {
+                    msg_id: 1,
+                    options: SendOptions::USE_ACK,
+                    sender: MemberId::from_bytes([7; 16]),
+                    timestamp_ms: 1_700_000_000_000,
+                    seq: 1,
+                    extensions,
+                },
+                payload: Bytes::from_static(&[0u8; 100]),
+            };
+            let header_len = DataHeaderOut(&frame.header).encoded_len();
+            let cases = [
+                (header_len - 1, 100, "frame header"),
+                (header_len, 99, "frame payload"),
+            ];
+            for (max_header, max_payload, what_over) in cases {
+                let limits = WireLimits {
+                    max_frame_header: u32::try_from(max_header).unwrap(),
+                    max_frame_payload: max_payload,
+                    ..WireLimits::default()
+                };
+                let mut out = BytesMut::from(&b"before"[..]);
+                let err = encode_data(&frame, 1, &limits, Sign::None, &mut out).unwrap_err();
+                assert!(
+                    matches!(err, EncodeError::TooLarge { what, .. } if what == what_over),
+                    "{err:?}"
+                );
+                assert_eq!(&out[..], b"before");
+                let err = encode_data_around(&frame, 1, &limits, &mut out).unwrap_err();
+                assert!(matches!(err, EncodeError::TooLarge { what, .. } if what == what_over));
+                assert_eq!(&out[..], b"before");
+            }
+            // At the limits exactly: written.
+            let limits = WireLimits {
+                max_frame_header: u32::try_from(header_len).unwrap(),
+                max_frame_payload: 100,
+                ..WireLimits::default()
+            };
+            let mut out = BytesMut::new();
+            encode_data(&frame, 1, &limits, Sign::None, &mut out).unwrap();
+            assert_eq!(out.len(), FRAME_PREFIX_LEN + header_len + 100 + CRC_LEN);
+        }
     }
 
     proptest! {
