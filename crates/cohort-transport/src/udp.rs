@@ -265,4 +265,12 @@ async fn run<N: Net>(
     for (_, (d, _, _)) in rest {
         d.complete(Err(SendError::Stopped));
     }
+    // What was queued and never sent fails too: every send completes once. Closed first, so
+    // nothing is queued after the drain (a late send fails with `Stopped` itself).
+    out_rx.close();
+    while let Ok(out) = out_rx.try_recv() {
+        queued.fetch_sub(out.frame.len(), Relaxed);
+        Counters::inc(&counters.send_failures);
+        out.done.complete(Err(SendError::Stopped));
+    }
 }

@@ -104,6 +104,27 @@ async fn the_udp_queue_is_bounded_in_bytes() {
     assert_eq!(a.handle.stats().queue_full, full);
 }
 
+/// Datagrams still queued when the transport stops complete with `Stopped`: none is dropped
+/// without an outcome.
+#[tokio::test(flavor = "current_thread")]
+async fn stop_fails_the_datagrams_still_queued() {
+    let udp = || TransportConfig {
+        udp_port: Some(0),
+        ..config()
+    };
+    let b = node(2, udp()).await;
+    let a = node(1, udp()).await;
+    // No await between the sends and the stop: the socket task takes nothing meanwhile.
+    let results: Vec<_> = (0..10)
+        .map(|i| send(&a, &b.member, 100 + i, SendOptions::UDP, b"queued"))
+        .collect();
+    a.handle.stop();
+    for r in results {
+        assert_eq!(within(T, r).await.unwrap(), Err(SendError::Stopped));
+    }
+    assert_eq!(a.handle.stats().send_failures, 10);
+}
+
 #[tokio::test]
 async fn stop_fails_queued_sends_and_refuses_new_ones() {
     let b = node(2, config()).await;
