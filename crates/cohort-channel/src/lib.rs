@@ -78,8 +78,8 @@ pub use core::{
     Acker, Cx, Inbound, Interceptor, Outbound, Output, Pipeline, PipelineStats, ProbeError,
     ProbeErrorKind, ProbeRequest, Suspicion, TagKind, Ticket, check_order, tags,
 };
-pub use listener::{ChannelListener, ChannelMessage, ClusterListener, ErrorHandler, ListenerError};
-pub use receipt::{MemberResult, SendOutcome, SendReceipt};
+pub use listener::{ChannelListener, ChannelMessage, ClusterListener, ListenerError};
+pub use receipt::{ErrorHandler, MemberResult, SendOutcome, SendReceipt};
 pub use rpc::{
     AsyncRpcHandler, CallOptions, CallResult, MAX_ASYNC_REQUESTS, MAX_CALLS, ReplyMode, RpcChannel,
     RpcHandler, RpcResponse,

@@ -1,12 +1,11 @@
-//! What applications plug into a channel: message listeners, cluster listeners, error handlers.
+//! What applications plug into a channel: message listeners and cluster listeners (the error
+//! handler, which learns how sends ended, is with the receipts in `receipt.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use cohort_wire::{Member, MemberId, SendOptions};
-
-use crate::receipt::SendOutcome;
 
 /// A received message, as listeners see it.
 #[derive(Clone, Debug)]
@@ -86,17 +85,5 @@ pub trait ClusterListener: Send + Sync + 'static {
     /// A message arrived (before the channel listeners).
     fn message_received(&self, msg: &ChannelMessage) {
         let _ = msg;
-    }
-}
-
-/// Learns how asynchronous sends ended (Tribes' `ErrorHandler`): the caller of an
-/// ASYNCHRONOUS send got its receipt when the message was queued.
-pub trait ErrorHandler: Send + Sync + 'static {
-    /// At least one destination failed.
-    fn handle_error(&self, outcome: &SendOutcome);
-
-    /// Every destination succeeded. Default: nothing.
-    fn handle_completion(&self, outcome: &SendOutcome) {
-        let _ = outcome;
     }
 }

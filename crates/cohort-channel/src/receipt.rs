@@ -9,7 +9,18 @@ use cohort_wire::{Member, MemberId};
 use tokio::sync::oneshot;
 
 use crate::admission::{Admission, Room};
-use crate::listener::ErrorHandler;
+
+/// Learns how asynchronous sends ended (Tribes' `ErrorHandler`): the caller of an
+/// ASYNCHRONOUS send got its receipt when the message was queued.
+pub trait ErrorHandler: Send + Sync + 'static {
+    /// At least one destination failed.
+    fn handle_error(&self, outcome: &SendOutcome);
+
+    /// Every destination succeeded. Default: nothing.
+    fn handle_completion(&self, outcome: &SendOutcome) {
+        let _ = outcome;
+    }
+}
 
 /// How one destination's delivery ended.
 #[derive(Clone, Debug, PartialEq, Eq)]

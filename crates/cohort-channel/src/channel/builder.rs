@@ -14,7 +14,8 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::admission::{Admission, MAX_BYTES, MAX_MESSAGES, Room};
 use crate::core::{Interceptor, Pipeline};
-use crate::listener::{ChannelListener, ClusterListener, ErrorHandler};
+use crate::listener::{ChannelListener, ClusterListener};
+use crate::receipt::ErrorHandler;
 use crate::receipt::SendContext;
 use crate::seams::{ChannelMembership, ChannelTransport};
 
