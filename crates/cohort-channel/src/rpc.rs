@@ -522,12 +522,15 @@ impl Inner {
         // of its own. On a multi-thread runtime it is a task, free to run on another worker
         // while this one carries on with the channel.
         let inline = self.rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread;
-        let ran = run_now_or_spawn(&self.rt, inline, async move {
+        let task = async move {
             if let Some(reply) = answer.await {
                 let envelope = encode(REPLY, &rpc_id, id, &reply);
                 let _ = channel.send(&[(*from).clone()], envelope, options).await;
             }
             drop(slot);
+        };
+        let ran = run_now_or_spawn(&self.rt, inline, task, |t| {
+            self.channel.spawn_task(&self.rt, t);
         });
         if ran.is_err() {
             self.handler_panicked();
@@ -559,24 +562,26 @@ struct Panicked;
 /// (from the channel's task, its send command is taken in the owner's next pass, with no
 /// hop). A task that waits is polled again by the runtime with a real waker, which replaces
 /// the no-op one of the first poll. A panic in that first poll is caught (the channel's task
-/// must survive a handler's bug) and the task dropped. Without `inline`, spawns it.
-fn run_now_or_spawn(
+/// must survive a handler's bug) and the task dropped. Without `inline`, spawns it. `spawn`
+/// starts it as one of the channel's tasks (bounded, aborted by the channel's stop).
+fn run_now_or_spawn<F: std::future::Future<Output = ()> + Send + 'static>(
     rt: &tokio::runtime::Handle,
     inline: bool,
-    task: impl std::future::Future<Output = ()> + Send + 'static,
+    task: F,
+    spawn: impl FnOnce(std::pin::Pin<Box<F>>),
 ) -> Result<(), Panicked> {
+    let mut task = Box::pin(task);
     if !inline {
-        rt.spawn(task);
+        spawn(task);
         return Ok(());
     }
     // The delivery thread is outside the runtime: in it for the poll (timers, spawns).
     let _in_runtime = rt.enter();
-    let mut task = Box::pin(task);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.as_mut().poll(&mut cx))) {
         Ok(std::task::Poll::Ready(())) => Ok(()),
         Ok(std::task::Poll::Pending) => {
-            rt.spawn(task);
+            spawn(task);
             Ok(())
         }
         Err(_) => Err(Panicked),
@@ -612,8 +617,11 @@ impl ChannelListener for Listener {
                         if let Some(reply) = h.reply_request(&from, &body) {
                             let envelope = encode(REPLY, &rpc_id, id, &reply);
                             // The channel's own send, no handler code: polled here.
-                            let _ = run_now_or_spawn(&inner.rt, true, async move {
+                            let task = async move {
                                 let _ = channel.send(&[(*from).clone()], envelope, options).await;
+                            };
+                            let _ = run_now_or_spawn(&inner.rt, true, task, |t| {
+                                inner.channel.spawn_task(&inner.rt, t);
                             });
                         }
                     }
@@ -643,7 +651,14 @@ mod tests {
         let rt = tokio::runtime::Handle::current();
         let ran = Arc::new(AtomicBool::new(false));
         let r = ran.clone();
-        run_now_or_spawn(&rt, true, async move { r.store(true, Ordering::SeqCst) }).unwrap();
+        let spawn = |t| drop(tokio::runtime::Handle::current().spawn(t));
+        run_now_or_spawn(
+            &rt,
+            true,
+            async move { r.store(true, Ordering::SeqCst) },
+            spawn,
+        )
+        .unwrap();
         assert!(ran.load(Ordering::SeqCst), "ran before the call returned");
 
         // Waits on a full bounded queue (as a reply's send waits on a full command queue):
@@ -653,10 +668,16 @@ mod tests {
         tx.send(0).await.unwrap();
         let ran = Arc::new(AtomicBool::new(false));
         let r = ran.clone();
-        run_now_or_spawn(&rt, true, async move {
-            tx.send(1).await.unwrap();
-            r.store(true, Ordering::SeqCst);
-        })
+        let spawn = |t| drop(tokio::runtime::Handle::current().spawn(t));
+        run_now_or_spawn(
+            &rt,
+            true,
+            async move {
+                tx.send(1).await.unwrap();
+                r.store(true, Ordering::SeqCst);
+            },
+            spawn,
+        )
         .unwrap();
         // Let the spawned task run and park on the full queue before room is made.
         for _ in 0..10 {
@@ -681,12 +702,20 @@ mod tests {
     #[tokio::test]
     async fn a_panic_in_the_first_poll_is_caught_and_spawned_work_is_not_polled_here() {
         let rt = tokio::runtime::Handle::current();
-        let r = run_now_or_spawn(&rt, true, async { panic!("a handler's bug") });
+        let r = run_now_or_spawn(&rt, true, async { panic!("a handler's bug") }, |t| {
+            drop(tokio::runtime::Handle::current().spawn(t));
+        });
         assert!(r.is_err(), "caught, reported");
         let (tx, rx) = oneshot::channel();
-        run_now_or_spawn(&rt, false, async move {
-            let _ = tx.send(std::thread::current().id());
-        })
+        let spawn = |t| drop(tokio::runtime::Handle::current().spawn(t));
+        run_now_or_spawn(
+            &rt,
+            false,
+            async move {
+                let _ = tx.send(std::thread::current().id());
+            },
+            spawn,
+        )
         .unwrap();
         let mut rx = rx;
         assert!(rx.try_recv().is_err(), "not inline: not run in the call");

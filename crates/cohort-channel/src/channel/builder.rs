@@ -309,6 +309,7 @@ impl ChannelBuilder {
             u32::try_from(self.config.async_queue_bytes).unwrap_or(MAX_BYTES),
         )));
         let shared = Arc::new(HandleShared {
+            tasks: super::tasks::Tasks::default(),
             send_ctx: Arc::new(SendContext {
                 suspecter: suspecter.clone(),
                 admission: admission.clone(),

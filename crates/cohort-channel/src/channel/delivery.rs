@@ -253,8 +253,11 @@ fn deliver_one(
                 _life: None,
             };
             if let Some(to) = msg.member.clone() {
-                rt.spawn(async move {
-                    let _ = handle
+                // One of the channel's tasks: bounded (beyond, the answer is dropped and the
+                // caller times out) and ended by the channel's stop.
+                let sender = handle.internal();
+                handle.spawn_task(rt, async move {
+                    let _ = sender
                         .send(&[(*to).clone()], reply, SendOptions::ASYNCHRONOUS)
                         .await;
                 });

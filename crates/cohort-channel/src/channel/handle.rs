@@ -61,6 +61,9 @@ pub(super) struct HandleShared {
     pub(super) claims: Arc<RwLock<Arc<[Claim]>>>,
     /// The last send's destinations, shared by the next send to the same members.
     pub(super) last_destinations: Mutex<Option<Arc<[Member]>>>,
+    /// Tasks started outside the owner (RPC replies and answers): bounded, aborted by the
+    /// last stop.
+    pub(super) tasks: super::tasks::Tasks,
 }
 
 impl HandleShared {
@@ -551,6 +554,28 @@ impl ChannelHandle {
         &self.shared.local
     }
 
+    /// Starts `task` on `rt` as one of the channel's tasks (see `tasks.rs`): false, and
+    /// counted in `tasks_refused`, when [`super::tasks::MAX_TASKS`] run already or the channel
+    /// stopped (the task is dropped unpolled).
+    pub(crate) fn spawn_task(
+        &self,
+        rt: &tokio::runtime::Handle,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> bool {
+        match self.shared.tasks.spawn(rt, task) {
+            Ok(()) => true,
+            Err(why) => {
+                if why == super::tasks::Refused::Full {
+                    self.shared
+                        .counters
+                        .tasks_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                false
+            }
+        }
+    }
+
     /// Installs a hook the owner task asks before the delivery thread (see [`Claim`]).
     pub(crate) fn add_claim(&self, claim: Claim) {
         let mut claims = self
@@ -611,6 +636,7 @@ impl ChannelHandle {
             control_dropped: l(&c.control_dropped),
             untransformed_dropped: l(&c.untransformed_dropped),
             suspicions_dropped: l(&c.suspicions_dropped),
+            tasks_refused: l(&c.tasks_refused),
             async_queued: self.shared.admission.queued().messages() as usize,
             async_queued_bytes: self.shared.async_queued_bytes(),
             by_mode: Mode::ALL.map(|m| {
@@ -671,6 +697,8 @@ impl ChannelHandle {
             if s.cmd.send(Command::Stop(tx)).await.is_ok() {
                 let _ = rx.await;
             }
+            // The owner has ended: what the channel started outside it ends too.
+            s.tasks.stop();
         }
     }
 

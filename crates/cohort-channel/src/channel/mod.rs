@@ -11,7 +11,9 @@
 //! - `delivery`: the delivery thread where listeners run (or the owner task, when every
 //!   listener says it never blocks);
 //! - `probes`: failure detectors' probes, carried out by the transport;
-//! - `stats`: [`ChannelStats`] and the per-mode counters.
+//! - `stats`: [`ChannelStats`] and the per-mode counters;
+//! - `tasks`: the tasks the channel starts outside its owner (RPC replies and answers),
+//!   bounded, and aborted by the last stop.
 
 mod builder;
 mod completion;
@@ -23,6 +25,7 @@ mod owner;
 mod pending;
 mod probes;
 mod stats;
+mod tasks;
 
 pub use builder::{ChannelBuilder, CustomTransport, GroupChannel};
 pub use config::{AsyncFullPolicy, ChannelConfig, ChannelError, MembershipSetup};

@@ -19,6 +19,7 @@ pub(super) struct ChannelCounters {
     pub(super) control_dropped: AtomicU64,
     pub(super) untransformed_dropped: AtomicU64,
     pub(super) suspicions_dropped: AtomicU64,
+    pub(super) tasks_refused: AtomicU64,
     pub(super) by_mode: [ModeCounters; 4],
 }
 
@@ -132,6 +133,10 @@ pub struct ChannelStats {
     pub untransformed_dropped: u64,
     /// Suspicions (failed sends, lost connections) dropped because the command queue was full.
     pub suspicions_dropped: u64,
+    /// RPC replies and answers not started because the channel already ran its most tasks
+    /// (4,096): dropped, so their callers time out (a peer that sends requests and never
+    /// reads the replies cannot grow this node's memory).
+    pub tasks_refused: u64,
     /// ASYNCHRONOUS messages queued now.
     pub async_queued: usize,
     /// Bytes of ASYNCHRONOUS messages queued now.

@@ -301,6 +301,70 @@ async fn async_handlers_answer_and_bad_ids_are_errors() {
     server.stop().await;
 }
 
+/// An asynchronous handler's answer that never ends is one of the channel's tasks: the
+/// channel's stop ends it (its future is dropped), it does not outlive the channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_ends_an_async_handlers_answer_that_never_ends() {
+    /// Dropped with the answer's future: says so.
+    struct Guard(std::sync::mpsc::Sender<&'static str>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.send("dropped");
+        }
+    }
+    struct Never(std::sync::Mutex<std::sync::mpsc::Sender<&'static str>>);
+    impl cohort_channel::AsyncRpcHandler for Never {
+        fn reply_request(
+            &self,
+            _from: Member,
+            _request: Bytes,
+        ) -> cohort_channel::BoxFuture<'static, Option<Bytes>> {
+            let tx = self.0.lock().unwrap().clone();
+            let _ = tx.send("started");
+            let guard = Guard(tx);
+            Box::pin(async move {
+                let _guard = guard;
+                std::future::pending::<Option<Bytes>>().await
+            })
+        }
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let client = start(builder()).await;
+    let server = start(builder()).await;
+    let _rs = RpcChannel::new_async(
+        &server,
+        "svc",
+        Arc::new(Never(std::sync::Mutex::new(tx))),
+        SendOptions::NONE,
+    )
+    .unwrap();
+    let rpc = RpcChannel::new(&client, "svc", Arc::new(Nothing), SendOptions::NONE).unwrap();
+    let r = rpc
+        .call(
+            &[server.local().clone()],
+            Bytes::from_static(b"q"),
+            CallOptions {
+                timeout: Duration::from_millis(200),
+                ..CallOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(r.replies.is_empty(), "{r:?}");
+    let wait = |what| {
+        let got = rx.recv_timeout(Duration::from_secs(10));
+        assert_eq!(got, Ok(what));
+    };
+    wait("started");
+    assert!(
+        rx.recv_timeout(Duration::from_millis(50)).is_err(),
+        "still running before the stop"
+    );
+    server.stop().await;
+    wait("dropped");
+    client.stop().await;
+}
+
 /// An asynchronous handler's requests start on the channel's task, not on the delivery
 /// thread: they are answered while a listener blocks that thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
