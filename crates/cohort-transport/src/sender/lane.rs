@@ -5,7 +5,6 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use cohort_net::{Alarm, Net};
@@ -15,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{Entry, Outgoing, lock};
-use crate::core::{Completed, Outbound, Outcome};
+use crate::core::{Backoff, Completed, Outbound, Outcome, WriteBatch, retry_pause};
 use crate::handshake::{self, ReadSeal, WriteSeal};
 use crate::stats::{Counters, LatencyBatch};
 use crate::{Completion, Delivered, OutFrame, SendError, Shared};
@@ -53,7 +52,7 @@ pub(super) struct Lane<N: Net> {
     addr: SocketAddr,
     queued_bytes: Arc<AtomicUsize>,
     connected: Arc<AtomicUsize>,
-    down_until: Arc<Mutex<Option<(Instant, Duration)>>>,
+    backoff: Arc<Mutex<Backoff>>,
     conn: Option<Conn<N::TcpStream>>,
     buf: BytesMut,
     /// Completions taken from the core, run outside its borrow; kept for its room (at most
@@ -158,7 +157,7 @@ impl<N: Net> Lane<N> {
         addr: SocketAddr,
         queued_bytes: Arc<AtomicUsize>,
         connected: Arc<AtomicUsize>,
-        down_until: Arc<Mutex<Option<(Instant, Duration)>>>,
+        backoff: Arc<Mutex<Backoff>>,
     ) -> Self {
         let buf = BytesMut::with_capacity(batch_room(&shared.config));
         Self {
@@ -166,7 +165,7 @@ impl<N: Net> Lane<N> {
             addr,
             queued_bytes,
             connected,
-            down_until,
+            backoff,
             conn: None,
             buf,
             completed: Vec::new(),
@@ -251,7 +250,8 @@ impl<N: Net> Lane<N> {
         rx: &mut mpsc::UnboundedReceiver<Entry>,
         batch: &mut Vec<Outgoing>,
     ) {
-        let (mut bytes, mut acks) = (0usize, 0usize);
+        // At least one frame per batch; then until either bound is reached (the core decides).
+        let mut taking = WriteBatch::new(self.shared.config.write_batch_bytes, room);
         loop {
             if backlog.is_empty() {
                 match rx.try_recv() {
@@ -260,18 +260,13 @@ impl<N: Net> Lane<N> {
                 }
             }
             let Some(front) = backlog.front() else { break };
-            // At least one frame per batch; then until either bound is reached.
-            let full = bytes >= self.shared.config.write_batch_bytes
-                || acks + usize::from(front.want_ack) > room;
-            if !batch.is_empty() && full {
+            if !taking.take(front.len, front.want_ack) {
                 break;
             }
             let Some(m) = backlog.pop_front() else { break };
-            bytes += m.len;
-            acks += usize::from(m.want_ack);
             batch.push(m);
         }
-        self.queued_bytes.fetch_sub(bytes, Relaxed);
+        self.queued_bytes.fetch_sub(taking.bytes(), Relaxed);
     }
 
     fn fail_all(&self, batch: &mut Vec<Outgoing>, err: &SendError) {
@@ -652,17 +647,18 @@ impl<N: Net> Lane<N> {
         let mut last = String::new();
         // Every attempt refused: nothing listens where the peer said it would.
         let mut refused = true;
-        let mut pause = Duration::from_millis(10);
+        let mut pause = None;
         for attempt in 0..attempts {
             if attempt > 0 {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(cfg.reconnect_backoff.max(Duration::from_millis(10)));
+                let p = retry_pause(pause, cfg.reconnect_backoff);
+                pause = Some(p);
+                tokio::time::sleep(p).await;
             }
             let connecting = self.shared.net.connect_tcp(self.addr);
             match tokio::time::timeout(cfg.connect_timeout, connecting).await {
                 Ok(Ok(stream)) => match self.open(stream).await {
                     Ok(()) => {
-                        *lock(&self.down_until) = None;
+                        lock(&self.backoff).connected();
                         Counters::inc(&self.shared.counters.connects);
                         return Ok(());
                     }
@@ -682,14 +678,12 @@ impl<N: Net> Lane<N> {
             }
             Counters::inc(&self.shared.counters.connect_failures);
         }
-        let mut down = lock(&self.down_until);
-        let backoff = match *down {
-            Some((_, b)) => (b * 2).min(cfg.max_reconnect_backoff),
-            None => cfg.reconnect_backoff,
-        };
-        *down = Some((Instant::now() + backoff, backoff));
-        drop(down);
-        tracing::debug!(peer = %self.addr, attempts, error = %last, "connect failed");
+        let backoff = lock(&self.backoff).round_failed(
+            Instant::now().into_std(),
+            cfg.reconnect_backoff,
+            cfg.max_reconnect_backoff,
+        );
+        tracing::debug!(peer = %self.addr, attempts, error = %last, ?backoff, "connect failed");
         if refused {
             // Reported as the far side closing: a process that died took its listener with it
             // (strong evidence for a failure detector, as a reset connection is). At most once

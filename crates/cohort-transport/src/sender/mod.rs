@@ -27,6 +27,7 @@ use cohort_wire::SendOptions;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::core::Backoff;
 use crate::stats::Counters;
 use crate::{Completion, DataSend, OutFrame, PeerState, SendError, Shared};
 
@@ -71,8 +72,10 @@ struct Peer {
     next_lane: AtomicUsize,
     queued_bytes: Arc<AtomicUsize>,
     connected: Arc<AtomicUsize>,
-    /// While set and in the future, sends fail fast.
-    down_until: Arc<Mutex<Option<(Instant, Duration)>>>,
+    /// The peer's back-off after failed connects (sends fail fast while it runs): decided
+    /// by the core's [`Backoff`], written by the lane whose connect round failed or
+    /// succeeded, read by senders. The one piece of protocol state a peer's lanes share.
+    backoff: Arc<Mutex<Backoff>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -111,7 +114,9 @@ impl Peer {
             addr: self.addr,
             connected: self.connected.load(Relaxed),
             queued_bytes: self.queued_bytes.load(Relaxed),
-            backing_off: lock(&self.down_until).is_some_and(|(t, _)| t > Instant::now()),
+            backing_off: lock(&self.backoff)
+                .accepting(Instant::now().into_std())
+                .is_err(),
         }
     }
 }
@@ -227,13 +232,7 @@ fn admit<N: Net>(
 impl Peer {
     /// `Err(retry in)` while the peer is backing off after failed connects: sends fail fast.
     fn accepting(&self) -> Result<(), Duration> {
-        if let Some((until, _)) = *lock(&self.down_until) {
-            let now = Instant::now();
-            if until > now {
-                return Err(until - now);
-            }
-        }
-        Ok(())
+        lock(&self.backoff).accepting(Instant::now().into_std())
     }
 
     /// Hands an admitted entry to a lane (round robin when there are several); fails it
@@ -260,7 +259,7 @@ impl Peer {
 fn spawn_peer<N: Net>(shared: &Arc<Shared<N>>, addr: SocketAddr) -> Arc<Peer> {
     let queued_bytes = Arc::new(AtomicUsize::new(0));
     let connected = Arc::new(AtomicUsize::new(0));
-    let down_until = Arc::new(Mutex::new(None));
+    let backoff = Arc::new(Mutex::new(Backoff::default()));
     let lanes = (0..shared.config.connections_per_peer.get())
         .map(|_| {
             let (tx, rx) = mpsc::unbounded_channel::<Entry>();
@@ -269,7 +268,7 @@ fn spawn_peer<N: Net>(shared: &Arc<Shared<N>>, addr: SocketAddr) -> Arc<Peer> {
                 addr,
                 queued_bytes.clone(),
                 connected.clone(),
-                down_until.clone(),
+                backoff.clone(),
             );
             let span = tracing::debug_span!("peer", peer = %addr, direction = "out");
             tokio::spawn(tracing::Instrument::instrument(lane.run(rx), span));
@@ -282,6 +281,6 @@ fn spawn_peer<N: Net>(shared: &Arc<Shared<N>>, addr: SocketAddr) -> Arc<Peer> {
         next_lane: AtomicUsize::new(0),
         queued_bytes,
         connected,
-        down_until,
+        backoff,
     })
 }
