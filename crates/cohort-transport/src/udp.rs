@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -14,6 +14,7 @@ use cohort_wire::{Frame, FrameCodec, MAX_DATAGRAM, Member, SendOptions};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::core::{Outbound, Outcome};
 use crate::handshake::WriteSeal;
 use crate::receiver::encode_acks;
 use crate::stats::Counters;
@@ -129,6 +130,121 @@ pub(crate) fn send<N: Net>(
     }
 }
 
+/// The datagrams waiting for their ACK: one sans-IO [`Outbound`] core per destination, so an
+/// ACK completes only what was sent to the address it comes from (and the same message id
+/// sent to several members is several entries). At most `max_in_flight` in all; a
+/// destination's core goes once nothing of it is in flight.
+struct InFlight {
+    by_dest: HashMap<SocketAddr, Outbound<Completion>>,
+    /// Registered and not yet completed, over every destination.
+    total: usize,
+    max: usize,
+    timeout: Duration,
+    /// Set by [`InFlight::close`]: what completes is `Stopped`.
+    stopped: bool,
+}
+
+impl InFlight {
+    fn new(max: usize, timeout: Duration) -> Self {
+        Self {
+            by_dest: HashMap::new(),
+            total: 0,
+            max: max.max(1),
+            timeout,
+            stopped: false,
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.total >= self.max
+    }
+
+    fn register(&mut self, now: std::time::Instant, to: SocketAddr, msg_id: u64, done: Completion) {
+        self.total += 1;
+        let (max, timeout) = (self.max, self.timeout);
+        self.by_dest
+            .entry(to)
+            .or_insert_with(|| Outbound::new(max, timeout))
+            .register(now, msg_id, done);
+    }
+
+    fn on_ack(
+        &mut self,
+        now: std::time::Instant,
+        from: SocketAddr,
+        ack: &cohort_wire::AckFrame,
+        counters: &Counters,
+    ) {
+        match self.by_dest.get_mut(&from) {
+            Some(core) => {
+                let before = core.unknown_acks();
+                core.on_ack(now, ack);
+                Counters::add(&counters.unknown_acks, core.unknown_acks() - before);
+            }
+            None => {
+                let entries = ack.acked.len() + ack.failed.len();
+                Counters::add(&counters.unknown_acks, entries as u64);
+            }
+        }
+    }
+
+    fn on_timeout(&mut self, now: std::time::Instant) {
+        for core in self.by_dest.values_mut() {
+            core.on_timeout(now);
+        }
+    }
+
+    /// Everything in flight fails with `Stopped`.
+    fn close(&mut self) {
+        self.stopped = true;
+        for core in self.by_dest.values_mut() {
+            core.close("stopped");
+        }
+    }
+
+    /// Runs the completions the cores decided, and drops the cores with nothing in flight.
+    fn complete(&mut self, counters: &Counters) {
+        let (timeout, stopped) = (self.timeout, self.stopped);
+        let mut total = self.total;
+        self.by_dest.retain(|addr, core| {
+            while let Some(c) = core.poll_completed() {
+                total -= 1;
+                let result = match c.outcome {
+                    _ if stopped => Err(SendError::Stopped),
+                    Outcome::Acked => {
+                        Counters::inc(&counters.acked);
+                        Ok(Delivered::Acked)
+                    }
+                    Outcome::FailAck(reason) => {
+                        Counters::inc(&counters.fail_acked);
+                        Err(SendError::FailAck {
+                            addr: *addr,
+                            reason,
+                        })
+                    }
+                    Outcome::Timeout => {
+                        Counters::inc(&counters.ack_timeouts);
+                        Err(SendError::Timeout {
+                            addr: *addr,
+                            after: timeout,
+                        })
+                    }
+                    Outcome::Lost(reason) => Err(SendError::Udp {
+                        addr: *addr,
+                        reason,
+                    }),
+                };
+                if result.is_err() {
+                    Counters::inc(&counters.send_failures);
+                }
+                c.token.complete(result);
+            }
+            !core.is_empty()
+        });
+        self.total = total;
+    }
+}
+
 async fn run<N: Net>(
     shared: Arc<Shared<N>>,
     socket: N::UdpSocket,
@@ -137,10 +253,9 @@ async fn run<N: Net>(
     ack_tx: mpsc::Sender<(SocketAddr, AckMsg)>,
     mut ack_rx: mpsc::Receiver<(SocketAddr, AckMsg)>,
 ) {
-    let pending: Mutex<HashMap<u64, (Completion, Instant, SocketAddr)>> = Mutex::default();
-    let lock = || pending.lock().unwrap_or_else(PoisonError::into_inner);
     let counters = shared.counters.clone();
     let timeout = shared.config.send_timeout;
+    let mut in_flight = InFlight::new(shared.config.max_in_flight, timeout);
     let mut stop = shared.stop_rx.clone();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut enc = BytesMut::new();
@@ -151,8 +266,7 @@ async fn run<N: Net>(
             () = crate::stopped(&mut stop) => break,
             Some(out) = out_rx.recv() => {
                 queued.fetch_sub(out.frame.len(), Relaxed);
-                if out.want_ack && lock().len() >= shared.config.max_in_flight {
-                    Counters::inc(&counters.queue_full);
+                if out.want_ack && in_flight.is_full() {
                     Counters::inc(&counters.send_failures);
                     out.done.complete(Err(SendError::InFlightFull { addr: out.to, limit: shared.config.max_in_flight }));
                     continue;
@@ -163,7 +277,8 @@ async fn run<N: Net>(
                         Counters::inc(&counters.writes);
                         Counters::add(&counters.bytes_sent, out.frame.len() as u64);
                         if out.want_ack {
-                            lock().insert(out.msg_id, (out.done, Instant::now() + timeout, out.to));
+                            in_flight.register(Instant::now().into_std(), out.to, out.msg_id, out.done);
+                            in_flight.complete(&counters);
                         } else {
                             out.done.complete(Ok(Delivered::Sent));
                         }
@@ -219,52 +334,21 @@ async fn run<N: Net>(
                     }
                     Frame::Ack(ack) => {
                         Counters::inc(&counters.ack_frames_received);
-                        let mut done = Vec::new();
-                        {
-                            let mut table = lock();
-                            for range in &ack.acked {
-                                let ids: Vec<u64> = table.keys().copied().filter(|id| range.contains(*id)).collect();
-                                for id in ids {
-                                    if let Some((d, _, _)) = table.remove(&id) { done.push((d, None)); }
-                                }
-                            }
-                            for f in ack.failed {
-                                if let Some((d, _, _)) = table.remove(&f.msg_id) { done.push((d, Some(f.reason))); }
-                            }
-                        }
-                        for (d, failure) in done {
-                            match failure {
-                                None => { Counters::inc(&counters.acked); d.complete(Ok(Delivered::Acked)); }
-                                Some(reason) => {
-                                    Counters::inc(&counters.fail_acked);
-                                    Counters::inc(&counters.send_failures);
-                                    d.complete(Err(SendError::FailAck { addr: from, reason }));
-                                }
-                            }
-                        }
+                        // Only what was sent to `from` (an ACK from elsewhere names nothing).
+                        in_flight.on_ack(Instant::now().into_std(), from, &ack, &counters);
+                        in_flight.complete(&counters);
                     }
                     Frame::Hello(_) | Frame::Challenge(_) => { Counters::inc(&counters.datagrams_dropped); }
                 }
             }
             _ = sweep.tick() => {
-                let now = Instant::now();
-                let expired: Vec<_> = {
-                    let mut table = lock();
-                    let ids: Vec<u64> = table.iter().filter(|(_, (_, d, _))| *d <= now).map(|(id, _)| *id).collect();
-                    ids.into_iter().filter_map(|id| table.remove(&id)).collect()
-                };
-                for (d, _, addr) in expired {
-                    Counters::inc(&counters.ack_timeouts);
-                    Counters::inc(&counters.send_failures);
-                    d.complete(Err(SendError::Timeout { addr, after: timeout }));
-                }
+                in_flight.on_timeout(Instant::now().into_std());
+                in_flight.complete(&counters);
             }
         }
     }
-    let rest: Vec<_> = lock().drain().collect();
-    for (_, (d, _, _)) in rest {
-        d.complete(Err(SendError::Stopped));
-    }
+    in_flight.close();
+    in_flight.complete(&counters);
     // What was queued and never sent fails too: every send completes once. Closed first, so
     // nothing is queued after the drain (a late send fails with `Stopped` itself).
     out_rx.close();

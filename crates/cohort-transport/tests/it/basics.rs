@@ -73,6 +73,87 @@ async fn udp_data_and_acks() {
     assert_eq!(a.handle.stats().connections_out, 0, "no TCP was used");
 }
 
+/// A UDP ACK completes only what was sent to the address it comes from: an ACK forged by
+/// another socket names nothing (counted as unknown), and the send still waits for its own
+/// destination's answer. And one message id sent to two members by datagram is two sends
+/// in flight, each completed by its own member's ACK.
+#[tokio::test]
+async fn udp_acks_complete_only_what_went_to_their_sender() {
+    use cohort_wire::{AckFrame, AckRange, Frame, FrameCodec};
+    let udp = || TransportConfig {
+        udp_port: Some(0),
+        ..config()
+    };
+    let a = node(1, udp()).await;
+    let a_udp = loopback(a.member.udp_port.unwrap());
+    // The destination: a bare socket that reads and answers by hand.
+    let dest = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut to = cohort_wire::Member::new(
+        cohort_wire::MemberId::from_bytes([9; 16]),
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        1,
+    );
+    to.udp_port = Some(dest.local_addr().unwrap().port());
+    let opts = SendOptions::UDP | SendOptions::USE_ACK;
+    let mut done = send(&a, &to, 42, opts, b"to dest");
+    let mut buf = vec![0u8; 65536];
+    let (n, from) = within(T, dest.recv_from(&mut buf)).await.unwrap();
+    assert!(n > 0);
+    assert_eq!(from, a_udp);
+    let ack = |ids: AckRange| {
+        let mut out = bytes::BytesMut::new();
+        codec()
+            .encode_frame(
+                &Frame::Ack(AckFrame {
+                    acked: vec![ids],
+                    failed: vec![],
+                }),
+                &mut out,
+            )
+            .unwrap();
+        out
+    };
+    // Another socket ACKs every id: nothing completes.
+    let forger = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    forger
+        .send_to(
+            &ack(AckRange {
+                first: 0,
+                last: u64::MAX,
+            }),
+            a_udp,
+        )
+        .await
+        .unwrap();
+    within(T, async {
+        while a.handle.stats().unknown_acks == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), &mut done)
+            .await
+            .is_err(),
+        "a forged ACK completed the send"
+    );
+    // The destination's own ACK does.
+    dest.send_to(&ack(AckRange::single(42)), a_udp)
+        .await
+        .unwrap();
+    assert_eq!(within(T, done).await.unwrap(), Ok(Delivered::Acked));
+
+    // One id, two members: both ACKed, neither lost.
+    let mut b = node(2, udp()).await;
+    let mut c = node(3, udp()).await;
+    let to_b = send(&a, &b.member, 7, opts, b"same id");
+    let to_c = send(&a, &c.member, 7, opts, b"same id");
+    within(T, b.inbound.recv()).await.unwrap();
+    within(T, c.inbound.recv()).await.unwrap();
+    assert_eq!(within(T, to_b).await.unwrap(), Ok(Delivered::Acked));
+    assert_eq!(within(T, to_c).await.unwrap(), Ok(Delivered::Acked));
+}
+
 /// The UDP queue is bounded in bytes, like a TCP peer's: sends beyond `max_peer_queue_bytes`
 /// fail at once with `QueueFull` naming bytes.
 #[tokio::test]
