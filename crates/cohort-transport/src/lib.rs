@@ -237,6 +237,15 @@ pub(crate) enum AckMsg {
     Fail(u64, String, Option<OwnedSemaphorePermit>),
 }
 
+impl AckMsg {
+    /// The permit, for the writer to hold until the ACK is written.
+    pub(crate) fn take_permit(&mut self) -> Option<OwnedSemaphorePermit> {
+        match self {
+            Self::Ack(_, p) | Self::Fail(_, _, p) => p.take(),
+        }
+    }
+}
+
 /// The pending acknowledgement of a USE_ACK | SYNCHRONIZED_ACK message.
 ///
 /// [`AckToken::ack`] sends the ACK, [`AckToken::fail`] a FAIL_ACK with a reason. Dropping the

@@ -708,6 +708,9 @@ async fn ack_writer<N: Net>(
     let max = shared.config.limits.max_ack_entries;
     let mut out = BytesMut::new();
     let mut msgs = Vec::new();
+    // The permits of the ACKs being written: they count against `max_pending_acks` until the
+    // write is done (a peer that does not read its ACKs holds the room, not more memory).
+    let mut held = Vec::new();
     let mut seal = WriteSeal::new(None);
     if let Some(seal_rx) = keyed {
         // No ACK can be owed before the hello, so nothing else is waiting meanwhile.
@@ -739,12 +742,13 @@ async fn ack_writer<N: Net>(
                 Err(_) => break,
             }
         }
+        held.extend(msgs.iter_mut().filter_map(AckMsg::take_permit));
         out.clear();
         if encode_acks(&shared, &mut seal, &mut msgs, max, &mut out).is_err() {
             return;
         }
         match write.write_all(&out).await {
-            Ok(()) => {}
+            Ok(()) => held.clear(),
             Err(e) => {
                 tracing::debug!(error = %e, "ACK write failed");
                 return;
@@ -754,7 +758,8 @@ async fn ack_writer<N: Net>(
     let _ = write.shutdown().await;
 }
 
-/// Encodes `msgs` as ACK frames into `out` and empties `msgs` (releasing their permits).
+/// Encodes `msgs` as ACK frames into `out` and empties `msgs` (releasing the permits still
+/// in them: the TCP writer takes them out first, to hold them until the write is done).
 pub(crate) fn encode_acks<N: Net>(
     shared: &Shared<N>,
     seal: &mut WriteSeal,
