@@ -46,8 +46,9 @@ pub(crate) fn claim_queue_bytes(
     Ok(())
 }
 
-/// The queue of datagrams to send: bounded in bytes by `max_peer_queue_bytes` (the same unit
-/// and limit as a TCP peer's queue); a send beyond it fails at once with `QueueFull`.
+/// The queue of datagrams to send: bounded in bytes by `max_peer_queue_bytes` (the same unit,
+/// limit and ASYNCHRONOUS exemption as a TCP peer's queue, for the one socket's queue to
+/// every destination); a send beyond it fails at once with `QueueFull`.
 pub(crate) struct UdpPath {
     out: mpsc::UnboundedSender<UdpOut>,
     queued: Arc<AtomicUsize>,
@@ -113,7 +114,16 @@ pub(crate) fn send<N: Net>(
     };
     let len = out.frame.len();
     let limit = shared.config.max_peer_queue_bytes;
-    if let Err(queued) = claim_queue_bytes(&path.queued, len, limit) {
+    // As on TCP, ASYNCHRONOUS frames are exempt: the channel's ASYNCHRONOUS queue already
+    // bounds them, and refusing one here would drop a message the application saw accepted.
+    let bounded_upstream = options.contains(SendOptions::ASYNCHRONOUS);
+    let claimed = if bounded_upstream {
+        path.queued.fetch_add(len, Relaxed);
+        Ok(())
+    } else {
+        claim_queue_bytes(&path.queued, len, limit)
+    };
+    if let Err(queued) = claimed {
         Counters::inc(&shared.counters.queue_full);
         return fail(
             SendError::QueueFull {

@@ -183,6 +183,17 @@ async fn the_udp_queue_is_bounded_in_bytes() {
     }
     assert!(full >= 5, "{full} refused");
     assert_eq!(a.handle.stats().queue_full, full);
+    // ASYNCHRONOUS datagrams are exempt, as on TCP: the channel's queue bounds them.
+    let results: Vec<_> = (0..10)
+        .map(|i| {
+            let opts = SendOptions::UDP | SendOptions::ASYNCHRONOUS;
+            send(&a, &b.member, 200 + i, opts, &[7u8; 1000])
+        })
+        .collect();
+    for r in results {
+        assert_eq!(within(T, r).await.unwrap(), Ok(Delivered::Sent));
+    }
+    assert_eq!(a.handle.stats().queue_full, full, "none refused");
 }
 
 /// Datagrams still queued when the transport stops complete with `Stopped`: none is dropped
