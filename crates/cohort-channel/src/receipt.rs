@@ -1,12 +1,11 @@
 //! Send receipts: what a send promised, and how it ended per member.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use cohort_transport::{Delivered, SendError};
 use cohort_wire::{Member, MemberId};
-use tokio::sync::oneshot;
 
 use crate::admission::{Admission, Room};
 
@@ -113,10 +112,20 @@ pub struct SendReceipt {
     state: ReceiptState,
 }
 
-#[derive(Debug)]
 enum ReceiptState {
     Ready(Option<SendOutcome>),
-    Waiting(oneshot::Receiver<SendOutcome>),
+    /// The send's own state: its outcome is left there, and this receipt woken (no channel
+    /// of its own: one allocation less per send).
+    Waiting(Arc<SendState>),
+}
+
+impl std::fmt::Debug for ReceiptState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ready(o) => f.debug_tuple("Ready").field(o).finish(),
+            Self::Waiting(s) => f.debug_tuple("Waiting").field(&s.msg_id).finish(),
+        }
+    }
 }
 
 impl SendReceipt {
@@ -127,10 +136,11 @@ impl SendReceipt {
         }
     }
 
-    pub(crate) fn waiting(msg_id: u64, rx: oneshot::Receiver<SendOutcome>) -> Self {
+    /// A receipt for the outcome `state` will reach (a state made with `waiting`).
+    pub(crate) fn waiting(state: Arc<SendState>) -> Self {
         Self {
-            msg_id,
-            state: ReceiptState::Waiting(rx),
+            msg_id: state.msg_id,
+            state: ReceiptState::Waiting(state),
         }
     }
 
@@ -159,14 +169,28 @@ impl std::future::Future for SendReceipt {
                     lost: Some("the receipt was polled after it completed".into()),
                 }))
             }
-            ReceiptState::Waiting(rx) => std::pin::Pin::new(rx).poll(cx).map(|r| {
-                r.unwrap_or_else(|_| SendOutcome {
-                    msg_id,
-                    queued: false,
-                    results: Vec::new(),
-                    lost: Some(LOST_STOPPED.into()),
-                })
-            }),
+            ReceiptState::Waiting(state) => {
+                let mut c = state.collected();
+                match c.finished {
+                    Some(lost) => {
+                        let results = std::mem::take(&mut c.results);
+                        drop(c);
+                        self.state = ReceiptState::Ready(None);
+                        std::task::Poll::Ready(SendOutcome {
+                            msg_id,
+                            queued: false,
+                            results,
+                            lost: lost.map(str::to_owned),
+                        })
+                    }
+                    None => {
+                        if !c.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                            c.waker = Some(cx.waker().clone());
+                        }
+                        std::task::Poll::Pending
+                    }
+                }
+            }
         }
     }
 }
@@ -198,8 +222,12 @@ pub(crate) struct SendState {
     /// The destinations as the application gave them: a completion's index points here.
     destinations: Arc<[Member]>,
     ctx: Arc<SendContext>,
-    /// Deliveries outstanding, plus one held by the driver until dispatch is over.
+    /// Deliveries outstanding, plus one held by the driver until dispatch is over (its
+    /// [`Hold`]).
     remaining: AtomicUsize,
+    /// Set when the driver's hold was dropped without being released (the channel's task
+    /// ended first): an outcome without results then says the channel stopped.
+    abandoned: AtomicBool,
     /// Whether the outcome goes to the error handler (ASYNCHRONOUS sends, when there is one).
     to_handler: bool,
     /// Whether anyone reads the results (a waiting receipt or an error handler): an
@@ -215,34 +243,45 @@ pub(crate) struct SendState {
 /// What a [`SendState`] gathers under its lock.
 struct Collected {
     results: Vec<MemberResult>,
-    /// Gets the outcome (a send with a waiting receipt).
-    tx: Option<oneshot::Sender<SendOutcome>>,
+    /// Whether a receipt waits for the outcome.
+    receipt: bool,
+    /// Set once every delivery is over, for the receipt to build the outcome from `results`:
+    /// why there are none, if there are none.
+    finished: Option<Option<&'static str>>,
+    /// The receipt's task, woken when the outcome is left here.
+    waker: Option<std::task::Waker>,
 }
 
 impl SendState {
-    /// A send's state: `tx` gets the outcome of a send with a waiting receipt; an
-    /// ASYNCHRONOUS one holds the room it was `admitted` and reports to the error handler.
+    /// A send's state and the driver's hold on it: with `receipt`, a
+    /// [`SendReceipt::waiting`] gets the outcome; an ASYNCHRONOUS one holds the room it was
+    /// `admitted` and reports to the error handler.
     pub(crate) fn new(
         msg_id: u64,
         destinations: Arc<[Member]>,
         ctx: &Arc<SendContext>,
-        tx: Option<oneshot::Sender<SendOutcome>>,
+        receipt: bool,
         admitted: Option<Room>,
-    ) -> Arc<Self> {
+    ) -> (Arc<Self>, Hold) {
         let to_handler = admitted.is_some() && ctx.error_handler.is_some();
-        Arc::new(Self {
+        let state = Arc::new(Self {
             msg_id,
             destinations,
             ctx: ctx.clone(),
             remaining: AtomicUsize::new(1),
+            abandoned: AtomicBool::new(false),
             to_handler,
-            keep_results: tx.is_some() || to_handler,
+            keep_results: receipt || to_handler,
             collected: Mutex::new(Collected {
                 results: Vec::new(),
-                tx,
+                receipt,
+                finished: None,
+                waker: None,
             }),
             admitted: AtomicU64::new(admitted.unwrap_or_default().into()),
-        })
+        });
+        let hold = Hold(Some(state.clone()));
+        (state, hold)
     }
 
     /// `n` more deliveries will report. Room for their results is made now, exactly: the
@@ -299,27 +338,72 @@ impl SendState {
             self.release_admission();
             return;
         }
-        let (results, tx) = {
-            let mut c = self.collected();
-            (std::mem::take(&mut c.results), c.tx.take())
-        };
-        let lost = results.is_empty().then(|| LOST_IN_PIPELINE.to_owned());
-        let outcome = SendOutcome {
-            msg_id: self.msg_id,
-            queued: false,
-            results,
-            lost,
+        let lost = |empty: bool| {
+            empty.then_some(if self.abandoned.load(Ordering::Acquire) {
+                LOST_STOPPED
+            } else {
+                LOST_IN_PIPELINE
+            })
         };
         self.release_admission();
         if let Some(h) = self.ctx.error_handler.as_ref().filter(|_| self.to_handler) {
+            let results = std::mem::take(&mut self.collected().results);
+            let outcome = SendOutcome {
+                msg_id: self.msg_id,
+                queued: false,
+                lost: lost(results.is_empty()).map(str::to_owned),
+                results,
+            };
             if outcome.is_ok() {
                 h.handle_completion(&outcome);
             } else {
                 h.handle_error(&outcome);
             }
+            return;
         }
-        if let Some(tx) = tx {
-            let _ = tx.send(outcome);
+        // A waiting receipt builds the outcome from what is left here.
+        let waker = {
+            let mut c = self.collected();
+            if !c.receipt {
+                return;
+            }
+            c.finished = Some(lost(c.results.is_empty()));
+            c.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// The driver's hold on a [`SendState`] (one of its `remaining`): given back by
+/// [`Hold::release`] once the send is dispatched. Dropped without that (the command never
+/// reached the channel's task, or the task ended first), it is given back all the same and
+/// the outcome says the channel stopped: a waiting receipt always resolves.
+pub(crate) struct Hold(Option<Arc<SendState>>);
+
+impl Hold {
+    /// The state held.
+    pub(crate) fn state(&self) -> &Arc<SendState> {
+        match &self.0 {
+            Some(s) => s,
+            None => unreachable!("a hold is emptied only as it goes"),
+        }
+    }
+
+    /// Dispatch is over: the hold ends.
+    pub(crate) fn release(mut self) {
+        if let Some(s) = self.0.take() {
+            s.done_one();
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            s.abandoned.store(true, Ordering::Release);
+            s.done_one();
         }
     }
 }
@@ -348,5 +432,105 @@ impl Drop for SendState {
     /// back all the same.
     fn drop(&mut self) {
         self.release_admission();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::Duration;
+
+    use cohort_transport::{Completion, Completions};
+
+    use super::*;
+
+    struct NoSuspicion;
+
+    impl SuspectOnFailure for NoSuspicion {
+        fn check(&self, _: &Member, _: &Result<Delivered, SendError>) {}
+    }
+
+    fn ctx() -> Arc<SendContext> {
+        Arc::new(SendContext {
+            suspecter: Arc::new(NoSuspicion),
+            admission: Arc::new(Admission::new(Room::new(16, 1 << 20))),
+            error_handler: None,
+        })
+    }
+
+    fn to() -> Arc<[Member]> {
+        let m = Member::new(
+            MemberId::from_bytes([1; 16]),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            4000,
+        );
+        vec![m].into()
+    }
+
+    async fn outcome(receipt: SendReceipt) -> SendOutcome {
+        tokio::time::timeout(Duration::from_secs(10), receipt)
+            .await
+            .expect("the receipt resolved")
+    }
+
+    /// The receipt waits on its send's state and resolves once, whichever way the send ends:
+    /// its deliveries' results; none left the pipeline; the channel's task ended first (the
+    /// hold dropped, not released); a delivery's completion dropped unrun (`Stopped`).
+    #[tokio::test]
+    async fn a_waiting_receipt_always_resolves_with_what_happened() {
+        let ctx = ctx();
+        let (state, hold) = SendState::new(1, to(), &ctx, true, None);
+        let receipt = SendReceipt::waiting(state.clone());
+        state.expect(1);
+        hold.release();
+        let done = Completion::shared(state.clone(), 0);
+        drop(state);
+        let waiting = tokio::spawn(outcome(receipt));
+        tokio::task::yield_now().await;
+        done.complete(Ok(Delivered::Acked));
+        let o = waiting.await.unwrap();
+        assert!(
+            o.is_ok() && o.results.len() == 1 && o.lost.is_none(),
+            "{o:?}"
+        );
+
+        let (state, hold) = SendState::new(2, to(), &ctx, true, None);
+        let receipt = SendReceipt::waiting(state);
+        hold.release();
+        assert_eq!(
+            outcome(receipt).await.lost.as_deref(),
+            Some(LOST_IN_PIPELINE)
+        );
+
+        let (state, hold) = SendState::new(3, to(), &ctx, true, None);
+        let receipt = SendReceipt::waiting(state);
+        drop(hold);
+        assert_eq!(outcome(receipt).await.lost.as_deref(), Some(LOST_STOPPED));
+
+        let (state, hold) = SendState::new(4, to(), &ctx, true, None);
+        let receipt = SendReceipt::waiting(state.clone());
+        state.expect(1);
+        let done = Completion::shared(state, 0);
+        hold.release();
+        drop(done);
+        let o = outcome(receipt).await;
+        assert_eq!(o.results.len(), 1);
+        assert_eq!(o.results[0].result, Err(SendError::Stopped));
+    }
+
+    /// An ASYNCHRONOUS send's room goes back once every delivery is over, and a state no
+    /// receipt waits on keeps no outcome.
+    #[test]
+    fn an_asynchronous_send_gives_its_room_back_when_done() {
+        let ctx = ctx();
+        let room = Room::new(1, 100);
+        assert!(ctx.admission.try_admit(room));
+        let (state, hold) = SendState::new(5, to(), &ctx, false, Some(room));
+        state.expect(1);
+        hold.release();
+        assert_eq!(ctx.admission.queued(), room);
+        state.complete(0, Ok(Delivered::Sent));
+        assert_eq!(ctx.admission.queued(), Room::ZERO);
+        assert!(state.collected().finished.is_none());
     }
 }

@@ -15,7 +15,10 @@ use crate::{Delivered, SendError};
 /// Either a closure of its own ([`Completion::new`]), or one of many completions that report
 /// to the same object ([`Completion::shared`]): a receipt that collects the results of its
 /// frames to every destination. A shared completion costs no allocation per frame.
-pub struct Completion(CompletionFn);
+///
+/// Runs exactly once: a completion dropped without being run (a task that ended before
+/// completing it) runs with [`SendError::Stopped`] as it goes.
+pub struct Completion(Option<CompletionFn>);
 
 enum CompletionFn {
     Once(Box<dyn FnOnce(Result<Delivered, SendError>) + Send>),
@@ -32,19 +35,36 @@ pub trait Completions: Send + Sync + 'static {
 impl Completion {
     /// A completion that runs `f`.
     pub fn new(f: impl FnOnce(Result<Delivered, SendError>) + Send + 'static) -> Self {
-        Self(CompletionFn::Once(Box::new(f)))
+        Self(Some(CompletionFn::Once(Box::new(f))))
     }
 
     /// A completion that reports to `to` as its frame `index`.
     pub fn shared(to: Arc<dyn Completions>, index: usize) -> Self {
-        Self(CompletionFn::Shared(to, index))
+        Self(Some(CompletionFn::Shared(to, index)))
     }
 
     /// Runs the completion with the frame's result.
-    pub fn complete(self, result: Result<Delivered, SendError>) {
-        match self.0 {
-            CompletionFn::Once(f) => f(result),
-            CompletionFn::Shared(to, index) => to.complete(index, result),
+    pub fn complete(mut self, result: Result<Delivered, SendError>) {
+        if let Some(f) = self.0.take() {
+            f.run(result);
+        }
+    }
+}
+
+impl CompletionFn {
+    #[inline]
+    fn run(self, result: Result<Delivered, SendError>) {
+        match self {
+            Self::Once(f) => f(result),
+            Self::Shared(to, index) => to.complete(index, result),
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f.run(Err(SendError::Stopped));
         }
     }
 }
@@ -52,8 +72,9 @@ impl Completion {
 impl std::fmt::Debug for Completion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self.0 {
-            CompletionFn::Once(_) => "Completion::Once",
-            CompletionFn::Shared(..) => "Completion::Shared",
+            Some(CompletionFn::Once(_)) => "Completion::Once",
+            Some(CompletionFn::Shared(..)) => "Completion::Shared",
+            None => "Completion (run)",
         })
     }
 }
@@ -112,5 +133,29 @@ impl std::fmt::Debug for DataSend {
             .field("options", &self.options)
             .field("payload_len", &self.frame.payload.len())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// A completion runs exactly once: when completed (and not again as it goes), or, dropped
+    /// unrun, with `Stopped`.
+    #[test]
+    fn a_completion_runs_once_and_a_dropped_one_says_stopped() {
+        let runs = Arc::new(Mutex::new(Vec::new()));
+        let made = |runs: &Arc<Mutex<Vec<_>>>| {
+            let runs = runs.clone();
+            Completion::new(move |r| runs.lock().unwrap().push(r))
+        };
+        made(&runs).complete(Ok(Delivered::Acked));
+        drop(made(&runs));
+        assert_eq!(
+            *runs.lock().unwrap(),
+            [Ok(Delivered::Acked), Err(SendError::Stopped)]
+        );
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::admission::{Admission, Reservation, Room};
 use crate::core::{Outbound, ProbeError, Suspicion, Ticket};
 use crate::listener::{ChannelListener, ChannelMessage, ClusterListener};
-use crate::receipt::{SendContext, SendOutcome, SendReceipt, SendState};
+use crate::receipt::{Hold, SendContext, SendOutcome, SendReceipt, SendState};
 use crate::seams::{ChannelMembership, ChannelTransport};
 
 use super::config::{AsyncFullPolicy, ChannelConfig, ChannelError};
@@ -26,8 +26,8 @@ use super::stats::{ChannelCounters, ChannelStats, Mode, ModeStats};
 /// owner's queue, and an enum is as large as its largest variant (256 bytes with the member
 /// inline, 112 boxed: a send's own fields).
 pub(super) enum Command {
-    Send(Outbound, Arc<SendState>),
-    SendBatch(Vec<Outbound>, Arc<SendState>),
+    Send(Outbound, Hold),
+    SendBatch(Vec<Outbound>, Hold),
     ProbeResult(usize, Box<Member>, Result<(), ProbeError>),
     Suspect(Box<Member>, Suspicion),
     Leave(oneshot::Sender<()>),
@@ -282,7 +282,7 @@ impl ChannelHandle {
             l.message_sent(destinations, &payload, options);
         }
         let destinations = s.destinations(destinations);
-        let (state, receipt) = self
+        let (hold, receipt) = self
             .tracking(msg_id, &destinations, options, (1, payload.len()), reserved)
             .await?;
         let out = Outbound {
@@ -294,7 +294,7 @@ impl ChannelHandle {
             payload,
             ticket: Ticket(msg_id),
         };
-        self.command(Command::Send(out, state)).await?;
+        self.command(Command::Send(out, hold)).await?;
         s.counters.sent.fetch_add(1, Ordering::Relaxed);
         s.counters.count(options, len, true);
         self.pace(options, len).await;
@@ -311,24 +311,21 @@ impl ChannelHandle {
         options: SendOptions,
         (n, total): (usize, usize),
         reserved: Option<Reservation>,
-    ) -> Result<(Arc<SendState>, SendReceipt), ChannelError> {
+    ) -> Result<(Hold, SendReceipt), ChannelError> {
         let ctx = &self.shared.send_ctx;
         if options.contains(SendOptions::ASYNCHRONOUS) {
             let room = self.admit(n, total, reserved).await?;
-            let state = SendState::new(msg_id, destinations.clone(), ctx, None, Some(room));
+            let (_, hold) = SendState::new(msg_id, destinations.clone(), ctx, false, Some(room));
             let receipt = SendReceipt::ready(SendOutcome {
                 msg_id,
                 queued: true,
                 results: Vec::new(),
                 lost: None,
             });
-            return Ok((state, receipt));
+            return Ok((hold, receipt));
         }
-        let (tx, rx) = oneshot::channel();
-        Ok((
-            SendState::new(msg_id, destinations.clone(), ctx, Some(tx), None),
-            SendReceipt::waiting(msg_id, rx),
-        ))
+        let (state, hold) = SendState::new(msg_id, destinations.clone(), ctx, true, None);
+        Ok((hold, SendReceipt::waiting(state)))
     }
 
     /// Sends every payload of `payloads`, in order, to `destinations` with `options`, as one
@@ -389,7 +386,7 @@ impl ChannelHandle {
             }
         }
         let destinations = s.destinations(destinations);
-        let (state, receipt) = self
+        let (hold, receipt) = self
             .tracking(first, &destinations, options, (n, total), None)
             .await?;
         let outs: Vec<Outbound> = payloads
@@ -410,7 +407,7 @@ impl ChannelHandle {
                 }
             })
             .collect();
-        self.command(Command::SendBatch(outs, state)).await?;
+        self.command(Command::SendBatch(outs, hold)).await?;
         s.counters.sent.fetch_add(n as u64, Ordering::Relaxed);
         self.pace(options, total).await;
         Ok(receipt)

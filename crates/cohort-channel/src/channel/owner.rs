@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::core::{Outbound, Output, Pipeline, Suspicion, TagKind, Ticket};
 use crate::listener::ChannelMessage;
-use crate::receipt::SendState;
+use crate::receipt::{Hold, SendState};
 use crate::seams::{ChannelMembership, ChannelTransport};
 
 use super::completion::Suspecter;
@@ -59,7 +59,7 @@ pub(super) struct Owner<N: Net> {
     pub(super) claims: Arc<RwLock<Arc<[Claim]>>>,
     /// Tickets of the send commands in the current pass, and their receipts.
     pub(super) staged: Vec<Ticket>,
-    pub(super) staged_states: Vec<Arc<SendState>>,
+    pub(super) staged_states: Vec<Hold>,
     /// The wall clock (ms) as read at the start of the current drain: frames are stamped
     /// with it.
     pub(super) wall_ms: u64,
@@ -270,8 +270,9 @@ impl<N: Net> Owner<N> {
         &mut self,
         now: std::time::Instant,
         outs: impl IntoIterator<Item = Outbound>,
-        state: &Arc<SendState>,
+        hold: Hold,
     ) {
+        let state = hold.state();
         // A batch's messages share one ticket (they complete one receipt): entered once.
         let mut last = None;
         for out in outs {
@@ -282,7 +283,7 @@ impl<N: Net> Owner<N> {
             }
             self.pipeline.send(now, out);
         }
-        self.staged_states.push(state.clone());
+        self.staged_states.push(hold);
     }
 
     /// The staged commands' outputs are carried out: later outputs of their messages (an
@@ -292,8 +293,8 @@ impl<N: Net> Owner<N> {
         for t in self.staged.drain(..) {
             self.tickets.remove(&t);
         }
-        for state in self.staged_states.drain(..) {
-            state.done_one();
+        for hold in self.staged_states.drain(..) {
+            hold.release();
         }
     }
 
@@ -305,13 +306,13 @@ impl<N: Net> Owner<N> {
         cmd: Command,
     ) -> std::ops::ControlFlow<Command, usize> {
         match cmd {
-            Command::Send(out, state) => {
-                self.stage(now, [out], &state);
+            Command::Send(out, hold) => {
+                self.stage(now, [out], hold);
                 std::ops::ControlFlow::Continue(1)
             }
-            Command::SendBatch(outs, state) => {
+            Command::SendBatch(outs, hold) => {
                 let n = outs.len().max(1);
-                self.stage(now, outs, &state);
+                self.stage(now, outs, hold);
                 std::ops::ControlFlow::Continue(n)
             }
             other => std::ops::ControlFlow::Break(other),
