@@ -212,47 +212,66 @@ impl InFlight {
         }
     }
 
-    /// Runs the completions the cores decided, and drops the cores with nothing in flight.
+    /// Runs the completions every core decided, and drops the cores with nothing in flight.
     fn complete(&mut self, counters: &Counters) {
         let (timeout, stopped) = (self.timeout, self.stopped);
-        let mut total = self.total;
+        let mut done = 0;
         self.by_dest.retain(|addr, core| {
-            while let Some(c) = core.poll_completed() {
-                total -= 1;
-                let result = match c.outcome {
-                    _ if stopped => Err(SendError::Stopped),
-                    Outcome::Acked => {
-                        Counters::inc(&counters.acked);
-                        Ok(Delivered::Acked)
-                    }
-                    Outcome::FailAck(reason) => {
-                        Counters::inc(&counters.fail_acked);
-                        Err(SendError::FailAck {
-                            addr: *addr,
-                            reason,
-                        })
-                    }
-                    Outcome::Timeout => {
-                        Counters::inc(&counters.ack_timeouts);
-                        Err(SendError::Timeout {
-                            addr: *addr,
-                            after: timeout,
-                        })
-                    }
-                    Outcome::Lost(reason) => Err(SendError::Udp {
-                        addr: *addr,
-                        reason,
-                    }),
-                };
-                if result.is_err() {
-                    Counters::inc(&counters.send_failures);
-                }
-                c.token.complete(result);
-            }
+            done += run_completed(*addr, core, timeout, stopped, counters);
             !core.is_empty()
         });
-        self.total = total;
+        self.total -= done;
     }
+
+    /// [`InFlight::complete`] for one destination's core (the only one a registration or an
+    /// ACK from `addr` touched): no walk over every destination per datagram.
+    fn complete_at(&mut self, addr: SocketAddr, counters: &Counters) {
+        let Some(core) = self.by_dest.get_mut(&addr) else {
+            return;
+        };
+        self.total -= run_completed(addr, core, self.timeout, self.stopped, counters);
+        if core.is_empty() {
+            self.by_dest.remove(&addr);
+        }
+    }
+}
+
+/// Runs what `core` (the datagrams sent to `addr`) has completed; returns how many.
+fn run_completed(
+    addr: SocketAddr,
+    core: &mut Outbound<Completion>,
+    timeout: Duration,
+    stopped: bool,
+    counters: &Counters,
+) -> usize {
+    let mut n = 0;
+    while let Some(c) = core.poll_completed() {
+        n += 1;
+        let result = match c.outcome {
+            _ if stopped => Err(SendError::Stopped),
+            Outcome::Acked => {
+                Counters::inc(&counters.acked);
+                Ok(Delivered::Acked)
+            }
+            Outcome::FailAck(reason) => {
+                Counters::inc(&counters.fail_acked);
+                Err(SendError::FailAck { addr, reason })
+            }
+            Outcome::Timeout => {
+                Counters::inc(&counters.ack_timeouts);
+                Err(SendError::Timeout {
+                    addr,
+                    after: timeout,
+                })
+            }
+            Outcome::Lost(reason) => Err(SendError::Udp { addr, reason }),
+        };
+        if result.is_err() {
+            Counters::inc(&counters.send_failures);
+        }
+        c.token.complete(result);
+    }
+    n
 }
 
 async fn run<N: Net>(
@@ -288,7 +307,7 @@ async fn run<N: Net>(
                         Counters::add(&counters.bytes_sent, out.frame.len() as u64);
                         if out.want_ack {
                             in_flight.register(Instant::now().into_std(), out.to, out.msg_id, out.done);
-                            in_flight.complete(&counters);
+                            in_flight.complete_at(out.to, &counters);
                         } else {
                             out.done.complete(Ok(Delivered::Sent));
                         }
@@ -346,7 +365,7 @@ async fn run<N: Net>(
                         Counters::inc(&counters.ack_frames_received);
                         // Only what was sent to `from` (an ACK from elsewhere names nothing).
                         in_flight.on_ack(Instant::now().into_std(), from, &ack, &counters);
-                        in_flight.complete(&counters);
+                        in_flight.complete_at(from, &counters);
                     }
                     Frame::Hello(_) | Frame::Challenge(_) => { Counters::inc(&counters.datagrams_dropped); }
                 }
