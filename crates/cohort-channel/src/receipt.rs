@@ -45,8 +45,9 @@ pub struct SendOutcome {
     /// says why none arrived.
     pub results: Vec<MemberResult>,
     /// Set when results were expected and none arrived: no frame of the message left the
-    /// pipeline (an interceptor dropped it), or the channel stopped before the send
-    /// completed.
+    /// pipeline (an interceptor dropped it), or the channel stopped before it dispatched the
+    /// message. A destination whose delivery the channel's stop cut short has its own
+    /// result, `SendError::Stopped`.
     pub lost: Option<String>,
 }
 
@@ -211,6 +212,8 @@ pub(crate) struct SendContext {
     pub(crate) admission: Arc<Admission>,
     /// Gets the outcomes of ASYNCHRONOUS sends.
     pub(crate) error_handler: Option<Arc<dyn ErrorHandler>>,
+    /// Limits the warnings of a panicking error handler.
+    pub(crate) warn: cohort_net::WarnLimiter,
 }
 
 /// Collects per-destination results of one application message (all its frames), or of a
@@ -346,7 +349,8 @@ impl SendState {
             })
         };
         self.release_admission();
-        if let Some(h) = self.ctx.error_handler.as_ref().filter(|_| self.to_handler) {
+        let reported = self.to_handler && !self.abandoned.load(Ordering::Acquire);
+        if let Some(h) = self.ctx.error_handler.as_ref().filter(|_| reported) {
             let results = std::mem::take(&mut self.collected().results);
             let outcome = SendOutcome {
                 msg_id: self.msg_id,
@@ -354,10 +358,24 @@ impl SendState {
                 lost: lost(results.is_empty()).map(str::to_owned),
                 results,
             };
-            if outcome.is_ok() {
-                h.handle_completion(&outcome);
-            } else {
-                h.handle_error(&outcome);
+            // The handler's bug must not unwind through a transport task (and drop the
+            // completions it has yet to run).
+            let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                if outcome.is_ok() {
+                    h.handle_completion(&outcome);
+                } else {
+                    h.handle_error(&outcome);
+                }
+            }));
+            if handled.is_err() {
+                let now = std::time::Instant::now();
+                if let Some(suppressed) = self.ctx.warn.allow("error_handler_panicked", now) {
+                    tracing::warn!(
+                        msg_id = self.msg_id,
+                        suppressed,
+                        "an error handler panicked"
+                    );
+                }
             }
             return;
         }
@@ -377,9 +395,11 @@ impl SendState {
 }
 
 /// The driver's hold on a [`SendState`] (one of its `remaining`): given back by
-/// [`Hold::release`] once the send is dispatched. Dropped without that (the command never
-/// reached the channel's task, or the task ended first), it is given back all the same and
-/// the outcome says the channel stopped: a waiting receipt always resolves.
+/// [`Hold::release`] once the send is dispatched. Dropped without that (the send never
+/// reached the channel's task: it failed with `ChannelError::Stopped`, or its caller gave up
+/// waiting for room in the command queue; or the task ended first), it is given back all the
+/// same: a waiting receipt resolves with the channel stopped, and the error handler hears
+/// nothing (as before receipts waited on their state).
 pub(crate) struct Hold(Option<Arc<SendState>>);
 
 impl Hold {
@@ -455,6 +475,7 @@ mod tests {
             suspecter: Arc::new(NoSuspicion),
             admission: Arc::new(Admission::new(Room::new(16, 1 << 20))),
             error_handler: None,
+            warn: cohort_net::WarnLimiter::new(cohort_net::WARN_INTERVAL),
         })
     }
 
@@ -516,6 +537,47 @@ mod tests {
         let o = outcome(receipt).await;
         assert_eq!(o.results.len(), 1);
         assert_eq!(o.results[0].result, Err(SendError::Stopped));
+    }
+
+    /// The error handler hears of ASYNCHRONOUS sends that were dispatched, not of one whose
+    /// hold was dropped (the application saw it fail, or never saw it accepted); a handler
+    /// that panics is caught, and the room goes back all the same.
+    #[test]
+    fn the_error_handler_hears_of_dispatched_sends_and_may_panic() {
+        struct Panicky(std::sync::atomic::AtomicUsize);
+        impl ErrorHandler for Panicky {
+            fn handle_error(&self, _: &SendOutcome) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                panic!("a handler's bug");
+            }
+        }
+        let handler = Arc::new(Panicky(std::sync::atomic::AtomicUsize::new(0)));
+        let ctx = Arc::new(SendContext {
+            error_handler: Some(handler.clone()),
+            ..Arc::try_unwrap(ctx()).ok().unwrap()
+        });
+        let room = Room::new(1, 100);
+        assert!(ctx.admission.try_admit(room));
+        let (_, hold) = SendState::new(6, to(), &ctx, false, Some(room));
+        drop(hold);
+        assert_eq!(
+            handler.0.load(Ordering::SeqCst),
+            0,
+            "not dispatched: not reported"
+        );
+        assert_eq!(ctx.admission.queued(), Room::ZERO);
+
+        assert!(ctx.admission.try_admit(room));
+        let (state, hold) = SendState::new(7, to(), &ctx, false, Some(room));
+        state.expect(1);
+        hold.release();
+        state.complete(0, Err(SendError::Stopped));
+        assert_eq!(
+            handler.0.load(Ordering::SeqCst),
+            1,
+            "reported, and the panic caught"
+        );
+        assert_eq!(ctx.admission.queued(), Room::ZERO);
     }
 
     /// An ASYNCHRONOUS send's room goes back once every delivery is over, and a state no

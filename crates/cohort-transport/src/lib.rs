@@ -259,10 +259,25 @@ pub struct AckToken {
     done: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) enum AckSink {
     Tcp(mpsc::UnboundedSender<AckMsg>),
-    Udp(mpsc::Sender<(SocketAddr, AckMsg)>, SocketAddr),
+    /// The UDP socket task's ACK queue, the address to answer, and where a dropped ACK is
+    /// counted.
+    Udp(
+        mpsc::Sender<(SocketAddr, AckMsg)>,
+        SocketAddr,
+        Arc<Counters>,
+    ),
+}
+
+impl std::fmt::Debug for AckSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(_) => f.write_str("AckSink::Tcp"),
+            Self::Udp(_, to, _) => write!(f, "AckSink::Udp({to})"),
+        }
+    }
 }
 
 impl std::fmt::Debug for AckMsg {
@@ -303,9 +318,12 @@ impl AckToken {
             AckSink::Tcp(tx) => {
                 let _ = tx.send(msg);
             }
-            // The UDP ACK queue is bounded; a full queue drops the ACK, as UDP would.
-            AckSink::Udp(tx, to) => {
-                let _ = tx.try_send((*to, msg));
+            // The UDP ACK queue is bounded; a full queue drops the ACK, as UDP would, and
+            // counts it.
+            AckSink::Udp(tx, to, counters) => {
+                if tx.try_send((*to, msg)).is_err() {
+                    Counters::inc(&counters.datagrams_dropped);
+                }
             }
         }
     }

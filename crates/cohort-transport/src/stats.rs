@@ -90,7 +90,8 @@ counters! {
     unknown_acks,
     /// Datagrams received on the UDP data port.
     datagrams_received,
-    /// Datagrams dropped (malformed, foreign, or the inbound queue full).
+    /// Datagrams dropped (malformed, foreign, or the inbound queue full), and UDP ACKs not
+    /// sent because the socket task's ACK queue (`UDP_ACK_QUEUE`) was full.
     datagrams_dropped,
     /// Datagrams sent to the multicast group (the MULTICAST option's data path).
     multicast_sent,

@@ -346,11 +346,13 @@ async fn run<N: Net>(
                         let msg_id = data.header.msg_id;
                         let mut ack = None;
                         if opts.contains(SendOptions::USE_ACK) {
-                            let sink = AckSink::Udp(ack_tx.clone(), from);
+                            let sink = AckSink::Udp(ack_tx.clone(), from, counters.clone());
                             if opts.contains(SendOptions::SYNCHRONIZED_ACK) {
                                 ack = Some(AckToken { msg_id, sink, permit: None, done: false });
                             } else {
-                                let _ = ack_tx.try_send((from, AckMsg::Ack(msg_id, None)));
+                                if ack_tx.try_send((from, AckMsg::Ack(msg_id, None))).is_err() {
+                                    Counters::inc(&counters.datagrams_dropped);
+                                }
                             }
                         }
                         let received = Received { hello: None, peer: from, frame: data, ack, via: Via::Udp, budget: None };

@@ -314,6 +314,7 @@ impl ChannelBuilder {
                 suspecter: suspecter.clone(),
                 admission: admission.clone(),
                 error_handler: self.error_handler,
+                warn: cohort_net::WarnLimiter::new(cohort_net::WARN_INTERVAL),
             }),
             cmd: cmd_tx,
             ids,
