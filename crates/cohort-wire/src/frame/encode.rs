@@ -360,22 +360,16 @@ pub(crate) fn encode_data_around(
     Ok(crc.finalize().to_be_bytes())
 }
 
-/// Checks the lengths and writes the prefix and the header.
-fn write_head(
+/// A frame's prefix, once its lengths are checked against `limits` (header first, then
+/// payload).
+fn frame_prefix(
     kind: FrameKind,
-    header: &Header<'_>,
-    payload_len: usize,
     version: u8,
-    limits: &WireLimits,
     signed: bool,
-    out: &mut BytesMut,
-) -> Result<(), EncodeError> {
-    if let Header::Data(h) = header {
-        if h.0.extensions.is_empty() {
-            return write_data_head(kind, h, payload_len, version, limits, signed, out);
-        }
-    }
-    let header_len = header.encoded_len();
+    header_len: usize,
+    payload_len: usize,
+    limits: &WireLimits,
+) -> Result<[u8; FRAME_PREFIX_LEN], EncodeError> {
     if header_len > limits.max_frame_header as usize {
         return Err(too_large(
             "frame header",
@@ -395,30 +389,48 @@ fn write_head(
         u32::try_from(header_len).map_err(|_| too_large("frame header", header_len, 0))?,
         u32::try_from(payload_len).map_err(|_| too_large("frame payload", payload_len, 0))?,
     );
-    let tag_len = if signed { TAG_LEN } else { 0 };
-    let start = out.len();
-    out.reserve(FRAME_PREFIX_LEN + header_len + payload_len + tag_len + CRC_LEN);
-    let prefix = [
+    let mut prefix = [0u8; FRAME_PREFIX_LEN];
+    prefix[..4].copy_from_slice(&FRAME_MAGIC);
+    prefix[4..8].copy_from_slice(&[
         version,
         kind as u8,
         if signed { FLAG_AUTHENTICATED } else { 0 },
         0,
-    ];
-    let put_prefix = |o: &mut dyn Put| {
-        o.bytes(&FRAME_MAGIC);
-        o.bytes(&prefix);
-        o.bytes(&header_len32.to_be_bytes());
-        o.bytes(&payload_len32.to_be_bytes());
-    };
+    ]);
+    prefix[8..12].copy_from_slice(&header_len32.to_be_bytes());
+    prefix[12..16].copy_from_slice(&payload_len32.to_be_bytes());
+    Ok(prefix)
+}
+
+/// Checks the lengths and writes the prefix and the header.
+fn write_head(
+    kind: FrameKind,
+    header: &Header<'_>,
+    payload_len: usize,
+    version: u8,
+    limits: &WireLimits,
+    signed: bool,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    if let Header::Data(h) = header {
+        if h.0.extensions.is_empty() {
+            return write_data_head(kind, h, payload_len, version, limits, signed, out);
+        }
+    }
+    let header_len = header.encoded_len();
+    let prefix = frame_prefix(kind, version, signed, header_len, payload_len, limits)?;
+    let tag_len = if signed { TAG_LEN } else { 0 };
+    let start = out.len();
+    out.reserve(FRAME_PREFIX_LEN + header_len + payload_len + tag_len + CRC_LEN);
     match header {
         Header::Data(h) if FRAME_PREFIX_LEN + header_len <= HEAD_ROOM => {
             let mut head = HeadBuf::new();
-            put_prefix(&mut head);
+            head.bytes(&prefix);
             h.encode_raw(&mut head);
             out.put_slice(head.as_slice());
         }
         _ => {
-            put_prefix(out);
+            out.put_slice(&prefix);
             header.encode_raw(out);
         }
     }
@@ -445,36 +457,8 @@ fn write_data_head(
     // Without extensions at most 57 bytes: it fits.
     h.encode_raw(&mut head);
     let header_len = head.len - FRAME_PREFIX_LEN;
-    if header_len > limits.max_frame_header as usize {
-        return Err(too_large(
-            "frame header",
-            header_len,
-            limits.max_frame_header.into(),
-        ));
-    }
-    if payload_len > limits.max_frame_payload as usize {
-        return Err(too_large(
-            "frame payload",
-            payload_len,
-            limits.max_frame_payload.into(),
-        ));
-    }
-    let (header_len32, payload_len32) = (
-        u32::try_from(header_len).map_err(|_| too_large("frame header", header_len, 0))?,
-        u32::try_from(payload_len).map_err(|_| too_large("frame payload", payload_len, 0))?,
-    );
-    let mut prefix = HeadBuf::new();
-    prefix.bytes(&FRAME_MAGIC);
-    prefix.bytes(&[
-        version,
-        kind as u8,
-        if signed { FLAG_AUTHENTICATED } else { 0 },
-        0,
-    ]);
-    prefix.bytes(&header_len32.to_be_bytes());
-    prefix.bytes(&payload_len32.to_be_bytes());
-    debug_assert_eq!(prefix.len, FRAME_PREFIX_LEN);
-    head.buf[..FRAME_PREFIX_LEN].copy_from_slice(prefix.as_slice());
+    let prefix = frame_prefix(kind, version, signed, header_len, payload_len, limits)?;
+    head.buf[..FRAME_PREFIX_LEN].copy_from_slice(&prefix);
     let tag_len = if signed { TAG_LEN } else { 0 };
     out.reserve(head.len + payload_len + tag_len + CRC_LEN);
     out.put_slice(head.as_slice());
