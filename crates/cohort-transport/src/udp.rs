@@ -247,28 +247,17 @@ fn run_completed(
     let mut n = 0;
     while let Some(c) = core.poll_completed() {
         n += 1;
-        let result = match c.outcome {
-            _ if stopped => Err(SendError::Stopped),
-            Outcome::Acked => {
-                Counters::inc(&counters.acked);
-                Ok(Delivered::Acked)
-            }
-            Outcome::FailAck(reason) => {
-                Counters::inc(&counters.fail_acked);
-                Err(SendError::FailAck { addr, reason })
-            }
-            Outcome::Timeout => {
-                Counters::inc(&counters.ack_timeouts);
-                Err(SendError::Timeout {
-                    addr,
-                    after: timeout,
-                })
-            }
-            Outcome::Lost(reason) => Err(SendError::Udp { addr, reason }),
-        };
-        if result.is_err() {
+        let result = if stopped {
             Counters::inc(&counters.send_failures);
-        }
+            Err(SendError::Stopped)
+        } else {
+            if c.outcome == Outcome::Acked {
+                Counters::inc(&counters.acked);
+            }
+            crate::sender::settle(c.outcome, addr, timeout, counters, |addr, reason| {
+                SendError::Udp { addr, reason }
+            })
+        };
         c.token.complete(result);
     }
     n

@@ -297,32 +297,13 @@ impl<N: Net> Lane<N> {
         latencies.add_to(&counters.ack_latency);
         Counters::add(&counters.acked, acked);
         for c in done.drain(..) {
-            let result = match c.outcome {
-                Outcome::Acked => Ok(Delivered::Acked),
-                Outcome::FailAck(reason) => {
-                    Counters::inc(&counters.fail_acked);
-                    Counters::inc(&counters.send_failures);
-                    Err(SendError::FailAck {
-                        addr: self.addr,
-                        reason,
-                    })
-                }
-                Outcome::Timeout => {
-                    Counters::inc(&counters.ack_timeouts);
-                    Counters::inc(&counters.send_failures);
-                    Err(SendError::Timeout {
-                        addr: self.addr,
-                        after: self.shared.config.send_timeout,
-                    })
-                }
-                Outcome::Lost(reason) => {
-                    Counters::inc(&counters.send_failures);
-                    Err(SendError::ConnectionLost {
-                        addr: self.addr,
-                        reason,
-                    })
-                }
-            };
+            let result = super::settle(
+                c.outcome,
+                self.addr,
+                self.shared.config.send_timeout,
+                counters,
+                |addr, reason| SendError::ConnectionLost { addr, reason },
+            );
             c.token.complete(result);
         }
         self.completed = done;

@@ -27,9 +27,9 @@ use cohort_wire::SendOptions;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::core::Backoff;
+use crate::core::{Backoff, Outcome};
 use crate::stats::Counters;
-use crate::{Completion, DataSend, OutFrame, PeerState, SendError, Shared};
+use crate::{Completion, DataSend, Delivered, OutFrame, PeerState, SendError, Shared};
 
 mod lane;
 
@@ -175,6 +175,35 @@ pub(crate) fn send_many<N: Net>(shared: &Arc<Shared<N>>, addr: SocketAddr, frame
         }
         _ => peer.enqueue(shared, Entry::Many(admitted)),
     }
+}
+
+/// What an in-flight message's outcome means to its sender, on TCP and UDP alike, with the
+/// failures counted (`Acked` is not: callers count ACKs in bulk). `lost` is the error of a
+/// message its path lost (a closed connection, a reused id).
+pub(crate) fn settle(
+    outcome: Outcome,
+    addr: SocketAddr,
+    timeout: Duration,
+    counters: &Counters,
+    lost: impl FnOnce(SocketAddr, String) -> SendError,
+) -> Result<Delivered, SendError> {
+    let error = match outcome {
+        Outcome::Acked => return Ok(Delivered::Acked),
+        Outcome::FailAck(reason) => {
+            Counters::inc(&counters.fail_acked);
+            SendError::FailAck { addr, reason }
+        }
+        Outcome::Timeout => {
+            Counters::inc(&counters.ack_timeouts);
+            SendError::Timeout {
+                addr,
+                after: timeout,
+            }
+        }
+        Outcome::Lost(reason) => lost(addr, reason),
+    };
+    Counters::inc(&counters.send_failures);
+    Err(error)
 }
 
 fn fail<N: Net>(shared: &Shared<N>, e: SendError, done: Completion) {
