@@ -314,13 +314,19 @@ impl AckToken {
             None => AckMsg::Ack(self.msg_id, permit),
             Some(reason) => AckMsg::Fail(self.msg_id, truncate(reason), permit),
         };
-        match &self.sink {
-            AckSink::Tcp(tx) => {
+        self.sink.send(msg);
+    }
+}
+
+impl AckSink {
+    /// Hands `msg` to the connection's ACK writer or the UDP socket task. The UDP ACK queue
+    /// is bounded: a full queue drops the ACK, as UDP would, and counts it.
+    pub(crate) fn send(&self, msg: AckMsg) {
+        match self {
+            Self::Tcp(tx) => {
                 let _ = tx.send(msg);
             }
-            // The UDP ACK queue is bounded; a full queue drops the ACK, as UDP would, and
-            // counts it.
-            AckSink::Udp(tx, to, counters) => {
+            Self::Udp(tx, to, counters) => {
                 if tx.try_send((*to, msg)).is_err() {
                     Counters::inc(&counters.datagrams_dropped);
                 }

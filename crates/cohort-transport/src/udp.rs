@@ -339,9 +339,7 @@ async fn run<N: Net>(
                             if opts.contains(SendOptions::SYNCHRONIZED_ACK) {
                                 ack = Some(AckToken { msg_id, sink, permit: None, done: false });
                             } else {
-                                if ack_tx.try_send((from, AckMsg::Ack(msg_id, None))).is_err() {
-                                    Counters::inc(&counters.datagrams_dropped);
-                                }
+                                sink.send(AckMsg::Ack(msg_id, None));
                             }
                         }
                         let received = Received { hello: None, peer: from, frame: data, ack, via: Via::Udp, budget: None };
