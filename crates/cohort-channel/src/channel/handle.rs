@@ -551,25 +551,19 @@ impl ChannelHandle {
         &self.shared.local
     }
 
-    /// Starts `task` on `rt` as one of the channel's tasks (see `tasks.rs`): false, and
-    /// counted in `tasks_refused`, when [`super::tasks::MAX_TASKS`] run already or the channel
-    /// stopped (the task is dropped unpolled).
+    /// Starts `task` on `rt` as one of the channel's tasks (see `tasks.rs`); when
+    /// [`super::tasks::MAX_TASKS`] run already (counted in `tasks_refused`) or the channel
+    /// stopped, the task is dropped unpolled.
     pub(crate) fn spawn_task(
         &self,
         rt: &tokio::runtime::Handle,
         task: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> bool {
-        match self.shared.tasks.spawn(rt, task) {
-            Ok(()) => true,
-            Err(why) => {
-                if why == super::tasks::Refused::Full {
-                    self.shared
-                        .counters
-                        .tasks_refused
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                false
-            }
+    ) {
+        if self.shared.tasks.spawn(rt, task) == Err(super::tasks::Refused::Full) {
+            self.shared
+                .counters
+                .tasks_refused
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
