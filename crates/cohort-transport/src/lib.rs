@@ -752,3 +752,52 @@ impl MemberAddr for Member {
         SocketAddr::new(self.addr, self.port)
     }
 }
+
+#[cfg(test)]
+mod ack_sink_tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    fn token(msg_id: u64, sink: AckSink) -> AckToken {
+        AckToken {
+            msg_id,
+            sink,
+            permit: None,
+            done: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_udp_ack_that_finds_its_queue_full_is_dropped_and_counted() {
+        let counters = Arc::new(stats::Counters::default());
+        let (tx, mut rx) = mpsc::channel(1);
+        let to: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let sink = AckSink::Udp(tx, to, counters.clone());
+        token(1, sink.clone()).ack();
+        token(2, sink.clone()).fail("no");
+        // Dropped unprocessed: a FAIL_ACK, which finds the queue as full.
+        drop(token(3, sink));
+        assert_eq!(counters.datagrams_dropped.load(Ordering::Relaxed), 2);
+        let (addr, first) = rx.recv().await.unwrap();
+        assert_eq!(addr, to);
+        assert!(matches!(first, AckMsg::Ack(1, None)), "{first:?}");
+        assert!(rx.try_recv().is_err(), "nothing else was queued");
+    }
+
+    #[tokio::test]
+    async fn a_token_sends_one_answer_however_it_ends() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        token(7, AckSink::Tcp(tx.clone())).fail("listener failed");
+        drop(token(8, AckSink::Tcp(tx)));
+        let got: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|m| format!("{m:?}"))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "Fail(7, listener failed)",
+                "Fail(8, dropped before it was processed)"
+            ]
+        );
+    }
+}
