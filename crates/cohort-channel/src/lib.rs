@@ -16,7 +16,8 @@
 //! - **RPC**: [`RpcChannel`] with reply modes first / majority / all / none and a timeout.
 //! - **Seams**: the transport and the membership service are behind [`ChannelTransport`] and
 //!   [`ChannelMembership`]; services start and stop by Tribes' flags (3 = without membership).
-//!   With the `tower` feature, [`ChannelHandle`] is a `tower_service::Service` for sends.
+//!   With the `tower` feature, `ChannelHandle::into_service` gives a `ChannelService`, a
+//!   `tower_service::Service` for sends whose `poll_ready` reserves a place in the queue.
 //!
 //! ```
 //! use std::sync::Arc;

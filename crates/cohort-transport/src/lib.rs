@@ -14,8 +14,12 @@
 //!   it reports a failure). Writes are coalesced: queued frames go out in one write of up to
 //!   `write_batch_bytes`.
 //!
-//! Frames come pre-encoded from the layer above (encoded once for all destinations); the
-//! transport reads only what it must (kind, message id, options, sender).
+//! Data frames come either encoded by the layer above ([`TransportHandle::send`]: encoded once
+//! for all destinations, as keyed and multicast frames are) or as header and payload
+//! ([`TransportHandle::send_data`], [`TransportHandle::send_data_many`]), which each
+//! connection's lane encodes straight into its write buffer, or around a large payload that
+//! it then writes in place. Of a received frame the transport reads only what it must (kind,
+//! message id, options, sender).
 //!
 //! ```
 //! use std::net::SocketAddr;

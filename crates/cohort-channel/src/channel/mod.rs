@@ -8,12 +8,13 @@
 //! - `inbound`: received frames as the pipeline's input;
 //! - `pending`: a drain's data frames grouped by destination, handed to the transport
 //!   together;
-//! - `delivery`: the delivery thread where listeners run (or the owner task, when every
-//!   listener says it never blocks);
+//! - `delivery`: the delivery thread where listeners run (or the owner task, while there is
+//!   no cluster listener and every channel and RPC listener says it never blocks);
 //! - `probes`: failure detectors' probes, carried out by the transport;
 //! - `stats`: [`ChannelStats`] and the per-mode counters;
-//! - `tasks`: the tasks the channel starts outside its owner (RPC replies and answers),
-//!   bounded, and aborted by the last stop.
+//! - `tasks`: the tasks the channel starts outside its owner (RPC replies that wait for room,
+//!   asynchronous handlers' answers, "no RPC channel" answers), bounded, and aborted by the
+//!   last stop.
 
 mod builder;
 mod completion;
