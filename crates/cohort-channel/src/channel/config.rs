@@ -23,7 +23,10 @@ pub struct ChannelConfig {
     /// is queued, ASYNCHRONOUS sends yield to the runtime once per 64 KiB sent: on a one-thread
     /// runtime (the node's default) the channel's task and its connections then write what is
     /// queued while it is still in the CPU's caches. A queue that cannot drain (a stalled
-    /// member) still fills to this bound; a bound of 1 MiB or less never paces.
+    /// member) still fills to this bound; a bound of 1 MiB or less never paces. A sender of
+    /// batches (`send_many`) that outruns its peers keeps the queue full, and each payload is
+    /// written this many bytes after it was made, out of the caches: for it a few MiB is
+    /// faster (2 MiB: about a tenth, in docs/BENCHMARKS.md).
     #[cfg_attr(
         feature = "serde",
         serde(deserialize_with = "cohort_wire::serde_ms::size")
