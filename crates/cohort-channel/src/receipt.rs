@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use cohort_transport::{Delivered, SendError};
 use cohort_wire::{Member, MemberId};
+use smallvec::SmallVec;
 
 use crate::admission::{Admission, Room};
 
@@ -32,6 +33,72 @@ pub struct MemberResult {
     pub result: Result<Delivered, SendError>,
 }
 
+/// The per-destination results of a send ([`SendOutcome::results`]): a slice of
+/// [`MemberResult`] (it dereferences to `[MemberResult]`). A send to one member keeps its one
+/// result in place, without an allocation of its own: an ACKed send to one member allocates
+/// its state and nothing else.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberResults(SmallVec<[MemberResult; 1]>);
+
+impl MemberResults {
+    /// No results.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The results as a `Vec` (allocates when they were held in place).
+    pub fn into_vec(self) -> Vec<MemberResult> {
+        self.0.into_vec()
+    }
+
+    fn push(&mut self, r: MemberResult) {
+        self.0.push(r);
+    }
+
+    fn reserve_exact(&mut self, n: usize) {
+        self.0.reserve_exact(n);
+    }
+}
+
+impl std::ops::Deref for MemberResults {
+    type Target = [MemberResult];
+
+    fn deref(&self) -> &[MemberResult] {
+        &self.0
+    }
+}
+
+impl From<Vec<MemberResult>> for MemberResults {
+    fn from(v: Vec<MemberResult>) -> Self {
+        Self(SmallVec::from_vec(v))
+    }
+}
+
+impl FromIterator<MemberResult> for MemberResults {
+    fn from_iter<I: IntoIterator<Item = MemberResult>>(iter: I) -> Self {
+        Self(iter.into_iter().collect())
+    }
+}
+
+impl IntoIterator for MemberResults {
+    type Item = MemberResult;
+    type IntoIter = std::vec::IntoIter<MemberResult>;
+
+    /// By value (as a `Vec`'s iterator: allocates when the results were held in place).
+    fn into_iter(self) -> Self::IntoIter {
+        self.into_vec().into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a MemberResults {
+    type Item = &'a MemberResult;
+    type IntoIter = std::slice::Iter<'a, MemberResult>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
 /// How a send ended, per destination.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SendOutcome {
@@ -43,7 +110,7 @@ pub struct SendOutcome {
     /// One entry per destination and frame (several when an interceptor split the message).
     /// Empty for a queued ASYNCHRONOUS outcome (no results expected here), and when `lost`
     /// says why none arrived.
-    pub results: Vec<MemberResult>,
+    pub results: MemberResults,
     /// Set when results were expected and none arrived: no frame of the message left the
     /// pipeline (an interceptor dropped it), or the channel stopped before it dispatched the
     /// message. A destination whose delivery the channel's stop cut short has its own
@@ -114,7 +181,11 @@ pub struct SendReceipt {
 }
 
 enum ReceiptState {
-    Ready(Option<SendOutcome>),
+    /// An ASYNCHRONOUS send's: its outcome says it was queued (built when polled, so the
+    /// receipt stays small: it holds no outcome).
+    Queued,
+    /// The outcome was returned.
+    Done,
     /// The send's own state: its outcome is left there, and this receipt woken (no channel
     /// of its own: one allocation less per send).
     Waiting(Arc<SendState>),
@@ -123,17 +194,19 @@ enum ReceiptState {
 impl std::fmt::Debug for ReceiptState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Ready(o) => f.debug_tuple("Ready").field(o).finish(),
+            Self::Queued => f.write_str("Queued"),
+            Self::Done => f.write_str("Done"),
             Self::Waiting(s) => f.debug_tuple("Waiting").field(&s.msg_id).finish(),
         }
     }
 }
 
 impl SendReceipt {
-    pub(crate) fn ready(outcome: SendOutcome) -> Self {
+    /// A receipt ready at once: the ASYNCHRONOUS send `msg_id` was queued.
+    pub(crate) fn queued(msg_id: u64) -> Self {
         Self {
-            msg_id: outcome.msg_id,
-            state: ReceiptState::Ready(Some(outcome)),
+            msg_id,
+            state: ReceiptState::Queued,
         }
     }
 
@@ -160,23 +233,28 @@ impl std::future::Future for SendReceipt {
     ) -> std::task::Poll<SendOutcome> {
         let msg_id = self.msg_id;
         match &mut self.state {
-            // `unwrap_or_else`: the fallback (a `String`) is built only when used, not on
-            // every poll.
-            ReceiptState::Ready(o) => {
-                std::task::Poll::Ready(o.take().unwrap_or_else(|| SendOutcome {
+            ReceiptState::Queued => {
+                self.state = ReceiptState::Done;
+                std::task::Poll::Ready(SendOutcome {
                     msg_id,
-                    queued: false,
-                    results: Vec::new(),
-                    lost: Some("the receipt was polled after it completed".into()),
-                }))
+                    queued: true,
+                    results: MemberResults::new(),
+                    lost: None,
+                })
             }
+            ReceiptState::Done => std::task::Poll::Ready(SendOutcome {
+                msg_id,
+                queued: false,
+                results: MemberResults::new(),
+                lost: Some("the receipt was polled after it completed".into()),
+            }),
             ReceiptState::Waiting(state) => {
                 let mut c = state.collected();
                 match c.finished {
                     Some(lost) => {
                         let results = std::mem::take(&mut c.results);
                         drop(c);
-                        self.state = ReceiptState::Ready(None);
+                        self.state = ReceiptState::Done;
                         std::task::Poll::Ready(SendOutcome {
                             msg_id,
                             queued: false,
@@ -245,7 +323,7 @@ pub(crate) struct SendState {
 
 /// What a [`SendState`] gathers under its lock.
 struct Collected {
-    results: Vec<MemberResult>,
+    results: MemberResults,
     /// Whether a receipt waits for the outcome.
     receipt: bool,
     /// Set once every delivery is over, for the receipt to build the outcome from `results`:
@@ -276,7 +354,7 @@ impl SendState {
             to_handler,
             keep_results: receipt || to_handler,
             collected: Mutex::new(Collected {
-                results: Vec::new(),
+                results: MemberResults::new(),
                 receipt,
                 finished: None,
                 waker: None,
@@ -537,6 +615,62 @@ mod tests {
         let o = outcome(receipt).await;
         assert_eq!(o.results.len(), 1);
         assert_eq!(o.results[0].result, Err(SendError::Stopped));
+    }
+
+    /// One destination's result is held in place (no allocation of its own); more spill to
+    /// the heap, and all of them read as a slice, in the order recorded.
+    #[tokio::test]
+    async fn one_result_is_held_in_place_and_more_read_as_a_slice() {
+        let ctx = ctx();
+        let (state, hold) = SendState::new(1, to(), &ctx, true, None);
+        let receipt = SendReceipt::waiting(state.clone());
+        state.expect(1);
+        hold.release();
+        Completion::shared(state, 0).complete(Ok(Delivered::Acked));
+        let o = outcome(receipt).await;
+        assert!(!o.results.0.spilled(), "one result is not on the heap");
+        assert_eq!(o.results.len(), 1);
+
+        let dests: Arc<[Member]> = (0..3u8)
+            .map(|i| {
+                Member::new(
+                    MemberId::from_bytes([i; 16]),
+                    IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    4000 + u16::from(i),
+                )
+            })
+            .collect::<Vec<_>>()
+            .into();
+        let (state, hold) = SendState::new(2, dests, &ctx, true, None);
+        let receipt = SendReceipt::waiting(state.clone());
+        state.expect(3);
+        hold.release();
+        for i in [2, 0, 1] {
+            Completion::shared(state.clone(), i).complete(Ok(Delivered::Acked));
+        }
+        drop(state);
+        let o = outcome(receipt).await;
+        let ports: Vec<u16> = o.results.iter().map(|r| r.addr.port()).collect();
+        assert_eq!(ports, [4002, 4000, 4001]);
+        let back: MemberResults = o.results.clone().into_vec().into();
+        assert_eq!(back, o.results);
+        assert_eq!((&o.results).into_iter().count(), 3);
+        assert_eq!(o.results.into_iter().count(), 3);
+    }
+
+    /// An ASYNCHRONOUS send's receipt is ready at once and says "queued"; polled again, it
+    /// says it already completed.
+    #[tokio::test]
+    async fn a_queued_receipt_says_queued_once() {
+        let mut receipt = SendReceipt::queued(9);
+        assert_eq!(receipt.msg_id(), 9);
+        let o = (&mut receipt).await;
+        assert!(
+            o.queued && o.is_ok() && o.results.is_empty() && o.lost.is_none(),
+            "{o:?}"
+        );
+        let again = receipt.await;
+        assert!(!again.queued && again.lost.is_some(), "{again:?}");
     }
 
     /// The error handler hears of ASYNCHRONOUS sends that were dispatched, not of one whose

@@ -316,13 +316,7 @@ impl ChannelHandle {
         if options.contains(SendOptions::ASYNCHRONOUS) {
             let room = self.admit(n, total, reserved).await?;
             let (_, hold) = SendState::new(msg_id, destinations.clone(), ctx, false, Some(room));
-            let receipt = SendReceipt::ready(SendOutcome {
-                msg_id,
-                queued: true,
-                results: Vec::new(),
-                lost: None,
-            });
-            return Ok((hold, receipt));
+            return Ok((hold, SendReceipt::queued(msg_id)));
         }
         let (state, hold) = SendState::new(msg_id, destinations.clone(), ctx, true, None);
         Ok((hold, SendReceipt::waiting(state)))
