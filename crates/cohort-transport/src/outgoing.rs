@@ -1,7 +1,10 @@
 //! What the layer above hands the transport to send: data frames ([`OutData`], [`DataSend`])
 //! and what runs when each completes ([`Completion`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use cohort_net::WarnLimiter;
 
 use cohort_wire::{DataFrame, SendOptions};
 
@@ -17,7 +20,9 @@ use crate::{Delivered, SendError};
 /// frames to every destination. A shared completion costs no allocation per frame.
 ///
 /// Runs exactly once: a completion dropped without being run (a task that ended before
-/// completing it) runs with [`SendError::Stopped`] as it goes.
+/// completing it) runs with [`SendError::Stopped`] as it goes. A completion that panics is
+/// caught where it runs (a rate-limited warning says so): the transport's task, and the
+/// other sends it carries, go on.
 pub struct Completion(Option<CompletionFn>);
 
 enum CompletionFn {
@@ -54,10 +59,30 @@ impl Completion {
 impl CompletionFn {
     #[inline]
     fn run(self, result: Result<Delivered, SendError>) {
-        match self {
+        // The caller's code, on a transport task. Unwinding through the task would drop the
+        // completions it has yet to run (reporting `Stopped` for sends that were ACKed), and
+        // their closures would then run during the unwinding, where a second panic aborts.
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match self {
             Self::Once(f) => f(result),
             Self::Shared(to, index) => to.complete(index, result),
+        }));
+        if ran.is_err() {
+            warn_panicked();
         }
+    }
+}
+
+/// Says, at most once per [`cohort_net::WARN_INTERVAL`] for the process, that completions
+/// panicked (a completion knows no transport whose counters it could use).
+#[cold]
+fn warn_panicked() {
+    static WARN: OnceLock<WarnLimiter> = OnceLock::new();
+    let warn = WARN.get_or_init(|| WarnLimiter::new(cohort_net::WARN_INTERVAL));
+    if let Some(suppressed) = warn.allow("completion_panicked", Instant::now()) {
+        tracing::warn!(
+            suppressed,
+            "a send's completion panicked; caught, the transport goes on"
+        );
     }
 }
 
@@ -157,5 +182,18 @@ mod tests {
             *runs.lock().unwrap(),
             [Ok(Delivered::Acked), Err(SendError::Stopped)]
         );
+    }
+
+    /// A completion that panics is caught where it runs: completed, dropped unrun, or dropped
+    /// while something else unwinds (where a second panic would abort the process).
+    #[test]
+    fn a_completion_that_panics_is_caught_however_it_runs() {
+        Completion::new(|_| panic!("completed")).complete(Ok(Delivered::Sent));
+        drop(Completion::new(|_| panic!("dropped")));
+        let unwound = std::panic::catch_unwind(|| {
+            let _pending = Completion::new(|_| panic!("dropped while unwinding"));
+            panic!("the task's own panic");
+        });
+        assert!(unwound.is_err(), "only the task's own panic unwinds");
     }
 }

@@ -507,3 +507,44 @@ async fn a_refused_connect_is_reported_as_a_peer_event() {
         .unwrap();
     assert!(matches!(r, Err(SendError::PeerDown { .. })), "{r:?}");
 }
+
+/// A completion is the caller's code, run on a transport task: one that panics is caught
+/// there, and the connection, the completions run with it and the sends after it go on as if
+/// nothing happened (over TCP, ACKed and not, and over UDP).
+#[tokio::test]
+async fn a_completion_that_panics_harms_no_other_send() {
+    let udp = || TransportConfig {
+        udp_port: Some(0),
+        ..config()
+    };
+    let mut b = node(2, udp()).await;
+    let a = node(1, udp()).await;
+    for (round, opts) in [
+        SendOptions::USE_ACK,
+        SendOptions::ASYNCHRONOUS,
+        SendOptions::UDP | SendOptions::USE_ACK,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let base = 100 * round as u64;
+        let frame = |id| frame_with(a.handle.codec(), &a.member, id, opts, b"boom");
+        a.handle.send(
+            &b.member,
+            frame(base),
+            base,
+            opts,
+            cohort_transport::Completion::new(|_| panic!("a caller's bug")),
+        );
+        let rest: Vec<_> = (1..=5)
+            .map(|i| send(&a, &b.member, base + i, opts, b"ok"))
+            .collect();
+        for r in rest {
+            let r = within(T, r).await.unwrap();
+            assert!(r.is_ok(), "round {round}: {r:?}");
+        }
+        for _ in 0..6 {
+            within(T, b.inbound.recv()).await.unwrap();
+        }
+    }
+}
