@@ -2,7 +2,6 @@
 
 use std::collections::VecDeque;
 
-use rustc_hash::FxHashMap;
 use std::time::{Duration, Instant};
 
 use cohort_wire::AckFrame;
@@ -33,10 +32,20 @@ pub(crate) struct Completed<C> {
 ///
 /// Invariant: every token registered comes out of [`Outbound::poll_completed`] exactly once,
 /// with one outcome.
+///
+/// The table is a queue in id order. A connection's ids arrive in increasing order (the
+/// channel numbers its messages, and a connection writes them in its queue's order), so a
+/// registration is a push at the back, an ACK of the oldest messages pops them from the
+/// front, and any id is found by binary search: no hashing, and memory walked in order. An id
+/// out of order (a caller of the transport's own) is inserted in its place. A completed
+/// message leaves a hole where it was, dropped once it reaches the front, or all at once
+/// when holes outnumber the messages in flight (bounded memory behind a slow head).
 #[derive(Debug)]
 pub(crate) struct Outbound<C> {
-    /// By message id (ids are this member's own, so a fast hash is safe).
-    map: FxHashMap<u64, (C, Instant)>,
+    /// By id, ascending; `token` is `None` once the message completed (a hole).
+    slots: VecDeque<Slot<C>>,
+    /// Slots whose token is still there.
+    live: usize,
     /// (deadline, id), in registration order; deadlines grow with it (one timeout for all).
     deadlines: VecDeque<(Instant, u64)>,
     done: VecDeque<Completed<C>>,
@@ -47,11 +56,21 @@ pub(crate) struct Outbound<C> {
     unknown_acks: u64,
 }
 
+/// One message in flight, or the hole it left.
+#[derive(Debug)]
+struct Slot<C> {
+    id: u64,
+    /// When it was registered (its answer's latency is measured from here).
+    at: Instant,
+    token: Option<C>,
+}
+
 impl<C> Outbound<C> {
     /// An empty table holding at most `max_in_flight` messages, each for `send_timeout`.
     pub(crate) fn new(max_in_flight: usize, send_timeout: Duration) -> Self {
         Self {
-            map: FxHashMap::default(),
+            slots: VecDeque::new(),
+            live: 0,
             deadlines: VecDeque::new(),
             done: VecDeque::new(),
             closed: None,
@@ -66,18 +85,18 @@ impl<C> Outbound<C> {
         if self.closed.is_some() {
             return 0;
         }
-        self.max_in_flight.saturating_sub(self.map.len())
+        self.max_in_flight.saturating_sub(self.live)
     }
 
     /// Messages waiting for their ACK.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.map.len()
+        self.live
     }
 
     /// True when nothing waits for an ACK.
     pub(crate) fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.live == 0
     }
 
     /// True once [`Outbound::close`] was called.
@@ -88,6 +107,16 @@ impl<C> Outbound<C> {
     /// ACK entries so far that named nothing in flight (late, duplicate or bogus).
     pub(crate) fn unknown_acks(&self) -> u64 {
         self.unknown_acks
+    }
+
+    /// Where `id` is, or would go.
+    fn find(&self, id: u64) -> Result<usize, usize> {
+        // The common case first: the next id after the newest.
+        match self.slots.back() {
+            None => Err(0),
+            Some(last) if last.id < id => Err(self.slots.len()),
+            _ => self.slots.binary_search_by_key(&id, |s| s.id),
+        }
     }
 
     /// A message written at `now` that waits for its ACK. On a closed table it completes at
@@ -102,52 +131,80 @@ impl<C> Outbound<C> {
             });
             return;
         }
-        if let Some((old, _)) = self.map.insert(msg_id, (token, now)) {
-            self.done.push_back(Completed {
-                token: old,
-                outcome: Outcome::Lost("message id reused while in flight".into()),
-                latency: None,
-            });
+        match self.find(msg_id) {
+            Ok(i) => {
+                let slot = &mut self.slots[i];
+                slot.at = now;
+                match slot.token.replace(token) {
+                    Some(old) => self.done.push_back(Completed {
+                        token: old,
+                        outcome: Outcome::Lost("message id reused while in flight".into()),
+                        latency: None,
+                    }),
+                    None => self.live += 1,
+                }
+            }
+            Err(i) => {
+                let slot = Slot {
+                    id: msg_id,
+                    at: now,
+                    token: Some(token),
+                };
+                if i == self.slots.len() {
+                    self.slots.push_back(slot);
+                } else {
+                    self.slots.insert(i, slot);
+                }
+                self.live += 1;
+            }
         }
         self.deadlines.push_back((now + self.send_timeout, msg_id));
     }
 
+    /// Completes the message in slot `i`, if it is still in flight.
+    fn finish_at(&mut self, now: Instant, i: usize, outcome: Outcome) -> bool {
+        let slot = &mut self.slots[i];
+        let Some(token) = slot.token.take() else {
+            return false;
+        };
+        self.live -= 1;
+        self.done.push_back(Completed {
+            token,
+            outcome,
+            latency: Some(now.saturating_duration_since(slot.at)),
+        });
+        true
+    }
+
     fn finish(&mut self, now: Instant, id: u64, outcome: Outcome) -> bool {
-        match self.map.remove(&id) {
-            Some((token, at)) => {
-                self.done.push_back(Completed {
-                    token,
-                    outcome,
-                    latency: Some(now.saturating_duration_since(at)),
-                });
-                true
-            }
-            None => false,
+        match self.find(id) {
+            Ok(i) => self.finish_at(now, i, outcome),
+            Err(_) => false,
         }
     }
 
     /// An ACK frame read at `now`.
     pub(crate) fn on_ack(&mut self, now: Instant, ack: &AckFrame) {
         for range in &ack.acked {
-            let span = range.last.saturating_sub(range.first);
-            if span < self.map.len() as u64 {
-                for id in range.first..=range.last {
-                    if !self.finish(now, id, Outcome::Acked) {
-                        self.unknown_acks += 1;
-                    }
+            // From the first slot at or after the range's start, in id order: what it costs
+            // is what is in flight, whatever the range's size.
+            let mut i = match self.slots.front() {
+                Some(first) if first.id >= range.first => 0,
+                Some(_) => self.find(range.first).unwrap_or_else(|i| i),
+                None => 0,
+            };
+            let mut matched = 0u64;
+            while i < self.slots.len() && self.slots[i].id <= range.last {
+                if self.finish_at(now, i, Outcome::Acked) {
+                    matched += 1;
                 }
-            } else {
-                // A huge range (or a bogus one) is matched against what is in flight, so its
-                // size costs nothing.
-                let ids: Vec<u64> = self
-                    .map
-                    .keys()
-                    .copied()
-                    .filter(|id| range.contains(*id))
-                    .collect();
-                for id in ids {
-                    self.finish(now, id, Outcome::Acked);
-                }
+                i += 1;
+            }
+            // Ids the range names that were not in flight (a range that spans more than
+            // the table is not counted id by id).
+            let span = range.last.saturating_sub(range.first).saturating_add(1);
+            if span <= self.max_in_flight as u64 {
+                self.unknown_acks += span - matched.min(span);
             }
         }
         for fail in &ack.failed {
@@ -158,18 +215,39 @@ impl<C> Outbound<C> {
         self.compact();
     }
 
-    /// Drops deadlines of completed messages from the front, and compacts the queue when
-    /// completed entries pile up behind a slow head (bounded memory).
+    /// Drops holes and dead deadlines from the front, and sweeps all holes out when they
+    /// outnumber what is in flight (bounded memory behind a slow head).
     fn compact(&mut self) {
+        while self.slots.front().is_some_and(|s| s.token.is_none()) {
+            self.slots.pop_front();
+        }
         while let Some(&(_, id)) = self.deadlines.front() {
-            if self.map.contains_key(&id) {
+            if self.is_live(id) {
                 break;
             }
             self.deadlines.pop_front();
         }
+        if self.slots.len() > 2 * self.max_in_flight {
+            self.slots.retain(|s| s.token.is_some());
+        }
         if self.deadlines.len() > 2 * self.max_in_flight {
-            let map = &self.map;
-            self.deadlines.retain(|(_, id)| map.contains_key(id));
+            let slots = &self.slots;
+            self.deadlines.retain(|&(_, id)| {
+                slots
+                    .binary_search_by_key(&id, |s| s.id)
+                    .is_ok_and(|i| slots[i].token.is_some())
+            });
+        }
+    }
+
+    fn is_live(&self, id: u64) -> bool {
+        // Against the oldest slot first: holes are popped from the front, so an id below
+        // it is gone, and the oldest itself is in flight (the common case, one comparison).
+        match self.slots.front() {
+            None => false,
+            Some(first) if id < first.id => false,
+            Some(first) if id == first.id => first.token.is_some(),
+            Some(_) => self.find(id).is_ok_and(|i| self.slots[i].token.is_some()),
         }
     }
 
@@ -193,7 +271,7 @@ impl<C> Outbound<C> {
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         self.deadlines
             .iter()
-            .find(|(_, id)| self.map.contains_key(id))
+            .find(|(_, id)| self.is_live(*id))
             .map(|(d, _)| *d)
     }
 
@@ -202,7 +280,8 @@ impl<C> Outbound<C> {
     pub(crate) fn close(&mut self, reason: &str) {
         let reason = self.closed.get_or_insert_with(|| reason.to_owned()).clone();
         self.deadlines.clear();
-        for (_, (token, _)) in self.map.drain() {
+        self.live = 0;
+        for token in self.slots.drain(..).filter_map(|s| s.token) {
             self.done.push_back(Completed {
                 token,
                 outcome: Outcome::Lost(reason.clone()),

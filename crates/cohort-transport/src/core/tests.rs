@@ -113,8 +113,10 @@ fn op() -> impl Strategy<Value = Op> {
 
 proptest! {
     /// Any interleaving of sends, ACKs (in range, out of range, duplicated), FAIL_ACKs,
-    /// timeouts and a disconnect: every message completes exactly once, ACKed or failed, never
-    /// both; the table never holds more than its limit; nothing is left once closed.
+    /// timeouts and a disconnect, with ids in any order and reused: every message completes
+    /// exactly once, ACKed or failed, never both, and as the step that completed it says (an
+    /// ACK completes only ids in its range, and leaves none of them in flight; a FAIL_ACK only
+    /// its id); the table never holds more than its limit; nothing is left once closed.
     #[test]
     fn every_send_completes_exactly_once(ops in proptest::collection::vec(op(), 1..200)) {
         let t0 = Instant::now();
@@ -123,43 +125,61 @@ proptest! {
         let mut next_token = 0u64;
         let mut registered: BTreeMap<u64, u8> = BTreeMap::new();
         let mut completed: BTreeMap<u64, Outcome> = BTreeMap::new();
-        let record = |o: &mut Outbound<u64>, completed: &mut BTreeMap<u64, Outcome>| {
-            while let Some(c) = o.poll_completed() {
-                prop_assert!(completed.insert(c.token, c.outcome).is_none(), "completed twice");
-            }
-            Ok(())
-        };
         for op in ops {
-            match op {
+            let before = completed.len();
+            match &op {
                 Op::Register(id) => {
                     if o.room() > 0 || o.is_closed() {
                         next_token += 1;
-                        registered.insert(next_token, id);
-                        o.register(now, u64::from(id), next_token);
+                        registered.insert(next_token, *id);
+                        o.register(now, u64::from(*id), next_token);
                     }
                 }
                 Op::Ack(a, b) => o.on_ack(now, &AckFrame {
-                    acked: vec![AckRange { first: u64::from(a), last: u64::from(b) }],
+                    acked: vec![AckRange { first: u64::from(*a), last: u64::from(*b) }],
                     failed: vec![],
                 }),
                 Op::Fail(id) => o.on_ack(now, &AckFrame {
                     acked: vec![],
-                    failed: vec![FailAck { msg_id: u64::from(id), reason: "x".into() }],
+                    failed: vec![FailAck { msg_id: u64::from(*id), reason: "x".into() }],
                 }),
                 Op::Advance(ms) => {
-                    now += Duration::from_millis(u64::from(ms));
+                    now += Duration::from_millis(u64::from(*ms));
                     if o.poll_timeout().is_some_and(|d| d <= now) {
                         o.on_timeout(now);
                     }
                 }
                 Op::Close => o.close("gone"),
             }
-            record(&mut o, &mut completed)?;
+            while let Some(c) = o.poll_completed() {
+                let id = registered[&c.token];
+                let fits = match (&op, &c.outcome) {
+                    (Op::Ack(a, b), Outcome::Acked) => (*a..=*b).contains(&id),
+                    (Op::Fail(f), Outcome::FailAck(_)) => *f == id,
+                    (Op::Advance(_), Outcome::Timeout)
+                    | (Op::Close | Op::Register(_), Outcome::Lost(_)) => true,
+                    _ => false,
+                };
+                prop_assert!(fits, "{:?} completed {} (id {}) as {:?}", op, c.token, id, c.outcome);
+                prop_assert!(completed.insert(c.token, c.outcome).is_none(), "completed twice");
+            }
+            if let Op::Ack(a, b) = op {
+                let left = registered
+                    .iter()
+                    .filter(|(t, id)| !completed.contains_key(t) && (a..=b).contains(*id))
+                    .count();
+                prop_assert_eq!(left, 0, "an ACKed id left in flight");
+            }
+            if matches!(op, Op::Advance(_)) && completed.len() > before {
+                prop_assert!(o.poll_timeout().is_none_or(|d| d > now));
+            }
             prop_assert!(o.len() <= 16);
             prop_assert_eq!(o.len() + completed.len(), registered.len());
         }
         o.close("end");
-        record(&mut o, &mut completed)?;
+        while let Some(c) = o.poll_completed() {
+            prop_assert!(completed.insert(c.token, c.outcome).is_none(), "completed twice");
+        }
         prop_assert_eq!(completed.len(), registered.len());
         prop_assert!(o.is_empty());
     }
