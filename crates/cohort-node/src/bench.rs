@@ -275,6 +275,9 @@ async fn bare_channel(
             port: 0,
             // `COHORT_BENCH_DELAYED_ACKS=0` measures without `transport.delayed_acks`.
             delayed_acks: std::env::var("COHORT_BENCH_DELAYED_ACKS").map_or(true, |v| v != "0"),
+            // `COHORT_BENCH_INBOUND_QUEUE=N` measures with another `transport.inbound_queue`.
+            inbound_queue: env_bytes("COHORT_BENCH_INBOUND_QUEUE")
+                .unwrap_or(TransportConfig::default().inbound_queue),
             ..TransportConfig::default()
         })
         .services(Services::SND_RX | Services::SND_TX);
