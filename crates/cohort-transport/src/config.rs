@@ -157,11 +157,11 @@ pub struct TransportConfig {
     /// reached the connection is not read until ACKs drain. Default 16,384.
     pub max_pending_acks: usize,
     /// Received messages queued for the layer above; when full, connections are not read
-    /// (backpressure to the senders). Default 256: the queue hands each message over within
-    /// the CPU's caches (8,192, the default before, let a reader run 2 MiB of queued
-    /// messages ahead of the channel, and a sink of 1 KiB batches spent more per message
-    /// reading them back: docs/BENCHMARKS.md, issue 13's eleventh stop); the bytes behind
-    /// them are bounded by `max_inbound_bytes`.
+    /// (backpressure to the senders), and UDP and multicast datagrams are dropped (counted in
+    /// `datagrams_dropped`). Default 8,192. A smaller queue keeps the hand-over in the CPU's
+    /// caches (a TCP sink of 1 KiB batches measured up to a tenth faster with 256), but a
+    /// TCP burst then fills it often enough to drop the datagrams that arrive meanwhile:
+    /// docs/BENCHMARKS.md, issue 13's eleventh stop.
     pub inbound_queue: usize,
     /// Delay the TCP acknowledgements of inbound connections (Linux `TCP_QUICKACK` off after
     /// each read), so that they ride on Cohort's ACK frames or on the kernel's delayed ACK
@@ -199,7 +199,7 @@ impl Default for TransportConfig {
             max_unauthenticated_per_source: 64,
             max_inbound_bytes: 256 * 1024 * 1024,
             max_pending_acks: 16_384,
-            inbound_queue: 256,
+            inbound_queue: 8192,
             delayed_acks: true,
             limits: WireLimits::DEFAULT,
         }

@@ -334,20 +334,29 @@ async fn run<N: Net>(
                         let opts = data.header.options;
                         let msg_id = data.header.msg_id;
                         let mut ack = None;
+                        // USE_ACK alone: acknowledged on receipt, which is once it is queued
+                        // for the layer above (a datagram dropped here is not acknowledged).
+                        let mut on_receipt = None;
                         if opts.contains(SendOptions::USE_ACK) {
                             let sink = AckSink::Udp(ack_tx.clone(), from, counters.clone());
                             if opts.contains(SendOptions::SYNCHRONIZED_ACK) {
                                 ack = Some(AckToken { msg_id, sink, permit: None, done: false });
                             } else {
-                                sink.send(AckMsg::Ack(msg_id, None));
+                                on_receipt = Some(sink);
                             }
                         }
                         let received = Received { hello: None, peer: from, frame: data, ack, via: Via::Udp, budget: None };
-                        if let Err(e) = shared.inbound_tx.try_send(received) {
-                            Counters::inc(&counters.datagrams_dropped);
-                            // A dropped message must not be acknowledged as processed.
-                            let (mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r)) = e;
-                            if let Some(t) = r.ack { t.fail("receiver queue full"); }
+                        match shared.inbound_tx.try_send(received) {
+                            Ok(()) => {
+                                if let Some(sink) = on_receipt { sink.send(AckMsg::Ack(msg_id, None)); }
+                            }
+                            Err(e) => {
+                                Counters::inc(&counters.datagrams_dropped);
+                                // A dropped message is not acknowledged: its sender hears at once.
+                                let (mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r)) = e;
+                                if let Some(t) = r.ack { t.fail("receiver queue full"); }
+                                if let Some(sink) = on_receipt { sink.send(AckMsg::Fail(msg_id, "receiver queue full".into(), None)); }
+                            }
                         }
                     }
                     Frame::Ack(ack) => {

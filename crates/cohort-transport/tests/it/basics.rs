@@ -548,3 +548,45 @@ async fn a_completion_that_panics_harms_no_other_send() {
         }
     }
 }
+
+/// A USE_ACK datagram is acknowledged on receipt, which is once it is queued for the layer
+/// above: one that finds the queue full is dropped, counted, and answered with FAIL_ACK, never
+/// acknowledged as received.
+#[tokio::test(flavor = "current_thread")]
+async fn a_datagram_dropped_on_a_full_queue_is_not_acknowledged() {
+    let b = node(
+        2,
+        TransportConfig {
+            udp_port: Some(0),
+            inbound_queue: 1,
+            ..config()
+        },
+    )
+    .await;
+    let a = node(
+        1,
+        TransportConfig {
+            udp_port: Some(0),
+            ..config()
+        },
+    )
+    .await;
+    let opts = SendOptions::UDP | SendOptions::USE_ACK;
+    // Nothing reads `b.inbound`: the first datagram fills its queue.
+    let results: Vec<_> = (1..=3)
+        .map(|i| send(&a, &b.member, i, opts, b"x"))
+        .collect();
+    let mut outcomes = Vec::new();
+    for r in results {
+        outcomes.push(within(T, r).await.unwrap());
+    }
+    assert_eq!(outcomes[0], Ok(Delivered::Acked));
+    for o in &outcomes[1..] {
+        assert!(
+            matches!(o, Err(SendError::FailAck { reason, .. }) if reason.contains("queue full")),
+            "{o:?}"
+        );
+    }
+    assert_eq!(b.handle.stats().datagrams_dropped, 2);
+    drop(b.inbound);
+}
