@@ -80,7 +80,9 @@ pub use core::{
     ProbeErrorKind, ProbeRequest, Suspicion, TagKind, Ticket, check_order, tags,
 };
 pub use listener::{ChannelListener, ChannelMessage, ClusterListener, ListenerError};
-pub use receipt::{ErrorHandler, MemberResult, MemberResults, SendOutcome, SendReceipt};
+pub use receipt::{
+    ErrorHandler, MemberResult, MemberResults, MemberResultsIntoIter, SendOutcome, SendReceipt,
+};
 pub use rpc::{
     AsyncRpcHandler, CallOptions, CallResult, MAX_ASYNC_REQUESTS, MAX_CALLS, ReplyMode, RpcChannel,
     RpcHandler, RpcResponse,

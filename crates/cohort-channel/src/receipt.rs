@@ -68,6 +68,12 @@ impl std::ops::Deref for MemberResults {
     }
 }
 
+impl std::ops::DerefMut for MemberResults {
+    fn deref_mut(&mut self) -> &mut [MemberResult] {
+        &mut self.0
+    }
+}
+
 impl From<Vec<MemberResult>> for MemberResults {
     fn from(v: Vec<MemberResult>) -> Self {
         Self(SmallVec::from_vec(v))
@@ -82,13 +88,30 @@ impl FromIterator<MemberResult> for MemberResults {
 
 impl IntoIterator for MemberResults {
     type Item = MemberResult;
-    type IntoIter = std::vec::IntoIter<MemberResult>;
+    type IntoIter = MemberResultsIntoIter;
 
-    /// By value (as a `Vec`'s iterator: allocates when the results were held in place).
     fn into_iter(self) -> Self::IntoIter {
-        self.into_vec().into_iter()
+        MemberResultsIntoIter(self.0.into_iter())
     }
 }
+
+/// [`MemberResults`] by value, in order (no allocation of its own).
+#[derive(Debug)]
+pub struct MemberResultsIntoIter(smallvec::IntoIter<[MemberResult; 1]>);
+
+impl Iterator for MemberResultsIntoIter {
+    type Item = MemberResult;
+
+    fn next(&mut self) -> Option<MemberResult> {
+        self.0.next()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.0.size_hint()
+    }
+}
+
+impl ExactSizeIterator for MemberResultsIntoIter {}
 
 impl<'a> IntoIterator for &'a MemberResults {
     type Item = &'a MemberResult;

@@ -39,15 +39,21 @@ pub(crate) struct Completed<C> {
 /// front, and any id is found by binary search: no hashing, and memory walked in order. An id
 /// out of order (a caller of the transport's own) is inserted in its place. A completed
 /// message leaves a hole where it was, dropped once it reaches the front, or all at once
-/// when holes outnumber the messages in flight (bounded memory behind a slow head).
+/// when holes outnumber the messages in flight (bounded memory behind a slow head). An ACK
+/// frame's ranges are walked in id order with one cursor, so a frame visits each slot at
+/// most once, however many ranges it names.
 #[derive(Debug)]
 pub(crate) struct Outbound<C> {
     /// By id, ascending; `token` is `None` once the message completed (a hole).
     slots: VecDeque<Slot<C>>,
     /// Slots whose token is still there.
     live: usize,
-    /// (deadline, id), in registration order; deadlines grow with it (one timeout for all).
-    deadlines: VecDeque<(Instant, u64)>,
+    /// (deadline, id, registration), in registration order; deadlines grow with it (one
+    /// timeout for all). The registration number tells a reused id's deadline from its
+    /// predecessor's.
+    deadlines: VecDeque<(Instant, u64, u64)>,
+    /// Registrations so far.
+    registered: u64,
     done: VecDeque<Completed<C>>,
     closed: Option<String>,
     max_in_flight: usize,
@@ -60,6 +66,8 @@ pub(crate) struct Outbound<C> {
 #[derive(Debug)]
 struct Slot<C> {
     id: u64,
+    /// Which registration it is (see `deadlines`).
+    seq: u64,
     /// When it was registered (its answer's latency is measured from here).
     at: Instant,
     token: Option<C>,
@@ -72,6 +80,7 @@ impl<C> Outbound<C> {
             slots: VecDeque::new(),
             live: 0,
             deadlines: VecDeque::new(),
+            registered: 0,
             done: VecDeque::new(),
             closed: None,
             max_in_flight: max_in_flight.max(1),
@@ -92,6 +101,12 @@ impl<C> Outbound<C> {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.live
+    }
+
+    /// Slots kept, holes included.
+    #[cfg(test)]
+    pub(crate) fn slot_count(&self) -> usize {
+        self.slots.len()
     }
 
     /// True when nothing waits for an ACK.
@@ -131,10 +146,13 @@ impl<C> Outbound<C> {
             });
             return;
         }
+        self.registered += 1;
+        let seq = self.registered;
         match self.find(msg_id) {
             Ok(i) => {
                 let slot = &mut self.slots[i];
                 slot.at = now;
+                slot.seq = seq;
                 match slot.token.replace(token) {
                     Some(old) => self.done.push_back(Completed {
                         token: old,
@@ -147,6 +165,7 @@ impl<C> Outbound<C> {
             Err(i) => {
                 let slot = Slot {
                     id: msg_id,
+                    seq,
                     at: now,
                     token: Some(token),
                 };
@@ -158,7 +177,8 @@ impl<C> Outbound<C> {
                 self.live += 1;
             }
         }
-        self.deadlines.push_back((now + self.send_timeout, msg_id));
+        self.deadlines
+            .push_back((now + self.send_timeout, msg_id, seq));
     }
 
     /// Completes the message in slot `i`, if it is still in flight.
@@ -185,26 +205,37 @@ impl<C> Outbound<C> {
 
     /// An ACK frame read at `now`.
     pub(crate) fn on_ack(&mut self, now: Instant, ack: &AckFrame) {
-        for range in &ack.acked {
-            // From the first slot at or after the range's start, in id order: what it costs
-            // is what is in flight, whatever the range's size.
-            let mut i = match self.slots.front() {
-                Some(first) if first.id >= range.first => 0,
-                Some(_) => self.find(range.first).unwrap_or_else(|i| i),
-                None => 0,
-            };
+        let mut ranges: Vec<(u64, u64)> = ack.acked.iter().map(|r| (r.first, r.last)).collect();
+        // A peer's ranges come sorted and apart; any others are put so (at most
+        // `max_ack_entries` of them, bounded by the decoder).
+        if ranges.windows(2).any(|w| w[0].1 >= w[1].0) {
+            ranges.sort_unstable();
+        }
+        // One cursor for the whole frame: a slot is visited at most once.
+        let mut i = 0;
+        for (first, last) in ranges {
+            if self.live == 0 {
+                // Nothing is in flight: what the range names is unknown, up to the table's
+                // size (a larger range is not counted id by id).
+                let span = last.saturating_sub(first).saturating_add(1);
+                self.unknown_acks += span.min(self.max_in_flight as u64);
+                continue;
+            }
+            if self.slots.get(i).is_some_and(|s| s.id < first) {
+                // Past the slots before the range (a binary search; never backwards, so
+                // overlapping ranges visit nothing twice).
+                i = i.max(self.slots.partition_point(|s| s.id < first));
+            }
             let mut matched = 0u64;
-            while i < self.slots.len() && self.slots[i].id <= range.last {
+            while i < self.slots.len() && self.slots[i].id <= last {
                 if self.finish_at(now, i, Outcome::Acked) {
                     matched += 1;
                 }
                 i += 1;
             }
-            // Ids the range names that were not in flight (a range that spans more than
-            // the table is not counted id by id).
-            let span = range.last.saturating_sub(range.first).saturating_add(1);
+            let span = last.saturating_sub(first).saturating_add(1);
             if span <= self.max_in_flight as u64 {
-                self.unknown_acks += span - matched.min(span);
+                self.unknown_acks += span.saturating_sub(matched);
             }
         }
         for fail in &ack.failed {
@@ -216,38 +247,41 @@ impl<C> Outbound<C> {
     }
 
     /// Drops holes and dead deadlines from the front, and sweeps all holes out when they
-    /// outnumber what is in flight (bounded memory behind a slow head).
+    /// outnumber what is in flight (bounded memory behind a slow head; amortized, as each
+    /// sweep removes more holes than it leaves slots).
     fn compact(&mut self) {
         while self.slots.front().is_some_and(|s| s.token.is_none()) {
             self.slots.pop_front();
         }
-        while let Some(&(_, id)) = self.deadlines.front() {
-            if self.is_live(id) {
+        while let Some(&(_, id, seq)) = self.deadlines.front() {
+            if self.is_live(id, seq) {
                 break;
             }
             self.deadlines.pop_front();
         }
-        if self.slots.len() > 2 * self.max_in_flight {
+        if self.slots.len() - self.live > self.live.max(64) {
             self.slots.retain(|s| s.token.is_some());
         }
-        if self.deadlines.len() > 2 * self.max_in_flight {
+        if self.deadlines.len() - self.live > self.live.max(64) {
             let slots = &self.slots;
-            self.deadlines.retain(|&(_, id)| {
+            self.deadlines.retain(|&(_, id, seq)| {
                 slots
                     .binary_search_by_key(&id, |s| s.id)
-                    .is_ok_and(|i| slots[i].token.is_some())
+                    .is_ok_and(|i| slots[i].seq == seq && slots[i].token.is_some())
             });
         }
     }
 
-    fn is_live(&self, id: u64) -> bool {
+    /// Whether registration `seq` of `id` is still in flight.
+    fn is_live(&self, id: u64, seq: u64) -> bool {
         // Against the oldest slot first: holes are popped from the front, so an id below
         // it is gone, and the oldest itself is in flight (the common case, one comparison).
+        let live = |s: &Slot<C>| s.seq == seq && s.token.is_some();
         match self.slots.front() {
             None => false,
             Some(first) if id < first.id => false,
-            Some(first) if id == first.id => first.token.is_some(),
-            Some(_) => self.find(id).is_ok_and(|i| self.slots[i].token.is_some()),
+            Some(first) if id == first.id => live(first),
+            Some(_) => self.find(id).is_ok_and(|i| live(&self.slots[i])),
         }
     }
 
@@ -256,12 +290,14 @@ impl<C> Outbound<C> {
     /// more).
     pub(crate) fn on_timeout(&mut self, now: Instant) -> bool {
         let mut any = false;
-        while let Some(&(deadline, id)) = self.deadlines.front() {
+        while let Some(&(deadline, id, seq)) = self.deadlines.front() {
             if deadline > now {
                 break;
             }
             self.deadlines.pop_front();
-            any |= self.finish(now, id, Outcome::Timeout);
+            if self.is_live(id, seq) {
+                any |= self.finish(now, id, Outcome::Timeout);
+            }
         }
         self.compact();
         any
@@ -271,8 +307,8 @@ impl<C> Outbound<C> {
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         self.deadlines
             .iter()
-            .find(|(_, id)| self.is_live(*id))
-            .map(|(d, _)| *d)
+            .find(|&&(_, id, seq)| self.is_live(id, seq))
+            .map(|&(d, _, _)| d)
     }
 
     /// The connection is gone: everything in flight, and everything registered later, is lost

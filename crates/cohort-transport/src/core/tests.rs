@@ -92,10 +92,73 @@ fn a_reused_id_loses_the_older_message() {
     assert_eq!(drain(&mut o), [(200, Outcome::Acked)]);
 }
 
+/// A reused id runs on its own deadline, not its predecessor's: reused after completing,
+/// or while in flight (the older message is lost then).
+#[test]
+fn a_reused_id_gets_its_own_deadline() {
+    let t0 = Instant::now();
+    let later = t0 + Duration::from_millis(50);
+    let mut o = Outbound::new(8, TIMEOUT);
+    o.register(t0, 1, 1);
+    o.register(t0, 2, 2);
+    o.on_ack(t0, &AckFrame::from_ids(vec![2]));
+    o.register(later, 2, 20);
+    o.register(t0, 3, 3);
+    o.register(later, 3, 30);
+    assert_eq!(
+        drain(&mut o),
+        [
+            (2, Outcome::Acked),
+            (3, Outcome::Lost("message id reused while in flight".into()))
+        ]
+    );
+    assert!(o.on_timeout(t0 + TIMEOUT));
+    assert_eq!(drain(&mut o), [(1, Outcome::Timeout)]);
+    assert_eq!(o.poll_timeout(), Some(later + TIMEOUT));
+    assert!(o.on_timeout(later + TIMEOUT));
+    assert_eq!(
+        drain(&mut o),
+        [(20, Outcome::Timeout), (30, Outcome::Timeout)]
+    );
+}
+
+/// Behind a head that is never ACKed, the holes its successors leave are swept, not kept:
+/// the table stays within a bound of what is in flight, and an ACK frame naming the same
+/// ranges many times matches what is there once.
+#[test]
+fn holes_behind_a_stuck_head_are_bounded() {
+    let t0 = Instant::now();
+    let mut o = Outbound::new(10_000, TIMEOUT);
+    for id in 1..=5_000 {
+        o.register(t0, id, id);
+    }
+    o.on_ack(t0, &AckFrame::from_ids((2..=5_000).collect()));
+    assert_eq!(drain(&mut o).len(), 4_999);
+    assert_eq!(o.len(), 1);
+    assert!(o.slot_count() <= 2 + 64, "{} slots", o.slot_count());
+    for id in 5_001..=6_000 {
+        o.register(t0, id, id);
+    }
+    let everything = AckRange {
+        first: 2,
+        last: u64::MAX,
+    };
+    o.on_ack(
+        t0,
+        &AckFrame {
+            acked: vec![everything; 4_096],
+            failed: vec![],
+        },
+    );
+    assert_eq!(drain(&mut o).len(), 1_000);
+    assert_eq!(o.len(), 1);
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Register(u8),
-    Ack(u8, u8),
+    /// Ranges in any order, overlapping or not.
+    Ack(Vec<(u8, u8)>),
     Fail(u8),
     Advance(u8),
     Close,
@@ -104,7 +167,8 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => any::<u8>().prop_map(Op::Register),
-        3 => (any::<u8>(), any::<u8>()).prop_map(|(a, b)| Op::Ack(a.min(b), a.max(b))),
+        3 => proptest::collection::vec((any::<u8>(), any::<u8>()), 1..4)
+            .prop_map(|rs| Op::Ack(rs.into_iter().map(|(a, b)| (a.min(b), a.max(b))).collect())),
         1 => any::<u8>().prop_map(Op::Fail),
         2 => any::<u8>().prop_map(Op::Advance),
         1 => Just(Op::Close),
@@ -135,8 +199,11 @@ proptest! {
                         o.register(now, u64::from(*id), next_token);
                     }
                 }
-                Op::Ack(a, b) => o.on_ack(now, &AckFrame {
-                    acked: vec![AckRange { first: u64::from(*a), last: u64::from(*b) }],
+                Op::Ack(rs) => o.on_ack(now, &AckFrame {
+                    acked: rs
+                        .iter()
+                        .map(|&(a, b)| AckRange { first: u64::from(a), last: u64::from(b) })
+                        .collect(),
                     failed: vec![],
                 }),
                 Op::Fail(id) => o.on_ack(now, &AckFrame {
@@ -154,7 +221,7 @@ proptest! {
             while let Some(c) = o.poll_completed() {
                 let id = registered[&c.token];
                 let fits = match (&op, &c.outcome) {
-                    (Op::Ack(a, b), Outcome::Acked) => (*a..=*b).contains(&id),
+                    (Op::Ack(rs), Outcome::Acked) => rs.iter().any(|&(a, b)| (a..=b).contains(&id)),
                     (Op::Fail(f), Outcome::FailAck(_)) => *f == id,
                     (Op::Advance(_), Outcome::Timeout)
                     | (Op::Close | Op::Register(_), Outcome::Lost(_)) => true,
@@ -163,10 +230,12 @@ proptest! {
                 prop_assert!(fits, "{:?} completed {} (id {}) as {:?}", op, c.token, id, c.outcome);
                 prop_assert!(completed.insert(c.token, c.outcome).is_none(), "completed twice");
             }
-            if let Op::Ack(a, b) = op {
+            if let Op::Ack(rs) = &op {
                 let left = registered
                     .iter()
-                    .filter(|(t, id)| !completed.contains_key(t) && (a..=b).contains(*id))
+                    .filter(|(t, id)| {
+                        !completed.contains_key(t) && rs.iter().any(|&(a, b)| (a..=b).contains(*id))
+                    })
                     .count();
                 prop_assert_eq!(left, 0, "an ACKed id left in flight");
             }
@@ -174,6 +243,7 @@ proptest! {
                 prop_assert!(o.poll_timeout().is_none_or(|d| d > now));
             }
             prop_assert!(o.len() <= 16);
+            prop_assert!(o.slot_count() <= 2 * o.len() + 64, "holes are bounded");
             prop_assert_eq!(o.len() + completed.len(), registered.len());
         }
         o.close("end");
