@@ -333,29 +333,20 @@ async fn run<N: Net>(
                         Counters::inc(&counters.frames_received);
                         let opts = data.header.options;
                         let msg_id = data.header.msg_id;
-                        let mut ack = None;
-                        // USE_ACK alone: acknowledged on receipt, which is once it is queued
-                        // for the layer above (a datagram dropped here is not acknowledged).
-                        let mut on_receipt = None;
-                        if opts.contains(SendOptions::USE_ACK) {
-                            let sink = AckSink::Udp(ack_tx.clone(), from, counters.clone());
-                            if opts.contains(SendOptions::SYNCHRONIZED_ACK) {
-                                ack = Some(AckToken { msg_id, sink, permit: None, done: false });
-                            } else {
-                                on_receipt = Some(sink);
-                            }
-                        }
+                        // One token for an ACKed datagram. USE_ACK alone is acknowledged on
+                        // receipt, which is once it is queued for the layer above; with
+                        // SYNCHRONIZED_ACK the token goes up with the message.
+                        let token = opts.contains(SendOptions::USE_ACK).then(|| {
+                            AckToken::new(msg_id, AckSink::Udp(ack_tx.clone(), from, counters.clone()), None)
+                        });
+                        let (ack, on_receipt) = if opts.contains(SendOptions::SYNCHRONIZED_ACK) { (token, None) } else { (None, token) };
                         let received = Received { hello: None, peer: from, frame: data, ack, via: Via::Udp, budget: None };
                         match shared.inbound_tx.try_send(received) {
-                            Ok(()) => {
-                                if let Some(sink) = on_receipt { sink.send(AckMsg::Ack(msg_id, None)); }
-                            }
+                            Ok(()) => { if let Some(t) = on_receipt { t.ack(); } }
                             Err(e) => {
                                 Counters::inc(&counters.datagrams_dropped);
                                 // A dropped message is not acknowledged: its sender hears at once.
-                                let (mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r)) = e;
-                                if let Some(t) = r.ack { t.fail("receiver queue full"); }
-                                if let Some(sink) = on_receipt { sink.send(AckMsg::Fail(msg_id, "receiver queue full".into(), None)); }
+                                for t in e.into_inner().ack.into_iter().chain(on_receipt) { t.fail("receiver queue full"); }
                             }
                         }
                     }
