@@ -660,12 +660,11 @@ impl<N: Net> Inbound<N> {
                             .map_err(|_| Close::Upstream)?,
                     };
                     if opts.contains(SendOptions::SYNCHRONIZED_ACK) {
-                        ack = Some(AckToken {
+                        ack = Some(AckToken::new(
                             msg_id,
-                            sink: AckSink::Tcp(self.ack_tx.clone()),
-                            permit: Some(permit),
-                            done: false,
-                        });
+                            AckSink::Tcp(self.ack_tx.clone()),
+                            Some(permit),
+                        ));
                     } else {
                         // Receipt: acknowledge before anything above runs (Tribes' "ack async").
                         let _ = self.ack_tx.send(AckMsg::Ack(msg_id, Some(permit)));
