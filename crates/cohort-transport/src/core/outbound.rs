@@ -214,13 +214,6 @@ impl<C> Outbound<C> {
         // One cursor for the whole frame: a slot is visited at most once.
         let mut i = 0;
         for (first, last) in ranges {
-            if self.live == 0 {
-                // Nothing is in flight: what the range names is unknown, up to the table's
-                // size (a larger range is not counted id by id).
-                let span = last.saturating_sub(first).saturating_add(1);
-                self.unknown_acks += span.min(self.max_in_flight as u64);
-                continue;
-            }
             if self.slots.get(i).is_some_and(|s| s.id < first) {
                 // Past the slots before the range (a binary search; never backwards, so
                 // overlapping ranges visit nothing twice).
@@ -233,6 +226,8 @@ impl<C> Outbound<C> {
                 }
                 i += 1;
             }
+            // Ids the range names that were not in flight (a range larger than the table is
+            // not counted id by id).
             let span = last.saturating_sub(first).saturating_add(1);
             if span <= self.max_in_flight as u64 {
                 self.unknown_acks += span.saturating_sub(matched);
@@ -264,25 +259,14 @@ impl<C> Outbound<C> {
         }
         if self.deadlines.len() - self.live > self.live.max(64) {
             let slots = &self.slots;
-            self.deadlines.retain(|&(_, id, seq)| {
-                slots
-                    .binary_search_by_key(&id, |s| s.id)
-                    .is_ok_and(|i| slots[i].seq == seq && slots[i].token.is_some())
-            });
+            self.deadlines
+                .retain(|&(_, id, seq)| in_flight(slots, id, seq));
         }
     }
 
     /// Whether registration `seq` of `id` is still in flight.
     fn is_live(&self, id: u64, seq: u64) -> bool {
-        // Against the oldest slot first: holes are popped from the front, so an id below
-        // it is gone, and the oldest itself is in flight (the common case, one comparison).
-        let live = |s: &Slot<C>| s.seq == seq && s.token.is_some();
-        match self.slots.front() {
-            None => false,
-            Some(first) if id < first.id => false,
-            Some(first) if id == first.id => live(first),
-            Some(_) => self.find(id).is_ok_and(|i| live(&self.slots[i])),
-        }
+        in_flight(&self.slots, id, seq)
     }
 
     /// Expires messages whose deadline is at or before `now`; true when any did (the driver
@@ -329,5 +313,20 @@ impl<C> Outbound<C> {
     /// The next message whose fate is known.
     pub(crate) fn poll_completed(&mut self) -> Option<Completed<C>> {
         self.done.pop_front()
+    }
+}
+
+/// Whether registration `seq` of `id` is still in flight in `slots` (sorted by id). The oldest
+/// slot is looked at first: an id below it is gone, and the oldest is usually the one asked
+/// for (one comparison).
+fn in_flight<C>(slots: &VecDeque<Slot<C>>, id: u64, seq: u64) -> bool {
+    let live = |s: &Slot<C>| s.seq == seq && s.token.is_some();
+    match slots.front() {
+        None => false,
+        Some(first) if id < first.id => false,
+        Some(first) if id == first.id => live(first),
+        Some(_) => slots
+            .binary_search_by_key(&id, |s| s.id)
+            .is_ok_and(|i| live(&slots[i])),
     }
 }
